@@ -1,0 +1,33 @@
+"""The only error vocabulary of sftppush.
+
+Rooms raise these; `cli.py` maps them to exit codes and the consumer reasons only about
+TransientError versus PermanentError. Nothing here may import another room.
+"""
+
+
+class SftppushError(Exception):
+    """Base of every error sftppush raises on purpose: its message is one line for an operator."""
+
+
+class ConfigError(SftppushError):
+    """The configuration or the command line is wrong: exit status 2, nothing started."""
+
+
+class QueueError(SftppushError):
+    """The queue file is missing, corrupt or unusable: exit status 1."""
+
+
+class TransientError(SftppushError):
+    """Worth retrying as it is (network, 5xx, throttling): never makes an entry failed."""
+
+
+class PermanentError(SftppushError):
+    """Retrying the same way will not help; counts an attempt, failed at max_attempts.
+
+    `retry_after` asks for a short fixed delay instead of the growing one, for conditions
+    that usually clear by themselves (a hard link that is the middle of a link+unlink rename).
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
