@@ -75,7 +75,8 @@ class LocalS3:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise SftppushError(f"local S3: rclone exited with status {self.process.returncode}")
+                raise SftppushError(
+                    f"local S3: rclone exited with status {self.process.returncode}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return
