@@ -34,7 +34,8 @@ class Product:
 
     # --- processes ----------------------------------------------------------------------------
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str,
+              preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
         """Start `sftppush ARGS` as process `name` (e.g. "watcher", "consumer-1")."""
         assert not self.alive(name), f"{name} is already running"
         log = self.logs / f"{name}.{self.starts[name]}.log"
@@ -42,7 +43,8 @@ class Product:
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 cli_argv("--config", self.config, "--log-format", "json", *args),
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=preexec_fn)
         self.procs[name] = proc
         return proc
 
