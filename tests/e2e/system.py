@@ -52,6 +52,11 @@ class Product:
         proc = self.procs.get(name)
         return proc is not None and proc.poll() is None
 
+    def assert_alive(self) -> None:
+        """Every process started (and not stopped by the test) is still running."""
+        dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+        assert not dead, f"died: {dead}\n{self.log_tail()}"
+
     def pause(self, name: str) -> None:
         """SIGSTOP the whole process group: its claims freeze, so they can be counted."""
         os.killpg(self.procs[name].pid, signal.SIGSTOP)
@@ -125,13 +130,16 @@ class Product:
         return "\n".join(out)
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
-    """Poll until `check()` is truthy; fail naming `what` and the last value seen."""
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5,
+             detail: Callable[[], object] | None = None) -> T:
+    """Poll until `check()` is truthy and return it; on timeout fail naming `what` and
+    `detail()` (or the last value seen)."""
     deadline = time.monotonic() + timeout
     value = check()
     while not value:
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {value!r}")
+            seen = detail() if detail is not None else value
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {seen!r}")
         time.sleep(interval)
         value = check()
     return value

@@ -31,7 +31,7 @@ class FullDisk:
         self.state = state
         self.ballast = state / "ballast"
         self.mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "sftppush-e2e", str(state)],
+            ["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "sftppush-e2e", str(state)],
             capture_output=True).returncode == 0
         self.kind = "tmpfs" if self.mounted else "RLIMIT_FSIZE"
 
@@ -99,11 +99,12 @@ def test_disk_full_stops_the_watcher_cleanly_and_a_restart_recovers_every_file(
         product.start("consumer", "consume")
 
         def settled():
+            product.assert_alive()
             st = product.status()
-            left = files_under(upload)
-            return (st["pending"] == st["claimed"] == 0 and not left and st) or (st, left[:3])
+            return st if st["pending"] == st["claimed"] == 0 and not files_under(upload) else None
 
-        status = wait_for(settled, 180, "every file to be uploaded after the restart", 1)
+        status = wait_for(settled, 180, "every file to be uploaded after the restart", 1,
+                          detail=lambda: (product.status(), files_under(upload)[:3]))
     finally:
         product.stop_all()
 

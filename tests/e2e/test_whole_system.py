@@ -136,13 +136,13 @@ def test_whole_system_loses_nothing_through_kills_and_an_s3_outage(
         written = time.monotonic() - t0
 
         def settled():
-            status = product.status()
-            left = files_under(upload_dir)
-            return (status["pending"] == 0 and status["claimed"] == 0 and not left
-                    and status) or (status, left[:5])
+            product.assert_alive()
+            st = product.status()
+            return st if st["pending"] == st["claimed"] == 0 and not files_under(
+                upload_dir) else None
 
-        status = wait_for(settled, timeout=240, what="the queue to drain and the tree to empty",
-                          interval=1)
+        status = wait_for(settled, 240, "the queue to drain and the tree to empty", 1,
+                          detail=lambda: (product.status(), files_under(upload_dir)[:5]))
         for name in ("watcher", "consumer-1", "consumer-2"):
             assert product.alive(name), f"{name} died:\n{product.log_tail()}"
             assert product.stop(name) == 0, f"{name} did not stop cleanly:\n{product.log_tail()}"
