@@ -61,6 +61,9 @@ class Product:
         """SIGSTOP the whole process group: its claims freeze, so they can be counted."""
         os.killpg(self.procs[name].pid, signal.SIGSTOP)
 
+    def resume(self, name: str) -> None:
+        os.killpg(self.procs[name].pid, signal.SIGCONT)
+
     def kill9(self, name: str) -> None:
         proc = self.procs[name]
         os.killpg(proc.pid, signal.SIGKILL)

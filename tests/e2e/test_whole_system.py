@@ -97,9 +97,17 @@ def test_whole_system_loses_nothing_through_kills_and_an_s3_outage(
     in_flight_at_kills: list[int] = []
 
     def kill_consumer(name: str) -> None:
-        # Frozen first, so the claims it holds at the moment of death can be counted.
-        product.pause(name)
-        in_flight_at_kills.append(product.claimed_now(queue_path))
+        # Frozen first, so the claims held at the moment of death can be counted; and frozen
+        # again until some are held (for up to 5 s), so the kill hits work in flight.
+        give_up = time.monotonic() + 5
+        while True:
+            product.pause(name)
+            claimed = product.claimed_now(queue_path)
+            if claimed or time.monotonic() > give_up:
+                break
+            product.resume(name)
+            time.sleep(0.02)
+        in_flight_at_kills.append(claimed)
         product.kill9(name)
         product.start(name, "consume")
 
@@ -160,8 +168,9 @@ def test_whole_system_loses_nothing_through_kills_and_an_s3_outage(
     def content_ok(u: Upload) -> bool:
         obj = s3.get_object(Bucket=bucket, Key=u.key)
         body = obj["Body"].read()
+        meta = {k.lower(): v for k, v in obj["Metadata"].items()}  # rclone capitalizes them
         return (body == u.expected
-                and obj["Metadata"].get("sftppush-sha256") == hashlib.sha256(body).hexdigest())
+                and meta.get("sftppush-sha256") == hashlib.sha256(body).hexdigest())
 
     with ThreadPoolExecutor(8) as pool:
         checked = zip(uploads, pool.map(content_ok, uploads), strict=True)
@@ -176,4 +185,5 @@ def test_whole_system_loses_nothing_through_kills_and_an_s3_outage(
           f"done={status['done']} duplicates={duplicates} in_flight_at_kills={in_flight_at_kills} "
           f"connections_reset_at_cut={reset_at_cut} refused_during_outage={proxy.refused}")
     assert proxy.refused > 0, "the outage never touched a consumer: the test proved nothing"
+    assert sum(in_flight_at_kills) > 0, "no kill hit work in flight: the test proved nothing"
     assert duplicates <= bound, (duplicates, in_flight_at_kills, reset_at_cut)
