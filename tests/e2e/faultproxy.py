@@ -3,6 +3,8 @@
 refuse() closes new connections at once (RST), reset() kills the open ones (SO_LINGER 0),
 stall() stops every byte both ways while keeping sockets open, cut() = refuse + reset,
 restore() lets everything flow again. Runs its own asyncio loop in a background thread.
+It also notes every HTTP/1.1 request whose body went through in full (`requests`), so a test
+can count what reached the server — e.g. uploads of the same key.
 """
 
 from __future__ import annotations
@@ -26,6 +28,67 @@ def _abort(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+class _RequestTap:
+    """Follows one client→server HTTP/1.1 stream: Content-Length and chunked bodies."""
+
+    def __init__(self, seen: list[tuple[str, str]]):
+        self.seen = seen
+        self.buf = b""
+        self.state = "head"  # head | body | chunk-size | trailer
+        self.request: tuple[str, str] = ("", "")
+        self.body_left = 0  # bytes of body (or of chunk data + its CRLF) still to pass
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        while self._step():
+            pass
+
+    def _line(self, end: bytes = b"\r\n") -> str | None:
+        at = self.buf.find(end)
+        if at < 0:
+            return None
+        line, self.buf = self.buf[:at], self.buf[at + len(end):]
+        return line.decode("latin-1")
+
+    def _step(self) -> bool:
+        if self.body_left:
+            take = min(self.body_left, len(self.buf))
+            self.buf, self.body_left = self.buf[take:], self.body_left - take
+            if self.body_left:
+                return False
+            if self.state == "body":
+                return self._finish()
+            return True
+        if self.state == "head":
+            head = self._line(b"\r\n\r\n")
+            if head is None:
+                return False
+            method, target = head.split(" ", 2)[:2]
+            headers = {k.strip().lower(): v.strip() for k, _, v in
+                       (h.partition(":") for h in head.split("\r\n")[1:])}
+            self.request = (method, target)
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                self.state = "chunk-size"
+                return True
+            self.body_left = int(headers.get("content-length", 0))
+            self.state = "body"
+            return True if self.body_left else self._finish()
+        line = self._line()
+        if line is None:
+            return False
+        if self.state == "chunk-size":
+            size = int(line.split(";")[0], 16)
+            self.body_left = size + 2 if size else 0
+            self.state = "chunk-size" if size else "trailer"
+            return True
+        return self._finish() if line == "" else True  # trailer lines until an empty one
+
+    def _finish(self) -> bool:
+        self.seen.append(self.request)
+        self.state = "head"
+        return True
+
+
 class FaultProxy:
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1"):
         self.upstream = (upstream_host, upstream_port)
@@ -33,6 +96,7 @@ class FaultProxy:
         self.accepted = 0       # connections forwarded upstream
         self.refused = 0        # connections closed at accept while refusing
         self.reset_count = 0    # open connections killed by reset()/cut()
+        self.requests: list[tuple[str, str]] = []  # (method, target) of HTTP requests sent whole
         self._refusing = False
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._loop = asyncio.new_event_loop()
@@ -126,7 +190,7 @@ class FaultProxy:
         conn = (writer, up_writer)
         self._conns.add(conn)
         try:
-            await asyncio.gather(self._pump(reader, up_writer, conn),
+            await asyncio.gather(self._pump(reader, up_writer, conn, _RequestTap(self.requests)),
                                  self._pump(up_reader, writer, conn))
         finally:
             self._conns.discard(conn)
@@ -134,7 +198,8 @@ class FaultProxy:
                 w.transport.abort() if w.transport.is_closing() else w.close()
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                    conn: tuple[asyncio.StreamWriter, asyncio.StreamWriter]) -> None:
+                    conn: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+                    tap: _RequestTap | None = None) -> None:
         try:
             while True:
                 data = await src.read(65536)
@@ -145,6 +210,11 @@ class FaultProxy:
                     return
                 dst.write(data)
                 await dst.drain()
+                if tap is not None:
+                    try:
+                        tap.feed(data)
+                    except ValueError:  # not HTTP/1.1 after all: stop following it
+                        tap = None
         except (ConnectionError, OSError):
             for w in conn:
                 w.transport.abort()

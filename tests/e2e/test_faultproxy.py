@@ -32,6 +32,16 @@ class _Hello(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_PUT(self) -> None:
+        if self.headers.get("Transfer-Encoding") == "chunked":
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                self.rfile.read(size + 2)
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass
+        else:
+            self.rfile.read(int(self.headers["Content-Length"]))
+        self.do_GET()
+
     def log_message(self, *args: object) -> None:
         pass
 
@@ -84,9 +94,9 @@ def test_proxy_forwards_both_ways(echo_server, fault_proxy):
 def test_refuse_closes_new_connections_without_reaching_upstream(echo_server, fault_proxy):
     proxy = fault_proxy(echo_server.server_address[1])
     proxy.refuse()
-    with _connect(proxy.port) as sock, pytest.raises(ConnectionResetError):
+    with pytest.raises(ConnectionResetError), _connect(proxy.port) as sock:
         sock.sendall(b"x")
-        sock.recv(1)  # RST arrives: the peer was closed with SO_LINGER 0
+        sock.recv(1)  # RST arrives (maybe already at connect): closed with SO_LINGER 0
     assert proxy.refused == 1
     assert echo_server.connections == 0
 
@@ -159,3 +169,20 @@ def test_cut_fails_http_keepalive_and_new_requests_then_restore_heals(http_serve
     healed.request("GET", "/four")
     assert healed.getresponse().read() == b"hello /four"
     healed.close()
+
+
+def test_proxy_notes_each_http_request_sent_whole(http_server, fault_proxy):
+    proxy = fault_proxy(http_server.server_address[1])
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+    for method, path, body, chunked in [
+            ("GET", "/a", None, False),
+            ("PUT", "/bucket/key1", b"\r\n\r\nGET /fake HTTP/1.1\r\n\r\n" * 5000, False),
+            ("PUT", "/bucket/key2", iter([b"abc", b"PUT /x HTTP/1.1\r\n\r\n", b"z" * 70000]),
+             True),
+            ("PUT", "/bucket/key1", b"", False)]:
+        conn.request(method, path, body=body, encode_chunked=chunked)
+        assert conn.getresponse().read() == b"hello " + path.encode()
+    conn.close()
+
+    assert proxy.requests == [("GET", "/a"), ("PUT", "/bucket/key1"), ("PUT", "/bucket/key2"),
+                              ("PUT", "/bucket/key1")]

@@ -17,6 +17,7 @@ import hashlib
 import os
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -177,13 +178,27 @@ def test_whole_system_loses_nothing_through_kills_and_an_s3_outage(
         wrong = [u.key for u, ok in checked if not ok]
     assert wrong[:10] == [], f"{len(wrong)} objects with wrong bytes or sha256"
 
-    uploaded = Counter(e["key"] for e in product.events("uploaded"))
-    duplicates = sum(n - 1 for n in uploaded.values())
+    # Uploads as S3 saw them: every PUT (or multipart completion) that went through the proxy
+    # whole, and, as a cross-check, the consumers' own "uploaded" log lines.
+    puts = Counter(_key_of(target, bucket) for method, target in proxy.requests
+                   if (method == "PUT" and "partNumber=" not in target)
+                   or (method == "POST" and "uploadId=" in target))
+    logged = Counter(e["key"] for e in product.events("uploaded"))
+    assert set(expected) <= set(puts), "the proxy did not see every upload: tap broken?"
+    duplicates = sum(n - 1 for n in puts.values())
     bound = sum(in_flight_at_kills) + reset_at_cut
     print(f"\nwhole system: files={FILES} kills=consumer x3 + watcher x1 "
           f"outage={outage:.0f}s writing={written:.0f}s wall={time.monotonic() - began:.0f}s "
-          f"done={status['done']} duplicates={duplicates} in_flight_at_kills={in_flight_at_kills} "
-          f"connections_reset_at_cut={reset_at_cut} refused_during_outage={proxy.refused}")
+          f"done={status['done']} duplicates={duplicates} "
+          f"(logged {sum(n - 1 for n in logged.values())}) "
+          f"in_flight_at_kills={in_flight_at_kills} connections_reset_at_cut={reset_at_cut} "
+          f"refused_during_outage={proxy.refused}")
     assert proxy.refused > 0, "the outage never touched a consumer: the test proved nothing"
     assert sum(in_flight_at_kills) > 0, "no kill hit work in flight: the test proved nothing"
     assert duplicates <= bound, (duplicates, in_flight_at_kills, reset_at_cut)
+
+
+def _key_of(target: str, bucket: str) -> str:
+    """The object key of a path-style request target `/bucket/key?query`."""
+    path = urllib.parse.unquote(target.partition("?")[0])
+    return path.removeprefix(f"/{bucket}/")
