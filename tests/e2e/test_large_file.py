@@ -29,7 +29,7 @@ def test_200_mb_gzip_over_sftp_arrives_whole(tmp_path, rclone_s3, start_sftp):
     with gzip.open(local, "wb", compresslevel=1) as gz:
         for n in range(SIZE // CHUNK):
             # half random (incompressible), half text: a ~100 MB file that inflates to 200 MB
-            block = rng.randbytes(CHUNK // 2) + (f"{n:08d}," * (CHUNK // 18)).encode()[
+            block = rng.randbytes(CHUNK // 2) + (f"{n:08d}," * (CHUNK // 18 + 1)).encode()[
                 :CHUNK // 2]
             raw_sha.update(block)
             gz.write(block)
