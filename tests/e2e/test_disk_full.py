@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from sftppush.queue import Queue
 from tests.e2e.system import Product, files_under, wait_for
@@ -64,18 +63,10 @@ def full_disk(tmp_path) -> Iterator[FullDisk]:
 
 
 def test_disk_full_stops_the_watcher_cleanly_and_a_restart_recovers_every_file(
-        tmp_path, full_disk, moto_server, s3_client, s3_bucket):
-    home = tmp_path / "home"
-    upload = home / "sftpuser1" / "upload"
-    upload.mkdir(parents=True)
-    queue_path = full_disk.state / "queue.db"
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "defaults": {"userpath": str(home), "s3target": s3_bucket},
-        "watch": {"source": [{"name": "sftpuser1", "paths": ["/upload"]}]},
-        "queue": {"path": str(queue_path), "lease_seconds": 5},
-        "consumer": {"workers": 4},
-    }))
+        tmp_path, source_tree, full_disk, moto_server, s3_client, s3_bucket):
+    upload, queue_path = source_tree.upload, source_tree.queue_path
+    assert queue_path.parent == full_disk.state
+    config = source_tree.write_config(s3_bucket, queue={"lease_seconds": 5})
     Queue(queue_path).close()
     product = Product(tmp_path, config, moto_server.env())
     try:

@@ -15,8 +15,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.conftest import SourceTree
+from tests.e2e.sftp_server import SftpServer
 from tests.e2e.system import Product, wait_for
 
 CAP = 1 << 20  # max_decompressed_bytes for this run
@@ -52,12 +53,9 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, moto_server, ssh_keys):
-    from tests.e2e.sftp_server import SftpServer
-
     base = tmp_path_factory.mktemp("hostile")
-    home = base / "home"
-    upload = home / "sftpuser1" / "upload"
-    upload.mkdir(parents=True)
+    tree = SourceTree(base)
+    upload = tree.upload
     outside = base / "outside"
     (outside / "dir").mkdir(parents=True)
     secret = f"TOP-SECRET-{uuid.uuid4()}".encode()
@@ -66,20 +64,15 @@ def run(tmp_path_factory, moto_server, ssh_keys):
     s3 = moto_server.client()
     bucket = f"hostile-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket)
-    config = base / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "defaults": {"userpath": str(home), "s3target": bucket},
-        "watch": {"source": [{"name": "sftpuser1", "paths": ["/upload"]}]},
-        "queue": {"path": str(base / "state" / "queue.db"), "lease_seconds": 5},
-        "consumer": {"workers": 2, "max_attempts": 2, "max_decompressed_bytes": CAP},
-    }))
+    config = tree.write_config(bucket, queue={"lease_seconds": 5}, consumer={
+        "workers": 2, "max_attempts": 2, "max_decompressed_bytes": CAP})
     product = Product(base, config, moto_server.env())
-    server = SftpServer(ssh_keys, {"sftpuser1": home / "sftpuser1"}, base / "sftp.log").start()
+    server = SftpServer(ssh_keys, {"sftpuser1": upload.parent}, base / "sftp.log").start()
     r = Run(base, product, s3, bucket, upload, outside, secret)
     try:
         product.start("watcher", "watch")
         product.start("consumer", "consume")
-        wait_for(lambda: (base / "state" / "queue.db").exists(), 30, "the queue file")
+        wait_for(lambda: tree.queue_path.exists(), 30, "the queue file")
         # What a local user (or a chrooted SFTP user, whose absolute link targets mean
         # something else outside the chroot) can leave in the tree:
         os.symlink(outside / "secret.csv", upload / "evil-link.csv")

@@ -10,19 +10,15 @@ import gzip
 import hashlib
 import random
 
-import yaml
-
 from tests.e2e.system import Product, files_under, wait_for
 
 SIZE = 200 * 1024 * 1024
 CHUNK = 1024 * 1024
 
 
-def test_200_mb_gzip_over_sftp_arrives_whole(tmp_path, rclone_s3, start_sftp):
+def test_200_mb_gzip_over_sftp_arrives_whole(tmp_path, source_tree, rclone_s3, start_sftp):
     bucket = rclone_s3.make_bucket("large")
-    home = tmp_path / "home"
-    upload = home / "sftpuser1" / "upload"
-    upload.mkdir(parents=True)
+    upload = source_tree.upload
     local = tmp_path / "big.dat.gz"
     raw_sha = hashlib.sha256()
     rng = random.Random(200)
@@ -33,14 +29,8 @@ def test_200_mb_gzip_over_sftp_arrives_whole(tmp_path, rclone_s3, start_sftp):
                 :CHUNK // 2]
             raw_sha.update(block)
             gz.write(block)
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "defaults": {"userpath": str(home), "s3target": bucket},
-        "watch": {"source": [{"name": "sftpuser1", "paths": ["/upload"]}]},
-        "queue": {"path": str(tmp_path / "state" / "queue.db")},
-    }))
-    product = Product(tmp_path, config, rclone_s3.env())
-    server = start_sftp({"sftpuser1": home / "sftpuser1"})
+    product = Product(tmp_path, source_tree.write_config(bucket), rclone_s3.env())
+    server = start_sftp({"sftpuser1": upload.parent})
     try:
         product.start("watcher", "watch")
         product.start("consumer", "consume")

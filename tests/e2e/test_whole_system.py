@@ -22,8 +22,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
 from tests.e2e.system import Product, files_under, wait_for
 from tests.e2e.workload import Upload, make_uploads, send_with_openssh, send_with_paramiko
 
@@ -70,30 +68,17 @@ class Writers:
             self.errors.append(exc)
 
 
-def _write_config(tmp_path: Path, home: Path, bucket: str, queue_path: Path) -> Path:
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "defaults": {"userpath": str(home), "s3target": bucket},
-        "watch": {"source": [{"name": "sftpuser1", "paths": ["/upload"]}]},
-        "queue": {"path": str(queue_path),
-                  "lease_seconds": LEASE_SECONDS},
-        "consumer": {"workers": 4, "max_attempts": 3},
-    }))
-    return config
-
-
 def test_whole_system_loses_nothing_through_kills_and_an_s3_outage(
-        tmp_path, rclone_s3, fault_proxy, start_sftp):
+        tmp_path, source_tree, rclone_s3, fault_proxy, start_sftp):
     began = time.monotonic()
     bucket = rclone_s3.make_bucket("ingest")
     proxy = fault_proxy(rclone_s3.port)
-    home = tmp_path / "home"
-    upload_dir = home / "sftpuser1" / "upload"
-    upload_dir.mkdir(parents=True)
+    upload_dir, queue_path = source_tree.upload, source_tree.queue_path
+    config = source_tree.write_config(bucket, queue={"lease_seconds": LEASE_SECONDS},
+                                      consumer={"workers": 4, "max_attempts": 3})
     env = {**rclone_s3.env(), "SFTPPUSH_DEFAULTS_ENDPOINT_URL": proxy.url}
-    queue_path = tmp_path / "state" / "queue.db"
-    product = Product(tmp_path, _write_config(tmp_path, home, bucket, queue_path), env)
-    server = start_sftp({"sftpuser1": home / "sftpuser1"})
+    product = Product(tmp_path, config, env)
+    server = start_sftp({"sftpuser1": upload_dir.parent})
     uploads = make_uploads(FILES)
     in_flight_at_kills: list[int] = []
 
