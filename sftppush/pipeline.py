@@ -20,7 +20,7 @@ from sftppush.errors import PermanentError
 from sftppush.keys import candidate_keys, metadata, object_key
 from sftppush.queue import Entry
 from sftppush.s3 import Uploaded, Uploader
-from sftppush.safeopen import Vanished, open_in_root, same_version
+from sftppush.safeopen import NLINK_RETRY_SECONDS, Vanished, open_in_root, same_version
 
 log = logging.getLogger("sftppush.pipeline")
 
@@ -47,7 +47,8 @@ class Result:
 def process(entry: Entry, cfg: Config, uploader: Uploader, *,
             still_ours: Callable[[], bool] = lambda: True,
             cancel: threading.Event | None = None,
-            now: float | None = None) -> Result:
+            now: float | None = None,
+            nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Result:
     """Move one file version to S3 and delete it; see the module docstring for the order."""
     now = time.time() if now is None else now
     source = cfg.source(entry.source)
@@ -57,7 +58,7 @@ def process(entry: Entry, cfg: Config, uploader: Uploader, *,
     if age < cfg.consumer.min_age_seconds:
         return Result(hold=cfg.consumer.min_age_seconds - age)
     try:
-        safe = open_in_root(source.root, entry.path)
+        safe = open_in_root(source.root, entry.path, nlink_retry_after)
     except Vanished:
         return _vanished(entry, source, uploader)
     with safe:

@@ -71,7 +71,8 @@ def make_client(defaults: Defaults, s3: S3Config, pool_size: int = 10,
         session = boto3.session.Session(profile_name=defaults.awsprofile,
                                         region_name=defaults.awsregion)
     except botocore.exceptions.ProfileNotFound:
-        raise ConfigError("config: defaults.awsprofile names a profile that does not exist") from None
+        raise ConfigError("config: defaults.awsprofile names a profile that does not exist") \
+            from None
     config = botocore.config.Config(
         max_pool_connections=pool_size,
         retries={"total_max_attempts": 1},  # tenacity retries, with waits we control

@@ -138,4 +138,5 @@ def _check(st: os.stat_result, path: bytes, nlink_retry_after: float) -> None:
         raise PermanentError(f"refused: {os.fsdecode(path)} is {kind}, not a regular file")
     if st.st_nlink > 1:
         raise PermanentError(
-            f"refused: {os.fsdecode(path)} has {st.st_nlink} hard links", retry_after=nlink_retry_after)
+            f"refused: {os.fsdecode(path)} has {st.st_nlink} hard links",
+            retry_after=nlink_retry_after)
