@@ -119,7 +119,8 @@ def _open_component(name: bytes, dir_fd: int, flags: int, path: bytes) -> int:
     except FileNotFoundError:
         raise Vanished(f"{os.fsdecode(path)} is gone") from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR, not ELOOP: look which it was.
+        if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and _is_symlink(name, dir_fd)):
             raise PermanentError(
                 f"refused: {os.fsdecode(path)}: {os.fsdecode(name)} is a symlink") from None
         if exc.errno == errno.ENOTDIR:
@@ -128,6 +129,13 @@ def _open_component(name: bytes, dir_fd: int, flags: int, path: bytes) -> int:
         if exc.errno in (errno.EACCES, errno.EPERM):
             raise PermanentError(f"cannot open {os.fsdecode(path)}: permission denied") from None
         raise PermanentError(f"cannot open {os.fsdecode(path)}: {exc.strerror}") from None
+
+
+def _is_symlink(name: bytes, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _check(st: os.stat_result, path: bytes, nlink_retry_after: float) -> None:

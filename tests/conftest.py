@@ -243,11 +243,9 @@ def rclone_binary() -> str:
 class RcloneS3(S3Server):
     """`rclone serve s3` over a directory: objects are plain files, so they survive restarts."""
 
-    ACCESS_KEY = "AKIARCLONETEST000001"  # 20 characters
-    SECRET_KEY = "rcloneTestSecretKey000000000000000000040"  # 40 characters
-
     def __init__(self, root: Path, log: Path) -> None:
-        super().__init__(free_port(), self.ACCESS_KEY, self.SECRET_KEY)
+        # The same made-up keys as moto's, so in-process code under test works with either.
+        super().__init__(free_port(), FAKE_ACCESS_KEY, FAKE_SECRET_KEY)
         self.root = root
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -284,6 +282,30 @@ def rclone_s3(tmp_path: Path) -> Iterator[RcloneS3]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def pipeline_config(source_tree: SourceTree, moto_server: S3Server,
+                    s3_bucket: str) -> Callable[..., Any]:
+    """`make(server=moto, bucket=fresh, s3target=None, **consumer) -> Config` for the source tree.
+
+    Writes the YAML file (so child processes can use `--config`) and loads it like the CLI does.
+    """
+    from sftppush.config import load
+
+    def make(server: S3Server = moto_server, bucket: str = s3_bucket,
+             s3target: str | None = None, lease_seconds: float = 30,
+             **consumer: Any) -> Any:
+        consumer.setdefault("s3", {}).setdefault("part_size_mb", 5)
+        path = source_tree.write_config(
+            s3target or bucket,
+            defaults={"endpoint_url": server.endpoint_url, "awsregion": FAKE_REGION,
+                      "log": {"level": "debug"}},
+            queue={"path": str(source_tree.queue_path), "lease_seconds": lease_seconds},
+            consumer=consumer)
+        return load(path, env={})
+
+    return make
 
 
 # --- end of S3 fixtures (pipeline room) ------------------------------------------------------
