@@ -142,8 +142,9 @@ class Uploader:
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientError), stop=stop, reraise=True,
-            wait=tenacity.wait_exponential_jitter(initial=self.retry.initial,
-                                                  max=self.retry.maximum),
+            # Exponential backoff plus jitter, spelled so tenacity 8 and 9 read it the same.
+            wait=tenacity.wait_exponential(multiplier=self.retry.initial, max=self.retry.maximum)
+            + tenacity.wait_random(0, self.retry.initial),
             sleep=cancel.wait if cancel is not None else tenacity.nap.sleep,
             before_sleep=lambda state: log.debug(
                 "s3 retry op=%s attempt=%d error=%s", method, state.attempt_number,
