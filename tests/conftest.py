@@ -308,4 +308,42 @@ def pipeline_config(source_tree: SourceTree, moto_server: S3Server,
     return make
 
 
+@pytest.fixture
+def consume_until_drained() -> Callable[..., None]:
+    """`consume(cfg, timeout=30, workers=2, **tuning)`: an in-process consumer with `--drain`.
+
+    Small tuning values (retry waits, delays) keep tests fast; the stop event is ours, so no
+    signal handler of pytest is replaced. Fails the test if draining takes over `timeout`.
+    """
+    import threading
+
+    from sftppush import consumer
+    from sftppush.s3 import RetryPolicy
+
+    def consume(cfg: Any, timeout: float = 30, workers: int = 2, **tuning: Any) -> None:
+        tuning.setdefault("retry", RetryPolicy(attempts=2, initial=0.01, maximum=0.05))
+        tuning.setdefault("poll_interval", 0.02)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                consumer.run(cfg, workers=workers, drain=True, stop=stop,
+                             tuning=consumer.Tuning(**tuning))
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=target, name="consumer-under-test")
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            stop.set()
+            thread.join(30)
+            pytest.fail(f"consumer did not drain within {timeout}s")
+        if errors:
+            raise errors[0]
+
+    return consume
+
+
 # --- end of S3 fixtures (pipeline room) ------------------------------------------------------
