@@ -165,9 +165,7 @@ class Uploader:
         try:
             self.call("head_object", Bucket=bucket, Key=key)
         except PermanentError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, botocore.exceptions.ClientError) and \
-                    cause.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise
         return True
@@ -177,7 +175,14 @@ class Uploader:
         aborted = 0
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
         while True:
-            page = self.call("list_multipart_uploads", **kwargs)
+            try:
+                page = self.call("list_multipart_uploads", **kwargs)
+            except (TransientError, PermanentError) as exc:
+                # rclone serve s3 answers NoSuchUpload when a bucket has none; some stores do
+                # not implement the listing. Nothing to abort then; lifecycle rules remain.
+                if _code(exc) in ("NoSuchUpload", "NotImplemented"):
+                    break
+                raise
             for up in page.get("Uploads") or ():
                 if up.get("Key") == key:
                     self.call("abort_multipart_upload", Bucket=bucket, Key=key,
@@ -298,6 +303,14 @@ class Uploader:
                 f"S3 verify {key}: stored size {head.get('ContentLength')} sha256 "
                 f"{meta.get(SHA256_KEY)} != sent {size} {sha}")
         return "head"
+
+
+def _code(exc: BaseException) -> str | None:
+    """The S3 error code behind one of our errors, if it came from a service response."""
+    cause = exc.__cause__
+    if isinstance(cause, botocore.exceptions.ClientError):
+        return str(cause.response.get("Error", {}).get("Code"))
+    return None
 
 
 def read_full(reader: Reader, size: int) -> bytes:

@@ -124,3 +124,14 @@ def test_classification_of_service_errors() -> None:
     assert isinstance(classify(err("AccessDenied", 403)), PermanentError)
     assert isinstance(classify(err("NoSuchBucket", 404)), PermanentError)
     assert "AccessDenied" in str(classify(err("AccessDenied", 403)))
+
+
+def test_multipart_to_rclone_with_no_open_uploads_and_capitalised_metadata(rclone_s3: Any) -> None:
+    # rclone serve s3 answers ListMultipartUploads on a bucket without uploads with
+    # NoSuchUpload, and returns metadata keys capitalised; neither may stop an upload.
+    bucket = rclone_s3.make_bucket("fresh")
+    body = os.urandom(MB) * 11
+    done = uploader(rclone_s3.endpoint_url).upload(bucket, "big", io.BytesIO(body),
+                                                   {"sftppush-source": "s"})
+    assert done.parts == 3 and done.verified_by == "head"
+    assert (rclone_s3.root / bucket / "big").read_bytes() == body
