@@ -13,7 +13,7 @@ import io
 import lzma
 import os
 import zlib
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from sftppush.errors import PermanentError
 
@@ -33,6 +33,7 @@ HEAD_BYTES = max(len(m) for m, _ in MAGIC)
 
 class Reader(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
+    def readinto(self, buffer: memoryview | bytearray, /) -> int: ...
 
 
 def detect(head: bytes) -> str | None:
@@ -64,19 +65,32 @@ class CappedReader:
         self._stream: Reader = _open(raw, fmt)
 
     def read(self, size: int = -1) -> bytes:
-        if self.fmt is not None:
-            # Ask for one byte past the cap so "exactly at the cap" and "over it" differ.
-            room = self.cap - self.total + 1
-            size = room if size < 0 else min(size, room)
+        return self._guarded(self._stream.read, self._room(size))
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        """Fill (part of) `buffer` without an intermediate copy of the whole request."""
+        view = memoryview(buffer)
+        n = self._guarded(lambda size: self._stream.readinto(view[:size]), self._room(len(view)))
+        view.release()
+        return n
+
+    def _room(self, size: int) -> int:
+        if self.fmt is None:
+            return size
+        # Ask for one byte past the cap so "exactly at the cap" and "over it" differ.
+        room = self.cap - self.total + 1
+        return room if size < 0 else min(size, room)
+
+    def _guarded(self, op: Any, size: int) -> Any:
         try:
-            data = self._stream.read(size)
+            data = op(size)
         except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
             raise PermanentError(f"corrupt {self.fmt or 'file'}: {_reason(exc)}") from None
         except Exception as exc:  # zstandard.ZstdError has no common base with the others
             if zstandard is not None and isinstance(exc, zstandard.ZstdError):
                 raise PermanentError(f"corrupt zstd: {exc}") from None
             raise
-        self.total += len(data)
+        self.total += data if isinstance(data, int) else len(data)
         if self.fmt is not None and self.total > self.cap:
             raise PermanentError(
                 f"decompressed size exceeds max_decompressed_bytes={self.cap}")

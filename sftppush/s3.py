@@ -30,6 +30,8 @@ from sftppush.errors import ConfigError, PermanentError, TransientError
 log = logging.getLogger("sftppush.s3")
 
 SHA256_KEY = "sftppush-sha256"
+SMALL_BODY = 2**20  # read first; a body that ends within it never gets a part-sized buffer
+READ_CHUNK = 2**20  # decompressed bytes per readinto while filling a part
 MAX_SINGLE_COPY = 5 * 2**30  # CopyObject's limit; larger objects are copied in parts
 # Error codes that mean "try the same request again later"; other 4xx codes are permanent.
 TRANSIENT_CODES = frozenset({
@@ -155,8 +157,12 @@ class Uploader:
     def upload(self, bucket: str, key: str, reader: Reader, metadata: dict[str, str],
                cancel: threading.Event | None = None) -> Uploaded:
         """Upload everything `reader` yields to bucket/key with `metadata` + sha256; verified."""
-        first = read_full(reader, self.part_size)
-        second = read_full(reader, self.part_size) if len(first) == self.part_size else b""
+        # Small-file fast path: most files end within the first read, one PUT of bytes.
+        head = read_full(reader, min(SMALL_BODY, self.part_size))
+        if len(head) < min(SMALL_BODY, self.part_size):
+            return self._put_single(bucket, key, head, metadata, cancel)
+        first = read_part(reader, self.part_size, head)
+        second = read_part(reader, self.part_size) if len(first) == self.part_size else None
         if not second:
             return self._put_single(bucket, key, first, metadata, cancel)
         return self._put_multipart(bucket, key, [first, second], reader, metadata, cancel)
@@ -197,7 +203,7 @@ class Uploader:
                      bucket, key, aborted)
         return aborted
 
-    def _put_single(self, bucket: str, key: str, body: bytes, metadata: dict[str, str],
+    def _put_single(self, bucket: str, key: str, body: bytes | bytearray, metadata: dict[str, str],
                     cancel: threading.Event | None) -> Uploaded:
         sha = hashlib.sha256(body).hexdigest()
         resp = self.call("put_object", cancel, Bucket=bucket, Key=key, Body=body,
@@ -205,7 +211,7 @@ class Uploader:
         how = self._verify_put(resp, body) or self._verify_head(bucket, key, len(body), sha)
         return Uploaded(bucket, key, len(body), sha, 0, how)
 
-    def _put_multipart(self, bucket: str, key: str, parts: list[bytes], reader: Reader,
+    def _put_multipart(self, bucket: str, key: str, parts: list[bytearray], reader: Reader,
                        metadata: dict[str, str], cancel: threading.Event | None) -> Uploaded:
         self.abort_orphans(bucket, key)
         upload_id = self.call("create_multipart_upload", cancel, Bucket=bucket, Key=key,
@@ -215,6 +221,7 @@ class Uploader:
         # At most `parts_in_memory` part buffers exist at once: one is read while others upload.
         slots = threading.Semaphore(self.parts_in_memory)
         futures: list[Future[dict[str, Any]]] = []
+        data: bytearray
         pool = ThreadPoolExecutor(self.parts_in_memory, thread_name_prefix="part")
         try:
             number = 0
@@ -228,7 +235,7 @@ class Uploader:
                         raise UploadCancelled(key)
                     if any(f.done() and f.exception() for f in futures):
                         break
-                    data = read_full(reader, self.part_size)
+                    data = read_part(reader, self.part_size)
                     if not data:
                         slots.release()
                         break
@@ -254,7 +261,7 @@ class Uploader:
         how = self._verify_head(bucket, key, total, digest)
         return Uploaded(bucket, key, total, digest, number, how)
 
-    def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: bytes,
+    def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: bytearray,
                      cancel: threading.Event | None) -> dict[str, Any]:
         resp = self.call("upload_part", cancel, Bucket=bucket, Key=key, UploadId=upload_id,
                          PartNumber=number, Body=data)
@@ -282,7 +289,7 @@ class Uploader:
         else:
             self.call("copy", cancel, CopySource=source, Bucket=bucket, Key=key, ExtraArgs=args)
 
-    def _verify_put(self, resp: dict[str, Any], body: bytes) -> str | None:
+    def _verify_put(self, resp: dict[str, Any], body: bytes | bytearray) -> str | None:
         """Verified from the PutObject response alone, or None if a HEAD is needed."""
         crc = resp.get("ChecksumCRC32")
         if crc:
@@ -311,6 +318,25 @@ def _code(exc: BaseException) -> str | None:
     if isinstance(cause, botocore.exceptions.ClientError):
         return str(cause.response.get("Error", {}).get("Code"))
     return None
+
+
+def read_part(reader: Reader, size: int, head: bytes = b"") -> bytearray:
+    """One part of up to `size` bytes in its own buffer, filled in place (no 2x peak).
+
+    Part buffers are bytearrays (boto3 takes them as a Body); a short last part is truncated
+    in place.
+    """
+    buf = bytearray(size)
+    buf[: len(head)] = head
+    pos = len(head)
+    with memoryview(buf) as view:
+        while pos < size:
+            n = reader.readinto(view[pos: pos + READ_CHUNK])
+            if not n:
+                break
+            pos += n
+    del buf[pos:]
+    return buf
 
 
 def read_full(reader: Reader, size: int) -> bytes:

@@ -36,6 +36,12 @@ class Exploding(io.BytesIO):
             raise PermanentError("corrupt gzip: boom")
         return super().read(min(size, self.after - self.tell()) if size > 0 else size)
 
+    def readinto(self, buffer: Any) -> int:
+        if self.tell() >= self.after:
+            raise PermanentError("corrupt gzip: boom")
+        with memoryview(buffer) as view:
+            return super().readinto(view[: self.after - self.tell()])
+
 
 def open_uploads(client: Any, bucket: str) -> list[dict[str, Any]]:
     return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
