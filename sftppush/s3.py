@@ -38,7 +38,7 @@ TRANSIENT_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
     "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
     "ExpiredToken", "TokenRefreshRequired", "RequestExpired", "BadDigest",
-    "XAmzContentSHA256Mismatch", "IncompleteBody", "NoSuchUpload",
+    "XAmzContentSHA256Mismatch", "IncompleteBody",
     "OperationAborted",
 })
 
