@@ -44,6 +44,7 @@ SUBDIR_MASK = _EVENTS | F.DONT_FOLLOW  # below it, a symlink is never followed
 
 GRACE = 0.2               # s an IN_CREATE waits for its IN_OPEN; a fresh scanned file, its close
 FRESH_NS = 2_000_000_000  # a scanned file younger than this may still be open for writing
+BUSY_DELAY = 0.005        # s to let a burst's events gather, so one transaction takes many
 SCAN_SLICE = 0.05         # s of scanning between two reads of the event queue
 SCAN_SLICE_DIRS = 200     # listing a directory queues 4 events of our own; keep under the limit
 ROOT_CHECK = 1.0          # s between looks for a missing source dir
@@ -121,6 +122,7 @@ class Watcher:
         self.next_ping = 0.0
         self.next_root_check = 0.0
         self.enqueued = 0
+        self.busy = False  # the last read found events
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -147,8 +149,11 @@ class Watcher:
             for fd, _ in self.poller.poll(timeout * 1000):
                 if fd == self.wakeup:
                     _drain(fd)
+                elif self.busy:  # a burst: one commit per few ms, not per file
+                    time.sleep(BUSY_DELAY)
         now = self.clock()
         data = self._read()
+        self.busy = bool(data)
         batch = _Batch()
         if data:
             self._handle(data, now, batch)

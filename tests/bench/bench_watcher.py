@@ -1,0 +1,121 @@
+"""Watcher burst benchmark: N files written as fast as possible, how fast they are all queued.
+
+Run: `python tests/bench/bench_watcher.py [--files 100000] [--dirs 100]`. Prints files/s from
+the first write until every file has a queue entry, files lost (must be 0), duplicates, and
+the ratio against the baseline measured in the same run: the same writer with no watcher.
+Target (SPEC 11): >= 10,000 files/s, none lost. Everything lives in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_TESTS = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(_TESTS), str(_TESTS.parent)]  # conftest's watcher fixtures, sftppush
+
+from conftest import WatcherProcess, WatchTree  # noqa: E402
+
+from sftppush.queue import Queue  # noqa: E402
+
+
+def make_dirs(top: Path, dirs: int) -> None:
+    for d in range(dirs):
+        (top / f"d{d:04d}").mkdir()
+
+
+def write_burst(top: Path, files: int, dirs: int) -> list[bytes]:
+    """Write `files` small files spread over `dirs` directories; their paths."""
+    paths = []
+    payload = b"x" * 64
+    for i in range(files):
+        path = os.fsencode(top / f"d{i % dirs:04d}" / f"f{i:07d}.csv")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, payload)
+        os.close(fd)
+        paths.append(path)
+    return paths
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def burst(base: Path, files: int, dirs: int, paused: bool, timeout: float) -> dict:
+    """One run: the watcher live during the writes, into directories it sees created; or
+    SIGSTOPped while they fill watched directories (the kernel queue overflows: rescan)."""
+    tree = WatchTree(base)
+    if paused:
+        make_dirs(tree.upload, dirs)
+    watcher = WatcherProcess(tree.config, base / "watcher.log").start()
+    assert watcher.proc is not None
+    try:
+        queue = Queue(tree.queue_path)
+        cpu0 = cpu_seconds(watcher.proc.pid)
+        if paused:
+            watcher.signal(signal.SIGSTOP)
+        else:
+            make_dirs(tree.upload, dirs)
+        t0 = time.perf_counter()
+        paths = write_burst(tree.upload, files, dirs)
+        written = time.perf_counter() - t0
+        if paused:
+            t0 = time.perf_counter()  # from SIGCONT: the watcher's own work only
+            watcher.signal(signal.SIGCONT)
+        deadline = time.monotonic() + timeout
+        while queue.stats().pending < files and time.monotonic() < deadline:
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - t0
+        cpu = cpu_seconds(watcher.proc.pid) - cpu0
+        status = watcher.stop()
+        entries = queue.list(limit=10 * files)
+        queue.close()
+    finally:
+        watcher.close()
+    queued = {e.path for e in entries}
+    return {"written": written, "elapsed": elapsed, "cpu": cpu, "status": status,
+            "lost": len(set(paths) - queued), "duplicates": len(entries) - len(queued),
+            "overflows": watcher.log_text().count("inotify queue overflowed")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--dirs", type=int, default=100)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="sftppush-bench-watcher-") as tmp:
+        base = Path(tmp)
+        baseline_dir = base / "baseline"
+        baseline_dir.mkdir()
+        t0 = time.perf_counter()
+        make_dirs(baseline_dir, args.dirs)
+        write_burst(baseline_dir, args.files, args.dirs)
+        baseline = args.files / (time.perf_counter() - t0)
+
+        live = burst(base / "live", args.files, args.dirs, False, args.timeout)
+        paused = burst(base / "paused", args.files, args.dirs, True, args.timeout)
+
+    print(f"watcher burst: {args.files} files in {args.dirs} dirs; baseline: the same "
+          f"writer, unwatched: {baseline:,.0f} files/s")
+    for name, r in (("live", live), ("paused+overflow", paused)):
+        rate = args.files / r["elapsed"]
+        print(f"  {name:16s} all queued {r['elapsed']:6.2f}s after "
+              f"{'SIGCONT' if name != 'live' else 'the first write'}: {rate:>9,.0f} files/s "
+              f"(ratio to baseline {rate / baseline:.2f}; target >= 10,000); "
+              f"watcher CPU {r['cpu']:.2f}s = {args.files / max(r['cpu'], 1e-3):,.0f} files/s; "
+              f"lost {r['lost']}, duplicates {r['duplicates']}, overflows {r['overflows']}, "
+              f"exit {r['status']}")
+    ok = all(r["lost"] == 0 and r["status"] == 0 for r in (live, paused))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
