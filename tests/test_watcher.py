@@ -12,6 +12,11 @@ import threading
 from pathlib import Path
 
 from conftest import WatcherProcess, WatchTree
+from inotify_simple import INotify
+
+from sftppush import config
+from sftppush.queue import Queue
+from sftppush.watcher import Watcher
 
 MAX_QUEUED_EVENTS = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
 
@@ -111,6 +116,25 @@ def test_new_directories_filled_at_once_are_queued(watch_tree: WatchTree,
 
     counts = stopped_counts(watch_tree, watcher, expected)
     assert counts == {p: 1 for p in expected}
+
+
+def test_file_open_while_its_new_dir_is_scanned_is_queued_once_at_close(watch_tree: WatchTree):
+    # In-process, to hold the race still: the file is opened before its directory is
+    # watched, listed by the directory's scan half-written, and closed after.
+    cfg = config.load(watch_tree.config, env={})
+    with Queue(watch_tree.queue_path) as queue, INotify(nonblocking=True) as inotify:
+        watcher = Watcher(cfg, queue, inotify)
+        watcher.start(rescan=False)
+        (watch_tree.upload / "new").mkdir()
+        path = watch_tree.upload / "new" / "slow.csv"
+        with path.open("wb") as f:
+            f.write(b"first half ")
+            f.flush()
+            watcher.step()  # reads the mkdir, watches and lists the new dir: slow.csv is there
+            f.write(b"second half")
+        watcher.step()  # reads the close-write
+        watcher.shutdown()
+    assert [(e.size, e.found_by) for e in watch_tree.entries()] == [(22, "close_write")]
 
 
 def test_directory_renamed_inside_the_tree_keeps_being_watched(watch_tree: WatchTree,
