@@ -102,24 +102,29 @@ def watch(ctx: click.Context, sources: tuple[str, ...], no_rescan: bool) -> None
 @cli.command()
 @_workers_option
 @click.option("--drain", is_flag=True, help="Exit 0 once nothing is pending or claimed.")
+@_source_option
 @click.pass_context
-def consume(ctx: click.Context, workers: int | None, drain: bool) -> None:
+def consume(ctx: click.Context, workers: int | None, drain: bool,
+            sources: tuple[str, ...]) -> None:
     """Run a consumer: claim entries, upload them, delete the local files."""
     from sftppush import consumer
 
-    consumer.run(_config(ctx, **{"consumer.workers": workers}), drain=drain)
+    consumer.run(_config(ctx, sources=sources, **{"consumer.workers": workers}), drain=drain)
 
 
 @cli.command()
 @_workers_option
+@click.option("--consumers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Consumer processes.")
 @_source_option
 @click.pass_context
-def run(ctx: click.Context, workers: int | None, sources: tuple[str, ...]) -> None:
+def run(ctx: click.Context, workers: int | None, consumers: int,
+        sources: tuple[str, ...]) -> None:
     """Run the watcher and consumers together under one parent (small hosts, trying it out)."""
     from sftppush import supervisor
 
     cfg = _config(ctx, sources=sources, **{"consumer.workers": workers})
-    supervisor.run(cfg, global_args=_global_args(ctx), sources=sources)
+    supervisor.run(cfg, global_args=_global_args(ctx), sources=sources, consumers=consumers)
 
 
 def _global_args(ctx: click.Context) -> list[str]:

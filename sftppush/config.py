@@ -440,6 +440,8 @@ def _build_sources(items: Any, userpath: Path, default_target: Target | None,
         paths = _check(paths, "list", f"{at}.paths")
         if not paths:
             raise ConfigError(f"config: {at}.paths must name at least one directory")
+        if any(".." in Path(p).parts for p in paths):
+            raise ConfigError(f"config: {at}.paths must stay inside {userpath / name}")
         if item.get("s3target"):
             target = Target.parse(_check(item["s3target"], "str", f"{at}.s3target"),
                                   f"{at}.s3target")

@@ -1,4 +1,4 @@
-"""Shared fixtures. Each room keeps its fixtures in its own clearly marked section."""
+"""Shared fixtures: source trees with config files, and the CLI as a real subprocess."""
 
 from __future__ import annotations
 
@@ -10,43 +10,99 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-# ---------------------------------------------------------------------------------------------
-# Watcher fixtures (watcher room): a source tree with its config file, the watcher as a process.
-# Also imported by tests/bench/bench_watcher.py. Everything lives under a temporary directory;
-# notification sockets are abstract (no file) or in that directory.
-# ---------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
 
-_WATCHER_REPO = Path(__file__).resolve().parent.parent
+# Variables of the host that must not leak into a test's child processes: a test talks only
+# to servers it started on 127.0.0.1, with the credentials it made up.
+HOST_VARIABLES = ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE",
+                  "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL",
+                  "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+                  "AWS_SESSION_TOKEN", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
+                  "https_proxy", "ALL_PROXY", "all_proxy", "NOTIFY_SOCKET", "WATCHDOG_USEC",
+                  "STATE_DIRECTORY", "SFTPPUSH_CONFIG")
 
 
-class WatchTree:
-    """A userpath with one source `sftpuser1` watching `/upload`, its config file and queue."""
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child sftppush: no SFTPPUSH_/host AWS settings, this repo first."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in HOST_VARIABLES and not k.startswith("SFTPPUSH_")}
+    env["PYTHONPATH"] = str(REPO)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env.update(extra or {})
+    return env
 
-    def __init__(self, base: Path, ignore: list[str] | None = None) -> None:
-        self.base = base
-        self.userpath = base / "home"
-        self.source = "sftpuser1"
-        self.upload = self.userpath / self.source / "upload"
+
+def cli_argv(*args: str | os.PathLike[str]) -> list[str]:
+    return [sys.executable, "-m", "sftppush", *map(str, args)]
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `sftppush ARGS` as a real process and return its completed result."""
+
+    def run(*args: str | os.PathLike[str], env: dict[str, str] | None = None,
+            timeout: float = 60, input: str | None = None,
+            cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cli_argv(*args), env=child_env(env), capture_output=True,
+                              text=True, timeout=timeout, input=input, cwd=cwd)
+
+    return run
+
+
+class SourceTree:
+    """A userpath with one source (`sftpuser1`, watched dir `upload`) and a config writer."""
+
+    def __init__(self, root: Path) -> None:
+        self.userpath = root / "home"
+        self.name = "sftpuser1"
+        self.upload = self.userpath / self.name / "upload"
         self.upload.mkdir(parents=True)
-        self.queue_path = base / "var" / "queue.db"
-        self.config = base / "config.yaml"
-        watch: dict[str, object] = {"source": [{"name": self.source, "paths": ["/upload"]}]}
-        if ignore is not None:
-            watch["ignore"] = ignore
-        self.config.write_text(yaml.safe_dump({
-            "defaults": {"userpath": str(self.userpath), "s3target": "test-bucket"},
-            "watch": watch,
-            "queue": {"path": str(self.queue_path)},
-        }))
+        self.queue_path = root / "state" / "queue.db"
+        self.config_path = root / "config.yaml"
 
-    def entries(self) -> list[object]:
-        """Every queue entry, oldest first (empty if the queue file does not exist yet)."""
+    def config(self, bucket: str = "test-bucket", **sections: dict[str, Any]) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "defaults": {"userpath": str(self.userpath), "s3target": bucket},
+            "watch": {"source": [{"name": self.name, "paths": ["/upload"]}]},
+            "queue": {"path": str(self.queue_path)},
+        }
+        for section, values in sections.items():
+            data.setdefault(section, {}).update(values)
+        return data
+
+    def write_config(self, bucket: str = "test-bucket", **sections: dict[str, Any]) -> Path:
+        self.config_path.write_text(yaml.safe_dump(self.config(bucket, **sections)))
+        return self.config_path
+
+
+@pytest.fixture
+def source_tree(tmp_path: Path) -> SourceTree:
+    return SourceTree(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Watcher room: the watcher as a real process with a real NOTIFY_SOCKET, and the queue read
+# back with a deadline. Also used by tests/bench/bench_watcher.py. Notification sockets are
+# abstract (no file) unless a test passes a path in its own temporary directory.
+# ---------------------------------------------------------------------------------------------
+
+class WatchTree(SourceTree):
+    """A SourceTree with its config written, and its queue read back for assertions."""
+
+    def __init__(self, root: Path, **sections: dict[str, Any]) -> None:
+        super().__init__(root)
+        self.base = root
+        self.config = self.write_config(**sections)
+
+    def entries(self) -> list[Any]:
+        """Every queue entry, oldest first (none if the queue file does not exist yet)."""
         from sftppush.queue import Queue
 
         if not self.queue_path.exists():
@@ -73,13 +129,10 @@ class WatchTree:
 
 
 class WatcherProcess:
-    """`python -m sftppush --config CFG watch` as a child, with a real NOTIFY_SOCKET.
+    """`sftppush --config CFG watch ARGS` as a child; `start()` returns once READY=1 arrived."""
 
-    `start()` returns once the watcher reported READY=1 (its watches are in place).
-    """
-
-    def __init__(self, config: Path, log: Path, *args: str,
-                 env: dict[str, str] | None = None, notify_path: Path | None = None) -> None:
+    def __init__(self, config: Path, log: Path, *args: str, env: dict[str, str] | None = None,
+                 notify_path: Path | None = None) -> None:
         self.config = config
         self.log = log
         self.args = args
@@ -98,12 +151,11 @@ class WatcherProcess:
             name = f"sftppush-test-{uuid.uuid4().hex}"
             self.sock.bind("\0" + name)
             address = "@" + name
-        env = {**os.environ, "PYTHONPATH": str(_WATCHER_REPO), "NOTIFY_SOCKET": address,
-               **self.env}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sftppush", "--config", str(self.config), "watch",
-                 *self.args], env=env, stdout=log, stderr=subprocess.STDOUT)
+                cli_argv("--config", self.config, "watch", *self.args),
+                env=child_env({"NOTIFY_SOCKET": address, **self.env}),
+                stdout=log, stderr=subprocess.STDOUT)
         self.wait_message("READY=1", timeout)
         return self
 
@@ -115,7 +167,7 @@ class WatcherProcess:
             left = deadline - time.monotonic()
             if left <= 0 or (self.proc.poll() is not None and not self._receive(0.01)):
                 raise AssertionError(f"no {wanted} from the watcher (status "
-                                     f"{self.proc.poll()}):\n{self.log.read_text()[-3000:]}")
+                                     f"{self.proc.poll()}):\n{self.log_text()[-3000:]}")
             self._receive(min(left, 0.2))
 
     def _receive(self, timeout: float) -> bool:
@@ -132,7 +184,7 @@ class WatcherProcess:
         self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait: the exit status."""
+        """SIGTERM (after SIGCONT, in case it is stopped) and wait: the exit status."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
@@ -164,17 +216,17 @@ class WatcherProcess:
 
 @pytest.fixture
 def watch_tree(tmp_path: Path) -> WatchTree:
-    """A source tree and config for the watcher, under this test's temporary directory."""
+    """A source tree with its config file written, for the watcher and scan tests."""
     return WatchTree(tmp_path)
 
 
 @pytest.fixture
 def watcher(watch_tree: WatchTree, tmp_path: Path) -> Iterator[WatcherProcess]:
-    """A running watcher over `watch_tree` (READY=1 received); stopped after the test."""
+    """A running watcher over `watch_tree` (READY=1 received); killed if a test left it up."""
     proc = WatcherProcess(watch_tree.config, tmp_path / "watcher.log").start()
     try:
         yield proc
     finally:
         proc.close()
 
-# --- end of watcher fixtures (watcher room) --------------------------------------------------
+# --- end of the watcher room's fixtures ------------------------------------------------------

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import WatchTree
 
 from sftppush import config
 from sftppush.queue import Queue
 from sftppush.scan import is_ignored, rescan, scan_source
+
+from .conftest import WatchTree
 
 DEFAULT_IGNORE = ("*.filepart", "*.part", "*.tmp", ".*")
 
@@ -92,12 +91,9 @@ def test_rescan_of_one_source_leaves_the_others(tmp_path: Path):
         assert [e.source for e in q.list()] == ["two"]
 
 
-def test_rescan_command_prints_its_summary(watch_tree: WatchTree):
+def test_rescan_command_prints_its_summary(watch_tree: WatchTree, run_cli):
     _tree(watch_tree)
-    result = subprocess.run(
-        [sys.executable, "-m", "sftppush", "--config", str(watch_tree.config), "rescan"],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-        capture_output=True, text=True, timeout=30)
+    result = run_cli("--config", watch_tree.config, "rescan", timeout=30)
     assert result.returncode == 0, result.stderr
     assert "enqueued 6" in result.stdout
     assert len(watch_tree.counts()) == 6

@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from conftest import WatcherProcess, WatchTree
 from inotify_simple import INotify
 
 from sftppush import config
 from sftppush.queue import Queue
 from sftppush.watcher import Watcher
+
+from .conftest import WatcherProcess, WatchTree
 
 MAX_QUEUED_EVENTS = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
 
@@ -257,12 +256,9 @@ def test_source_dir_deleted_and_recreated_is_rescanned(watch_tree: WatchTree,
     assert "source dir gone" in watcher.log_text() and "source dir back" in watcher.log_text()
 
 
-def test_missing_source_dir_at_start_is_one_line_and_exit_2(watch_tree: WatchTree):
+def test_missing_source_dir_at_start_is_one_line_and_exit_2(watch_tree: WatchTree, run_cli):
     shutil.rmtree(watch_tree.upload)
-    result = subprocess.run(
-        [sys.executable, "-m", "sftppush", "--config", str(watch_tree.config), "watch"],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-        capture_output=True, text=True, timeout=30)
+    result = run_cli("--config", watch_tree.config, "watch", timeout=30)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert str(watch_tree.upload) in result.stderr

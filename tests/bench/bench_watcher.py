@@ -1,6 +1,6 @@
 """Watcher burst benchmark: N files written as fast as possible, how fast they are all queued.
 
-Run: `python tests/bench/bench_watcher.py [--files 100000] [--dirs 100]`. Prints files/s from
+Run: `python -m tests.bench.bench_watcher [--files 100000] [--dirs 100]`. Prints files/s from
 the first write until every file has a queue entry, files lost (must be 0), duplicates, and
 the ratio against the baseline measured in the same run: the same writer with no watcher.
 Target (SPEC 11): >= 10,000 files/s, none lost. Everything lives in a temporary directory.
@@ -16,12 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-_TESTS = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(_TESTS), str(_TESTS.parent)]  # conftest's watcher fixtures, sftppush
-
-from conftest import WatcherProcess, WatchTree  # noqa: E402
-
-from sftppush.queue import Queue  # noqa: E402
+from sftppush.queue import Queue
+from tests.conftest import WatcherProcess, WatchTree
 
 
 def make_dirs(top: Path, dirs: int) -> None:
