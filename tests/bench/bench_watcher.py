@@ -9,11 +9,13 @@ Target (SPEC 11): >= 10,000 files/s, none lost. Everything lives in a temporary 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import signal
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from sftppush.queue import Queue
@@ -25,16 +27,23 @@ def make_dirs(top: Path, dirs: int) -> None:
         (top / f"d{d:04d}").mkdir()
 
 
-def write_burst(top: Path, files: int, dirs: int) -> list[bytes]:
-    """Write `files` small files spread over `dirs` directories; their paths."""
-    paths = []
+def burst_paths(top: Path, files: int, dirs: int) -> list[bytes]:
+    return [os.fsencode(top / f"d{i % dirs:04d}" / f"f{i:07d}.csv") for i in range(files)]
+
+
+def write_files(paths: list[bytes]) -> None:
     payload = b"x" * 64
-    for i in range(files):
-        path = os.fsencode(top / f"d{i % dirs:04d}" / f"f{i:07d}.csv")
+    for path in paths:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(fd, payload)
         os.close(fd)
-        paths.append(path)
+
+
+def write_burst(top: Path, files: int, dirs: int, writers: int) -> list[bytes]:
+    """Write `files` small files over `dirs` directories from `writers` processes; their paths."""
+    paths = burst_paths(top, files, dirs)
+    with ProcessPoolExecutor(writers, mp_context=multiprocessing.get_context("fork")) as pool:
+        list(pool.map(write_files, [paths[w::writers] for w in range(writers)]))
     return paths
 
 
@@ -43,7 +52,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def burst(base: Path, files: int, dirs: int, paused: bool, timeout: float) -> dict:
+def burst(base: Path, files: int, dirs: int, writers: int, paused: bool, timeout: float) -> dict:
     """One run: the watcher live during the writes, into directories it sees created; or
     SIGSTOPped while they fill watched directories (the kernel queue overflows: rescan)."""
     tree = WatchTree(base)
@@ -59,7 +68,7 @@ def burst(base: Path, files: int, dirs: int, paused: bool, timeout: float) -> di
         else:
             make_dirs(tree.upload, dirs)
         t0 = time.perf_counter()
-        paths = write_burst(tree.upload, files, dirs)
+        paths = write_burst(tree.upload, files, dirs, writers)
         written = time.perf_counter() - t0
         if paused:
             t0 = time.perf_counter()  # from SIGCONT: the watcher's own work only
@@ -84,6 +93,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--dirs", type=int, default=100)
+    parser.add_argument("--writers", type=int, default=2, help="writer processes")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
 
@@ -93,14 +103,14 @@ def main() -> int:
         baseline_dir.mkdir()
         t0 = time.perf_counter()
         make_dirs(baseline_dir, args.dirs)
-        write_burst(baseline_dir, args.files, args.dirs)
+        write_burst(baseline_dir, args.files, args.dirs, args.writers)
         baseline = args.files / (time.perf_counter() - t0)
 
-        live = burst(base / "live", args.files, args.dirs, False, args.timeout)
-        paused = burst(base / "paused", args.files, args.dirs, True, args.timeout)
+        live = burst(base / "live", args.files, args.dirs, args.writers, False, args.timeout)
+        paused = burst(base / "paused", args.files, args.dirs, args.writers, True, args.timeout)
 
-    print(f"watcher burst: {args.files} files in {args.dirs} dirs; baseline: the same "
-          f"writer, unwatched: {baseline:,.0f} files/s")
+    print(f"watcher burst: {args.files} files in {args.dirs} dirs by {args.writers} writer "
+          f"processes; baseline: the same writers, unwatched: {baseline:,.0f} files/s")
     for name, r in (("live", live), ("paused+overflow", paused)):
         rate = args.files / r["elapsed"]
         print(f"  {name:16s} all queued {r['elapsed']:6.2f}s after "
