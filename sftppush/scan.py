@@ -46,6 +46,11 @@ class Counts:
     unreadable: list[bytes] = field(default_factory=list)
 
 
+def shown(path: bytes) -> str:
+    """A path for a log line or message: bytes that are not UTF-8 shown as escapes."""
+    return path.decode("utf-8", "backslashreplace")
+
+
 @lru_cache(maxsize=16)
 def _ignore_regex(ignore: tuple[str, ...]) -> re.Pattern[bytes] | None:
     if not ignore:
@@ -88,7 +93,7 @@ def walk(top: bytes, source: str, ignore: tuple[str, ...], *,
         except FileNotFoundError:
             continue  # removed while we walked; its events are gone with it
         except OSError as exc:
-            log.warning("scan cannot list dir=%s error=%s", os.fsdecode(directory),
+            log.warning("scan cannot list dir=%s error=%s", shown(directory),
                         exc.strerror)
             counts.unreadable.append(directory)
             continue

@@ -30,7 +30,7 @@ from sftppush import notify
 from sftppush.config import Config, Source
 from sftppush.errors import ConfigError, SftppushError
 from sftppush.queue import FileVersion, Queue
-from sftppush.scan import ignore_matcher, walk
+from sftppush.scan import ignore_matcher, shown, walk
 
 log = logging.getLogger("sftppush.watcher")
 
@@ -133,8 +133,11 @@ class Watcher:
                 os.scandir(root.path).close()
             except OSError as exc:
                 raise ConfigError(f"watch: source {root.source.name}: cannot read directory "
-                                  f"{os.fsdecode(root.path)}: {exc.strerror}") from None
+                                  f"{shown(root.path)}: {exc.strerror}") from None
             self._watch_tree(root)
+            if root.wd is None:
+                raise ConfigError(f"watch: source {root.source.name}: cannot watch directory "
+                                  f"{shown(root.path)}")
         notify.notify(f"READY=1\nSTATUS=watching {len(self.dirs)} directories")
         log.info("watching sources=%d dirs=%d rescan=%s", len({r.source.name for r in self.roots}),
                  len(self.dirs), str(rescan).lower())
@@ -175,10 +178,9 @@ class Watcher:
             self._handle(data, self.clock(), batch)
         self._decide(self.clock(), batch, everything=True)
         self._commit(batch)
-        unfinished = [s for s in self.scans if s.steps is not None]
-        for scan in unfinished:
+        for scan in self.scans:  # the next start-up rescan makes up for these
             log.warning("scan unfinished source=%s dir=%s why=%s", scan.root.source.name,
-                        os.fsdecode(scan.top), scan.why)
+                        shown(scan.top), scan.why.replace(" ", "_"))
         log.info("watcher stopped enqueued=%d", self.enqueued)
 
     # --- events --------------------------------------------------------------------------
@@ -274,7 +276,7 @@ class Watcher:
         root.wd = None
         self.next_root_check = self.clock() + ROOT_CHECK
         log.warning("source dir gone source=%s dir=%s why=%s", root.source.name,
-                    os.fsdecode(root.path), why.replace(" ", "_"))
+                    shown(root.path), why.replace(" ", "_"))
 
     def _overflow(self) -> None:
         # Events were dropped: what we knew of open files is unreliable, and any directory
@@ -312,7 +314,7 @@ class Watcher:
             self.enqueued += new
             if log.isEnabledFor(logging.DEBUG):
                 for v in versions:
-                    log.debug("seen path=%s found_by=%s size=%d", os.fsdecode(v.path),
+                    log.debug("seen path=%s found_by=%s size=%d", shown(v.path),
                               v.found_by, v.size)
                 log.debug("enqueued new=%d of=%d", new, len(versions))
 
@@ -326,13 +328,13 @@ class Watcher:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 return False  # gone, or swapped for a symlink, since it was listed
             if exc.errno == errno.ENOSPC:
-                message = (f"cannot watch dir={os.fsdecode(path)}: inotify watch limit reached, "
+                message = (f"cannot watch dir={shown(path)}: inotify watch limit reached, "
                            "raise fs.inotify.max_user_watches")
                 if strict:
                     raise SftppushError(message) from None
                 log.error(message.replace(": ", " error=", 1))
                 return True  # list it anyway, so at least what is there now is queued
-            log.warning("cannot watch dir=%s error=%s", os.fsdecode(path), exc.strerror)
+            log.warning("cannot watch dir=%s error=%s", shown(path), exc.strerror)
             return False
         old = self.dirs.get(wd)
         if old is not None and old[0] != path and self.wds.get(old[0]) == wd:
@@ -355,7 +357,7 @@ class Watcher:
                     stack.extend(e.path for e in entries
                                  if not self.ignored(e.name) and e.is_dir(follow_symlinks=False))
             except OSError as exc:
-                log.warning("cannot list dir=%s error=%s", os.fsdecode(directory), exc.strerror)
+                log.warning("cannot list dir=%s error=%s", shown(directory), exc.strerror)
 
     def _unwatch_tree(self, top: bytes) -> None:
         prefix = top + b"/"
@@ -411,7 +413,7 @@ class Watcher:
             self.scans.popleft()
             (log.debug if scan.why == "new dir" else log.info)(
                 "scan done source=%s dir=%s files=%d why=%s", scan.root.source.name,
-                os.fsdecode(scan.top), scan.files, scan.why.replace(" ", "_"))
+                shown(scan.top), scan.files, scan.why.replace(" ", "_"))
 
     def _check_roots(self, now: float) -> None:
         if now < self.next_root_check:
@@ -421,7 +423,7 @@ class Watcher:
             if root.wd is None and os.path.isdir(root.path) and \
                     not any(s.top == root.path for s in self.scans):
                 log.info("source dir back source=%s dir=%s", root.source.name,
-                         os.fsdecode(root.path))
+                         shown(root.path))
                 self._add_scan(root, root.path, "dir back")
 
     def _timeout(self) -> float:
