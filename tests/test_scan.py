@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sftppush import config
 from sftppush.queue import Queue
@@ -82,10 +83,12 @@ def test_rescan_of_one_source_leaves_the_others(tmp_path: Path):
     for name in ("one", "two"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "f.csv").write_bytes(name.encode())
-    cfg = config.load(None, env={}, flags={"defaults.userpath": str(tmp_path),
-                                          "defaults.s3target": "bucket",
-                                          "queue.path": str(tmp_path / "q.db")},
-                      sources=["name=one,paths=/", "name=two,paths=/"])
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "defaults": {"userpath": str(tmp_path), "s3target": "bucket"},
+        "watch": {"source": [{"name": "one", "paths": ["/"]}, {"name": "two", "paths": ["/"]}]},
+        "queue": {"path": str(tmp_path / "q.db")}}))
+    cfg = config.load(cfg_file, env={})
     with Queue(cfg.queue.path) as q:
         assert rescan(cfg, q, source_name="two").enqueued == 1
         assert [e.source for e in q.list()] == ["two"]

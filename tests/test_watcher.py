@@ -149,6 +149,17 @@ def test_directory_renamed_inside_the_tree_keeps_being_watched(watch_tree: Watch
     assert counts == {first: 1, up / "sorted" / "first.csv": 1, after: 1}
 
 
+def test_directory_filled_under_an_ignored_name_is_taken_when_renamed(
+        watch_tree: WatchTree, watcher: WatcherProcess):
+    up = watch_tree.upload
+    (up / ".incoming").mkdir()
+    for i in range(10):
+        write(up / ".incoming" / f"{i}.csv")
+    os.rename(up / ".incoming", up / "batch1")
+    expected = {up / "batch1" / f"{i}.csv" for i in range(10)}
+    assert stopped_counts(watch_tree, watcher, expected) == {p: 1 for p in expected}
+
+
 def test_mtime_set_after_close_is_a_new_version(watch_tree: WatchTree, watcher: WatcherProcess):
     path = write(watch_tree.upload / "kept-time.csv")
     watch_tree.wait_for({path})
