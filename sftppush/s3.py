@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import threading
 import zlib
@@ -137,6 +138,9 @@ class Uploader:
             stop = stop | tenacity.stop_when_event_set(cancel)
 
         def once() -> Any:
+            body = kwargs.get("Body")
+            if isinstance(body, io.IOBase):
+                body.seek(0)  # a retry resends the whole body, not what the last try left
             try:
                 return fn(**kwargs)
             except Exception as exc:
@@ -206,7 +210,8 @@ class Uploader:
     def _put_single(self, bucket: str, key: str, body: bytes | bytearray, metadata: dict[str, str],
                     cancel: threading.Event | None) -> Uploaded:
         sha = hashlib.sha256(body).hexdigest()
-        resp = self.call("put_object", cancel, Bucket=bucket, Key=key, Body=body,
+        resp = self.call("put_object", cancel, Bucket=bucket, Key=key,
+                         Body=PartBody(body) if len(body) > SMALL_BODY else body,
                          Metadata={**metadata, SHA256_KEY: sha}, **self.extra)
         how = self._verify_put(resp, body) or self._verify_head(bucket, key, len(body), sha)
         return Uploaded(bucket, key, len(body), sha, 0, how)
@@ -264,7 +269,7 @@ class Uploader:
     def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: bytearray,
                      cancel: threading.Event | None) -> dict[str, Any]:
         resp = self.call("upload_part", cancel, Bucket=bucket, Key=key, UploadId=upload_id,
-                         PartNumber=number, Body=data)
+                         PartNumber=number, Body=PartBody(data))
         part = {"PartNumber": number, "ETag": resp["ETag"]}
         for name in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1",
                      "ChecksumSHA256"):
@@ -318,6 +323,38 @@ def _code(exc: BaseException) -> str | None:
     if isinstance(cause, botocore.exceptions.ClientError):
         return str(cause.response.get("Error", {}).get("Code"))
     return None
+
+
+class PartBody(io.RawIOBase):
+    """A part buffer as a seekable stream. botocore copies a bytes-like Body whole; a stream
+    it reads in chunks, so a part costs its buffer once, not twice."""
+
+    def __init__(self, buf: bytes | bytearray) -> None:
+        self._view = memoryview(buf)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, into: Any) -> int:
+        n = max(0, min(len(into), len(self._view) - self._pos))
+        into[:n] = self._view[self._pos: self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return len(self._view)
 
 
 def read_part(reader: Reader, size: int, head: bytes = b"") -> bytearray:
