@@ -138,9 +138,6 @@ class Uploader:
             stop = stop | tenacity.stop_when_event_set(cancel)
 
         def once() -> Any:
-            body = kwargs.get("Body")
-            if isinstance(body, io.IOBase):
-                body.seek(0)  # a retry resends the whole body, not what the last try left
             try:
                 return fn(**kwargs)
             except Exception as exc:

@@ -142,15 +142,3 @@ def test_multipart_to_rclone_with_no_open_uploads_and_capitalised_metadata(rclon
     assert done.parts == 3 and done.verified_by == "head"
     assert (rclone_s3.root / bucket / "big").read_bytes() == body
 
-
-def test_a_retried_stream_body_is_sent_whole_again(moto_server: S3Server, s3_client: Any,
-                                                   s3_bucket: str) -> None:
-    from sftppush.s3 import PartBody
-
-    data = os.urandom(3 * MB)
-    body = PartBody(bytearray(data))
-    up = uploader(moto_server.endpoint_url)
-    up.call("put_object", Bucket=s3_bucket, Key="first", Body=body)
-    # The stream now stands at its end, as after a failed attempt; the next try rewinds it.
-    up.call("put_object", Bucket=s3_bucket, Key="again", Body=body)
-    assert s3_client.get_object(Bucket=s3_bucket, Key="again")["Body"].read() == data
