@@ -1,0 +1,277 @@
+"""Fast PUTs of small in-memory bodies through awscrt's S3 client (optional: `sftppush[crt]`).
+
+Owns one awscrt S3Client per process, request building and signing, Content-MD5 verification
+and the mapping of CRT failures to TransientError / PermanentError. It never reads files,
+never touches the queue and never does multipart: large files stay on boto3 in s3.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import re
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
+
+from sftppush.config import S3Config
+from sftppush.errors import PermanentError, TransientError
+
+try:
+    from awscrt import auth, http, s3
+    from awscrt.exceptions import AwsCrtError
+except ImportError:  # the pure-boto3 path works without it
+    auth = http = s3 = None
+    AwsCrtError = OSError
+
+# A single PUT is the point of this room; bigger bodies go to s3.py's streaming multipart.
+MAX_BODY = 64 * 1024 * 1024
+_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
+                    "RequestTimeTooSkewed", "BadDigest", "IncompleteBody", "Throttling"}
+_CODE_RE = re.compile(rb"<Code>([^<]{1,100})</Code>")
+
+
+def available() -> bool:
+    """True when awscrt is installed, so the consumer may choose this path."""
+    return s3 is not None
+
+
+@dataclass(frozen=True)
+class PutItem:
+    bucket: str
+    key: str
+    body: bytes
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """What the store answered for one verified PUT."""
+
+    bucket: str
+    key: str
+    size: int
+    md5_hex: str
+    etag: str | None          # without quotes
+    sse: str | None           # x-amz-server-side-encryption of the response
+    checksum_crc32: str | None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str
+    token: str | None = None
+
+
+class CrtUploader:
+    """Many concurrent single-request PUTs from one process; share one instance across threads.
+
+    `put()` blocks while `max_in_flight` requests are running, so callers get backpressure
+    for free; its future resolves to a verified PutResult or raises TransientError /
+    PermanentError. The store checks the Content-MD5 we send (a 200 means the bytes arrived
+    intact) and, unless the object is KMS-encrypted, the returned ETag must equal that MD5.
+    """
+
+    def __init__(self, *, region: str, credentials: Callable[[], Credentials] | Credentials,
+                 endpoint_url: str | None = None, s3cfg: S3Config | None = None,
+                 max_in_flight: int = 32, max_retries: int | None = 2,
+                 connect_timeout_ms: int = 3000) -> None:
+        if not available():
+            raise RuntimeError("awscrt is not installed (pip install 'sftppush[crt]')")
+        self.region = region
+        self.s3cfg = s3cfg or S3Config()
+        url = urlsplit(endpoint_url) if endpoint_url else None
+        self._host = url.netloc if url else None  # None = AWS, virtual-hosted per bucket
+        self._base = url.path.rstrip("/") if url else ""
+        tls = s3.S3RequestTlsMode.DISABLED if url and url.scheme == "http" else \
+            s3.S3RequestTlsMode.ENABLED
+        signing = s3.create_default_s3_signing_config(
+            region=region, credential_provider=_provider(credentials))
+        kwargs = {"connect_timeout_ms": connect_timeout_ms}
+        if max_retries is not None:
+            # CRT's own default is 5 retries with up to 20 s backoff; the consumer's tenacity
+            # and queue-level retry_later own the long waits, so keep this short.
+            kwargs["retry_config"] = s3.S3RetryConfig(max_retries=max(max_retries, 1))
+        self._client = s3.S3Client(region=region, tls_mode=tls, signing_config=signing,
+                                   part_size=MAX_BODY, multipart_upload_threshold=MAX_BODY,
+                                   **kwargs)
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._live: set = set()       # S3Request objects must outlive their callbacks
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_session(cls, session, *, region: str | None = None,
+                     endpoint_url: str | None = None, **kwargs) -> CrtUploader:
+        """Use a boto3 Session's credential chain (profile, env, role; refreshed when needed)."""
+        creds = session.get_credentials()
+        if creds is None:
+            raise PermanentError("no AWS credentials found (profile, environment or role)")
+
+        def current() -> Credentials:
+            frozen = creds.get_frozen_credentials()
+            return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+        return cls(region=region or session.region_name or "us-east-1", credentials=current,
+                   endpoint_url=endpoint_url, **kwargs)
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def put(self, bucket: str, key: str, body: bytes, metadata: Mapping[str, str] | None = None,
+            content_type: str | None = None) -> Future[PutResult]:
+        """Start one PUT of `body`; blocks while max_in_flight PUTs are running."""
+        if len(body) > MAX_BODY:
+            raise ValueError(f"body of {len(body)} bytes is too big for one PUT; use s3.py")
+        if self._closed:
+            raise RuntimeError("CrtUploader is closed")
+        md5 = hashlib.md5(body, usedforsecurity=False)
+        headers = self._headers(bucket, body, md5.digest(), metadata or {}, content_type)
+        path = f"{self._base}/{bucket}/{quote(key, safe='/~')}" if self._host else \
+            f"/{quote(key, safe='/~')}"
+        request = http.HttpRequest("PUT", path, http.HttpHeaders(headers), io.BytesIO(body))
+        future: Future[PutResult] = Future()
+        answer: dict = {}
+
+        def on_headers(status_code, headers, **_):
+            answer["status"] = status_code
+            answer["headers"] = headers
+
+        def on_done(error=None, status_code=None, error_body=None, **_):
+            try:
+                if error is not None:
+                    future.set_exception(_classify(error, status_code, error_body, key))
+                else:
+                    future.set_result(_verified(bucket, key, len(body), md5.hexdigest(),
+                                                answer.get("headers") or ()))
+            except BaseException as exc:  # a verification failure is the future's, not CRT's
+                future.set_exception(exc)
+            finally:
+                self._slots.release()
+
+        self._slots.acquire()
+        try:
+            req = self._client.make_request(type=s3.S3RequestType.PUT_OBJECT, request=request,
+                                            on_headers=on_headers, on_done=on_done)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._live.add(req)
+        future.add_done_callback(lambda _f, r=req: self._forget(r))
+        return future
+
+    def put_many(self, items: Iterable[PutItem]) -> Iterator[tuple[PutItem, PutResult | Exception]]:
+        """PUT every item, keeping up to max_in_flight running; yield (item, result or error)
+        in the order given. Errors are TransientError or PermanentError, never raised here."""
+        pending: list[tuple[PutItem, Future[PutResult]]] = []
+        for item in items:
+            pending.append((item, self.put(item.bucket, item.key, item.body, item.metadata,
+                                           item.content_type)))
+            while pending and pending[0][1].done():
+                yield _outcome(*pending.pop(0))
+        for item, fut in pending:
+            yield _outcome(item, fut)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Wait for running PUTs, then release the client and its threads."""
+        self._closed = True
+        with self._lock:
+            live = list(self._live)
+        for req in live:
+            try:
+                req.finished_future.result(timeout)
+            except Exception:
+                pass
+        client, self._client = self._client, None
+        if client is not None:
+            event = client.shutdown_event
+            del client
+            event.wait(timeout)
+
+    def __enter__(self) -> CrtUploader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _forget(self, req) -> None:
+        with self._lock:
+            self._live.discard(req)
+
+    def _headers(self, bucket: str, body: bytes, md5: bytes, metadata: Mapping[str, str],
+                 content_type: str | None) -> list[tuple[str, str]]:
+        host = self._host or f"{bucket}.s3.{self.region}.amazonaws.com"
+        headers = [("Host", host), ("Content-Length", str(len(body))),
+                   ("Content-MD5", base64.b64encode(md5).decode()),
+                   ("Content-Type", content_type or "application/octet-stream")]
+        if self.s3cfg.checksum == "when_supported":
+            crc = zlib.crc32(body).to_bytes(4, "big")
+            headers.append(("x-amz-checksum-crc32", base64.b64encode(crc).decode()))
+        if self.s3cfg.storage_class:
+            headers.append(("x-amz-storage-class", self.s3cfg.storage_class))
+        if self.s3cfg.sse:
+            headers.append(("x-amz-server-side-encryption", self.s3cfg.sse))
+        if self.s3cfg.sse_kms_key_id:
+            headers.append(("x-amz-server-side-encryption-aws-kms-key-id",
+                            self.s3cfg.sse_kms_key_id))
+        for name, value in metadata.items():
+            if not (name.isascii() and value.isascii()):
+                # boto3 would send these as they are and the store would mangle them; the
+                # pipeline percent-escapes names before they get here.
+                raise ValueError(f"metadata {name!r} must be ASCII")
+            headers.append((f"x-amz-meta-{name}", value))
+        return headers
+
+
+def _provider(credentials: Callable[[], Credentials] | Credentials):
+    if isinstance(credentials, Credentials):
+        return auth.AwsCredentialsProvider.new_static(
+            credentials.access_key, credentials.secret_key, credentials.token)
+
+    def delegate():
+        c = credentials()
+        return auth.AwsCredentials(c.access_key, c.secret_key, c.token)
+
+    return auth.AwsCredentialsProvider.new_delegate(delegate)
+
+
+def _verified(bucket: str, key: str, size: int, md5_hex: str,
+              headers: Iterable[tuple[str, str]]) -> PutResult:
+    h = {name.lower(): value for name, value in headers}
+    etag = h.get("etag", "").strip('"') or None
+    sse = h.get("x-amz-server-side-encryption")
+    # A KMS-encrypted object's ETag is not its MD5; the store has already checked Content-MD5.
+    if etag != md5_hex and not (sse or "").startswith("aws:kms"):
+        raise TransientError(f"verify failed key={key} etag={etag} md5={md5_hex}")
+    return PutResult(bucket, key, size, md5_hex, etag, sse, h.get("x-amz-checksum-crc32"))
+
+
+def _classify(error: BaseException, status: int | None, body: bytes | None,
+              key: str) -> Exception:
+    if isinstance(error, TransientError | PermanentError):
+        return error
+    code_match = _CODE_RE.search(body or b"")
+    code = code_match.group(1).decode(errors="replace") if code_match else None
+    status = getattr(error, "status_code", None) or status
+    what = f"PUT key={key} " + (f"status={status} code={code}" if status else
+                                getattr(error, "name", type(error).__name__))
+    if status is None:  # no answer at all: refused, reset, timed out, DNS
+        return TransientError(what)
+    if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
+        return TransientError(what)
+    return PermanentError(what)
+
+
+def _outcome(item: PutItem, fut: Future[PutResult]) -> tuple[PutItem, PutResult | Exception]:
+    try:
+        return item, fut.result()
+    except (TransientError, PermanentError) as exc:
+        return item, exc

