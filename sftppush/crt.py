@@ -102,8 +102,8 @@ class CrtUploader:
                                    part_size=MAX_BODY, multipart_upload_threshold=MAX_BODY,
                                    **kwargs)
         self._slots = threading.BoundedSemaphore(max_in_flight)
-        self._live: set = set()       # S3Request objects must outlive their callbacks
-        self._lock = threading.Lock()
+        self._live: dict = {}         # S3Request objects must outlive their callbacks
+        self._lock = threading.RLock()
         self._closed = False
 
     @classmethod
@@ -152,18 +152,19 @@ class CrtUploader:
             except BaseException as exc:  # a verification failure is the future's, not CRT's
                 future.set_exception(exc)
             finally:
+                self._finish(token)
                 self._slots.release()
 
+        token = object()
         self._slots.acquire()
-        try:
-            req = self._client.make_request(type=s3.S3RequestType.PUT_OBJECT, request=request,
-                                            on_headers=on_headers, on_done=on_done)
-        except BaseException:
-            self._slots.release()
-            raise
-        with self._lock:
-            self._live.add(req)
-        future.add_done_callback(lambda _f, r=req: self._forget(r))
+        with self._lock:  # held so on_done cannot run _finish before the request is recorded
+            try:
+                self._live[token] = self._client.make_request(
+                    type=s3.S3RequestType.PUT_OBJECT, request=request,
+                    on_headers=on_headers, on_done=on_done)
+            except BaseException:
+                self._slots.release()
+                raise
         return future
 
     def put_many(self, items: Iterable[PutItem]) -> Iterator[tuple[PutItem, PutResult | Exception]]:
@@ -182,7 +183,7 @@ class CrtUploader:
         """Wait for running PUTs, then release the client and its threads."""
         self._closed = True
         with self._lock:
-            live = list(self._live)
+            live = list(self._live.values())
         for req in live:
             try:
                 req.finished_future.result(timeout)
@@ -191,8 +192,8 @@ class CrtUploader:
         client, self._client = self._client, None
         if client is not None:
             event = client.shutdown_event
-            del client
-            event.wait(timeout)
+            del client, live
+            event.wait(5.0)  # best effort: CRT releases its threads asynchronously
 
     def __enter__(self) -> CrtUploader:
         return self
@@ -202,9 +203,12 @@ class CrtUploader:
 
     # ---- helpers --------------------------------------------------------------------------
 
-    def _forget(self, req) -> None:
+    def _finish(self, token: object) -> None:
+        # Dropping our reference here, not in a future callback, avoids a reference cycle
+        # (request -> on_done -> future -> callback -> request) that would keep the client
+        # alive until the garbage collector ran.
         with self._lock:
-            self._live.discard(req)
+            self._live.pop(token, None)
 
     def _headers(self, bucket: str, body: bytes, md5: bytes, metadata: Mapping[str, str],
                  content_type: str | None) -> list[tuple[str, str]]:
@@ -214,7 +218,8 @@ class CrtUploader:
                    ("Content-Type", content_type or "application/octet-stream")]
         if self.s3cfg.checksum == "when_supported":
             crc = zlib.crc32(body).to_bytes(4, "big")
-            headers.append(("x-amz-checksum-crc32", base64.b64encode(crc).decode()))
+            headers += [("x-amz-sdk-checksum-algorithm", "CRC32"),
+                        ("x-amz-checksum-crc32", base64.b64encode(crc).decode())]
         if self.s3cfg.storage_class:
             headers.append(("x-amz-storage-class", self.s3cfg.storage_class))
         if self.s3cfg.sse:
