@@ -1,4 +1,4 @@
-"""sftppush: move every finished upload from an SFTP server into S3, decompressed, losing nothing."""
+"""sftppush: move every finished upload of an SFTP server into S3, decompressed, losing nothing."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -351,9 +351,8 @@ def _check(value: Any, kind: Any, key: str) -> Any:
     elif base in ("str", "path"):
         if isinstance(value, str) and value:
             return value
-    elif base == "list":
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
+    elif base == "list" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
     noun = {"int": "an integer", "float": "a number", "bool": "true or false",
             "list": "a list of strings"}.get(base, "a non-empty string")
     raise ConfigError(f"config: {key} must be {noun}, got {value!r}")
@@ -420,7 +419,8 @@ def _build_sources(items: Any, userpath: Path, default_target: Target | None,
     if not isinstance(items, list):
         raise ConfigError("config: watch.source must be a list of sources")
     if need_sources and not items:
-        raise ConfigError("config: no sources: set watch.source in the config file or give --source")
+        raise ConfigError("config: no sources: set watch.source in the config file or give "
+                          "--source")
     sources: list[Source] = []
     for i, item in enumerate(items):
         at = f"watch.source[{i}]"
@@ -440,6 +440,8 @@ def _build_sources(items: Any, userpath: Path, default_target: Target | None,
         paths = _check(paths, "list", f"{at}.paths")
         if not paths:
             raise ConfigError(f"config: {at}.paths must name at least one directory")
+        if any(".." in Path(p).parts for p in paths):
+            raise ConfigError(f"config: {at}.paths must stay inside {userpath / name}")
         if item.get("s3target"):
             target = Target.parse(_check(item["s3target"], "str", f"{at}.s3target"),
                                   f"{at}.s3target")

@@ -1,0 +1,57 @@
+"""Logging set-up: one event per line, text or JSON, to stderr (journald) or a file.
+
+Owns formatting only; rooms log through `logging.getLogger("sftppush.<room>")` with the
+entry id, path and key as `name=value` fields. Nothing here may log credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from sftppush.config import LogConfig
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `name=value` pairs of the message are lifted into fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        data = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": message,
+        }
+        event, *fields = message.split(" ")
+        data["event"] = event
+        for item in fields:
+            key, sep, value = item.partition("=")
+            if sep and key.isidentifier() and key not in data:
+                data[key] = value
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+def setup(cfg: LogConfig) -> None:
+    handler: logging.Handler
+    if cfg.location:
+        handler = logging.FileHandler(cfg.location, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    if cfg.format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger("sftppush")
+    root.handlers[:] = [handler]
+    root.setLevel(cfg.level.upper())
+    root.propagate = False
+    # boto's own chatter at debug would log request headers; keep it at warning.
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,382 @@
+"""The durable queue: one SQLite file shared by the watcher, consumers and operator commands.
+
+Owns the schema, enqueue with version dedup, atomic leased claims fenced by owner tokens,
+ack/retry/fail/release, replay, purge and stats. It knows nothing of S3 or inotify, and it
+never resets a claim it does not own: only an expired lease makes an entry claimable again.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from persistqueue.sqlbase import SQLiteBase
+
+from sftppush.errors import QueueError
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """One version of one file: what the watcher and rescan enqueue."""
+
+    path: bytes
+    source: str
+    size: int
+    mtime_ns: int
+    inode: int
+    found_by: str
+
+    @classmethod
+    def of(cls, path: bytes | str, source: str, st: os.stat_result, found_by: str) -> FileVersion:
+        return cls(os.fsencode(path), source, st.st_size, st.st_mtime_ns, st.st_ino, found_by)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A queue row.
+
+    `due` is when the row next needs attention: the next attempt (pending), the lease
+    expiry (claimed), or when it finished (done, failed).
+    """
+
+    id: int
+    path: bytes
+    source: str
+    size: int
+    mtime_ns: int
+    inode: int
+    found_by: str
+    state: State
+    owner: str | None
+    due: float
+    attempts: int
+    enqueued_at: float
+    last_error: str | None
+    note: str | None
+
+    @property
+    def display_path(self) -> str:
+        return self.path.decode("utf-8", "backslashreplace")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = self.display_path
+        data["state"] = self.state.value
+        return data
+
+
+@dataclass(frozen=True)
+class Stats:
+    pending: int
+    claimed: int
+    done: int
+    failed: int
+    oldest_pending_age_s: float | None
+    uploaded_last_minute: int
+    uploaded_last_hour: int
+    bytes_last_minute: int
+    bytes_last_hour: int
+    top_errors: list[tuple[str, int]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["top_errors"] = [{"error": e, "count": n} for e, n in self.top_errors]
+        return data
+
+
+_COLUMNS = ("id, path, source, size, mtime_ns, inode, found_by, state, owner, due, attempts, "
+            "enqueued_at, last_error, note")
+_FENCE = "id = ? AND state = 'claimed' AND owner = ?"
+
+
+class Queue(SQLiteBase):
+    """The queue file. One object per process; its threads share it through an internal lock."""
+
+    _TABLE_NAME = "entries"
+    _KEY_COLUMN = "id"
+    _conn: sqlite3.Connection | None = None
+    _SQL_CREATE = (
+        "CREATE TABLE IF NOT EXISTS entries ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " path BLOB NOT NULL, source TEXT NOT NULL, size INTEGER NOT NULL,"
+        " mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
+        " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
+        " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT)"
+    )
+    # The (state, due) index serves claim, the expired-lease sweep, purge and throughput;
+    # counts are kept by triggers so `queue status` never scans the table.
+    _SCHEMA = (
+        "CREATE UNIQUE INDEX IF NOT EXISTS entries_version"
+        " ON entries (path, inode, size, mtime_ns)",
+        "CREATE INDEX IF NOT EXISTS entries_state_due ON entries (state, due)",
+        "CREATE TABLE IF NOT EXISTS counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+        "INSERT OR IGNORE INTO counts VALUES"
+        " ('pending', 0), ('claimed', 0), ('done', 0), ('failed', 0)",
+        "CREATE TRIGGER IF NOT EXISTS entries_counted_in AFTER INSERT ON entries"
+        " BEGIN UPDATE counts SET n = n + 1 WHERE state = new.state; END",
+        "CREATE TRIGGER IF NOT EXISTS entries_counted_move AFTER UPDATE OF state ON entries"
+        " WHEN old.state <> new.state BEGIN"
+        " UPDATE counts SET n = n - 1 WHERE state = old.state;"
+        " UPDATE counts SET n = n + 1 WHERE state = new.state; END",
+        "CREATE TRIGGER IF NOT EXISTS entries_counted_out AFTER DELETE ON entries"
+        " BEGIN UPDATE counts SET n = n - 1 WHERE state = old.state; END",
+    )
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
+                 timeout: float = 30.0) -> None:
+        self.file = Path(path).absolute()
+        self._lock = threading.RLock()
+        if not self.file.exists():
+            if not create:
+                raise QueueError(f"queue: {self.file} does not exist")
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            # Created by us with 0600 before SQLite opens it; SQLite gives -wal/-shm the same mode.
+            os.close(os.open(self.file, os.O_CREAT | os.O_WRONLY, 0o600))
+        try:
+            super().__init__(str(self.file.parent), timeout=timeout,
+                             db_file_name=self.file.name)
+            with self._transaction() as db:
+                for statement in self._SCHEMA:
+                    db.execute(statement)
+        except sqlite3.DatabaseError as exc:
+            raise QueueError(f"queue: {self.file} is not a usable queue file: {exc}") from None
+
+    @property
+    def _table_name(self) -> str:
+        return self._TABLE_NAME
+
+    def _new_db_connection(self, path: str, multithreading: bool,
+                           timeout: float) -> sqlite3.Connection:
+        # Autocommit: every write goes through _transaction(), which issues BEGIN IMMEDIATE.
+        conn = sqlite3.connect(self.file, timeout=timeout, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        return conn
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self._getter = self._putter = None
+
+    @contextmanager
+    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            if self._conn is None:
+                raise QueueError(f"queue: {self.file} is closed")
+            cur = self._conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield cur
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                cur.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if self._conn.in_transaction:
+                    self._conn.rollback()
+                raise QueueError(f"queue: {self.file}: {exc}") from None
+            finally:
+                cur.close()
+
+    # --- producers ---------------------------------------------------------------------
+
+    def enqueue_many(self, versions: Iterable[FileVersion], now: float | None = None) -> int:
+        """Append file versions in one transaction; versions already queued are skipped."""
+        now = time.time() if now is None else now
+        rows = [(v.path, v.source, v.size, v.mtime_ns, v.inode, v.found_by, now, now)
+                for v in versions]
+        if not rows:
+            return 0
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO entries (path, source, size, mtime_ns, inode, found_by, state,"
+                " due, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
+                " ON CONFLICT DO NOTHING", rows)
+            return db.rowcount
+
+    def known(self, versions: Iterable[FileVersion]) -> set[FileVersion]:
+        """The versions that already have an entry, in any state."""
+        found = set()
+        with self._transaction(write=False) as db:
+            for v in versions:
+                db.execute("SELECT 1 FROM entries WHERE path = ? AND inode = ? AND size = ?"
+                           " AND mtime_ns = ?", (v.path, v.inode, v.size, v.mtime_ns))
+                if db.fetchone():
+                    found.add(v)
+        return found
+
+    # --- consumers: every call after claim is fenced by the claim's owner token ---------
+
+    def claim(self, owner: str, lease_seconds: float, limit: int = 1,
+              now: float | None = None) -> list[Entry]:
+        """Claim up to `limit` due entries for a fresh owner token, in one transaction.
+
+        Claims whose lease expired (their consumer died) go back to pending first.
+        """
+        now = time.time() if now is None else now
+        token = f"{owner}/{uuid.uuid4().hex[:12]}"
+        with self._transaction() as db:
+            db.execute("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
+                       " last_error = 'lease expired (' || owner || ')'"
+                       " WHERE state = 'claimed' AND due <= ?", (now, now))
+            db.execute(
+                f"UPDATE entries SET state = 'claimed', owner = ?, due = ? WHERE id IN"
+                f" (SELECT id FROM entries WHERE state = 'pending' AND due <= ?"
+                f" ORDER BY due LIMIT ?) RETURNING {_COLUMNS}",
+                (token, now + lease_seconds, now, limit))
+            rows = db.fetchall()
+        return sorted((_entry(r) for r in rows), key=lambda e: e.id)
+
+    def renew(self, entries: Sequence[Entry], lease_seconds: float,
+              now: float | None = None) -> list[Entry]:
+        """Extend leases; returns the entries whose lease was lost meanwhile."""
+        now = time.time() if now is None else now
+        return self._fenced(entries, "due = ?", lambda e: (now + lease_seconds,))
+
+    def ack(self, entry: Entry, note: str | None = None, now: float | None = None) -> bool:
+        """Mark done; False means the lease was lost and someone else owns the entry."""
+        return not self.ack_many([(entry, note)], now)
+
+    def ack_many(self, done: Sequence[tuple[Entry, str | None]],
+                 now: float | None = None) -> list[Entry]:
+        """Mark several done in one transaction; returns the ones whose lease was lost."""
+        now = time.time() if now is None else now
+        notes = {e.id: n for e, n in done}
+        return self._fenced([e for e, _ in done],
+                            "state = 'done', owner = NULL, due = ?, note = ?",
+                            lambda e: (now, notes[e.id]))
+
+    def retry_later(self, entry: Entry, error: str, delay: float, count_attempt: bool,
+                    now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return not self._fenced(
+            [entry], "state = 'pending', owner = NULL, due = ?, attempts = attempts + ?,"
+            " last_error = ?", lambda e: (now + delay, int(count_attempt), error))
+
+    def fail(self, entry: Entry, error: str, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return not self._fenced(
+            [entry], "state = 'failed', owner = NULL, due = ?, attempts = attempts + 1,"
+            " last_error = ?", lambda e: (now, error))
+
+    def release(self, entry: Entry, now: float | None = None) -> bool:
+        """Hand an unstarted or interrupted entry back at once (a consumer stopping)."""
+        now = time.time() if now is None else now
+        return not self._fenced([entry], "state = 'pending', owner = NULL, due = ?",
+                                lambda e: (now,))
+
+    def _fenced(self, entries: Sequence[Entry], assignments: str,
+                values: Any) -> list[Entry]:
+        lost = []
+        with self._transaction() as db:
+            for e in entries:
+                db.execute(f"UPDATE entries SET {assignments} WHERE {_FENCE}",
+                           (*values(e), e.id, e.owner))
+                if db.rowcount == 0:
+                    lost.append(e)
+        return lost
+
+    # --- operators ----------------------------------------------------------------------
+
+    def replay(self, ids: Sequence[int] | None = None, failed: bool = False,
+               now: float | None = None) -> int:
+        """Failed entries (all, or those of `ids`) back to pending with attempts reset."""
+        now = time.time() if now is None else now
+        sql = ("UPDATE entries SET state = 'pending', owner = NULL, due = ?, attempts = 0"
+               " WHERE state = 'failed'")
+        with self._transaction() as db:
+            if failed:
+                db.execute(sql, (now,))
+                return db.rowcount
+            count = 0
+            for i in ids or ():
+                db.execute(sql + " AND id = ?", (now, i))
+                count += db.rowcount
+            return count
+
+    def purge_done(self, older_than: float, now: float | None = None,
+                   batch: int = 10_000) -> int:
+        """Drop done entries finished more than `older_than` seconds ago, in short batches."""
+        cutoff = (time.time() if now is None else now) - older_than
+        total = 0
+        while True:
+            with self._transaction() as db:
+                db.execute("DELETE FROM entries WHERE id IN (SELECT id FROM entries"
+                           " WHERE state = 'done' AND due < ? LIMIT ?)", (cutoff, batch))
+                total += db.rowcount
+                if db.rowcount < batch:
+                    return total
+
+    def stats(self, now: float | None = None) -> Stats:
+        now = time.time() if now is None else now
+        with self._transaction(write=False) as db:
+            counts = dict(db.execute("SELECT state, n FROM counts").fetchall())
+            (oldest,) = db.execute(
+                "SELECT min(enqueued_at) FROM entries WHERE state = 'pending'").fetchone()
+            window = {}
+            for name, seconds in (("minute", 60), ("hour", 3600)):
+                window[name] = db.execute(
+                    "SELECT count(*), coalesce(sum(size), 0) FROM entries"
+                    " WHERE state = 'done' AND due >= ? AND note IS NULL",
+                    (now - seconds,)).fetchone()
+            # Errors of failed entries and of pending ones waiting out a retry delay.
+            top = db.execute(
+                "SELECT last_error, count(*) FROM entries WHERE last_error IS NOT NULL AND"
+                " (state = 'failed' OR (state = 'pending' AND due > ?))"
+                " GROUP BY last_error ORDER BY count(*) DESC LIMIT 5", (now,)).fetchall()
+        return Stats(
+            pending=counts.get("pending", 0), claimed=counts.get("claimed", 0),
+            done=counts.get("done", 0), failed=counts.get("failed", 0),
+            oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
+            uploaded_last_minute=window["minute"][0], uploaded_last_hour=window["hour"][0],
+            bytes_last_minute=window["minute"][1], bytes_last_hour=window["hour"][1],
+            top_errors=[(e, n) for e, n in top],
+        )
+
+    def list(self, state: State | None = None, limit: int = 100) -> list[Entry]:
+        """Entries, newest first, optionally of one state."""
+        where, args = ("WHERE state = ?", (State(state).value,)) if state else ("", ())
+        with self._transaction(write=False) as db:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM entries {where} ORDER BY id DESC"
+                              f" LIMIT ?", (*args, limit)).fetchall()
+        return [_entry(r) for r in rows]
+
+    def get(self, entry_id: int) -> Entry | None:
+        with self._transaction(write=False) as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM entries WHERE id = ?",
+                             (entry_id,)).fetchone()
+        return _entry(row) if row else None
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    values = list(row)
+    values[1] = bytes(values[1])
+    values[7] = State(values[7])  # an unknown state is an error, not a guess
+    return Entry(*values)

@@ -1,0 +1,39 @@
+"""The command line's contract: version, exit codes, one-line errors, redaction (SPEC 6)."""
+
+from __future__ import annotations
+
+from sftppush import __version__
+
+from .conftest import SourceTree
+
+
+def test_version(run_cli) -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_config_show_redacts_secrets(source_tree: SourceTree, run_cli) -> None:
+    cfg = source_tree.write_config(defaults={"awsprofile": "prod-admin"},
+                                   consumer={"s3": {"sse": "aws:kms",
+                                                    "sse_kms_key_id": "arn:aws:kms:key/1234"}})
+    result = run_cli("--config", cfg, "config", "show")
+    assert result.returncode == 0, result.stderr
+    assert "prod-admin" not in result.stdout and "arn:aws:kms" not in result.stdout
+    assert "aws:kms" in result.stdout and "'***'" in result.stdout
+
+
+def test_config_check_ok(source_tree: SourceTree, run_cli) -> None:
+    result = run_cli("--config", source_tree.write_config(), "config", "check")
+    assert result.returncode == 0 and "config ok" in result.stdout
+
+
+def test_missing_config_file_is_exit_2(tmp_path, run_cli) -> None:
+    result = run_cli("--config", tmp_path / "nope.yaml", "config", "check")
+    assert result.returncode == 2
+    expected = f"sftppush: config: file {tmp_path / 'nope.yaml'} does not exist"
+    assert result.stderr.strip() == expected
+
+
+def test_usage_error_is_exit_2(run_cli) -> None:
+    assert run_cli("queue", "list", "--limit", "zero").returncode == 2
+    assert run_cli("no-such-command").returncode == 2

@@ -1,0 +1,152 @@
+"""Configuration: lookup order, precedence, validation (SPEC section 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sftppush.config import Target, load
+from sftppush.errors import ConfigError
+
+from .conftest import SourceTree
+
+# (what is wrong, YAML text with {userpath} filled in, a fragment the error line must name)
+MALFORMED = [
+    ("unknown top-level key", "defaults: {{userpath: {userpath}, s3target: b1b}}\nwatcher: {{}}",
+     "unknown key 'watcher'"),
+    ("unknown nested key", "defaults: {{userpath: {userpath}, s3target: b1b, regionn: x}}",
+     "unknown key 'defaults.regionn'"),
+    ("unknown source key", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "watch: {{source: [{{name: sftpuser1, paths: [/upload], path: /x}}]}}",
+     "watch.source[0].path"),
+    ("wrong type int", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "consumer: {{workers: four}}", "consumer.workers must be an integer"),
+    ("wrong type bool", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "consumer: {{delete_after_upload: maybe}}", "consumer.delete_after_upload"),
+    ("wrong choice", "defaults: {{userpath: {userpath}, s3target: b1b, log: {{format: xml}}}}",
+     "defaults.log.format must be one of text, json"),
+    ("missing bucket", "defaults: {{userpath: {userpath}}}", "no S3 bucket for source 'sftpuser1'"),
+    ("bad s3target", "defaults: {{userpath: {userpath}, s3target: 'My Bucket/x'}}",
+     "defaults.s3target 'My Bucket/x'"),
+    ("missing source dir", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "watch: {{source: [{{name: sftpuser1, paths: [/nope]}}]}}",
+     "upload_missing"),
+    ("not yaml", "defaults: [unclosed", "is not valid YAML"),
+    ("not a mapping", "- just\n- a list", "must be a mapping"),
+    ("section not a mapping", "defaults: 3", "'defaults' must be a mapping"),
+    ("part size too small", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "consumer: {{s3: {{part_size_mb: 1}}}}", "consumer.s3.part_size_mb must be at least 5"),
+    ("no sources", "defaults: {{userpath: {userpath}, s3target: b1b}}\nwatch: {{source: []}}",
+     "no sources"),
+    ("path escapes the source", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "watch: {{source: [{{name: sftpuser1, paths: [/../../etc]}}]}}", "must stay inside"),
+    ("source twice", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "watch: {{source: [{{name: sftpuser1, paths: [/upload]}}, "
+     "{{name: sftpuser1, paths: [/upload]}}]}}", "given twice"),
+]
+DEFAULT_SOURCES = "\nwatch: {{source: [{{name: sftpuser1, paths: [/upload]}}]}}"
+
+
+@pytest.mark.parametrize(("problem", "text", "named"), MALFORMED,
+                         ids=[m[0].replace(" ", "-") for m in MALFORMED])
+def test_malformed_config_is_one_line_and_exit_2(source_tree: SourceTree, run_cli, problem: str,
+                                                  text: str, named: str) -> None:
+    if "watch:" not in text and text.startswith("defaults: {"):
+        text += DEFAULT_SOURCES
+    if named == "upload_missing":
+        named = str(source_tree.userpath / "sftpuser1" / "nope")
+    source_tree.config_path.write_text(text.format(userpath=source_tree.userpath))
+    result = run_cli("--config", source_tree.config_path, "config", "check")
+    assert result.returncode == 2, (problem, result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, (problem, result.stderr)
+    assert named in lines[0], (problem, lines[0])
+    assert "Traceback" not in result.stderr
+
+
+def test_env_beats_file_and_flag_beats_env(source_tree: SourceTree, run_cli) -> None:
+    cfg = source_tree.write_config(defaults={"log": {"level": "warning"}, "awsregion": "eu-west-1"},
+                                   consumer={"workers": 3})
+    env = {"SFTPPUSH_DEFAULTS_AWSREGION": "us-east-2", "SFTPPUSH_CONSUMER_WORKERS": "7",
+           "SFTPPUSH_DEFAULTS_LOG_LEVEL": "error"}
+    shown = yaml.safe_load(run_cli("--config", cfg, "config", "show", env=env).stdout)
+    assert shown["defaults"]["awsregion"] == "us-east-2"
+    assert shown["consumer"]["workers"] == 7
+    assert shown["defaults"]["log"]["level"] == "error"
+    flagged = run_cli("--config", cfg, "--log-level", "debug", "config", "show",
+                      "--source", "name=other,paths=/in /out,s3target=flag-bucket/p", env=env)
+    shown = yaml.safe_load(flagged.stdout)
+    assert shown["defaults"]["log"]["level"] == "debug"
+    assert shown["watch"]["source"] == [{"name": "other", "paths": ["/in", "/out"],
+                                         "s3target": "flag-bucket/p"}]
+
+
+def test_lookup_order_flag_then_env_var_then_home(source_tree: SourceTree, tmp_path: Path) -> None:
+    by_env = source_tree.write_config(bucket="env-bucket")
+    home = tmp_path / "fakehome"
+    (home / ".sftppush").mkdir(parents=True)
+    (home / ".sftppush" / "config.yaml").write_text(
+        yaml.safe_dump(source_tree.config(bucket="home-bucket")))
+    env = {"HOME": str(home)}
+    assert load(env={**env, "SFTPPUSH_CONFIG": str(by_env)}).defaults.s3target.bucket == \
+        "env-bucket"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        assert load(env={}).defaults.s3target.bucket == "home-bucket"
+        other = tmp_path / "other.yaml"
+        other.write_text(yaml.safe_dump(source_tree.config(bucket="flag-bucket")))
+        assert load(other, env={"SFTPPUSH_CONFIG": str(by_env)}).defaults.s3target.bucket == \
+            "flag-bucket"
+
+
+def test_go_tool_config_loads_unchanged(tmp_path: Path) -> None:
+    (tmp_path / "home" / "sftpuser1" / "upload").mkdir(parents=True)
+    (tmp_path / "home" / "sftpuser1" / "data").mkdir()
+    (tmp_path / "home" / "sftpuser2" / "in").mkdir(parents=True)
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(f"""
+defaults:
+  userpath: {tmp_path}/home/
+  s3target: my-bucket
+  awsprofile: my-profile
+  awsregion: eu-central-1
+watch:
+  source:
+    - name: sftpuser1
+      paths:
+        - /upload
+        - /data
+    - name: sftpuser2
+      paths:
+        - /in
+""")
+    cfg = load(cfg_file, env={})
+    assert [s.name for s in cfg.watch.sources] == ["sftpuser1", "sftpuser2"]
+    assert cfg.watch.sources[0].dirs == (tmp_path / "home/sftpuser1/upload",
+                                         tmp_path / "home/sftpuser1/data")
+    assert cfg.defaults.awsprofile == "my-profile"
+    assert cfg.watch.sources[1].target == Target("my-bucket", "")
+
+
+def test_per_source_target_and_prefix(source_tree: SourceTree) -> None:
+    data = source_tree.config()
+    data["watch"]["source"][0]["s3target"] = "other-bucket/in/"
+    source_tree.config_path.write_text(yaml.safe_dump(data))
+    (source,) = load(source_tree.config_path, env={}).watch.sources
+    assert source.target == Target("other-bucket", "in")
+    assert source.target.key_for("sftpuser1/a.csv") == "in/sftpuser1/a.csv"
+
+
+def test_queue_path_follows_state_directory(source_tree: SourceTree) -> None:
+    data = source_tree.config()
+    del data["queue"]
+    source_tree.config_path.write_text(yaml.safe_dump(data))
+    cfg = load(source_tree.config_path, env={"STATE_DIRECTORY": "/var/lib/sftppush"})
+    assert cfg.queue.path == Path("/var/lib/sftppush/queue.db")
+
+
+def test_unknown_environment_variable_is_an_error(source_tree: SourceTree) -> None:
+    with pytest.raises(ConfigError, match="SFTPPUSH_CONSUMER_WORKRES"):
+        load(source_tree.write_config(), env={"SFTPPUSH_CONSUMER_WORKRES": "2"})

@@ -1,0 +1,206 @@
+"""The durable queue's guarantees (SPEC section 4), exercised by real processes on a real file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sftppush.errors import QueueError
+from sftppush.queue import FileVersion, Queue, State
+
+from .conftest import REPO
+
+
+def versions(n: int, prefix: str = "/home/u/upload/f") -> list[FileVersion]:
+    return [FileVersion(f"{prefix}{i}".encode(), "u", 100 + i, 1_000 + i, 10_000 + i, "rescan")
+            for i in range(n)]
+
+
+def python(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", code, *args], text=True,
+                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+CLAIMER = """
+import sys
+from sftppush.queue import Queue
+q = Queue(sys.argv[1])
+mine = []
+while True:
+    batch = q.claim("worker" + sys.argv[2], lease_seconds=300, limit=8)
+    if not batch:
+        break
+    lost = q.ack_many([(e, None) for e in batch])
+    assert not lost, lost
+    mine += [e.id for e in batch]
+print(" ".join(map(str, mine)))
+"""
+
+
+def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    with Queue(path) as q:
+        assert q.enqueue_many(versions(20_000)) == 20_000
+    procs = [python(CLAIMER, str(path), str(i)) for i in range(4)]
+    claimed: list[int] = []
+    for p in procs:
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0
+        claimed += [int(x) for x in out.split()]
+    assert len(claimed) == 20_000
+    assert len(set(claimed)) == 20_000, "an entry was claimed twice"
+    with Queue(path) as q:
+        stats = q.stats()
+    assert (stats.done, stats.pending, stats.claimed) == (20_000, 0, 0)
+
+
+HOLDER = """
+import sys, time
+from sftppush.queue import Queue
+q = Queue(sys.argv[1])
+got = q.claim("holder", lease_seconds=float(sys.argv[2]), limit=10)
+print(" ".join(str(e.id) for e in got), flush=True)
+time.sleep(3600)
+"""
+
+
+def test_killed_claimant_entries_come_back_after_lease_not_before(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    with Queue(path) as q:
+        q.enqueue_many(versions(10))
+    lease = 4.0
+    holder = python(HOLDER, str(path), str(lease))
+    held = [int(x) for x in holder.stdout.readline().split()]
+    started = time.time()
+    assert len(held) == 10
+    # Opening the queue from another process must not reset a live claim.
+    opener = python("import sys; from sftppush.queue import Queue; Queue(sys.argv[1]).close()",
+                    str(path))
+    assert opener.wait(timeout=30) == 0
+    with Queue(path) as q:
+        assert all(q.get(i).state == State.CLAIMED for i in held)
+        assert q.claim("thief", lease_seconds=60, limit=10) == []
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        assert q.claim("early", lease_seconds=60, limit=10) == [], "claim taken before its lease"
+        time.sleep(max(0.0, started + lease - time.time()) + 0.2)
+        again = q.claim("heir", lease_seconds=60, limit=10)
+    assert sorted(e.id for e in again) == sorted(held)
+    assert all(e.last_error and "lease expired" in e.last_error for e in again)
+    holder.stdout.close()
+
+
+def test_only_the_lease_holder_may_ack_retry_fail_or_renew(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(1), now=1e9)
+        (stale,) = q.claim("a", lease_seconds=1, now=1e9)
+        (fresh,) = q.claim("b", lease_seconds=60, now=1e9 + 2)  # a's lease expired
+        assert fresh.id == stale.id and fresh.owner != stale.owner
+        assert q.ack(stale) is False
+        assert q.retry_later(stale, "x", 1, count_attempt=True) is False
+        assert q.fail(stale, "x") is False
+        assert q.release(stale) is False
+        assert q.renew([stale], 60) == [stale]
+        assert q.get(fresh.id).owner == fresh.owner
+        assert q.renew([fresh], 60) == []
+        assert q.ack(fresh, note="ok") is True
+        assert q.get(fresh.id).state == State.DONE
+
+
+def test_same_version_is_one_entry_even_after_done(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        (v,) = versions(1)
+        assert q.enqueue_many([v, v]) == 1
+        assert q.enqueue_many([v]) == 0
+        (e,) = q.claim("c", 60)
+        q.ack(e)
+        assert q.enqueue_many([v]) == 0, "a done version was queued again"
+        assert q.known([v]) == {v}
+
+
+@pytest.mark.parametrize("change", ["mtime_ns", "size", "inode"])
+def test_rewritten_file_is_a_new_entry(tmp_path: Path, change: str) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        (v,) = versions(1)
+        q.enqueue_many([v])
+        newer = FileVersion(**{**v.__dict__, change: getattr(v, change) + 1})
+        assert q.enqueue_many([newer]) == 1
+        assert q.stats().pending == 2
+
+
+def test_queue_file_is_private_wal_and_holds_no_pickle(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "queue.db"
+    with Queue(path) as q:
+        odd = FileVersion(b"/home/u/upload/caf\xe9.csv", "u", 1, 2, 3, "close_write")
+        q.enqueue_many([odd, *versions(50)])
+        (e,) = q.claim("c", 60)
+        q.retry_later(e, "boom", 0, count_attempt=True)
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            assert name.stat().st_mode & 0o777 == 0o600, name
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for row in db.execute(f"SELECT * FROM {table}"):
+                for value in row:
+                    if isinstance(value, bytes):
+                        assert not value.startswith(b"\x80"), f"pickle in {table}: {value!r}"
+        assert db.execute("SELECT path FROM entries WHERE source='u' ORDER BY id LIMIT 1"
+                          ).fetchone()[0] == odd.path
+        db.close()
+        raw = path.read_bytes() + Path(f"{path}-wal").read_bytes()
+        assert b"\x80\x04\x95" not in raw and b"\x80\x05\x95" not in raw
+        assert odd.path in raw
+
+
+def test_retry_fail_replay_purge_and_counts_stay_true(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(5), now=100)
+        a, b, c, d, e = q.claim("w", 60, limit=5, now=100)
+        assert q.retry_later(a, "timeout", 30, count_attempt=False, now=100)
+        assert q.fail(b, "corrupt gzip", now=100)
+        assert q.ack(c, now=100) and q.ack(d, now=110)
+        assert q.release(e, now=100)
+        stats = q.stats(now=120)
+        assert (stats.pending, stats.claimed, stats.done, stats.failed) == (2, 0, 2, 1)
+        assert stats.oldest_pending_age_s == pytest.approx(20)
+        assert stats.uploaded_last_minute == 2 and stats.bytes_last_minute == c.size + d.size
+        assert ("corrupt gzip", 1) in stats.top_errors and ("timeout", 1) in stats.top_errors
+        assert [x.id for x in q.claim("w", 60, limit=5, now=101)] == [e.id], "retry came early"
+        assert q.get(a.id).attempts == 0 and q.get(b.id).attempts == 1
+        assert q.replay(ids=[c.id]) == 0, "only failed entries are replayed"
+        assert q.replay(failed=True) == 1
+        assert q.get(b.id).state == State.PENDING and q.get(b.id).attempts == 0
+        assert q.purge_done(older_than=15, now=120) == 1
+        assert q.get(c.id) is None and q.get(d.id) is not None
+        db = q._conn
+        real = dict(db.execute("SELECT state, count(*) FROM entries GROUP BY state").fetchall())
+        kept = {s: n for s, n in db.execute("SELECT state, n FROM counts") if n}
+        assert real == kept
+
+
+def test_list_newest_first_and_by_state(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(3))
+        (first,) = q.claim("w", 60)
+        q.fail(first, "bad")
+        assert [e.id for e in q.list()] == sorted((e.id for e in q.list()), reverse=True)
+        (failed,) = q.list(State.FAILED)
+        assert failed.id == first.id and failed.last_error == "bad"
+        assert failed.to_json()["state"] == "failed"
+
+
+def test_missing_or_corrupt_queue_file_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(QueueError, match="does not exist"):
+        Queue(tmp_path / "absent.db", create=False)
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not sqlite" * 200)
+    with pytest.raises(QueueError, match=str(bad)):
+        Queue(bad)

@@ -1,0 +1,182 @@
+"""The systemd units in systemd/: they verify without a word, stay under the exposure budget,
+enable as the README says, and every ExecStart parses against the real command line.
+
+Nothing here needs systemd as PID 1: `systemd-analyze verify`, `systemd-analyze security
+--offline=true` and `systemctl --root=DIR enable` all work on unit files alone.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+UNITS = REPO / "systemd"
+INSTALLED_ENTRY_POINT = "/opt/sftppush/bin/sftppush"
+INSTALLED_CONFIG = "/etc/sftppush/config.yaml"
+SYSTEMD_ANALYZE = "/usr/bin/systemd-analyze"
+SYSTEMCTL = "/usr/bin/systemctl"
+SERVICES = ["sftppush-watch.service", "sftppush-consume@.service", "sftppush-rescan.service"]
+ALL_UNITS = [*SERVICES, "sftppush-rescan.timer", "sftppush.target"]
+COMMANDS = {"watch", "consume", "rescan"}
+MAX_EXPOSURE = 3.0
+
+
+@pytest.fixture(scope="module")
+def entry_point(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The console script pip would install from pyproject's [project.scripts], for this
+    checkout and this interpreter: what /opt/sftppush/bin/sftppush is on a server."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, func = scripts["sftppush"].split(":")
+    script = tmp_path_factory.mktemp("opt-sftppush") / "bin" / "sftppush"
+    script.parent.mkdir()
+    script.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from {module} import {func}
+        sys.exit({func}())
+        """))
+    script.chmod(0o755)
+    return script
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> dict[str, Path]:
+    """A real config for a real upload tree, and a state directory, under tmp."""
+    home = tmp_path / "home"
+    (home / "sftpuser1" / "upload").mkdir(parents=True)
+    (tmp_path / "state").mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        defaults:
+          userpath: {home}
+          s3target: my-bucket
+        watch:
+          source:
+            - name: sftpuser1
+              paths: [/upload]
+        """))
+    return {"config": config, "state": tmp_path / "state"}
+
+
+def install_units(target: Path, replacements: dict[str, str]) -> Path:
+    """Copy the shipped units into `target`, rewriting installed paths to test ones."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ALL_UNITS:
+        text = (UNITS / name).read_text()
+        for old, new in replacements.items():
+            text = text.replace(old, new)
+        (target / name).write_text(text)
+    return target
+
+
+def verify(*paths: Path) -> str:
+    """`systemd-analyze verify`; everything it says (stdout and stderr) is a finding."""
+    result = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", *map(str, paths)],
+                            capture_output=True, text=True, timeout=60)
+    return (result.stdout + result.stderr + (f"exit {result.returncode}" if result.returncode
+                                             else "")).strip()
+
+
+def exec_start(unit: Path) -> list[str]:
+    lines = [line.split("=", 1)[1] for line in unit.read_text().splitlines()
+             if line.startswith("ExecStart=")]
+    assert len(lines) == 1, f"{unit.name}: expected one ExecStart=, got {lines}"
+    argv = shlex.split(lines[0])
+    assert not any("%" in arg for arg in argv), f"{unit.name}: specifiers in ExecStart {argv}"
+    return argv
+
+
+def test_every_unit_is_shipped() -> None:
+    assert sorted(p.name for p in UNITS.iterdir()) == sorted(ALL_UNITS)
+
+
+@pytest.mark.parametrize("name", [*ALL_UNITS, "sftppush-consume@1.service"])
+def test_unit_verifies_without_any_warning(name: str, entry_point: Path, tmp_path: Path) -> None:
+    units = install_units(tmp_path / "units", {INSTALLED_ENTRY_POINT: str(entry_point)})
+    assert verify(units / name) == ""
+
+
+def test_verify_check_reports_what_systemd_only_warns_about(tmp_path: Path) -> None:
+    # systemd-analyze exits 0 on an unknown key; the check above must still catch it.
+    unit = tmp_path / "typo.service"
+    unit.write_text("[Service]\nExecStart=/bin/true\nProtectSytem=strict\n")
+    assert "Unknown key 'ProtectSytem'" in verify(unit)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_exposure_is_within_budget(name: str, entry_point: Path, tmp_path: Path) -> None:
+    units = install_units(tmp_path / "units", {INSTALLED_ENTRY_POINT: str(entry_point)})
+    result = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=true", "--no-pager",
+                             str(units / name)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout
+    exposure = float(match.group(1))
+    print(f"exposure {name}: {exposure}")
+    assert exposure <= MAX_EXPOSURE, result.stdout
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_exec_start_parses_against_the_cli(name: str, entry_point: Path, site: dict[str, Path],
+                                           tmp_path: Path) -> None:
+    units = install_units(tmp_path / "units", {INSTALLED_ENTRY_POINT: str(entry_point),
+                                               INSTALLED_CONFIG: str(site["config"])})
+    argv = exec_start(units / name)
+    assert argv[0] == str(entry_point)
+    command = next(i for i, arg in enumerate(argv) if arg in COMMANDS)
+    env = {"PATH": "/usr/bin:/bin", "STATE_DIRECTORY": str(site["state"])}
+
+    helped = subprocess.run([*argv, "--help"], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith(f"Usage: sftppush {argv[command]} "), helped.stdout
+
+    # The global options (the config above all) are good enough to start on: the same
+    # options validate a real config, and the queue lands in systemd's StateDirectory.
+    checked = subprocess.run([*argv[:command], "config", "check"], capture_output=True,
+                             text=True, env=env, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    assert f"queue: {site['state'] / 'queue.db'}" in checked.stdout
+
+
+def test_enabling_the_target_pulls_in_watcher_timer_and_consumers(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    system = install_units(root / "etc" / "systemd" / "system", {})
+    for args in (["sftppush.target"],
+                 ["sftppush-consume@1.service", "sftppush-consume@2.service"]):
+        result = subprocess.run([SYSTEMCTL, f"--root={root}", "enable", *args],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+    wanted = sorted(p.name for p in (system / "sftppush.target.wants").iterdir())
+    assert wanted == ["sftppush-consume@1.service", "sftppush-consume@2.service",
+                      "sftppush-rescan.timer", "sftppush-watch.service"]
+    assert (system / "multi-user.target.wants" / "sftppush.target").is_symlink()
+
+
+def test_enabling_the_bare_template_enables_instance_1(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    system = install_units(root / "etc" / "systemd" / "system", {})
+    result = subprocess.run([SYSTEMCTL, f"--root={root}", "enable", "sftppush-consume@.service"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in (system / "sftppush.target.wants").iterdir()] == [
+        "sftppush-consume@1.service"]
+
+
+def test_units_run_as_the_service_user_with_the_state_directory() -> None:
+    for name in SERVICES:
+        text = (UNITS / name).read_text()
+        for line in ("User=sftppush", "Group=sftppush", "StateDirectory=sftppush",
+                     "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
+                     "CapabilityBoundingSet=\n", "UMask=0077"):
+            assert f"\n{line}" in text, f"{name} lacks {line.strip()}"
+
