@@ -299,3 +299,20 @@ def report(name: str, value: float, unit: str,
 
 def note(text: str) -> None:
     print(f"  # {text}", file=sys.stderr, flush=True)
+
+
+def best_of(repeat: int, measure) -> Timing:
+    """The fastest of `repeat` runs: on a shared 2-core box one slow run says little."""
+    return min((measure() for _ in range(max(1, repeat))), key=lambda t: t.seconds / t.items)
+
+
+def cpu_seconds() -> float:
+    """CPU used so far by this process and its waited-for children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """CPU used so far by a running process (e.g. the S3 server or a consumer)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
