@@ -316,3 +316,131 @@ def proc_cpu_seconds(pid: int) -> float:
     """CPU used so far by a running process (e.g. the S3 server or a consumer)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---- sftppush as real processes ------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = "sftpuser1"
+
+
+class Sftppush:
+    """A source tree, a config file, and `sftppush watch` + `consume` as real CLI processes.
+
+    Files written under `upload` are enqueued by the watcher and moved to
+    s3://bucket/prefix/sftpuser1/upload/... by the consumers; each process logs to its own
+    file under `root/logs` so a full pipe never slows it down.
+    """
+
+    def __init__(self, server: RcloneS3, root: Path, bucket: str, prefix: str,
+                 consumers: int = 1, workers: int | None = None,
+                 log_level: str = "info") -> None:
+        self.server, self.root, self.bucket, self.prefix = server, root, bucket, prefix
+        self.consumers, self.workers, self.log_level = consumers, workers, log_level
+        self.home = root / "home"
+        self.upload = self.home / SOURCE / "upload"
+        self.queue_path = root / "queue.db"
+        self.logs = root / "logs"
+        self.config = root / "config.yaml"
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in self.server.env().items()
+               if not k.startswith("SFTPPUSH_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC",
+                                                               "STATE_DIRECTORY")}
+        env["PYTHONPATH"] = str(REPO)
+        return env
+
+    def write_config(self) -> None:
+        import yaml
+
+        self.upload.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        consumer: dict = {"delete_after_upload": True}
+        if self.workers:
+            consumer["workers"] = self.workers
+        self.config.write_text(yaml.safe_dump({
+            "defaults": {"userpath": str(self.home), "s3target": f"{self.bucket}/{self.prefix}",
+                         "endpoint_url": self.server.endpoint, "awsregion": REGION,
+                         "log": {"level": self.log_level}},
+            "watch": {"source": [{"name": SOURCE, "paths": ["/upload"]}]},
+            "queue": {"path": str(self.queue_path)},
+            "consumer": consumer,
+        }))
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sftppush", "--config", str(self.config), *args],
+            env=self.env(), cwd=self.root, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def _wait_for(self, name: str, needle: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        path = self.logs / f"{name}.log"
+        while time.monotonic() < deadline:
+            if needle in path.read_text(errors="replace"):
+                return
+            if self.procs[name].poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} not ready ({needle!r} not logged):\n"
+                           + path.read_text(errors="replace")[-2000:])
+
+    def start(self, timeout: float = 60.0) -> Sftppush:
+        self.write_config()
+        self._spawn("watcher", "watch", "--no-rescan")
+        for i in range(self.consumers):
+            self._spawn(f"consumer{i}", "consume")
+        self._wait_for("watcher", "watching", timeout)
+        for i in range(self.consumers):
+            self._wait_for(f"consumer{i}", "consumer started", timeout)
+        return self
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each running process, the S3 server included."""
+        out = {name: proc_cpu_seconds(p.pid) for name, p in self.procs.items()
+               if p.poll() is None}
+        out["s3 server"] = proc_cpu_seconds(self.server.proc.pid)
+        return out
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def status(self) -> dict:
+        import json
+
+        out = subprocess.run([sys.executable, "-m", "sftppush", "--config", str(self.config),
+                              "queue", "status", "--json"], env=self.env(), check=True,
+                             capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    def __enter__(self) -> Sftppush:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def remaining_files(directory: Path) -> int:
+    """Regular files still under `directory` (a consumer deletes each one after verifying it)."""
+    count = 0
+    stack = [directory]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
+                else:
+                    count += 1
+    return count
