@@ -28,8 +28,8 @@ except ImportError:  # the pure-boto3 path works without it
     auth = http = s3 = None
     AwsCrtError = OSError
 
-# A single PUT is the point of this room; bigger bodies go to s3.py's streaming multipart.
-MAX_BODY = 64 * 1024 * 1024
+# One PUT can carry at most 5 GiB; the consumer sends bodies up to part_size_mb this way.
+MAX_BODY = 5 * 1024**3
 _TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
                     "RequestTimeTooSkewed", "BadDigest", "IncompleteBody", "Throttling"}
 _CODE_RE = re.compile(rb"<Code>([^<]{1,100})</Code>")
@@ -61,6 +61,12 @@ class PutResult:
     sse: str | None           # x-amz-server-side-encryption of the response
     checksum_crc32: str | None
 
+    @property
+    def verified_by(self) -> str | None:
+        """"etag" when the store echoed our MD5; None when the caller should HEAD the object
+        (SSE-KMS/SSE-C ETags are not the MD5; the store still checked our Content-MD5)."""
+        return "etag" if self.etag == self.md5_hex else None
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -73,9 +79,9 @@ class CrtUploader:
     """Many concurrent single-request PUTs from one process; share one instance across threads.
 
     `put()` blocks while `max_in_flight` requests are running, so callers get backpressure
-    for free; its future resolves to a verified PutResult or raises TransientError /
-    PermanentError. The store checks the Content-MD5 we send (a 200 means the bytes arrived
-    intact) and, unless the object is KMS-encrypted, the returned ETag must equal that MD5.
+    for free; its future resolves to a PutResult or raises TransientError / PermanentError.
+    The store checks the Content-MD5 we send (a 200 means the bytes arrived intact) and
+    PutResult.verified_by says whether the returned ETag confirms it.
     """
 
     def __init__(self, *, region: str, credentials: Callable[[], Credentials] | Credentials,
@@ -98,9 +104,12 @@ class CrtUploader:
             # CRT's own default is 5 retries with up to 20 s backoff; the consumer's tenacity
             # and queue-level retry_later own the long waits, so keep this short.
             kwargs["retry_config"] = s3.S3RetryConfig(max_retries=max(max_retries, 1))
+        # Never multipart here: CRT's CreateMultipartUpload parser also rejects rclone serve
+        # s3's reply (root element InitiateMultipartUpload), and s3.py owns large files.
+        self.max_body = min(MAX_BODY, self.s3cfg.part_size_mb * 2**20)
         self._client = s3.S3Client(region=region, tls_mode=tls, signing_config=signing,
-                                   part_size=MAX_BODY, multipart_upload_threshold=MAX_BODY,
-                                   **kwargs)
+                                   part_size=self.max_body,
+                                   multipart_upload_threshold=self.max_body, **kwargs)
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._live: dict = {}         # S3Request objects must outlive their callbacks
         self._lock = threading.RLock()
@@ -126,7 +135,7 @@ class CrtUploader:
     def put(self, bucket: str, key: str, body: bytes, metadata: Mapping[str, str] | None = None,
             content_type: str | None = None) -> Future[PutResult]:
         """Start one PUT of `body`; blocks while max_in_flight PUTs are running."""
-        if len(body) > MAX_BODY:
+        if len(body) > self.max_body:
             raise ValueError(f"body of {len(body)} bytes is too big for one PUT; use s3.py")
         if self._closed:
             raise RuntimeError("CrtUploader is closed")
@@ -147,9 +156,9 @@ class CrtUploader:
                 if error is not None:
                     future.set_exception(_classify(error, status_code, error_body, key))
                 else:
-                    future.set_result(_verified(bucket, key, len(body), md5.hexdigest(),
-                                                answer.get("headers") or ()))
-            except BaseException as exc:  # a verification failure is the future's, not CRT's
+                    future.set_result(_result(bucket, key, len(body), md5.hexdigest(),
+                                              answer.get("headers") or ()))
+            except BaseException as exc:  # never let an exception escape into CRT's thread
                 future.set_exception(exc)
             finally:
                 self._finish(token)
@@ -248,15 +257,11 @@ def _provider(credentials: Callable[[], Credentials] | Credentials):
     return auth.AwsCredentialsProvider.new_delegate(delegate)
 
 
-def _verified(bucket: str, key: str, size: int, md5_hex: str,
-              headers: Iterable[tuple[str, str]]) -> PutResult:
+def _result(bucket: str, key: str, size: int, md5_hex: str,
+            headers: Iterable[tuple[str, str]]) -> PutResult:
     h = {name.lower(): value for name, value in headers}
-    etag = h.get("etag", "").strip('"') or None
-    sse = h.get("x-amz-server-side-encryption")
-    # A KMS-encrypted object's ETag is not its MD5; the store has already checked Content-MD5.
-    if etag != md5_hex and not (sse or "").startswith("aws:kms"):
-        raise TransientError(f"verify failed key={key} etag={etag} md5={md5_hex}")
-    return PutResult(bucket, key, size, md5_hex, etag, sse, h.get("x-amz-checksum-crc32"))
+    return PutResult(bucket, key, size, md5_hex, h.get("etag", "").strip('"') or None,
+                     h.get("x-amz-server-side-encryption"), h.get("x-amz-checksum-crc32"))
 
 
 def _classify(error: BaseException, status: int | None, body: bytes | None,

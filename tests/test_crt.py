@@ -75,6 +75,7 @@ def test_put_returns_verified_result_and_object_matches(moto_endpoint, moto_buck
     with _uploader(moto_endpoint) as up:
         result = up.put(moto_bucket, key, body, {"sftppush-source": "sftpuser1"}).result(30)
     assert result.etag == result.md5_hex == hashlib.md5(body).hexdigest()
+    assert result.verified_by == "etag"
     assert result.size == len(body)
     obj = _boto3(moto_endpoint).get_object(Bucket=moto_bucket, Key=key, ChecksumMode="ENABLED")
     assert obj["Body"].read() == body
@@ -126,6 +127,7 @@ def test_server_down_is_transient():
             up.put("bucket", "k", b"x").result(60)
 
 
-def test_bodies_over_one_put_are_refused(moto_endpoint):
-    with _uploader(moto_endpoint) as up, pytest.raises(ValueError, match="too big"):
-        up.put("b", "k", b"\0" * (crt.MAX_BODY + 1))
+def test_bodies_over_part_size_are_refused(moto_endpoint):
+    with _uploader(moto_endpoint, s3cfg=S3Config(part_size_mb=1)) as up:
+        with pytest.raises(ValueError, match="too big"):
+            up.put("b", "k", b"\0" * (up.max_body + 1))
