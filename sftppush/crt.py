@@ -78,15 +78,17 @@ class Credentials:
 class CrtUploader:
     """Many concurrent single-request PUTs from one process; share one instance across threads.
 
-    `put()` blocks while `max_in_flight` requests are running, so callers get backpressure
-    for free; its future resolves to a PutResult or raises TransientError / PermanentError.
+    `put()` blocks while `max_in_flight` requests or `max_in_flight_bytes` of bodies are
+    running (one body alone may exceed the latter), so callers get backpressure and flat
+    memory for free; its future resolves to a PutResult or raises TransientError / PermanentError.
     The store checks the Content-MD5 we send (a 200 means the bytes arrived intact) and
     PutResult.verified_by says whether the returned ETag confirms it.
     """
 
     def __init__(self, *, region: str, credentials: Callable[[], Credentials] | Credentials,
                  endpoint_url: str | None = None, s3cfg: S3Config | None = None,
-                 max_in_flight: int = 32, max_retries: int | None = 2,
+                 max_in_flight: int = 32, max_in_flight_bytes: int = 64 * 2**20,
+                 max_retries: int | None = 2,
                  connect_timeout_ms: int = 3000) -> None:
         if not available():
             raise RuntimeError("awscrt is not installed (pip install 'sftppush[crt]')")
@@ -110,7 +112,9 @@ class CrtUploader:
         self._client = s3.S3Client(region=region, tls_mode=tls, signing_config=signing,
                                    part_size=self.max_body,
                                    multipart_upload_threshold=self.max_body, **kwargs)
-        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._room = threading.Condition()
+        self._limits = (max_in_flight, max_in_flight_bytes)
+        self._running = [0, 0]        # requests, body bytes
         self._live: dict = {}         # S3Request objects must outlive their callbacks
         self._lock = threading.RLock()
         self._closed = False
@@ -134,7 +138,7 @@ class CrtUploader:
 
     def put(self, bucket: str, key: str, body: bytes, metadata: Mapping[str, str] | None = None,
             content_type: str | None = None) -> Future[PutResult]:
-        """Start one PUT of `body`; blocks while max_in_flight PUTs are running."""
+        """Start one PUT of `body`; blocks while the in-flight limits are reached."""
         if len(body) > self.max_body:
             raise ValueError(f"body of {len(body)} bytes is too big for one PUT; use s3.py")
         if self._closed:
@@ -161,18 +165,17 @@ class CrtUploader:
             except BaseException as exc:  # never let an exception escape into CRT's thread
                 future.set_exception(exc)
             finally:
-                self._finish(token)
-                self._slots.release()
+                self._finish(token, len(body))
 
         token = object()
-        self._slots.acquire()
+        self._reserve(len(body))
         with self._lock:  # held so on_done cannot run _finish before the request is recorded
             try:
                 self._live[token] = self._client.make_request(
                     type=s3.S3RequestType.PUT_OBJECT, request=request,
                     on_headers=on_headers, on_done=on_done)
             except BaseException:
-                self._slots.release()
+                self._release(len(body))
                 raise
         return future
 
@@ -212,12 +215,27 @@ class CrtUploader:
 
     # ---- helpers --------------------------------------------------------------------------
 
-    def _finish(self, token: object) -> None:
+    def _reserve(self, size: int) -> None:
+        count, nbytes = self._limits
+        with self._room:
+            self._room.wait_for(lambda: self._running[0] == 0 or (
+                self._running[0] < count and self._running[1] + size <= nbytes))
+            self._running[0] += 1
+            self._running[1] += size
+
+    def _release(self, size: int) -> None:
+        with self._room:
+            self._running[0] -= 1
+            self._running[1] -= size
+            self._room.notify_all()
+
+    def _finish(self, token: object, size: int) -> None:
         # Dropping our reference here, not in a future callback, avoids a reference cycle
         # (request -> on_done -> future -> callback -> request) that would keep the client
         # alive until the garbage collector ran.
         with self._lock:
             self._live.pop(token, None)
+        self._release(size)
 
     def _headers(self, bucket: str, body: bytes, md5: bytes, metadata: Mapping[str, str],
                  content_type: str | None) -> list[tuple[str, str]]:

@@ -131,3 +131,13 @@ def test_bodies_over_part_size_are_refused(moto_endpoint):
     with _uploader(moto_endpoint, s3cfg=S3Config(part_size_mb=1)) as up:
         with pytest.raises(ValueError, match="too big"):
             up.put("b", "k", b"\0" * (up.max_body + 1))
+
+
+def test_byte_budget_throttles_but_never_blocks_a_body_larger_than_it(rclone):
+    bucket = rclone.create_bucket()
+    bodies = [bytes([i]) * 300_000 for i in range(6)]
+    with crt.CrtUploader(region="us-east-1", endpoint_url=rclone.endpoint,
+                         max_in_flight_bytes=200_000,
+                         credentials=crt.Credentials(rclone.access_key, rclone.secret_key)) as up:
+        futures = [up.put(bucket, f"b{i}", body) for i, body in enumerate(bodies)]
+        assert all(f.result(30).size == 300_000 for f in futures)
