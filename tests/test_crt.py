@@ -141,3 +141,18 @@ def test_byte_budget_throttles_but_never_blocks_a_body_larger_than_it(rclone):
                          credentials=crt.Credentials(rclone.access_key, rclone.secret_key)) as up:
         futures = [up.put(bucket, f"b{i}", body) for i, body in enumerate(bodies)]
         assert all(f.result(30).size == 300_000 for f in futures)
+
+
+def test_uploader_recovers_after_the_store_comes_back():
+    with RcloneS3() as server:
+        bucket = server.create_bucket()
+        with crt.CrtUploader(region="us-east-1", endpoint_url=server.endpoint, max_retries=1,
+                             credentials=crt.Credentials(server.access_key,
+                                                         server.secret_key)) as up:
+            assert up.put(bucket, "before", b"1").result(30).verified_by == "etag"
+            server.stop()
+            with pytest.raises(TransientError):
+                up.put(bucket, "during", b"2").result(60)
+            server.start()
+            assert up.put(bucket, "after", b"3").result(30).verified_by == "etag"
+        assert server.count_objects(bucket) == 2
