@@ -18,8 +18,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
-from sftppush.config import S3Config
-from sftppush.errors import PermanentError, TransientError
+from sftppush.config import Defaults, S3Config
+from sftppush.errors import ConfigError, PermanentError, TransientError
 
 try:
     from awscrt import auth, http, s3
@@ -133,6 +133,21 @@ class CrtUploader:
 
         return cls(region=region or session.region_name or "us-east-1", credentials=current,
                    endpoint_url=endpoint_url, **kwargs)
+
+    @classmethod
+    def from_config(cls, defaults: Defaults, s3cfg: S3Config, **kwargs) -> CrtUploader:
+        """The consumer's entry point: the same profile, region and endpoint as s3.make_client."""
+        import boto3
+        import botocore.exceptions
+
+        try:
+            session = boto3.session.Session(profile_name=defaults.awsprofile,
+                                            region_name=defaults.awsregion)
+        except botocore.exceptions.ProfileNotFound:
+            raise ConfigError("config: defaults.awsprofile names a profile that does not exist") \
+                from None
+        return cls.from_session(session, endpoint_url=defaults.endpoint_url, s3cfg=s3cfg,
+                                **kwargs)
 
     # ---- requests -------------------------------------------------------------------------
 

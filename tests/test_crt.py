@@ -156,3 +156,17 @@ def test_uploader_recovers_after_the_store_comes_back():
             server.start()
             assert up.put(bucket, "after", b"3").result(30).verified_by == "etag"
         assert server.count_objects(bucket) == 2
+
+
+def test_from_config_uses_endpoint_region_and_environment_credentials(rclone, monkeypatch):
+    from pathlib import Path
+
+    from sftppush.config import Defaults, LogConfig
+
+    bucket = rclone.create_bucket()
+    for name, value in rclone.env().items():
+        monkeypatch.setenv(name, value)
+    defaults = Defaults(userpath=Path("/"), s3target=None, awsprofile=None,
+                        awsregion="us-east-1", endpoint_url=rclone.endpoint, log=LogConfig())
+    with crt.CrtUploader.from_config(defaults, S3Config()) as up:
+        assert up.put(bucket, "cfg", b"x").result(30).verified_by == "etag"
