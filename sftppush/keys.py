@@ -1,0 +1,100 @@
+"""Object keys and user metadata: a local path → `[prefix/]relative/path`, as SPEC 3 defines.
+
+Owns key naming, the suffix a detected compression removes, and the percent-escaping of names
+that are not valid UTF-8. It must never touch the filesystem or S3: pure functions of bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from sftppush.config import Source
+
+# The suffixes a detected format removes from the key (one of them, matched case-insensitively).
+SUFFIXES: dict[str, tuple[bytes, ...]] = {
+    "gzip": (b".gz", b".gzip"),
+    "bzip2": (b".bz2",),
+    "xz": (b".xz",),
+    "zstd": (b".zst",),
+}
+ALL_SUFFIXES = tuple(s for group in SUFFIXES.values() for s in group)
+
+
+def escape_component(raw: bytes) -> str:
+    """One path component as valid UTF-8 text, the same way every time.
+
+    A valid UTF-8 name is kept as it is. In a name that is not, every byte that is not part of
+    a valid UTF-8 sequence becomes `%XX`, and `%` itself becomes `%25` so the escape is
+    reversible for that name.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    text = raw.decode("utf-8", "surrogateescape")
+    out = []
+    for ch in text:
+        if ch == "%":
+            out.append("%25")
+        elif "\udc80" <= ch <= "\udcff":
+            out.append(f"%{ord(ch) - 0xDC00:02X}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def relative_parts(source: Source, path: bytes) -> list[bytes]:
+    """The components of `path` below userpath (the source name first); ValueError if outside."""
+    root = os.fsencode(source.root)
+    path = os.path.normpath(path)
+    rel = os.path.relpath(path, root)
+    parts = rel.split(b"/")
+    if os.path.isabs(rel) or b".." in parts or rel == b".":
+        raise ValueError(f"{path!r} is not inside source root {source.root}")
+    return [os.fsencode(source.name), *parts]
+
+
+def strip_suffix(name: bytes, fmt: str | None) -> bytes:
+    """`name` without one suffix matching the detected format `fmt` (None = not compressed)."""
+    for suffix in SUFFIXES.get(fmt or "", ()):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def object_key(source: Source, path: bytes, fmt: str | None) -> str:
+    """The object key for the file at `path` of `source`, uploaded as format `fmt` detected."""
+    parts = relative_parts(source, path)
+    parts[-1] = strip_suffix(parts[-1], fmt)
+    return source.target.key_for("/".join(escape_component(p) for p in parts))
+
+
+def candidate_keys(source: Source, path: bytes) -> list[str]:
+    """Every key the file at `path` may have been uploaded under, for a file that is gone."""
+    keys = [object_key(source, path, None)]
+    name = relative_parts(source, path)[-1].lower()
+    for fmt, suffixes in SUFFIXES.items():
+        if name.endswith(suffixes):
+            keys.insert(0, object_key(source, path, fmt))
+    return keys
+
+
+def metadata(source: Source, path: bytes, size: int, mtime_ns: int) -> dict[str, str]:
+    """The user metadata of SPEC 3 but `sftppush-sha256`, which the upload adds once known.
+
+    Values are ASCII (they travel as HTTP headers): the original name is percent-encoded.
+    """
+    return {
+        "sftppush-source": quote(source.name, safe=" "),
+        "sftppush-original-name": quote(os.path.basename(path), safe=" !$&'()*+,;=@[]~"),
+        "sftppush-original-size": str(size),
+        "sftppush-mtime": iso8601(mtime_ns),
+    }
+
+
+def iso8601(mtime_ns: int) -> str:
+    """`mtime_ns` as ISO 8601 in UTC with microseconds, e.g. 2026-01-02T03:04:05.000006+00:00."""
+    seconds, ns = divmod(mtime_ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=ns // 1000).isoformat()

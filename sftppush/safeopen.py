@@ -1,0 +1,150 @@
+"""Open a queued file without ever following a symlink, at any depth (SPEC 7).
+
+Owns the walk from the source root's directory fd with `openat(O_NOFOLLOW)` on every
+component, the regular-file, inside-root and link-count checks, and the guarded delete.
+It must never read file contents or decide what happens to a queue entry.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+from sftppush.errors import PermanentError
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO for reading must not wait for a writer; it is refused after fstat.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+# A link count above one may be the middle of an sftp-server link()+unlink() rename.
+NLINK_RETRY_SECONDS = 2.0
+
+
+class Vanished(Exception):
+    """The file (or a directory on its way) no longer exists: nothing to upload."""
+
+
+@dataclass
+class SafeFile:
+    """An open regular file inside its source root, with the directory it was found in.
+
+    Keeps the parent directory fd so the file can be deleted by name relative to that same
+    directory after upload, even if someone swaps a directory above it for a symlink meanwhile.
+    """
+
+    fd: int
+    dir_fd: int
+    name: bytes
+    st: os.stat_result
+
+    def close(self) -> None:
+        for fd in (self.fd, self.dir_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self) -> SafeFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def unchanged(self) -> bool:
+        """True if the name still points at the file we opened, with the same size and mtime."""
+        try:
+            now = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return same_version(now, self.st)
+
+    def unlink(self) -> bool:
+        """Delete the file by name in its directory if it is still the version we uploaded.
+
+        Returns False (and deletes nothing) if the name now holds a different file or version:
+        a newer version has its own queue entry and must stay.
+        """
+        if not self.unchanged():
+            return False
+        os.unlink(self.name, dir_fd=self.dir_fd)
+        return True
+
+
+def same_version(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_size, b.st_mtime_ns)
+
+
+def open_in_root(root: bytes | str, path: bytes | str,
+                 nlink_retry_after: float = NLINK_RETRY_SECONDS) -> SafeFile:
+    """Open `path` for reading, walking from `root` with O_NOFOLLOW on every component.
+
+    Raises Vanished if a component is gone, PermanentError for a symlink, a path outside the
+    root, anything but a regular file, or a file with more than one hard link (the last with
+    `retry_after=nlink_retry_after`).
+    """
+    root_b = os.path.normpath(os.fsencode(root))
+    path_b = os.path.normpath(os.fsencode(path))
+    rel = os.path.relpath(path_b, root_b)
+    parts = rel.split(b"/")
+    if os.path.isabs(rel) or rel == b"." or b".." in parts:
+        raise PermanentError(f"refused: {os.fsdecode(path_b)} is outside the source root")
+    try:
+        # The root itself is the operator's configuration and may be a symlink (e.g. /home).
+        dir_fd = os.open(root_b, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Vanished(f"source root {os.fsdecode(root_b)} is gone") from None
+    try:
+        for part in parts[:-1]:
+            next_fd = _open_component(part, dir_fd, _DIR_FLAGS, path_b)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        fd = _open_component(parts[-1], dir_fd, _FILE_FLAGS, path_b)
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    safe = SafeFile(fd, dir_fd, parts[-1], os.fstat(fd))
+    try:
+        _check(safe.st, path_b, nlink_retry_after)
+        os.set_blocking(fd, True)
+    except BaseException:
+        safe.close()
+        raise
+    return safe
+
+
+def _open_component(name: bytes, dir_fd: int, flags: int, path: bytes) -> int:
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise Vanished(f"{os.fsdecode(path)} is gone") from None
+    except OSError as exc:
+        # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR, not ELOOP: look which it was.
+        if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and _is_symlink(name, dir_fd)):
+            raise PermanentError(
+                f"refused: {os.fsdecode(path)}: {os.fsdecode(name)} is a symlink") from None
+        if exc.errno == errno.ENOTDIR:
+            raise PermanentError(
+                f"refused: {os.fsdecode(path)}: {os.fsdecode(name)} is not a directory") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise PermanentError(f"cannot open {os.fsdecode(path)}: permission denied") from None
+        raise PermanentError(f"cannot open {os.fsdecode(path)}: {exc.strerror}") from None
+
+
+def _is_symlink(name: bytes, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _check(st: os.stat_result, path: bytes, nlink_retry_after: float) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
+                stat.S_IFBLK: "a device", stat.S_IFDIR: "a directory"}.get(
+                    stat.S_IFMT(st.st_mode), "not a regular file")
+        raise PermanentError(f"refused: {os.fsdecode(path)} is {kind}, not a regular file")
+    if st.st_nlink > 1:
+        raise PermanentError(
+            f"refused: {os.fsdecode(path)} has {st.st_nlink} hard links",
+            retry_after=nlink_retry_after)

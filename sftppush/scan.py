@@ -1,0 +1,182 @@
+"""Walk a source's directories into file versions: the backfill (`rescan`) and the watcher's scans.
+
+Owns the ignore rules and the walk. It only lists directories and lstat()s names: it never
+opens a data file, never follows a symlink, and never talks to S3.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from sftppush.config import Config, Source
+from sftppush.queue import FileVersion, Queue
+
+log = logging.getLogger("sftppush.scan")
+
+BATCH = 2000  # versions per enqueue transaction during a rescan
+
+
+@dataclass(frozen=True)
+class RescanSummary:
+    found: int
+    enqueued: int
+    already: int
+    ignored: int
+
+    def line(self, dry_run: bool = False) -> str:
+        verb = "would enqueue" if dry_run else "enqueued"
+        return (f"rescan{' (dry run)' if dry_run else ''}: found {self.found} files, "
+                f"{verb} {self.enqueued}, already queued {self.already}, "
+                f"ignored {self.ignored} names")
+
+
+@dataclass
+class Counts:
+    """What a walk skipped, for summaries; a walk only adds to it."""
+
+    ignored: int = 0
+    unreadable: list[bytes] = field(default_factory=list)
+
+
+def shown(path: bytes) -> str:
+    """A path for a log line or message: bytes that are not UTF-8 shown as escapes."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+@lru_cache(maxsize=16)
+def _ignore_regex(ignore: tuple[str, ...]) -> re.Pattern[bytes] | None:
+    if not ignore:
+        return None
+    return re.compile(b"|".join(os.fsencode(fnmatch.translate(g)) for g in ignore))
+
+
+def is_ignored(name: bytes | str, ignore: tuple[str, ...]) -> bool:
+    """True if a basename matches one of the ignore globs (case-sensitive, `*` matches dots)."""
+    regex = _ignore_regex(tuple(ignore))
+    return regex is not None and regex.match(os.fsencode(name)) is not None
+
+
+def ignore_matcher(ignore: tuple[str, ...]) -> Callable[[bytes], object]:
+    """A fast `is_ignored` for one ignore list and bytes basenames (truthy = ignored)."""
+    regex = _ignore_regex(tuple(ignore))
+    return regex.match if regex is not None else (lambda name: None)
+
+
+def walk(top: bytes, source: str, ignore: tuple[str, ...], *,
+         on_dir: Callable[[bytes], bool] | None = None,
+         counts: Counts | None = None) -> Iterator[FileVersion | None]:
+    """Every non-directory below `top` as a `rescan` FileVersion, from one lstat each.
+
+    Yields None after each directory so a caller can interleave other work. `on_dir(path)`
+    runs before a directory is listed (the watcher puts its watch there first, so a file is
+    either listed or reported by an event); it returns False to skip the directory.
+    Ignored names are skipped, directories included. Symlinks, FIFOs and other non-regular
+    files are yielded: the consumer refuses them with a clear reason an operator can see.
+    """
+    regex = _ignore_regex(tuple(ignore))
+    counts = Counts() if counts is None else counts
+    stack = [top]
+    while stack:
+        directory = stack.pop()
+        if on_dir is not None and not on_dir(directory):
+            continue
+        try:
+            entries = os.scandir(directory)
+        except FileNotFoundError:
+            continue  # removed while we walked; its events are gone with it
+        except OSError as exc:
+            log.warning("scan cannot list dir=%s error=%s", shown(directory),
+                        exc.strerror)
+            counts.unreadable.append(directory)
+            continue
+        with entries:
+            for entry in entries:
+                if regex is not None and regex.match(entry.name):
+                    counts.ignored += 1
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                yield FileVersion.of(entry.path, source, st, "rescan")
+        yield None
+
+
+def scan_source(source: Source, ignore: tuple[str, ...], *,
+                counts: Counts | None = None) -> Iterator[FileVersion]:
+    """Every non-ignored, non-directory file version in the source's watched dirs."""
+    seen: set[bytes] = set()
+    for top in source.dirs:
+        top_b = os.fsencode(top)
+        # Overlapping paths (e.g. "/" and "/upload") must not list a tree twice.
+        if any(top_b == s or top_b.startswith(s + b"/") for s in seen):
+            continue
+        seen.add(top_b)
+        if not os.path.isdir(top_b):
+            log.warning("scan missing source=%s dir=%s", source.name, top)
+            continue
+        for version in walk(top_b, source.name, ignore, counts=counts):
+            if version is not None:
+                yield version
+
+
+def rescan(cfg: Config, queue: Queue, source_name: str | None = None, dry_run: bool = False,
+           progress: bool | Callable[[int], None] | None = None) -> RescanSummary:
+    """Backfill: enqueue the files on disk that have no entry yet, in batched transactions.
+
+    `progress` is True for a counter on stderr, or a callable given the files found so far.
+    """
+    report = _stderr_counter() if progress is True else (progress or None)
+    total = {"found": 0, "enqueued": 0}
+    counts = Counts()
+
+    def put(batch: list[FileVersion]) -> None:
+        new = len(batch) - len(queue.known(batch)) if dry_run else queue.enqueue_many(batch)
+        total["found"] += len(batch)
+        total["enqueued"] += new
+        batch.clear()
+        if report:
+            report(total["found"])
+
+    for source in cfg.watch.sources:
+        if source_name is not None and source.name != source_name:
+            continue
+        before = dict(total)
+        batch: list[FileVersion] = []
+        for version in scan_source(source, cfg.watch.ignore, counts=counts):
+            batch.append(version)
+            if len(batch) >= BATCH:
+                put(batch)
+        if batch:
+            put(batch)
+        log.info("rescan source=%s found=%d enqueued=%d dry_run=%s", source.name,
+                 total["found"] - before["found"], total["enqueued"] - before["enqueued"],
+                 str(dry_run).lower())
+    if progress is True:
+        sys.stderr.write(f"\rscanning: {total['found']} files\n")
+    return RescanSummary(total["found"], total["enqueued"], total["found"] - total["enqueued"],
+                         counts.ignored)
+
+
+def _stderr_counter() -> Callable[[int], None]:
+    last = [0.0]
+
+    def report(found: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.2:
+            last[0] = now
+            sys.stderr.write(f"\rscanning: {found} files")
+            sys.stderr.flush()
+
+    return report

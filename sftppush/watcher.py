@@ -1,0 +1,473 @@
+"""The watcher: inotify events on the source trees become file versions in the queue.
+
+Owns the watches, what each event means (close-write, rename, link+unlink rename, new and
+removed directories), overflow recovery by rescan, and sd_notify. It must never open a data
+file (one lstat per name, nothing more) and never talk to S3, so an outage cannot slow it.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import logging
+import os
+import select
+import signal
+import stat
+import struct
+import termios
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from inotify_simple import INotify
+from inotify_simple import flags as F
+
+from sftppush import notify
+from sftppush.config import Config, Source
+from sftppush.errors import ConfigError, SftppushError
+from sftppush.queue import FileVersion, Queue
+from sftppush.scan import ignore_matcher, shown, walk
+
+log = logging.getLogger("sftppush.watcher")
+
+# IN_OPEN / IN_CLOSE_NOWRITE tell a file created by open() (taken at its close-write) from one
+# created by link() (OpenSSH's rename: no open at all); IN_ATTRIB catches a client setting the
+# mtime after close, which makes a new version the consumer would otherwise retire unuploaded.
+_EVENTS = (F.CLOSE_WRITE | F.MOVED_TO | F.CREATE | F.OPEN | F.CLOSE_NOWRITE | F.ATTRIB
+           | F.MOVED_FROM | F.DELETE | F.DELETE_SELF | F.MOVE_SELF | F.EXCL_UNLINK | F.ONLYDIR)
+ROOT_MASK = _EVENTS                    # a configured dir may be a symlink the admin set up
+SUBDIR_MASK = _EVENTS | F.DONT_FOLLOW  # below it, a symlink is never followed
+
+GRACE = 0.2               # s an IN_CREATE waits for its IN_OPEN; a fresh scanned file, its close
+FRESH_NS = 2_000_000_000  # a scanned file younger than this may still be open for writing
+BUSY_DELAY = 0.005        # s to let a burst's events gather, so one transaction takes many
+SCAN_SLICE = 0.05         # s of scanning between two reads of the event queue
+SCAN_SLICE_DIRS = 200     # listing a directory queues 4 events of our own; keep under the limit
+ROOT_CHECK = 1.0          # s between looks for a missing source dir
+MAX_WAIT = 1.0            # s; an external `stop` event is noticed at least this often
+
+_EVENT = struct.Struct("iIII")
+
+
+@dataclass(eq=False)
+class _Root:
+    source: Source
+    path: bytes
+    wd: int | None = None  # None while the directory is missing
+
+
+@dataclass(eq=False)
+class _Scan:
+    root: _Root
+    top: bytes
+    why: str
+    steps: Iterator[FileVersion | None] | None = None
+    files: int = 0
+
+
+@dataclass
+class _Batch:
+    """What one pass of the loop enqueues in one transaction."""
+
+    names: dict[bytes, tuple[str, str]] = field(default_factory=dict)  # path -> source, found_by
+    scanned: list[FileVersion] = field(default_factory=list)
+
+
+def run(cfg: Config, *, rescan: bool = True, stop: threading.Event | None = None) -> None:
+    """Watch every configured source until SIGTERM/SIGINT or `stop`; commit what was read."""
+    stop = threading.Event() if stop is None else stop
+    wakeup, restore = _install_signal_handlers(stop)
+    try:
+        with Queue(cfg.queue.path) as queue, INotify(nonblocking=True) as inotify:
+            watcher = Watcher(cfg, queue, inotify, wakeup=wakeup)
+            watcher.start(rescan)
+            try:
+                while not stop.is_set():
+                    watcher.step(stop)
+            finally:
+                watcher.shutdown()
+    finally:
+        restore()
+
+
+class Watcher:
+    """One inotify instance over all sources; `step()` is one read, one transaction."""
+
+    def __init__(self, cfg: Config, queue: Queue, inotify: INotify, *,
+                 wakeup: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.queue = queue
+        self.inotify = inotify
+        self.clock = clock
+        self.ignored = ignore_matcher(cfg.watch.ignore)
+        self.ignore = cfg.watch.ignore
+        self.roots = [_Root(s, os.fsencode(d)) for s in cfg.watch.sources for d in s.dirs]
+        self.dirs: dict[int, tuple[bytes, _Root]] = {}  # wd -> watched path, its root
+        self.wds: dict[bytes, int] = {}
+        self.scans: deque[_Scan] = deque()
+        self.created: dict[bytes, tuple[float, str]] = {}  # IN_CREATE seen, no IN_OPEN yet
+        self.linked: set[bytes] = set()                    # created, then opened: await close
+        self.opens: dict[bytes, int] = {}                  # names open as far as we saw
+        self.fresh: dict[bytes, tuple[float, str]] = {}    # scanned, maybe still being written
+        self.poller = select.poll()
+        self.poller.register(inotify.fileno(), select.POLLIN)
+        self.wakeup = wakeup  # readable when a signal arrived
+        if wakeup is not None:
+            self.poller.register(wakeup, select.POLLIN)
+        self.ping_every = notify.watchdog_interval()
+        self.next_ping = 0.0
+        self.next_root_check = 0.0
+        self.enqueued = 0
+        self.busy = False  # the last read found events
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self, rescan: bool) -> None:
+        """Watch every directory of every root, report READY=1, then queue the start-up scans."""
+        for root in self.roots:
+            try:
+                os.scandir(root.path).close()
+            except OSError as exc:
+                raise ConfigError(f"watch: source {root.source.name}: cannot read directory "
+                                  f"{shown(root.path)}: {exc.strerror}") from None
+            self._watch_tree(root)
+            if root.wd is None:
+                raise ConfigError(f"watch: source {root.source.name}: cannot watch directory "
+                                  f"{shown(root.path)}")
+        notify.notify(f"READY=1\nSTATUS=watching {len(self.dirs)} directories")
+        log.info("watching sources=%d dirs=%d rescan=%s", len({r.source.name for r in self.roots}),
+                 len(self.dirs), str(rescan).lower())
+        if rescan:
+            for root in self.roots:
+                self._add_scan(root, root.path, "start")
+
+    def step(self, stop: threading.Event | None = None) -> None:
+        """Wait for events (or a deadline), read them all, enqueue what they mean at once."""
+        timeout = self._timeout()
+        if timeout:
+            for fd, _ in self.poller.poll(timeout * 1000):
+                if fd == self.wakeup:
+                    _drain(fd)
+                elif self.busy:  # a burst: one commit per few ms, not per file
+                    time.sleep(BUSY_DELAY)
+        now = self.clock()
+        data = self._read()
+        self.busy = bool(data)
+        batch = _Batch()
+        if data:
+            self._handle(data, now, batch)
+        if not (stop is not None and stop.is_set()):
+            self._advance_scans(now, batch)
+            self._check_roots(now)
+        self._decide(now, batch, everything=False)
+        self._commit(batch)
+        if self.ping_every and now >= self.next_ping:
+            notify.notify("WATCHDOG=1")
+            self.next_ping = now + self.ping_every
+
+    def shutdown(self) -> None:
+        """Commit what was read and decided so far; what was not, the next start-up scan finds."""
+        notify.notify("STOPPING=1")
+        batch = _Batch()
+        data = self._read()
+        if data:
+            self._handle(data, self.clock(), batch)
+        self._decide(self.clock(), batch, everything=True)
+        self._commit(batch)
+        for scan in self.scans:  # the next start-up rescan makes up for these
+            log.warning("scan unfinished source=%s dir=%s why=%s", scan.root.source.name,
+                        shown(scan.top), scan.why.replace(" ", "_"))
+        log.info("watcher stopped enqueued=%d", self.enqueued)
+
+    # --- events --------------------------------------------------------------------------
+
+    def _read(self) -> bytes:
+        # Read everything queued right now in one read(): one batch, one transaction.
+        size = array.array("i", [0])
+        fcntl.ioctl(self.inotify.fileno(), termios.FIONREAD, size)
+        if not size[0]:
+            return b""
+        try:
+            return os.read(self.inotify.fileno(), size[0])
+        except BlockingIOError:
+            return b""
+
+    def _handle(self, data: bytes, now: float, batch: _Batch) -> None:
+        names, dirs, created, opens, ignored = (batch.names, self.dirs, self.created,
+                                                self.opens, self.ignored)
+        unpack, pos, end = _EVENT.unpack_from, 0, len(data)
+        while pos < end:
+            wd, mask, _cookie, size = unpack(data, pos)
+            name = data[pos + 16:pos + 16 + size].rstrip(b"\0")
+            pos += 16 + size
+            if mask & F.Q_OVERFLOW:
+                self._overflow()
+                continue
+            where = dirs.get(wd)
+            if where is None:
+                continue  # the last events of a watch we dropped
+            if not name:
+                self._self_event(wd, mask, where[1])
+                continue
+            if ignored(name):
+                continue
+            path = where[0] + b"/" + name
+            source = where[1].source.name
+            if mask & F.ISDIR:
+                if mask & (F.CREATE | F.MOVED_TO):
+                    self._add_scan(where[1], path, "new dir", first=True)
+                elif mask & F.MOVED_FROM:
+                    self._unwatch_tree(path)
+            elif mask & F.CLOSE_WRITE:
+                n = opens.pop(path, 0) - 1
+                if n > 0:
+                    opens[path] = n
+                self._settled(path)
+                names[path] = (source, "close_write")
+            elif mask & F.MOVED_TO:
+                self._settled(path)
+                names[path] = (source, "moved_to")
+            elif mask & F.CREATE:
+                created.pop(path, None)  # re-insert: the dict stays in order of arrival
+                created[path] = (now, source)
+            elif mask & F.OPEN:
+                opens[path] = opens.get(path, 0) + 1
+                if created.pop(path, None) is not None:
+                    self.linked.add(path)
+            elif mask & F.CLOSE_NOWRITE:
+                n = opens.pop(path, 0) - 1
+                if n > 0:
+                    opens[path] = n
+                elif path in self.linked:  # created, opened only to read, closed: a link
+                    self.linked.discard(path)
+                    names[path] = (source, "created")
+            elif mask & F.ATTRIB:
+                if path not in opens and path not in created and path not in self.linked:
+                    names.setdefault(path, (source, "attrib"))
+            elif mask & (F.MOVED_FROM | F.DELETE):
+                self._settled(path)
+                opens.pop(path, None)
+                names.pop(path, None)
+
+    def _settled(self, path: bytes) -> None:
+        """An event that enqueues `path` itself ends every wait on it."""
+        self.created.pop(path, None)
+        self.linked.discard(path)
+        self.fresh.pop(path, None)
+
+    def _self_event(self, wd: int, mask: int, root: _Root) -> None:
+        if mask & F.IGNORED:  # the directory was deleted (or unmounted): the watch is gone
+            path, _ = self.dirs.pop(wd)
+            if self.wds.get(path) == wd:
+                del self.wds[path]
+            for r in self.roots:
+                if r.wd == wd:
+                    self._lose_root(r, "deleted")
+        elif mask & F.MOVE_SELF:
+            for r in self.roots:
+                if r.wd == wd:  # a source dir renamed away: its paths mean nothing now
+                    self._unwatch_tree(r.path)
+
+    def _lose_root(self, root: _Root, why: str) -> None:
+        root.wd = None
+        self.next_root_check = self.clock() + ROOT_CHECK
+        log.warning("source dir gone source=%s dir=%s why=%s", root.source.name,
+                    shown(root.path), why.replace(" ", "_"))
+
+    def _overflow(self) -> None:
+        # Events were dropped: what we knew of open files is unreliable, and any directory
+        # created meanwhile is unwatched. Rescan every root (walks re-add the watches).
+        log.warning("inotify queue overflowed: rescanning roots=%d", len(self.roots))
+        self.opens.clear()
+        self.linked.clear()
+        for root in self.roots:
+            if root.wd is not None:
+                self._add_scan(root, root.path, "overflow")
+
+    def _decide(self, now: float, batch: _Batch, everything: bool) -> None:
+        """Take the waiting names whose grace is over (all of them when stopping)."""
+        for waiting, how in ((self.created, "created"), (self.fresh, "rescan")):
+            while waiting:
+                path, (since, source) = next(iter(waiting.items()))
+                if since + GRACE > now and not everything:
+                    break
+                del waiting[path]
+                if path not in self.opens:  # an open one is taken at its close-write
+                    batch.names.setdefault(path, (source, how))
+
+    def _commit(self, batch: _Batch) -> None:
+        versions = batch.scanned
+        for path, (source, how) in batch.names.items():
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue  # gone again (renamed, deleted): its own event tells the rest
+            if not stat.S_ISDIR(st.st_mode):
+                versions.append(FileVersion(path, source, st.st_size, st.st_mtime_ns,
+                                            st.st_ino, how))
+        if versions:
+            new = self.queue.enqueue_many(versions)
+            self.enqueued += new
+            if log.isEnabledFor(logging.DEBUG):
+                for v in versions:
+                    log.debug("seen path=%s found_by=%s size=%d", shown(v.path),
+                              v.found_by, v.size)
+                log.debug("enqueued new=%d of=%d", new, len(versions))
+
+    # --- watches and scans ---------------------------------------------------------------
+
+    def _watch(self, path: bytes, root: _Root, strict: bool = False) -> bool:
+        """Put a watch on one directory before it is listed; False to skip listing it."""
+        try:
+            wd = self.inotify.add_watch(path, ROOT_MASK if path == root.path else SUBDIR_MASK)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return False  # gone, or swapped for a symlink, since it was listed
+            if exc.errno == errno.ENOSPC:
+                message = (f"cannot watch dir={shown(path)}: inotify watch limit reached, "
+                           "raise fs.inotify.max_user_watches")
+                if strict:
+                    raise SftppushError(message) from None
+                log.error(message.replace(": ", " error=", 1))
+                return True  # list it anyway, so at least what is there now is queued
+            log.warning("cannot watch dir=%s error=%s", shown(path), exc.strerror)
+            return False
+        old = self.dirs.get(wd)
+        if old is not None and old[0] != path and self.wds.get(old[0]) == wd:
+            del self.wds[old[0]]
+        self.dirs[wd] = (path, root)
+        self.wds[path] = wd
+        if path == root.path:
+            root.wd = wd
+        return True
+
+    def _watch_tree(self, root: _Root) -> None:
+        """Watches on a whole root, directories only: what start-up needs before READY=1."""
+        stack = [root.path]
+        while stack:
+            directory = stack.pop()
+            if not self._watch(directory, root, strict=True):
+                continue
+            try:
+                with os.scandir(directory) as entries:
+                    stack.extend(e.path for e in entries
+                                 if not self.ignored(e.name) and e.is_dir(follow_symlinks=False))
+            except OSError as exc:
+                log.warning("cannot list dir=%s error=%s", shown(directory), exc.strerror)
+
+    def _unwatch_tree(self, top: bytes) -> None:
+        prefix = top + b"/"
+        for path in [p for p in self.wds if p == top or p.startswith(prefix)]:
+            wd = self.wds.pop(path)
+            self.dirs.pop(wd, None)
+            try:
+                self.inotify.rm_watch(wd)
+            except OSError:
+                pass  # already gone with its directory
+            for root in self.roots:
+                if root.wd == wd:  # a source dir inside another source dir, moved away
+                    self._lose_root(root, "moved away")
+        for waiting in (self.created, self.fresh, self.opens):
+            for path in [p for p in waiting if p.startswith(prefix)]:
+                del waiting[path]
+        self.linked = {p for p in self.linked if not p.startswith(prefix)}
+
+    def _add_scan(self, root: _Root, top: bytes, why: str, first: bool = False) -> None:
+        if any(s.top == top and s.steps is None for s in self.scans):
+            return  # the same walk is queued and not started: it will see everything
+        scan = _Scan(root, top, why)
+        if first:  # a new dir goes before a long rescan, which resumes where it paused
+            self.scans.appendleft(scan)
+        else:
+            self.scans.append(scan)
+
+    def _advance_scans(self, now: float, batch: _Batch) -> None:
+        """Walk queued scans for a short slice, so events keep being read during a long one."""
+        deadline = self.clock() + SCAN_SLICE
+        listed = 0
+        fresh_after = time.time_ns() - FRESH_NS
+        while self.scans:
+            scan = self.scans[0]
+            if scan.steps is None:
+                scan.steps = walk(scan.top, scan.root.source.name, self.ignore,
+                                  on_dir=lambda d, r=scan.root: self._watch(d, r))
+            for version in scan.steps:
+                if version is None:
+                    listed += 1
+                    if listed >= SCAN_SLICE_DIRS or self.clock() >= deadline:
+                        return
+                    continue
+                scan.files += 1
+                path = version.path
+                if path in self.opens or path in batch.names:
+                    continue  # its close-write (or the event just read) enqueues it
+                if version.mtime_ns >= fresh_after:
+                    self.fresh.pop(path, None)
+                    self.fresh[path] = (now, version.source)
+                else:
+                    batch.scanned.append(version)
+            self.scans.popleft()
+            (log.debug if scan.why == "new dir" else log.info)(
+                "scan done source=%s dir=%s files=%d why=%s", scan.root.source.name,
+                shown(scan.top), scan.files, scan.why.replace(" ", "_"))
+
+    def _check_roots(self, now: float) -> None:
+        if now < self.next_root_check:
+            return
+        self.next_root_check = now + ROOT_CHECK
+        for root in self.roots:
+            if root.wd is None and os.path.isdir(root.path) and \
+                    not any(s.top == root.path for s in self.scans):
+                log.info("source dir back source=%s dir=%s", root.source.name,
+                         shown(root.path))
+                self._add_scan(root, root.path, "dir back")
+
+    def _timeout(self) -> float:
+        if self.scans:
+            return 0.0
+        now = self.clock()
+        until = [now + MAX_WAIT]
+        for waiting in (self.created, self.fresh):
+            if waiting:
+                until.append(next(iter(waiting.values()))[0] + GRACE)
+        if self.ping_every:
+            until.append(self.next_ping)
+        if any(r.wd is None for r in self.roots):
+            until.append(self.next_root_check)
+        return max(0.001, min(until) - now)
+
+
+# --- signals -------------------------------------------------------------------------------
+
+def _install_signal_handlers(stop: threading.Event) -> tuple[int | None, Callable[[], None]]:
+    """SIGTERM/SIGINT only set `stop`; the returned pipe end turns readable to end a wait.
+
+    Outside the main thread (a caller running us in a thread) only `stop` ends the loop.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None, lambda: None
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def restore() -> None:
+        signal.set_wakeup_fd(old_wakeup)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(read_fd)
+        os.close(write_fd)
+
+    return read_fd, restore
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass

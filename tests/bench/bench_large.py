@@ -1,0 +1,150 @@
+"""Benchmark: one large gzip file through a consumer, against baselines from the same run.
+
+    /tmp/venv/bin/python tests/bench/bench_large.py [--size-mib 1024] [--part-size-mb 64]
+
+Measures, on a local `rclone serve s3` (127.0.0.1, objects under a temp dir):
+  zlib alone     Python gzip/zlib decompression of the file to nowhere
+  upload alone   boto3's managed upload_file of the already-decompressed bytes
+  sftppush       `sftppush consume --drain --workers 1` on the queued .gz file, with the
+                 consumer process's peak RSS (wait4 ru_maxrss)
+and prints MB/s (decompressed MiB per second) and the SPEC 11 ratios: sftppush must reach
+0.8x the slower baseline with peak RSS <= 200 MB. Not part of the default test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3.s3.transfer
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from sftppush.queue import FileVersion, Queue  # noqa: E402
+from tests.conftest import RcloneS3  # noqa: E402
+
+MiB = 2**20
+
+
+def make_gzip(path: Path, size_mib: int) -> None:
+    """CSV-like lines (compress ~4x like sensor data), written as a stream, never in memory."""
+    rng = random.Random(7)
+    block = b"".join(b"%d,device-%03d,%0.3f,%0.3f,ok\n" % (i, rng.randrange(999), rng.random(),
+                                                          rng.random() * 100)
+                     for i in range(200_000))
+    with gzip.open(path, "wb", compresslevel=6) as f:
+        written = 0
+        n = 0
+        while written < size_mib * MiB:
+            chunk = (b"%012d\n" % n + block)[: size_mib * MiB - written]
+            f.write(chunk)
+            written += len(chunk)
+            n += 1
+
+
+def zlib_alone(path: Path) -> tuple[float, int]:
+    t = time.perf_counter()
+    total = 0
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            total += len(chunk)
+    return time.perf_counter() - t, total
+
+
+def upload_alone(server: RcloneS3, plain: Path, part_mb: int) -> float:
+    client = server.client()
+    cfg = boto3.s3.transfer.TransferConfig(multipart_chunksize=part_mb * MiB,
+                                           multipart_threshold=part_mb * MiB)
+    t = time.perf_counter()
+    client.upload_file(str(plain), "baseline", "plain.bin", Config=cfg)
+    return time.perf_counter() - t
+
+
+def sftppush_run(server: RcloneS3, work: Path, gz: Path, part_mb: int) -> tuple[float, int, str]:
+    home = work / "home"
+    upload = home / "sftpuser1" / "upload"
+    upload.mkdir(parents=True)
+    target = upload / gz.name
+    shutil.copyfile(gz, target)
+    config = work / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "defaults": {"userpath": str(home), "s3target": "bench",
+                     "endpoint_url": server.endpoint_url, "awsregion": "us-east-1"},
+        "watch": {"source": [{"name": "sftpuser1", "paths": ["/upload"]}]},
+        "queue": {"path": str(work / "queue.db")},
+        "consumer": {"workers": 1, "s3": {"part_size_mb": part_mb}},
+    }))
+    with Queue(work / "queue.db") as q:
+        q.enqueue_many([FileVersion.of(target, "sftpuser1", target.stat(), "rescan")])
+    env = {**server.env(), "PYTHONPATH": str(REPO)}
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "sftppush", "--config", str(config),
+                             "consume", "--drain"], env=env, stderr=subprocess.PIPE, text=True)
+    stderr = proc.stderr.read() if proc.stderr else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"consumer exited {proc.returncode}:\n{stderr}")
+    return elapsed, usage.ru_maxrss * 1024, stderr
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--part-size-mb", type=int, default=64)
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="sftppush-bench-"))
+    server = RcloneS3(work / "s3", work / "rclone.log")
+    (work / "s3" / "baseline").mkdir(parents=True)
+    (work / "s3" / "bench").mkdir()
+    try:
+        gz = work / "big.csv.gz"
+        t = time.perf_counter()
+        make_gzip(gz, args.size_mib)
+        print(f"made {gz.stat().st_size / MiB:.0f} MiB gzip of {args.size_mib} MiB "
+              f"in {time.perf_counter() - t:.1f}s")
+        plain = work / "big.csv"
+        with gzip.open(gz, "rb") as src, plain.open("wb") as dst:
+            shutil.copyfileobj(src, dst, MiB)
+        server.start()
+        zt, total = zlib_alone(gz)
+        ut = upload_alone(server, plain, args.part_size_mb)
+        plain.unlink()
+        (work / "s3" / "baseline" / "plain.bin").unlink()
+        st, rss, log = sftppush_run(server, work / "run", gz, args.part_size_mb)
+        stored = work / "s3" / "bench" / "sftpuser1" / "upload" / "big.csv"
+        assert stored.stat().st_size == total, "object size differs from the decompressed size"
+        mbs = {name: total / MiB / sec for name, sec in
+               (("zlib alone", zt), ("upload alone", ut), ("sftppush", st))}
+        for name, v in mbs.items():
+            print(f"{name:14s} {v:8.1f} MiB/s")
+        slower = min(mbs["zlib alone"], mbs["upload alone"])
+        ratio = mbs["sftppush"] / slower
+        print(f"ratio sftppush / slower baseline = {ratio:.2f}  (target >= 0.80) "
+              f"{'PASS' if ratio >= 0.8 else 'FAIL'}")
+        print(f"consumer peak RSS = {rss / 1e6:.0f} MB  (target <= 200 MB) "
+              f"{'PASS' if rss <= 200e6 else 'FAIL'}")
+        print(next((line for line in log.splitlines() if "uploaded id=" in line), ""))
+        print(f"bench process self RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1e3:.0f}"
+              " MB (not the consumer)")
+    finally:
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Consumer processes and threads: outages, kill -9, SIGTERM and --drain, all for real."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sftppush import consumer
+from sftppush.queue import FileVersion, Queue, State
+from sftppush.s3 import RetryPolicy
+from tests.conftest import REPO
+
+MB = 2**20
+
+
+def write_and_enqueue(cfg: Any, directory: Path, names: range, size: int) -> dict[str, bytes]:
+    bodies = {}
+    versions = []
+    for i in names:
+        body = b"%08d\n" % i + os.urandom(size)
+        p = directory / f"f{i:04d}.bin.gz"
+        p.write_bytes(gzip.compress(body, compresslevel=1))
+        bodies[f"sftpuser1/upload/f{i:04d}.bin"] = body
+        versions.append(FileVersion.of(p, "sftpuser1", p.stat(), "close_write"))
+    with Queue(cfg.queue.path) as q:
+        q.enqueue_many(versions)
+    return bodies
+
+
+def states(cfg: Any) -> dict[State, int]:
+    with Queue(cfg.queue.path) as q:
+        s = q.stats()
+    return {State.PENDING: s.pending, State.CLAIMED: s.claimed, State.DONE: s.done,
+            State.FAILED: s.failed}
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def consumer_process(config: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sftppush", "--config", str(config), "consume", *args],
+        env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+def test_s3_outage_of_200_files_loses_nothing(source_tree: Any, pipeline_config: Any,
+                                              rclone_s3: Any) -> None:
+    bucket = rclone_s3.make_bucket("outage")
+    cfg = pipeline_config(server=rclone_s3, bucket=bucket, max_attempts=1)
+    stored = rclone_s3.root / bucket
+    bodies = write_and_enqueue(cfg, source_tree.upload, range(150), 200_000)
+    stop = threading.Event()
+    tuning = consumer.Tuning(retry=RetryPolicy(attempts=3, initial=0.02, maximum=0.1),
+                             transient_delay=0.1, transient_delay_max=0.5, poll_interval=0.02)
+    thread = threading.Thread(target=consumer.run, args=(cfg,),
+                              kwargs={"workers": 4, "stop": stop, "tuning": tuning})
+    thread.start()
+    try:
+        wait_until(lambda: sum(1 for _ in stored.rglob("*.bin")) >= 20, 30, "first uploads")
+        rclone_s3.stop()
+        uploaded_before = sum(1 for _ in stored.rglob("*.bin"))
+        assert uploaded_before < 150, "the outage must start mid-run"
+        # Files keep arriving during the outage.
+        bodies.update(write_and_enqueue(cfg, source_tree.upload, range(150, 200), 200_000))
+        time.sleep(3)  # many in-place retries and several trips back to pending
+        during = states(cfg)
+        assert during[State.FAILED] == 0 and during[State.DONE] < 200
+        with Queue(cfg.queue.path) as q:
+            errors = [e.last_error for e in q.list(State.PENDING, limit=500) if e.last_error]
+        assert errors and all("unreachable" in e for e in errors)
+        rclone_s3.start()
+        wait_until(lambda: states(cfg)[State.DONE] == 200, 60, "all 200 done after the outage")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert states(cfg)[State.FAILED] == 0
+    for key, body in bodies.items():
+        assert (stored / key).read_bytes() == body
+    assert list(source_tree.upload.iterdir()) == []
+
+
+def test_kill_9_mid_upload_then_another_consumer_uploads_it_after_the_lease(
+        source_tree: Any, pipeline_config: Any, s3_env: dict[str, str], s3_client: Any,
+        s3_bucket: str) -> None:
+    cfg = pipeline_config(lease_seconds=2, workers=1)
+    big = source_tree.upload / "big.bin.gz"
+    # 120 MiB decompressed: 24 parts of 5 MiB. Each MiB is numbered, so a wrong order shows.
+    body_hash = hashlib.sha256()
+    with gzip.open(big, "wb", compresslevel=1) as f:
+        for i in range(120):
+            block = (b"block %08d\n" % i).ljust(MB, b"\0")
+            f.write(block)
+            body_hash.update(block)
+    with Queue(cfg.queue.path) as q:
+        q.enqueue_many([FileVersion.of(big, "sftpuser1", big.stat(), "close_write")])
+    key = "sftpuser1/upload/big.bin"
+
+    def parts_uploaded() -> int:
+        uploads = s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+        if not uploads:
+            return 0
+        return len(s3_client.list_parts(Bucket=s3_bucket, Key=key,
+                                        UploadId=uploads[0]["UploadId"]).get("Parts", []))
+
+    first = consumer_process(cfg.file, s3_env)
+    try:
+        wait_until(lambda: parts_uploaded() >= 2, 30, "the first consumer mid-upload")
+        first.kill()  # SIGKILL: no cleanup of any kind
+    finally:
+        first.kill()
+        first.communicate(timeout=10)
+    assert s3_client.list_objects_v2(Bucket=s3_bucket)["KeyCount"] == 0
+    assert big.exists() and states(cfg)[State.CLAIMED] == 1
+
+    second = subprocess.run(
+        [sys.executable, "-m", "sftppush", "--config", str(cfg.file), "consume", "--drain"],
+        env={**s3_env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    head = s3_client.head_object(Bucket=s3_bucket, Key=key)
+    assert head["ContentLength"] == 120 * MB
+    assert head["Metadata"]["sftppush-sha256"] == body_hash.hexdigest()
+    got = hashlib.sha256(s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    assert got.hexdigest() == body_hash.hexdigest()
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    assert not big.exists()
+    assert states(cfg)[State.DONE] == 1
+    assert "aborted orphaned multipart uploads" in second.stderr
+
+
+def test_sigterm_finishes_or_releases_in_flight_entries_and_exits_0(
+        source_tree: Any, pipeline_config: Any, s3_env: dict[str, str], s3_client: Any,
+        s3_bucket: str) -> None:
+    cfg = pipeline_config(workers=1)
+    bodies = write_and_enqueue(cfg, source_tree.upload, range(60), MB)
+    proc = consumer_process(cfg.file, s3_env)
+    try:
+        wait_until(lambda: s3_client.list_objects_v2(Bucket=s3_bucket)["KeyCount"] >= 1, 30,
+                   "the first upload")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    counts = states(cfg)
+    assert counts[State.CLAIMED] == 0 and counts[State.FAILED] == 0
+    assert counts[State.PENDING] > 0 and counts[State.DONE] + counts[State.PENDING] == 60
+    stored = {o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])}
+    assert len(stored) == counts[State.DONE]
+    for key in bodies:
+        local = source_tree.upload / (key.rsplit("/", 1)[1] + ".gz")
+        assert local.exists() != (key in stored), key  # uploaded exactly when deleted
+
+
+def test_drain_exits_0_after_everything_is_done_with_one_log_line_per_upload(
+        source_tree: Any, pipeline_config: Any, s3_env: dict[str, str], s3_client: Any,
+        s3_bucket: str, run_cli: Any) -> None:
+    cfg = pipeline_config()
+    bodies = write_and_enqueue(cfg, source_tree.upload, range(5), 1000)
+    result = run_cli("--config", str(cfg.file), "consume", "--drain", env=s3_env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = re.findall(r"uploaded id=(\d+) key=(\S+) bytes_in=(\d+) bytes_out=(\d+) ms=(\d+)",
+                       result.stderr)
+    assert sorted(k for _, k, _, _, _ in lines) == sorted(bodies)
+    for _, key, bytes_in, bytes_out, _ in lines:
+        assert int(bytes_out) == len(bodies[key]) and int(bytes_in) > 0
+    assert states(cfg)[State.DONE] == 5
+    for key, body in bodies.items():
+        assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body

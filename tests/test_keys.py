@@ -1,0 +1,72 @@
+"""Object keys and metadata exactly as SPEC 3 names them."""
+
+from pathlib import Path
+
+import pytest
+
+from sftppush.config import Source, Target
+from sftppush.keys import candidate_keys, escape_component, iso8601, metadata, object_key
+
+SOURCE = Source("sftpuser1", Path("/home/sftpuser1"), ("/upload",), Target("bkt"))
+PREFIXED = Source("sftpuser1", Path("/home/sftpuser1"), ("/upload",), Target("bkt", "in/x"))
+
+
+def test_key_mirrors_path_below_userpath_and_loses_one_matching_suffix() -> None:
+    path = b"/home/sftpuser1/upload/2026/a.csv.gz"
+    assert object_key(SOURCE, path, "gzip") == "sftpuser1/upload/2026/a.csv"
+    assert object_key(SOURCE, b"/home/sftpuser1/upload/a.tar.gz.gz", "gzip") == \
+        "sftpuser1/upload/a.tar.gz"
+    assert object_key(SOURCE, b"/home/sftpuser1/upload/a.GZIP", "gzip") == "sftpuser1/upload/a"
+    assert object_key(SOURCE, b"/home/sftpuser1/upload/b.bz2", "bzip2") == "sftpuser1/upload/b"
+    assert object_key(SOURCE, b"/home/sftpuser1/upload/c.xz", "xz") == "sftpuser1/upload/c"
+    assert object_key(SOURCE, b"/home/sftpuser1/upload/d.zst", "zstd") == "sftpuser1/upload/d"
+
+
+def test_suffix_of_another_format_or_undetected_file_is_kept() -> None:
+    assert object_key(SOURCE, b"/home/sftpuser1/upload/a.gz", None) == "sftpuser1/upload/a.gz"
+    assert object_key(SOURCE, b"/home/sftpuser1/upload/a.xz", "gzip") == "sftpuser1/upload/a.xz"
+    assert object_key(SOURCE, b"/home/sftpuser1/upload/a.zip", None) == "sftpuser1/upload/a.zip"
+    # A name that is only the suffix keeps it rather than becoming a "directory" key.
+    assert object_key(SOURCE, b"/home/sftpuser1/upload/.gz", "gzip") == "sftpuser1/upload/.gz"
+
+
+def test_prefix_of_the_source_target_comes_first() -> None:
+    assert object_key(PREFIXED, b"/home/sftpuser1/upload/a b.csv", None) == \
+        "in/x/sftpuser1/upload/a b.csv"
+
+
+def test_non_utf8_names_are_percent_escaped_the_same_way_every_time() -> None:
+    raw = b"caf\xe9 100%.csv"
+    assert escape_component(raw) == "caf%E9 100%25.csv"
+    assert escape_component(raw) == escape_component(bytes(raw))
+    assert escape_component("café 100%.csv".encode()) == "café 100%.csv"  # valid UTF-8 kept
+    key = object_key(SOURCE, b"/home/sftpuser1/upload/\xff\xfe/x\x80.gz", "gzip")
+    assert key == "sftpuser1/upload/%FF%FE/x%80"
+    key.encode("utf-8")
+
+
+def test_path_outside_the_source_root_has_no_key() -> None:
+    with pytest.raises(ValueError):
+        object_key(SOURCE, b"/home/other/upload/a.csv", None)
+    with pytest.raises(ValueError):
+        object_key(SOURCE, b"/home/sftpuser1/../other/a.csv", None)
+
+
+def test_candidate_keys_of_a_vanished_file_cover_both_namings() -> None:
+    assert candidate_keys(SOURCE, b"/home/sftpuser1/upload/a.csv.gz") == \
+        ["sftpuser1/upload/a.csv", "sftpuser1/upload/a.csv.gz"]
+    assert candidate_keys(SOURCE, b"/home/sftpuser1/upload/a.csv") == ["sftpuser1/upload/a.csv"]
+
+
+def test_metadata_is_ascii_and_keeps_the_original_name() -> None:
+    meta = metadata(SOURCE, b"/home/sftpuser1/upload/caf\xe9 1.csv.gz", 123,
+                    1_767_225_600_123_456_789)
+    assert meta == {
+        "sftppush-source": "sftpuser1",
+        "sftppush-original-name": "caf%E9 1.csv.gz",
+        "sftppush-original-size": "123",
+        "sftppush-mtime": "2026-01-01T00:00:00.123456+00:00",
+    }
+    for value in meta.values():
+        value.encode("ascii")
+    assert iso8601(0) == "1970-01-01T00:00:00+00:00"

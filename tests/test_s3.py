@@ -1,0 +1,143 @@
+"""The S3 sink against moto's server over HTTP on loopback: uploads, verify, aborts, errors."""
+
+import hashlib
+import io
+import os
+from typing import Any
+
+import pytest
+
+from sftppush.config import Defaults, LogConfig, S3Config
+from sftppush.errors import PermanentError, TransientError
+from sftppush.s3 import RetryPolicy, Uploader, classify, make_client
+from tests.conftest import FAKE_REGION, S3Server, free_port
+
+FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)
+MB = 2**20
+
+
+def uploader(endpoint: str, checksum: str = "when_supported", **kw: Any) -> Uploader:
+    s3 = S3Config(part_size_mb=5, checksum=checksum)
+    defaults = Defaults(userpath=None, s3target=None, awsprofile=None, awsregion=FAKE_REGION,
+                        endpoint_url=endpoint, log=LogConfig())
+    client = make_client(defaults, s3, connect_timeout=1, read_timeout=10)
+    return Uploader(client, s3, FAST, **kw)
+
+
+class Exploding(io.BytesIO):
+    """A reader that fails after `after` bytes, like a corrupt archive found mid-stream."""
+
+    def __init__(self, data: bytes, after: int) -> None:
+        super().__init__(data)
+        self.after = after
+
+    def read(self, size: int = -1) -> bytes:
+        if self.tell() >= self.after:
+            raise PermanentError("corrupt gzip: boom")
+        return super().read(min(size, self.after - self.tell()) if size > 0 else size)
+
+    def readinto(self, buffer: Any) -> int:
+        if self.tell() >= self.after:
+            raise PermanentError("corrupt gzip: boom")
+        with memoryview(buffer) as view:
+            return super().readinto(view[: self.after - self.tell()])
+
+
+def open_uploads(client: Any, bucket: str) -> list[dict[str, Any]]:
+    return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+@pytest.mark.parametrize("checksum", ["when_supported", "when_required"])
+def test_small_body_is_one_put_verified_without_head(moto_server: S3Server, s3_client: Any,
+                                                     s3_bucket: str, checksum: str) -> None:
+    up = uploader(moto_server.endpoint_url, checksum)
+    body = b"a,b\n1,2\n"
+    done = up.upload(s3_bucket, "k/a b.csv", io.BytesIO(body), {"sftppush-source": "s"})
+    assert (done.parts, done.bytes_out) == (0, len(body))
+    assert done.verified_by in ("crc32", "etag")
+    obj = s3_client.get_object(Bucket=s3_bucket, Key="k/a b.csv")
+    assert obj["Body"].read() == body
+    assert obj["Metadata"] == {"sftppush-source": "s",
+                               "sftppush-sha256": hashlib.sha256(body).hexdigest()}
+
+
+def test_large_body_is_multipart_with_full_metadata(moto_server: S3Server, s3_client: Any,
+                                                    s3_bucket: str) -> None:
+    up = uploader(moto_server.endpoint_url)
+    body = os.urandom(MB) * 12 + b"tail"
+    done = up.upload(s3_bucket, "big.bin", io.BytesIO(body), {"sftppush-source": "s"})
+    assert done.parts == 3 and done.verified_by == "head"
+    obj = s3_client.get_object(Bucket=s3_bucket, Key="big.bin")
+    assert obj["Body"].read() == body
+    assert obj["Metadata"]["sftppush-sha256"] == hashlib.sha256(body).hexdigest()
+    assert obj["Metadata"]["sftppush-source"] == "s"
+    assert open_uploads(s3_client, s3_bucket) == []
+
+
+def test_body_of_exactly_one_part_is_a_single_put(moto_server: S3Server, s3_client: Any,
+                                                  s3_bucket: str) -> None:
+    done = uploader(moto_server.endpoint_url).upload(s3_bucket, "five", io.BytesIO(b"x" * 5 * MB),
+                                                     {})
+    assert done.parts == 0 and done.bytes_out == 5 * MB
+
+
+def test_failure_mid_multipart_aborts_and_leaves_nothing(moto_server: S3Server, s3_client: Any,
+                                                         s3_bucket: str) -> None:
+    up = uploader(moto_server.endpoint_url)
+    with pytest.raises(PermanentError, match="boom"):
+        up.upload(s3_bucket, "broken", Exploding(b"z" * 20 * MB, after=16 * MB), {})
+    assert s3_client.list_objects_v2(Bucket=s3_bucket)["KeyCount"] == 0
+    assert open_uploads(s3_client, s3_bucket) == []
+
+
+def test_orphaned_multipart_upload_of_the_key_is_aborted_on_retry(
+        moto_server: S3Server, s3_client: Any, s3_bucket: str) -> None:
+    s3_client.create_multipart_upload(Bucket=s3_bucket, Key="big")  # a killed attempt's
+    s3_client.create_multipart_upload(Bucket=s3_bucket, Key="big-other")  # not ours
+    uploader(moto_server.endpoint_url).upload(s3_bucket, "big", io.BytesIO(b"y" * 11 * MB), {})
+    assert [u["Key"] for u in open_uploads(s3_client, s3_bucket)] == ["big-other"]
+
+
+def test_missing_bucket_is_permanent(moto_server: S3Server) -> None:
+    with pytest.raises(PermanentError, match="NoSuchBucket"):
+        uploader(moto_server.endpoint_url).upload("no-such-bucket-here", "k", io.BytesIO(b"x"), {})
+
+
+def test_unreachable_endpoint_is_transient_after_retries_in_place() -> None:
+    up = uploader(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(TransientError, match="unreachable"):
+        up.upload("bkt", "k", io.BytesIO(b"x"), {})
+
+
+def test_exists_tells_present_from_absent(moto_server: S3Server, s3_client: Any,
+                                          s3_bucket: str) -> None:
+    s3_client.put_object(Bucket=s3_bucket, Key="here", Body=b"1")
+    up = uploader(moto_server.endpoint_url)
+    assert up.exists(s3_bucket, "here") and not up.exists(s3_bucket, "absent")
+
+
+def test_classification_of_service_errors() -> None:
+    from botocore.exceptions import ClientError
+
+    def err(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "m"},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+    assert isinstance(classify(err("SlowDown", 503)), TransientError)
+    assert isinstance(classify(err("InternalError", 500)), TransientError)
+    assert isinstance(classify(err("RequestTimeout", 400)), TransientError)
+    assert isinstance(classify(err("ExpiredToken", 400)), TransientError)
+    assert isinstance(classify(err("AccessDenied", 403)), PermanentError)
+    assert isinstance(classify(err("NoSuchBucket", 404)), PermanentError)
+    assert "AccessDenied" in str(classify(err("AccessDenied", 403)))
+
+
+def test_multipart_to_rclone_with_no_open_uploads_and_capitalised_metadata(rclone_s3: Any) -> None:
+    # rclone serve s3 answers ListMultipartUploads on a bucket without uploads with
+    # NoSuchUpload, and returns metadata keys capitalised; neither may stop an upload.
+    bucket = rclone_s3.make_bucket("fresh")
+    body = os.urandom(MB) * 11
+    done = uploader(rclone_s3.endpoint_url).upload(bucket, "big", io.BytesIO(body),
+                                                   {"sftppush-source": "s"})
+    assert done.parts == 3 and done.verified_by == "head"
+    assert (rclone_s3.root / bucket / "big").read_bytes() == body

@@ -1,0 +1,81 @@
+"""`sftppush run`: watcher and consumers under one parent, a dead child restarted, a clean stop."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import S3Server, SourceTree, child_env, cli_argv
+
+
+def wait_until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def child_pids(log: Path) -> dict[str, int]:
+    """The latest pid of each child, from the parent's `started child=NAME pid=N` lines."""
+    return {name: int(pid) for name, pid in
+            re.findall(r"started child=(\S+) pid=(\d+)", log.read_text())}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose: its exit was seen by nobody yet.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ")[1][0] != "Z"
+
+
+def objects(s3: Any, bucket: str) -> set[str]:
+    return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def test_run_restarts_a_dead_child_and_stops_all_on_sigterm(
+        source_tree: SourceTree, pipeline_config: Any, moto_server: S3Server, s3_client: Any,
+        s3_bucket: str, tmp_path: Path) -> None:
+    pipeline_config()
+    log = tmp_path / "run.log"
+    with log.open("wb") as err:
+        parent = subprocess.Popen(
+            cli_argv("--config", source_tree.config_path, "--log-level", "info", "run",
+                     "--workers", "2", "--consumers", "2"),
+            env=child_env(moto_server.env()), stderr=err)
+    try:
+        wait_until(lambda: "watcher ready" in log.read_text(), 30, "the watcher's READY")
+        (source_tree.upload / "a.csv.gz").write_bytes(gzip.compress(b"a,1\n"))
+        wait_until(lambda: "sftpuser1/upload/a.csv" in objects(s3_client, s3_bucket), 30,
+                   "the first upload")
+
+        first = child_pids(log)
+        assert set(first) == {"watcher", "consumer-1", "consumer-2"}
+        os.kill(first["consumer-1"], signal.SIGKILL)
+        wait_until(lambda: "restarted child=consumer-1" in log.read_text(), 30,
+                   "the parent to restart consumer-1")
+        second = child_pids(log)
+        assert second["consumer-1"] != first["consumer-1"]
+
+        (source_tree.upload / "b.txt").write_bytes(b"after the restart\n")
+        wait_until(lambda: "sftpuser1/upload/b.txt" in objects(s3_client, s3_bucket), 30,
+                   "an upload after the restart")
+
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 0
+        assert not [name for name, pid in second.items() if alive(pid)], "a child outlived run"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

@@ -1,0 +1,286 @@
+"""The watcher as a real process on real inotify: every finished file queued exactly once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+from inotify_simple import INotify
+
+from sftppush import config
+from sftppush.queue import Queue
+from sftppush.watcher import Watcher
+
+from .conftest import WatcherProcess, WatchTree
+
+MAX_QUEUED_EVENTS = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+
+
+def write(path: Path, data: bytes = b"data\n") -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def link_rename(temp: Path, final: Path, data: bytes = b"linked\n") -> Path:
+    """What OpenSSH's sftp-server does for SSH_FXP_RENAME: link() then unlink()."""
+    write(temp, data)
+    os.link(temp, final)
+    os.unlink(temp)
+    return final
+
+
+def stopped_counts(tree: WatchTree, proc: WatcherProcess, expected: set[Path]):
+    """Wait until all expected files are queued, stop the watcher (exit 0), then count.
+
+    Stopping commits everything the watcher still held back, so a late duplicate would show.
+    """
+    tree.wait_for(expected)
+    assert proc.stop() == 0, proc.log_text()
+    return tree.counts()
+
+
+def found_by(tree: WatchTree) -> dict[str, str]:
+    return {os.path.basename(os.fsdecode(e.path)): e.found_by for e in tree.entries()}
+
+
+def test_finished_files_are_queued_exactly_once(watch_tree: WatchTree, watcher: WatcherProcess):
+    up = watch_tree.upload
+    plain = write(up / "plain.csv.gz")
+    empty = write(up / "empty.dat", b"")
+    renamed = up / "renamed.csv"
+    os.rename(write(up / "renamed.csv.tmp"), renamed)
+    winscp = up / "winscp.csv"
+    os.rename(write(up / "winscp.csv.filepart"), winscp)
+    linked = link_rename(up / "openssh.csv.filepart", up / "openssh.csv")
+    ignored = [write(up / "still.part"), write(up / ".hidden"), write(up / "x.tmp")]
+    expected = {plain, empty, renamed, winscp, linked}
+
+    counts = stopped_counts(watch_tree, watcher, expected)
+
+    assert counts == {p: 1 for p in expected}
+    assert not set(ignored) & set(counts)
+    assert found_by(watch_tree) == {"plain.csv.gz": "close_write", "empty.dat": "close_write",
+                                    "renamed.csv": "moved_to", "winscp.csv": "moved_to",
+                                    "openssh.csv": "created"}
+
+
+def test_file_created_by_open_is_taken_only_at_its_close_write(watch_tree: WatchTree,
+                                                               watcher: WatcherProcess):
+    up = watch_tree.upload
+    slow = (up / "slow.bin").open("wb")
+    slow.write(b"first half ")
+    slow.flush()
+    # A link+unlink rename made after the open: once it is queued, the slow file's IN_CREATE
+    # has had at least as long to be (wrongly) taken for a link.
+    marker = link_rename(up / "marker.filepart", up / "marker")
+    watch_tree.wait_for({marker})
+    assert up / "slow.bin" not in watch_tree.counts()
+
+    slow.write(b"second half")
+    slow.close()
+    counts = stopped_counts(watch_tree, watcher, {up / "slow.bin", marker})
+    assert counts == {up / "slow.bin": 1, marker: 1}
+    (entry,) = [e for e in watch_tree.entries() if e.path.endswith(b"slow.bin")]
+    assert (entry.size, entry.found_by) == (len(b"first half second half"), "close_write")
+
+
+def test_link_rename_still_queued_when_the_new_name_is_read_at_once(watch_tree: WatchTree,
+                                                                    watcher: WatcherProcess):
+    final = link_rename(watch_tree.upload / "a.filepart", watch_tree.upload / "a.csv")
+    assert final.read_bytes() == b"linked\n"  # IN_OPEN + IN_CLOSE_NOWRITE right after the link
+    assert stopped_counts(watch_tree, watcher, {final}) == {final: 1}
+
+
+def test_new_directories_filled_at_once_are_queued(watch_tree: WatchTree,
+                                                   watcher: WatcherProcess):
+    up = watch_tree.upload
+    expected = set()
+    for day in range(20):
+        deep = up / "2026" / f"{day:02d}" / "raw"
+        deep.mkdir(parents=True)
+        expected.add(write(deep / "a.csv"))
+        expected.add(link_rename(deep / "b.filepart", deep / "b.csv"))
+    outside = watch_tree.base / "elsewhere"
+    (outside / "sub").mkdir(parents=True)
+    for i in range(50):
+        write(outside / ("sub" if i % 2 else "") / f"{i}.csv")
+    os.rename(outside, up / "moved-in")
+    expected |= {p for p in (up / "moved-in").rglob("*") if p.is_file()}
+    later = write(up / "2026" / "00" / "raw" / "later.csv")  # the new dir is watched
+    expected.add(later)
+
+    counts = stopped_counts(watch_tree, watcher, expected)
+    assert counts == {p: 1 for p in expected}
+
+
+def test_file_open_while_its_new_dir_is_scanned_is_queued_once_at_close(watch_tree: WatchTree):
+    # In-process, to hold the race still: the file is opened before its directory is
+    # watched, listed by the directory's scan half-written, and closed after.
+    cfg = config.load(watch_tree.config, env={})
+    with Queue(watch_tree.queue_path) as queue, INotify(nonblocking=True) as inotify:
+        watcher = Watcher(cfg, queue, inotify)
+        watcher.start(rescan=False)
+        (watch_tree.upload / "new").mkdir()
+        path = watch_tree.upload / "new" / "slow.csv"
+        with path.open("wb") as f:
+            f.write(b"first half ")
+            f.flush()
+            watcher.step()  # reads the mkdir, watches and lists the new dir: slow.csv is there
+            f.write(b"second half")
+        watcher.step()  # reads the close-write
+        watcher.shutdown()
+    assert [(e.size, e.found_by) for e in watch_tree.entries()] == [(22, "close_write")]
+
+
+def test_directory_renamed_inside_the_tree_keeps_being_watched(watch_tree: WatchTree,
+                                                               watcher: WatcherProcess):
+    up = watch_tree.upload
+    (up / "incoming").mkdir()
+    first = write(up / "incoming" / "first.csv")
+    watch_tree.wait_for({first})
+    os.rename(up / "incoming", up / "sorted")
+    after = write(up / "sorted" / "after.csv")
+    counts = stopped_counts(watch_tree, watcher, {after, up / "sorted" / "first.csv"})
+    # first.csv moved with its directory: a new path, so a new entry; the old one's file is gone.
+    assert counts == {first: 1, up / "sorted" / "first.csv": 1, after: 1}
+
+
+def test_directory_filled_under_an_ignored_name_is_taken_when_renamed(
+        watch_tree: WatchTree, watcher: WatcherProcess):
+    up = watch_tree.upload
+    (up / ".incoming").mkdir()
+    for i in range(10):
+        write(up / ".incoming" / f"{i}.csv")
+    os.rename(up / ".incoming", up / "batch1")
+    expected = {up / "batch1" / f"{i}.csv" for i in range(10)}
+    assert stopped_counts(watch_tree, watcher, expected) == {p: 1 for p in expected}
+
+
+def test_mtime_set_after_close_is_a_new_version(watch_tree: WatchTree, watcher: WatcherProcess):
+    path = write(watch_tree.upload / "kept-time.csv")
+    watch_tree.wait_for({path})
+    os.utime(path, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    watch_tree.wait_for({path})
+    assert watcher.stop() == 0
+    entries = [e for e in watch_tree.entries() if e.path == os.fsencode(path)]
+    assert [(e.found_by, e.mtime_ns) for e in entries][-1] == ("attrib", 1_600_000_000 * 10**9)
+    assert len(entries) == 2
+
+
+def test_sigterm_commits_what_was_read_and_exits_0(watch_tree: WatchTree,
+                                                   watcher: WatcherProcess):
+    up = watch_tree.upload
+    files = {write(up / f"{i}.csv") for i in range(50)}
+    files.add(link_rename(up / "last.filepart", up / "last.csv"))  # still in its grace period
+    assert watcher.stop() == 0
+    assert watch_tree.counts() == {p: 1 for p in files}
+    assert "STOPPING=1" in watcher.messages
+
+
+def test_start_up_rescan_queues_files_written_while_down(watch_tree: WatchTree, tmp_path: Path):
+    (watch_tree.upload / "old").mkdir()
+    before = {write(watch_tree.upload / "before.csv"),
+              write(watch_tree.upload / "old" / "deep.csv")}
+    proc = WatcherProcess(watch_tree.config, tmp_path / "w.log").start()
+    assert stopped_counts(watch_tree, proc, before) == {p: 1 for p in before}
+
+    skipped = write(watch_tree.upload / "while-down.csv")
+    proc = WatcherProcess(watch_tree.config, tmp_path / "w.log", "--no-rescan").start()
+    after = write(watch_tree.upload / "after.csv")
+    counts = stopped_counts(watch_tree, proc, {after})
+    assert skipped not in counts
+
+
+def test_overflow_while_stopped_loses_nothing(watch_tree: WatchTree, watcher: WatcherProcess):
+    up = watch_tree.upload
+    watcher.signal(signal.SIGSTOP)
+    # 3 events per file (create, open, close-write): this overflows the kernel's queue ...
+    burst = {write(up / f"{i}.csv", b"x") for i in range(MAX_QUEUED_EVENTS // 3 + 1000)}
+    # ... so the creation of this directory is dropped too: the rescan must watch it.
+    (up / "new").mkdir()
+    burst |= {write(up / "new" / f"{i}.csv", b"x") for i in range(100)}
+    watcher.signal(signal.SIGCONT)
+    watch_tree.wait_for(burst, timeout=60)
+    later = write(up / "new" / "later.csv")
+
+    counts = stopped_counts(watch_tree, watcher, burst | {later})
+    assert "inotify queue overflowed" in watcher.log_text()
+    assert counts == {p: 1 for p in burst | {later}}
+
+
+def test_kill_9_mid_burst_then_restart_loses_nothing(watch_tree: WatchTree, tmp_path: Path):
+    up = watch_tree.upload
+    log = tmp_path / "watcher.log"
+    first = WatcherProcess(watch_tree.config, log).start()
+    total, killed_at = 12_000, threading.Event()
+    written: list[Path] = []
+
+    def burst() -> None:
+        for i in range(total):
+            final = up / f"{i % 10}" / f"{i}.csv"
+            final.parent.mkdir(exist_ok=True)
+            if i % 2:
+                os.rename(write(final.with_suffix(".tmp"), b"y" * 100), final)
+            else:
+                write(final, b"z" * 100)
+            written.append(final)
+            if i == total // 3:
+                killed_at.wait(30)
+
+    writer = threading.Thread(target=burst)
+    writer.start()
+    try:
+        watch_tree.wait_for({up / "0" / "0.csv"})
+        while len(written) <= total // 3:
+            threading.Event().wait(0.01)
+        first.kill()  # SIGKILL: whatever it had read but not committed is lost with it
+        killed_at.set()
+        queued_before = len(watch_tree.counts())
+        second = WatcherProcess(watch_tree.config, log).start()
+    finally:
+        killed_at.set()
+        writer.join()
+    counts = stopped_counts(watch_tree, second, set(written))
+
+    assert 0 < queued_before < total
+    assert counts == {p: 1 for p in written}
+    assert "rescan" in {e.found_by for e in watch_tree.entries()}
+
+
+def test_source_dir_deleted_and_recreated_is_rescanned(watch_tree: WatchTree,
+                                                       watcher: WatcherProcess):
+    up = watch_tree.upload
+    first = write(up / "first.csv")
+    watch_tree.wait_for({first})
+    os.rename(first, watch_tree.base / "uploaded-elsewhere.csv")  # as if consumed
+    shutil.rmtree(up)
+    up.mkdir()
+    back = write(up / "while-unwatched.csv")
+    watch_tree.wait_for({back})
+    after = write(up / "after.csv")
+    counts = stopped_counts(watch_tree, watcher, {back, after})
+    assert counts == {first: 1, back: 1, after: 1}
+    assert "source dir gone" in watcher.log_text() and "source dir back" in watcher.log_text()
+
+
+def test_missing_source_dir_at_start_is_one_line_and_exit_2(watch_tree: WatchTree, run_cli):
+    shutil.rmtree(watch_tree.upload)
+    result = run_cli("--config", watch_tree.config, "watch", timeout=30)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert str(watch_tree.upload) in result.stderr
+
+
+def test_sd_notify_ready_watchdog_stopping(watch_tree: WatchTree, tmp_path: Path):
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:  # AF_UNIX paths are short
+        proc = WatcherProcess(watch_tree.config, tmp_path / "w.log", env={
+            "WATCHDOG_USEC": "200000"}, notify_path=Path(short) / "notify")
+        proc.start()
+        proc.wait_message("WATCHDOG=1", timeout=5, count=3)  # every 0.1 s
+        assert proc.stop() == 0
+    assert proc.messages[0].splitlines()[0] == "READY=1"
+    assert proc.messages[-1] == "STOPPING=1"
