@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
 from sftppush.config import Defaults, S3Config
-from sftppush.errors import ConfigError, PermanentError, TransientError
+from sftppush.errors import PermanentError, TransientError
 
 try:
     from awscrt import auth, http, s3
@@ -137,17 +137,10 @@ class CrtUploader:
     @classmethod
     def from_config(cls, defaults: Defaults, s3cfg: S3Config, **kwargs) -> CrtUploader:
         """The consumer's entry point: the same profile, region and endpoint as s3.make_client."""
-        import boto3
-        import botocore.exceptions
+        from sftppush.s3 import make_session
 
-        try:
-            session = boto3.session.Session(profile_name=defaults.awsprofile,
-                                            region_name=defaults.awsregion)
-        except botocore.exceptions.ProfileNotFound:
-            raise ConfigError("config: defaults.awsprofile names a profile that does not exist") \
-                from None
-        return cls.from_session(session, endpoint_url=defaults.endpoint_url, s3cfg=s3cfg,
-                                **kwargs)
+        return cls.from_session(make_session(defaults), endpoint_url=defaults.endpoint_url,
+                                s3cfg=s3cfg, **kwargs)
 
     # ---- requests -------------------------------------------------------------------------
 
