@@ -23,10 +23,8 @@ from sftppush.errors import PermanentError, TransientError
 
 try:
     from awscrt import auth, http, s3
-    from awscrt.exceptions import AwsCrtError
 except ImportError:  # the pure-boto3 path works without it
     auth = http = s3 = None
-    AwsCrtError = OSError
 
 # One PUT can carry at most 5 GiB; the consumer sends bodies up to part_size_mb this way.
 MAX_BODY = 5 * 1024**3
@@ -51,7 +49,7 @@ class PutItem:
 
 @dataclass(frozen=True)
 class PutResult:
-    """What the store answered for one verified PUT."""
+    """What the store answered for one PUT it accepted (so it found our Content-MD5 right)."""
 
     bucket: str
     key: str
@@ -247,6 +245,8 @@ class CrtUploader:
 
     def _headers(self, bucket: str, body: bytes, md5: bytes, metadata: Mapping[str, str],
                  content_type: str | None) -> list[tuple[str, str]]:
+        # AWS itself: virtual-hosted style (a bucket name with dots would fail TLS here; the
+        # consumer keeps such buckets on boto3).
         host = self._host or f"{bucket}.s3.{self.region}.amazonaws.com"
         headers = [("Host", host), ("Content-Length", str(len(body))),
                    ("Content-MD5", base64.b64encode(md5).decode()),
