@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -13,8 +15,15 @@ from sftppush import crt
 from sftppush.config import Defaults, LogConfig, S3Config
 from sftppush.errors import PermanentError, TransientError
 from sftppush.locals3 import free_port
+from tests.conftest import REPO
 
-pytestmark = pytest.mark.skipif(not crt.available(), reason="awscrt not installed")
+needs_crt = pytest.mark.skipif(not crt.available(), reason="awscrt not installed")
+
+
+def test_without_awscrt_the_module_imports_and_says_so():
+    code = ("import sys; sys.modules['awscrt'] = None; from sftppush import crt; "
+            "assert not crt.available(); import sftppush.consumer")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def uploader(server, **kwargs) -> crt.CrtUploader:
@@ -27,6 +36,7 @@ def count(server, bucket: str) -> int:
     return server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0)
 
 
+@needs_crt
 def test_put_returns_verified_result_and_object_matches(moto_server, s3_client, s3_bucket):
     body = b"a,b,c\n" * 1000
     key = "sftpuser1/upload/2026/ä b+c%.csv"
@@ -42,6 +52,7 @@ def test_put_returns_verified_result_and_object_matches(moto_server, s3_client, 
         zlib.crc32(body).to_bytes(4, "big")).decode()
 
 
+@needs_crt
 def test_when_required_sends_no_crc_checksum(moto_server, s3_client, s3_bucket):
     with uploader(moto_server, s3cfg=S3Config(checksum="when_required")) as up:
         up.put(s3_bucket, "k", b"x" * 10).result(30)
@@ -49,6 +60,7 @@ def test_when_required_sends_no_crc_checksum(moto_server, s3_client, s3_bucket):
     assert "ChecksumCRC32" not in head
 
 
+@needs_crt
 def test_put_many_uploads_every_item_in_order(rclone_s3):
     bucket = rclone_s3.make_bucket("many")
     items = [crt.PutItem(bucket, f"many/{i:04d}", f"{i}".encode() * 500) for i in range(300)]
@@ -59,6 +71,7 @@ def test_put_many_uploads_every_item_in_order(rclone_s3):
     assert count(rclone_s3, bucket) == 300
 
 
+@needs_crt
 def test_byte_budget_throttles_but_never_blocks_a_body_larger_than_it(rclone_s3):
     bucket = rclone_s3.make_bucket("budget")
     with uploader(rclone_s3, max_in_flight_bytes=200_000) as up:
@@ -66,6 +79,7 @@ def test_byte_budget_throttles_but_never_blocks_a_body_larger_than_it(rclone_s3)
         assert all(f.result(30).size == 300_000 for f in futures)
 
 
+@needs_crt
 def test_from_config_uses_endpoint_region_and_environment_credentials(moto_server, s3_bucket):
     # The session-wide fixture has put moto's made-up keys in the environment.
     defaults = Defaults(userpath=Path("/"), s3target=None, awsprofile=None,
@@ -75,11 +89,13 @@ def test_from_config_uses_endpoint_region_and_environment_credentials(moto_serve
         assert up.put(s3_bucket, "cfg", b"x").result(30).verified_by == "etag"
 
 
+@needs_crt
 def test_missing_bucket_is_permanent(moto_server):
     with uploader(moto_server) as up, pytest.raises(PermanentError, match="NoSuchBucket"):
         up.put("no-such-bucket-here", "k", b"x").result(30)
 
 
+@needs_crt
 def test_wrong_credentials_are_permanent(rclone_s3):
     bucket = rclone_s3.make_bucket("creds")
     with crt.CrtUploader(region="us-east-1", endpoint_url=rclone_s3.endpoint_url,
@@ -88,6 +104,7 @@ def test_wrong_credentials_are_permanent(rclone_s3):
             up.put(bucket, "k", b"x").result(30)
 
 
+@needs_crt
 def test_nothing_listening_is_transient():
     with crt.CrtUploader(region="us-east-1", endpoint_url=f"http://127.0.0.1:{free_port()}",
                          credentials=crt.Credentials("a", "b"), max_retries=1) as up:
@@ -95,6 +112,7 @@ def test_nothing_listening_is_transient():
             up.put("bucket", "k", b"x").result(60)
 
 
+@needs_crt
 def test_uploader_recovers_after_the_store_comes_back(rclone_s3):
     bucket = rclone_s3.make_bucket("outage")
     with uploader(rclone_s3, max_retries=1) as up:
@@ -107,6 +125,7 @@ def test_uploader_recovers_after_the_store_comes_back(rclone_s3):
     assert count(rclone_s3, bucket) == 2
 
 
+@needs_crt
 def test_bodies_over_part_size_are_refused(moto_server):
     with uploader(moto_server, s3cfg=S3Config(part_size_mb=1)) as up:
         with pytest.raises(ValueError, match="too big"):
