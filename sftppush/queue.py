@@ -111,6 +111,7 @@ class Queue(SQLiteBase):
     _TABLE_NAME = "entries"
     _KEY_COLUMN = "id"
     _conn: sqlite3.Connection | None = None
+    SCHEMA_VERSION = 1
     _SQL_CREATE = (
         "CREATE TABLE IF NOT EXISTS entries ("
         " id INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -152,9 +153,15 @@ class Queue(SQLiteBase):
         try:
             super().__init__(str(self.file.parent), timeout=timeout,
                              db_file_name=self.file.name)
-            with self._transaction() as db:
-                for statement in self._SCHEMA:
-                    db.execute(statement)
+            # Read-only commands must not wait for the write lock: only an older (or new)
+            # file gets the schema statements.
+            with self._transaction(write=False) as db:
+                (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version < self.SCHEMA_VERSION:
+                with self._transaction() as db:
+                    for statement in self._SCHEMA:
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {self.SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise QueueError(f"queue: {self.file} is not a usable queue file: {exc}") from None
 

@@ -204,3 +204,18 @@ def test_missing_or_corrupt_queue_file_is_one_clear_error(tmp_path: Path) -> Non
     bad.write_bytes(b"this is not sqlite" * 200)
     with pytest.raises(QueueError, match=str(bad)):
         Queue(bad)
+
+
+def test_opening_does_not_wait_for_another_writer(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    Queue(path).close()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a consumer in the middle of a write transaction
+    try:
+        started = time.monotonic()
+        with Queue(path, create=False, timeout=5) as q:
+            assert q.stats().pending == 0
+        assert time.monotonic() - started < 2
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

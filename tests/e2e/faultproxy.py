@@ -1,0 +1,220 @@
+"""A TCP proxy on 127.0.0.1 that fails on command, to put real network faults in front of S3.
+
+refuse() closes new connections at once (RST), reset() kills the open ones (SO_LINGER 0),
+stall() stops every byte both ways while keeping sockets open, cut() = refuse + reset,
+restore() lets everything flow again. Runs its own asyncio loop in a background thread.
+It also notes every HTTP/1.1 request whose body went through in full (`requests`), so a test
+can count what reached the server — e.g. uploads of the same key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Close with an RST rather than a FIN: what a crashed server or a middlebox does."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    writer.transport.abort()
+
+
+class _RequestTap:
+    """Follows one client→server HTTP/1.1 stream: Content-Length and chunked bodies."""
+
+    def __init__(self, seen: list[tuple[str, str]]):
+        self.seen = seen
+        self.buf = b""
+        self.state = "head"  # head | body | chunk-size | trailer
+        self.request: tuple[str, str] = ("", "")
+        self.body_left = 0  # bytes of body (or of chunk data + its CRLF) still to pass
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        while self._step():
+            pass
+
+    def _line(self, end: bytes = b"\r\n") -> str | None:
+        at = self.buf.find(end)
+        if at < 0:
+            return None
+        line, self.buf = self.buf[:at], self.buf[at + len(end):]
+        return line.decode("latin-1")
+
+    def _step(self) -> bool:
+        if self.body_left:
+            take = min(self.body_left, len(self.buf))
+            self.buf, self.body_left = self.buf[take:], self.body_left - take
+            if self.body_left:
+                return False
+            if self.state == "body":
+                return self._finish()
+            return True
+        if self.state == "head":
+            head = self._line(b"\r\n\r\n")
+            if head is None:
+                return False
+            method, target = head.split(" ", 2)[:2]
+            headers = {k.strip().lower(): v.strip() for k, _, v in
+                       (h.partition(":") for h in head.split("\r\n")[1:])}
+            self.request = (method, target)
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                self.state = "chunk-size"
+                return True
+            self.body_left = int(headers.get("content-length", 0))
+            self.state = "body"
+            return True if self.body_left else self._finish()
+        line = self._line()
+        if line is None:
+            return False
+        if self.state == "chunk-size":
+            size = int(line.split(";")[0], 16)
+            self.body_left = size + 2 if size else 0
+            self.state = "chunk-size" if size else "trailer"
+            return True
+        return self._finish() if line == "" else True  # trailer lines until an empty one
+
+    def _finish(self) -> bool:
+        self.seen.append(self.request)
+        self.state = "head"
+        return True
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1"):
+        self.upstream = (upstream_host, upstream_port)
+        self.port: int | None = None
+        self.accepted = 0       # connections forwarded upstream
+        self.refused = 0        # connections closed at accept while refusing
+        self.reset_count = 0    # open connections killed by reset()/cut()
+        self.requests: list[tuple[str, str]] = []  # (method, target) of HTTP requests sent whole
+        self._refusing = False
+        self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="faultproxy",
+                                        daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    # --- control, from any thread -------------------------------------------------------------
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        self._call(self._listen())
+        return self
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self._call(self._shutdown())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def refuse(self) -> None:
+        self._call(self._set(refusing=True))
+
+    def reset(self) -> int:
+        """Reset every open connection now; returns how many."""
+        return self._call(self._reset_all())
+
+    def stall(self) -> None:
+        self._call(self._set(flowing=False))
+
+    def cut(self) -> None:
+        self.refuse()
+        self.reset()
+
+    def restore(self) -> None:
+        self._call(self._set(refusing=False, flowing=True))
+
+    def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    # --- inside the loop ----------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        self._server.close()
+        await self._reset_all()
+        self._flowing.set()  # let stalled pumps run into their aborted sockets and end
+
+    async def _set(self, refusing: bool | None = None, flowing: bool | None = None) -> None:
+        if refusing is not None:
+            self._refusing = refusing
+        if flowing is True:
+            self._flowing.set()
+        elif flowing is False:
+            self._flowing.clear()
+
+    async def _reset_all(self) -> int:
+        conns = list(self._conns)
+        self._conns.clear()
+        for client, upstream in conns:
+            _abort(client)
+            _abort(upstream)
+        self.reset_count += len(conns)
+        return len(conns)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            self.refused += 1
+            _abort(writer)
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            _abort(writer)
+            return
+        self.accepted += 1
+        conn = (writer, up_writer)
+        self._conns.add(conn)
+        try:
+            await asyncio.gather(self._pump(reader, up_writer, conn, _RequestTap(self.requests)),
+                                 self._pump(up_reader, writer, conn))
+        finally:
+            self._conns.discard(conn)
+            for w in conn:
+                w.transport.abort() if w.transport.is_closing() else w.close()
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                    conn: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+                    tap: _RequestTap | None = None) -> None:
+        try:
+            while True:
+                data = await src.read(65536)
+                await self._flowing.wait()  # a stall holds what was read, like a dead link
+                if not data:
+                    if dst.can_write_eof() and not dst.transport.is_closing():
+                        dst.write_eof()
+                    return
+                dst.write(data)
+                await dst.drain()
+                if tap is not None:
+                    try:
+                        tap.feed(data)
+                    except ValueError:  # not HTTP/1.1 after all: stop following it
+                        tap = None
+        except (ConnectionError, OSError):
+            for w in conn:
+                w.transport.abort()
