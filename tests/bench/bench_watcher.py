@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from sftppush.queue import Queue
+from tests.bench.common import report
 from tests.conftest import WatcherProcess, WatchTree
 
 
@@ -109,17 +110,21 @@ def main() -> int:
         live = burst(base / "live", args.files, args.dirs, args.writers, False, args.timeout)
         paused = burst(base / "paused", args.files, args.dirs, args.writers, True, args.timeout)
 
-    print(f"watcher burst: {args.files} files in {args.dirs} dirs by {args.writers} writer "
-          f"processes; baseline: the same writers, unwatched: {baseline:,.0f} files/s")
+    print(f"# watcher burst: {args.files} files in {args.dirs} dirs by {args.writers} writer "
+          f"processes", flush=True)
+    report("watcher burst baseline: the same writers, unwatched", baseline, "files/s")
     for name, r in (("live", live), ("paused+overflow", paused)):
-        rate = args.files / r["elapsed"]
         since = "SIGCONT" if name != "live" else "the first write"
-        print(f"  {name}: written in {r['written']:.2f}s; all queued {r['elapsed']:.2f}s after "
-              f"{since}: {rate:,.0f} files/s (target >= 10,000; ratio to baseline "
-              f"{rate / baseline:.2f})\n"
-              f"    watcher CPU {r['cpu']:.2f}s = {args.files / max(r['cpu'], 1e-3):,.0f} files "
-              f"per CPU-second; files lost {r['lost']}; duplicate entries {r['duplicates']}; "
-              f"overflows {r['overflows']}; exit status {r['status']}")
+        rate = args.files / r["elapsed"]
+        report(f"watcher burst {name}, all queued after {since}", rate, "files/s",
+               "target", 10_000)
+        report(f"watcher burst {name}, vs writers unwatched", rate, "files/s",
+               "writers unwatched", baseline)
+        report(f"watcher burst {name}, files per watcher CPU-second",
+               args.files / max(r["cpu"], 1e-3), "files/s")
+        print(f"watcher burst {name}: files lost {r['lost']} | duplicate entries "
+              f"{r['duplicates']} | overflows {r['overflows']} | exit status {r['status']}",
+              flush=True)
     ok = all(r["lost"] == 0 and r["status"] == 0 for r in (live, paused))
     return 0 if ok else 1
 
