@@ -48,20 +48,14 @@ class FileVersion:
 
 
 @dataclass(frozen=True)
-class Entry:
-    """A queue row.
+class Entry(FileVersion):
+    """A queue row: a file version and where it stands.
 
     `due` is when the row next needs attention: the next attempt (pending), the lease
     expiry (claimed), or when it finished (done, failed).
     """
 
     id: int
-    path: bytes
-    source: str
-    size: int
-    mtime_ns: int
-    inode: int
-    found_by: str
     state: State
     owner: str | None
     due: float
@@ -100,7 +94,8 @@ class Stats:
         return data
 
 
-_COLUMNS = ("id, path, source, size, mtime_ns, inode, found_by, state, owner, due, attempts, "
+# In the order of Entry's fields: a FileVersion's first, then the queue's.
+_COLUMNS = ("path, source, size, mtime_ns, inode, found_by, id, state, owner, due, attempts, "
             "enqueued_at, last_error, note")
 _FENCE = "id = ? AND state = 'claimed' AND owner = ?"
 
@@ -384,6 +379,6 @@ class Queue(SQLiteBase):
 
 def _entry(row: Sequence[Any]) -> Entry:
     values = list(row)
-    values[1] = bytes(values[1])
+    values[0] = bytes(values[0])
     values[7] = State(values[7])  # an unknown state is an error, not a guess
     return Entry(*values)
