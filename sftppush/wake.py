@@ -12,6 +12,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from inotify_simple import INotify
 from inotify_simple import flags as F
 
 log = logging.getLogger("sftppush.wake")
+
+COALESCE_SECONDS = 0.002
 
 
 class QueueWatch:
@@ -43,6 +46,9 @@ class QueueWatch:
                 return
             if any(event.name == self._name for event in self._inotify.read(timeout=0)):
                 self._wake()
+                # Under load every commit writes the WAL. Unread identical events coalesce in
+                # the kernel, so a short pause turns thousands of reads a second into a few.
+                time.sleep(COALESCE_SECONDS)
 
     def close(self) -> None:
         os.write(self._stop_w, b"x")
