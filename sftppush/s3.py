@@ -171,7 +171,11 @@ class Uploader:
         second = read_part(reader, self.part_size) if len(first) == self.part_size else None
         if not second:
             return self._put_single(bucket, key, first, metadata, cancel)
-        return self._put_multipart(bucket, key, [first, second], reader, metadata, cancel)
+        parts = [first, second]
+        # Only `parts` may refer to them: _put_multipart frees each buffer once it is sent,
+        # and a local name here would keep two parts alive for the whole upload.
+        del head, first, second
+        return self._put_multipart(bucket, key, parts, reader, metadata, cancel)
 
     def exists(self, bucket: str, key: str) -> bool:
         try:
