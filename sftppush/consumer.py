@@ -1,9 +1,11 @@
-"""A consumer process: worker threads that claim entries, run the pipeline and settle them.
+"""A consumer process: one loop that claims entries, runs them and settles their outcomes.
 
-Owns claiming in batches with a lease (renewed while uploads run), what an outcome means for
-an entry (ack in batches, retry later with a growing capped delay, fail at max_attempts,
-release on stop), `--drain` and SIGTERM. It must never decide S3 or file details itself and
-never make an entry failed for a transient error.
+Small files go through the awscrt lane (fastlane.py, many PUTs in flight from this loop) when
+awscrt is importable; others through worker threads running the pipeline with boto3. Owns
+claiming in batches with a lease (renewed while uploads run), waking when the queue is written
+(wake.py), what an outcome means for an entry (ack in batches, retry later with a growing
+capped delay, fail at max_attempts, release on stop), `--drain` and SIGTERM. It must never
+decide S3 or file details itself and never make an entry failed for a transient error.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sftppush import pipeline
+from sftppush import crt, pipeline
 from sftppush.config import Config
 from sftppush.errors import PermanentError, TransientError
+from sftppush.fastlane import Lane, Sent
 from sftppush.queue import Entry, Queue
 from sftppush.s3 import RetryPolicy, UploadCancelled, Uploader, make_client
+from sftppush.wake import watch_or_none
 
 log = logging.getLogger("sftppush.consumer")
+
+WAKE_RECHECK = 0.005
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,14 @@ class Tuning:
     transient_delay_max: float = 300.0  # ... doubling up to this
     permanent_delay: float = 30.0       # between attempts of a permanent error
     permanent_delay_max: float = 3600.0
-    poll_interval: float = 0.2          # idle wait between claims
-    claim_batch: int = 0                # 0 = 2 x workers
+    poll_interval: float = 0.2          # idle: "anything due?" (read-only) at least this often
+    claim_batch: int = 0                # most entries held at once; 0 = 64 with the lane, else
+                                        # 2 x workers. Claims wait until half of it is free.
+    ack_batch: int = 64                 # acks are written together, up to this many ...
+    ack_delay: float = 0.02             # ... or after this long
+    crt: bool = True                    # small files through awscrt when it is importable
+    crt_in_flight: int = 32             # concurrent PUTs of the lane
+    lane_max_body: int = 8 * 2**20      # decompressed bytes; larger files stream via boto3
     parts_in_memory: int = 2            # per large upload: buffers of part_size_mb
     nlink_retry_after: float = 2.0      # a second hard link: maybe a link+unlink rename
     connect_timeout: float = 10.0
@@ -69,8 +81,18 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
     stop = stop or threading.Event()
     if own_signals and threading.current_thread() is threading.main_thread():
         _install_signals(stop, cancel)
-    with Queue(cfg.queue.path) as q:
-        Consumer(cfg, q, uploader, workers, tuning, stop, cancel).loop(drain)
+    lane = None
+    if tuning.crt and crt.available():
+        lane = Lane(cfg, crt.CrtUploader.from_config(
+            cfg.defaults, cfg.consumer.s3, max_in_flight=tuning.crt_in_flight,
+            connect_timeout_ms=int(tuning.connect_timeout * 1000)),
+            uploader, tuning.lane_max_body, tuning.nlink_retry_after)
+    try:
+        with Queue(cfg.queue.path) as q:
+            Consumer(cfg, q, uploader, workers, tuning, stop, cancel, lane).loop(drain)
+    finally:
+        if lane is not None:
+            lane.close()
 
 
 def _install_signals(stop: threading.Event, cancel: threading.Event) -> None:
@@ -86,7 +108,7 @@ class Consumer:
     """The loop of one process: claim → hand to worker threads → settle outcomes."""
 
     def __init__(self, cfg: Config, q: Queue, uploader: Uploader, workers: int, tuning: Tuning,
-                 stop: threading.Event, cancel: threading.Event) -> None:
+                 stop: threading.Event, cancel: threading.Event, lane: Lane | None = None) -> None:
         self.cfg = cfg
         self.queue = q
         self.uploader = uploader
@@ -96,15 +118,22 @@ class Consumer:
         self.cancel = cancel
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.lease = cfg.queue.lease_seconds
-        self.batch = tuning.claim_batch or 2 * workers
+        self.lane = lane
+        self.batch = tuning.claim_batch or (64 if lane else 2 * workers)
         self.inflight: dict[int, Claim] = {}
-        self.outcomes: stdqueue.SimpleQueue[tuple[Claim, Any]] = stdqueue.SimpleQueue()
+        # Outcomes of workers and lane PUTs, and None: "the queue was written, look again".
+        self.outcomes: stdqueue.SimpleQueue[tuple[Claim, Any] | None] = stdqueue.SimpleQueue()
+        self.woken = False
+        self.woken_at = 0.0
+        self.acks: list[tuple[Claim, str | None]] = []
+        self.acks_since = 0.0
         self.transient_streak: dict[int, int] = {}  # entry id -> transient failures in a row
 
     def loop(self, drain: bool) -> None:
         log.info("consumer started owner=%s workers=%d queue=%s", self.owner, self.workers,
                  self.cfg.queue.path)
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="worker")
+        watch = watch_or_none(self.queue.file, self._wake)
         next_renew = time.monotonic() + self.lease / 3
         try:
             while not self.stop.is_set():
@@ -115,7 +144,7 @@ class Consumer:
                 if drain and not claimed and not self.inflight and self._drained():
                     log.info("drained owner=%s", self.owner)
                     break
-                self._settle(wait=0 if claimed == self.batch else self.tuning.poll_interval)
+                self._settle(wait=0 if claimed == self.batch else self._idle_wait())
             # Warm stop: unstarted entries are released by the workers; running ones finish.
             while self.inflight:
                 self._settle(wait=self.tuning.poll_interval)
@@ -123,21 +152,45 @@ class Consumer:
                     self._renew()
                     next_renew = time.monotonic() + self.lease / 3
         finally:
+            if watch is not None:
+                watch.close()
             pool.shutdown(wait=True)
             self._settle(wait=0)
+            self._flush_acks()
             log.info("consumer stopped owner=%s", self.owner)
+
+    def _wake(self) -> None:
+        if not self.woken:  # one wake-up in the queue is enough
+            self.woken = True
+            self.outcomes.put(None)
+
+    def _idle_wait(self) -> float:
+        # The WAL is written a moment before the commit is visible to readers: just after a
+        # wake-up, look again shortly rather than a whole poll interval later.
+        if time.monotonic() - self.woken_at < WAKE_RECHECK * 3:
+            return WAKE_RECHECK
+        return self.tuning.poll_interval
 
     def _claim(self, pool: ThreadPoolExecutor) -> int:
         room = self.batch - len(self.inflight)
-        if room <= 0:
+        # Claim in batches: wait until half the batch is free (or nothing is held), and ask
+        # the read-only "anything due?" first, so an idle consumer writes nothing.
+        if room <= 0 or (self.inflight and room < self.batch // 2) or not self.queue.has_due():
             return 0
         entries = self.queue.claim(self.owner, self.lease, limit=room)
         expires = time.time() + self.lease
         for entry in entries:
             claim = Claim(entry, expires)
             self.inflight[entry.id] = claim
-            pool.submit(self._work, claim)
+            if self.stop.is_set() or not self._start(claim):
+                pool.submit(self._work, claim)
         return len(entries)
+
+    def _start(self, claim: Claim) -> bool:
+        """Start `claim` in the lane if it fits there; False: a worker thread takes it."""
+        if self.lane is None or not self.lane.accepts(claim.entry):
+            return False
+        return self.lane.start(claim.entry, lambda outcome: self.outcomes.put((claim, outcome)))
 
     def _work(self, claim: Claim) -> None:
         if self.stop.is_set():
@@ -178,12 +231,15 @@ class Consumer:
                 c.expires = expires
 
     def _drained(self) -> bool:
+        self._flush_acks()
         stats = self.queue.stats()
         return stats.pending == 0 and stats.claimed == 0
 
     def _settle(self, wait: float) -> None:
         """Apply every outcome that is ready (waiting up to `wait` for the first)."""
-        ready: list[tuple[Claim, Any]] = []
+        if self.acks:  # acks wait at most ack_delay for company
+            wait = max(0.0, min(wait, self.acks_since + self.tuning.ack_delay - time.monotonic()))
+        ready: list[tuple[Claim, Any] | None] = []
         try:
             ready.append(self.outcomes.get(timeout=wait) if wait > 0 else
                          self.outcomes.get_nowait())
@@ -191,17 +247,35 @@ class Consumer:
                 ready.append(self.outcomes.get_nowait())
         except stdqueue.Empty:
             pass
-        done: list[tuple[Entry, str | None]] = []
-        for claim, result in ready:
+        for item in ready:
+            if item is None:
+                self.woken = False
+                self.woken_at = time.monotonic()
+                continue
+            claim, result = item
+            if isinstance(result, Sent):
+                try:
+                    result = self.lane.complete(result, lambda c=claim: self._still_ours(c))
+                except Exception as exc:
+                    result = exc
             del self.inflight[claim.entry.id]
             if isinstance(result, pipeline.Result) and not result.hold:
                 self.transient_streak.pop(claim.entry.id, None)
-                done.append((claim.entry, result.note))
+                if not self.acks:
+                    self.acks_since = time.monotonic()
+                self.acks.append((claim, result.note))
             else:
                 self._settle_one(claim.entry, result)
-        if done:
-            for entry in self.queue.ack_many(done):
-                self._lease_lost(entry, "ack")
+        if len(self.acks) >= self.tuning.ack_batch or (
+                self.acks and time.monotonic() >= self.acks_since + self.tuning.ack_delay):
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        if not self.acks:
+            return
+        done, self.acks = self.acks, []
+        for entry in self.queue.ack_many([(c.entry, note) for c, note in done]):
+            self._lease_lost(entry, "ack")
 
     def _settle_one(self, entry: Entry, result: Any) -> None:
         q = self.queue

@@ -300,7 +300,7 @@ def _classify(error: BaseException, status: int | None, body: bytes | None,
     what = f"PUT key={key} " + (f"status={status} code={code}" if status else
                                 getattr(error, "name", type(error).__name__))
     if status is None:  # no answer at all: refused, reset, timed out, DNS
-        return TransientError(what)
+        return TransientError(f"S3 unreachable: {what}")  # the words s3.classify uses
     if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
         return TransientError(what)
     return PermanentError(what)

@@ -19,12 +19,19 @@ from sftppush.decompress import CappedReader, detect_fd
 from sftppush.errors import PermanentError
 from sftppush.keys import candidate_keys, metadata, object_key
 from sftppush.queue import Entry
-from sftppush.s3 import Uploaded, Uploader
-from sftppush.safeopen import NLINK_RETRY_SECONDS, Vanished, open_in_root, same_version
+from sftppush.s3 import Uploaded, Uploader, read_full
+from sftppush.safeopen import (
+    NLINK_RETRY_SECONDS,
+    SafeFile,
+    Vanished,
+    open_in_root,
+    same_version,
+)
 
 log = logging.getLogger("sftppush.pipeline")
 
 READ_BUFFER = 1 << 20
+SMALL_READ_BUFFER = 1 << 16
 
 
 class LeaseLost(Exception):
@@ -44,12 +51,56 @@ class Result:
     hold: float = 0.0
 
 
+@dataclass
+class Prepared:
+    """A file version opened safely and checked, with its key and metadata; close() it."""
+
+    entry: Entry
+    source: Source
+    safe: SafeFile
+    fmt: str | None
+    key: str
+    meta: dict[str, str]
+    started: float
+
+    def reader(self, cap: int, buffering: int = READ_BUFFER) -> CappedReader:
+        """The decompressed stream of the file, refusing to go past `cap` bytes."""
+        # closefd=False: the fd belongs to self.safe, which closes it.
+        raw = open(self.safe.fd, "rb", buffering=buffering, closefd=False)  # noqa: SIM115
+        return CappedReader(raw, self.fmt, cap)
+
+    def close(self) -> None:
+        self.safe.close()
+
+
 def process(entry: Entry, cfg: Config, uploader: Uploader, *,
             still_ours: Callable[[], bool] = lambda: True,
             cancel: threading.Event | None = None,
             now: float | None = None,
             nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Result:
     """Move one file version to S3 and delete it; see the module docstring for the order."""
+    prepared = prepare(entry, cfg, uploader, now=now, nlink_retry_after=nlink_retry_after)
+    if isinstance(prepared, Result):
+        return prepared
+    try:
+        reader = prepared.reader(cfg.consumer.max_decompressed_bytes)
+        try:
+            uploaded = uploader.upload(prepared.source.target.bucket, prepared.key, reader,
+                                       prepared.meta, cancel)
+        finally:
+            reader.close()
+        return finish(prepared, uploaded, still_ours, cfg.consumer.delete_after_upload)
+    finally:
+        prepared.close()
+
+
+def prepare(entry: Entry, cfg: Config, uploader: Uploader, *, now: float | None = None,
+            nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Prepared | Result:
+    """Steps before the upload: min age, safe open, vanished and superseded versions.
+
+    A Result means the entry needs no upload (held, vanished, superseded); otherwise the
+    caller owns the returned Prepared and must close it.
+    """
     now = time.time() if now is None else now
     source = cfg.source(entry.source)
     if source is None:
@@ -61,36 +112,53 @@ def process(entry: Entry, cfg: Config, uploader: Uploader, *,
         safe = open_in_root(source.root, entry.path, nlink_retry_after)
     except Vanished:
         return _vanished(entry, source, uploader)
-    with safe:
+    try:
         if (safe.st.st_ino, safe.st.st_size, safe.st.st_mtime_ns) != \
                 (entry.inode, entry.size, entry.mtime_ns):
             log.info("superseded id=%d path=%s", entry.id, _show(entry.path))
+            safe.close()
             return Result(note="superseded")
         started = time.monotonic()
         fmt = detect_fd(safe.fd)
-        key = object_key(source, entry.path, fmt)
-        meta = metadata(source, entry.path, safe.st.st_size, safe.st.st_mtime_ns)
-        with open(safe.fd, "rb", buffering=READ_BUFFER, closefd=False) as raw:
-            reader = CappedReader(raw, fmt, cfg.consumer.max_decompressed_bytes)
-            try:
-                uploaded = uploader.upload(source.target.bucket, key, reader, meta, cancel)
-            finally:
-                reader.close()
-        ms = (time.monotonic() - started) * 1000
-        log.info("uploaded id=%d key=%s bytes_in=%d bytes_out=%d ms=%d parts=%d verified=%s",
-                 entry.id, key, safe.st.st_size, uploaded.bytes_out, ms, uploaded.parts,
-                 uploaded.verified_by)
-        if not same_version(os.fstat(safe.fd), safe.st):
-            # Written to while we read it: its next close-write is a newer entry that will
-            # upload it again to the same key. Keep the file.
-            log.warning("changed during upload id=%d path=%s", entry.id, _show(entry.path))
-            return Result(note="changed during upload; newer version kept", uploaded=uploaded)
-        if not still_ours():
-            raise LeaseLost(f"lease lost id={entry.id}")
-        if cfg.consumer.delete_after_upload and not safe.unlink():
-            log.warning("not deleted id=%d path=%s reason=replaced during upload",
-                        entry.id, _show(entry.path))
-            return Result(note="replaced during upload; newer version kept", uploaded=uploaded)
+        return Prepared(entry, source, safe, fmt, object_key(source, entry.path, fmt),
+                        metadata(source, entry.path, safe.st.st_size, safe.st.st_mtime_ns),
+                        started)
+    except BaseException:
+        safe.close()
+        raise
+
+
+def read_small(prepared: Prepared, cap: int, bound: int) -> bytes | None:
+    """The whole decompressed body if it is at most `bound` bytes, else None (stream it)."""
+    # A small read buffer: a 1 MiB one per 4 KiB file costs more than the file.
+    reader = prepared.reader(cap, buffering=SMALL_READ_BUFFER)
+    try:
+        body = read_full(reader, bound + 1)
+    finally:
+        reader.close()
+    return body if len(body) <= bound else None
+
+
+def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool],
+           delete: bool) -> Result:
+    """Steps after a verified upload: log it, then delete the file if it is still that
+    version and the lease still ours. Raises LeaseLost (never deleting) otherwise."""
+    entry, safe = prepared.entry, prepared.safe
+    ms = (time.monotonic() - prepared.started) * 1000
+    log.info("uploaded id=%d key=%s bytes_in=%d bytes_out=%d ms=%d parts=%d verified=%s",
+             entry.id, prepared.key, safe.st.st_size, uploaded.bytes_out, ms, uploaded.parts,
+             uploaded.verified_by)
+    if not same_version(os.fstat(safe.fd), safe.st):
+        # Written to while we read it: its next close-write is a newer entry that will
+        # upload it again to the same key. Keep the file.
+        log.warning("changed during upload id=%d path=%s", entry.id, _show(entry.path))
+        return Result(note="changed during upload; newer version kept", uploaded=uploaded)
+    if not still_ours():
+        raise LeaseLost(f"lease lost id={entry.id}")
+    if delete and not safe.unlink():
+        log.warning("not deleted id=%d path=%s reason=replaced during upload",
+                    entry.id, _show(entry.path))
+        return Result(note="replaced during upload; newer version kept", uploaded=uploaded)
     return Result(uploaded=uploaded)
 
 

@@ -256,6 +256,15 @@ class Queue(SQLiteBase):
             rows = db.fetchall()
         return sorted((_entry(r) for r in rows), key=lambda e: e.id)
 
+    def has_due(self, now: float | None = None) -> bool:
+        """Read-only: is anything claimable (pending and due, or a lease expired)? Cheap
+        enough to ask often; a claim is a write transaction."""
+        now = time.time() if now is None else now
+        with self._transaction(write=False) as db:
+            row = db.execute("SELECT 1 FROM entries WHERE state IN ('pending', 'claimed')"
+                             " AND due <= ? LIMIT 1", (now,)).fetchone()
+        return row is not None
+
     def renew(self, entries: Sequence[Entry], lease_seconds: float,
               now: float | None = None) -> list[Entry]:
         """Extend leases; returns the entries whose lease was lost meanwhile."""

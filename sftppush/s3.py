@@ -171,7 +171,11 @@ class Uploader:
         second = read_part(reader, self.part_size) if len(first) == self.part_size else None
         if not second:
             return self._put_single(bucket, key, first, metadata, cancel)
-        return self._put_multipart(bucket, key, [first, second], reader, metadata, cancel)
+        parts = [first, second]
+        # Only `parts` may refer to them: _put_multipart frees each buffer once it is sent,
+        # and a local name here would keep two parts alive for the whole upload.
+        del head, first, second
+        return self._put_multipart(bucket, key, parts, reader, metadata, cancel)
 
     def exists(self, bucket: str, key: str) -> bool:
         try:
@@ -215,7 +219,7 @@ class Uploader:
         resp = self.call("put_object", cancel, Bucket=bucket, Key=key,
                          Body=PartBody(body) if len(body) > SMALL_BODY else body,
                          Metadata={**metadata, SHA256_KEY: sha}, **self.extra)
-        how = self._verify_put(resp, body) or self._verify_head(bucket, key, len(body), sha)
+        how = self._verify_put(resp, body) or self.verify_head(bucket, key, len(body), sha)
         return Uploaded(bucket, key, len(body), sha, 0, how)
 
     def _put_multipart(self, bucket: str, key: str, parts: list[bytearray], reader: Reader,
@@ -265,7 +269,7 @@ class Uploader:
         digest = sha.hexdigest()
         # The sha256 is known only now; a copy in place sets the full metadata.
         self._set_metadata(bucket, key, total, {**metadata, SHA256_KEY: digest}, cancel)
-        how = self._verify_head(bucket, key, total, digest)
+        how = self.verify_head(bucket, key, total, digest)
         return Uploaded(bucket, key, total, digest, number, how)
 
     def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: bytearray,
@@ -309,7 +313,7 @@ class Uploader:
             return "etag"
         return None
 
-    def _verify_head(self, bucket: str, key: str, size: int, sha: str) -> str:
+    def verify_head(self, bucket: str, key: str, size: int, sha: str) -> str:
         head = self.call("head_object", Bucket=bucket, Key=key)
         meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
         if head.get("ContentLength") != size or meta.get(SHA256_KEY) != sha:

@@ -252,9 +252,16 @@ def pipeline_config(source_tree: SourceTree, moto_server: S3Server,
     return make
 
 
+@pytest.fixture(params=["crt", "boto3"])
+def upload_path(request: pytest.FixtureRequest) -> str:
+    """Both ways a consumer uploads: the awscrt lane for small files, or boto3 alone."""
+    return str(request.param)
+
+
 @pytest.fixture
-def consume_until_drained() -> Callable[..., None]:
-    """`consume(cfg, timeout=30, workers=2, **tuning)`: an in-process consumer with `--drain`.
+def consume_until_drained(upload_path: str) -> Callable[..., None]:
+    """`consume(cfg, timeout=30, workers=2, **tuning)`: an in-process consumer with `--drain`,
+    once through each upload path (`upload_path`).
 
     Small tuning values (retry waits, delays) keep tests fast; the stop event is ours, so no
     signal handler of pytest is replaced. Fails the test if draining takes over `timeout`.
@@ -267,6 +274,7 @@ def consume_until_drained() -> Callable[..., None]:
     def consume(cfg: Any, timeout: float = 30, workers: int = 2, **tuning: Any) -> None:
         tuning.setdefault("retry", RetryPolicy(attempts=2, initial=0.01, maximum=0.05))
         tuning.setdefault("poll_interval", 0.02)
+        tuning.setdefault("crt", upload_path == "crt")
         stop = threading.Event()
         errors: list[BaseException] = []
 

@@ -58,14 +58,15 @@ def consumer_process(config: Path, env: dict[str, str], *args: str) -> subproces
 
 
 def test_s3_outage_of_200_files_loses_nothing(source_tree: Any, pipeline_config: Any,
-                                              rclone_s3: Any) -> None:
+                                              rclone_s3: Any, upload_path: str) -> None:
     bucket = rclone_s3.make_bucket("outage")
     cfg = pipeline_config(server=rclone_s3, bucket=bucket, max_attempts=1)
     stored = rclone_s3.root / bucket
     bodies = write_and_enqueue(cfg, source_tree.upload, range(150), 200_000)
     stop = threading.Event()
     tuning = consumer.Tuning(retry=RetryPolicy(attempts=3, initial=0.02, maximum=0.1),
-                             transient_delay=0.1, transient_delay_max=0.5, poll_interval=0.02)
+                             transient_delay=0.1, transient_delay_max=0.5, poll_interval=0.02,
+                             crt=upload_path == "crt")
     thread = threading.Thread(target=consumer.run, args=(cfg,),
                               kwargs={"workers": 4, "stop": stop, "tuning": tuning})
     thread.start()
@@ -180,3 +181,27 @@ def test_drain_exits_0_after_everything_is_done_with_one_log_line_per_upload(
     assert states(cfg)[State.DONE] == 5
     for key, body in bodies.items():
         assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body
+
+
+def test_an_idle_consumer_wakes_when_the_queue_is_written(
+        source_tree: Any, pipeline_config: Any, s3_client: Any, s3_bucket: str,
+        upload_path: str) -> None:
+    cfg = pipeline_config()
+    stop = threading.Event()
+    # A poll interval far beyond the test's timeout: only the wake-up can start the upload.
+    tuning = consumer.Tuning(poll_interval=3600, crt=upload_path == "crt")
+    thread = threading.Thread(target=consumer.run, args=(cfg,),
+                              kwargs={"workers": 2, "stop": stop, "tuning": tuning})
+    with Queue(cfg.queue.path):
+        pass  # the queue file exists before the consumer watches its directory
+    thread.start()
+    try:
+        time.sleep(0.5)  # the consumer has looked once, found nothing, and sleeps
+        bodies = write_and_enqueue(cfg, source_tree.upload, range(3), 1000)
+        wait_until(lambda: states(cfg)[State.DONE] == 3, 20, "the woken consumer")
+    finally:
+        stop.set()
+        thread.join(30)
+    for key, body in bodies.items():
+        assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body
+    assert list(source_tree.upload.iterdir()) == []

@@ -219,3 +219,18 @@ def test_opening_does_not_wait_for_another_writer(tmp_path: Path) -> None:
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_has_due_answers_without_writing_and_sees_expired_leases(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        assert not q.has_due()
+        q.enqueue_many(versions(2), now=1000.0)
+        [a] = q.claim("c1", 30, now=1000.0)
+        assert q.has_due(now=1000.0)  # the other one is pending and due
+        [b] = q.claim("c1", 30, now=1000.0)
+        assert not q.has_due(now=1010.0)  # both held under live leases
+        assert q.has_due(now=1031.0)  # ... until they expire
+        q.retry_later(a, "x", 100, count_attempt=False, now=1010.0)
+        q.ack(b, now=1010.0)
+        assert not q.has_due(now=1050.0)  # one waits out its delay, one is done
+        assert q.has_due(now=1111.0)

@@ -142,3 +142,39 @@ def test_multipart_to_rclone_with_no_open_uploads_and_capitalised_metadata(rclon
     assert done.parts == 3 and done.verified_by == "head"
     assert (rclone_s3.root / bucket / "big").read_bytes() == body
 
+
+
+class Generated:
+    """`size` bytes of a repeated block, made as they are read: the test holds no body."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.block = os.urandom(MB)
+
+    def read(self, size: int = -1) -> bytes:
+        n = min(self.left, len(self.block), size if size >= 0 else self.left)
+        self.left -= n
+        return self.block[:n]
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(self.left, len(self.block), len(buffer))
+        buffer[:n] = self.block[:n]
+        self.left -= n
+        return n
+
+
+def test_multipart_holds_no_more_part_buffers_than_parts_in_memory(
+        moto_server: S3Server, s3_client: Any, s3_bucket: str) -> None:
+    import tracemalloc
+
+    up = uploader(moto_server.endpoint_url, parts_in_memory=2)
+    tracemalloc.start()
+    try:
+        result = up.upload(s3_bucket, "big", Generated(40 * MB), {})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.parts == 8 and result.bytes_out == 40 * MB
+    # Two 5 MB part buffers, plus a few 1 MB blocks (read chunks, checksum reads, the test's
+    # own block); one more part buffer held anywhere would pass 16 MB.
+    assert peak < 16 * MB, f"peak {peak / MB:.1f} MB"
