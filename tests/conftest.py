@@ -19,7 +19,7 @@ import botocore.config
 import pytest
 import yaml
 
-from sftppush.locals3 import LocalS3, free_port, wait_for_port
+from sftppush.locals3 import LocalS3, free_port, stop_process, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,16 +101,6 @@ def source_tree(tmp_path: Path) -> SourceTree:
 FAKE_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"  # 20 characters, like a real access key id
 FAKE_SECRET_KEY = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY40"  # 40 characters
 FAKE_REGION = "us-east-1"
-def stop_process(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _clean_aws_env(base: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in base.items() if k not in HOST_VARIABLES}
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"

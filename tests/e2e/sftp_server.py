@@ -145,14 +145,11 @@ class SftpServer:
         return self
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        # Imported here: this file also runs as the server's own script, outside the package.
+        from sftppush.locals3 import stop_process
+
         if self._proc is not None:
+            stop_process(self._proc)
             self._proc.stdout.close()
         self._proc = None
 
