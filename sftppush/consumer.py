@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sftppush import crt, pipeline
+from sftppush import crt, memory, pipeline
 from sftppush.config import Config
 from sftppush.errors import PermanentError, TransientError
 from sftppush.fastlane import Lane, Sent
@@ -72,6 +72,7 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
     """Consume until `stop` is set (or SIGTERM/SIGINT), or until drained with `drain`."""
     tuning = tuning or Tuning()
     workers = workers or cfg.consumer.workers
+    memory.fix_mmap_threshold()
     client = make_client(cfg.defaults, cfg.consumer.s3,
                          pool_size=workers * (tuning.parts_in_memory + 1),
                          connect_timeout=tuning.connect_timeout, read_timeout=tuning.read_timeout)
@@ -87,6 +88,7 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
             cfg.defaults, cfg.consumer.s3, max_in_flight=tuning.crt_in_flight,
             connect_timeout_ms=int(tuning.connect_timeout * 1000)),
             uploader, tuning.lane_max_body, tuning.nlink_retry_after)
+    memory.release_free_memory()
     try:
         with Queue(cfg.queue.path) as q:
             Consumer(cfg, q, uploader, workers, tuning, stop, cancel, lane).loop(drain)
