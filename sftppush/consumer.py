@@ -269,7 +269,11 @@ class Consumer:
                     result = self.lane.complete(result, lambda c=claim: self._still_ours(c))
                 except Exception as exc:
                     result = exc
-            del self.inflight[claim.entry.id]
+            # A claim this process took again after its lease ran out (e.g. while stopped) has
+            # a new owner token; the older run's outcome is stale and must not drop the new
+            # one. Its queue writes fail on the old token and are logged as lease lost.
+            if self.inflight.get(claim.entry.id) is claim:
+                del self.inflight[claim.entry.id]
             if isinstance(result, pipeline.Result) and not result.hold:
                 self.transient_streak.pop(claim.entry.id, None)
                 if not self.acks:
