@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sftppush import crt, pipeline
+from sftppush import crt, memory, pipeline
 from sftppush.config import Config
 from sftppush.errors import PermanentError, TransientError
 from sftppush.fastlane import Lane, Sent
@@ -72,6 +72,7 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
     """Consume until `stop` is set (or SIGTERM/SIGINT), or until drained with `drain`."""
     tuning = tuning or Tuning()
     workers = workers or cfg.consumer.workers
+    memory.fix_mmap_threshold()
     client = make_client(cfg.defaults, cfg.consumer.s3,
                          pool_size=workers * (tuning.parts_in_memory + 1),
                          connect_timeout=tuning.connect_timeout, read_timeout=tuning.read_timeout)
@@ -85,8 +86,10 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
     if tuning.crt and crt.available():
         lane = Lane(cfg, crt.CrtUploader.from_config(
             cfg.defaults, cfg.consumer.s3, max_in_flight=tuning.crt_in_flight,
-            connect_timeout_ms=int(tuning.connect_timeout * 1000)),
+            connect_timeout_ms=int(tuning.connect_timeout * 1000),
+            request_timeout=tuning.read_timeout),
             uploader, tuning.lane_max_body, tuning.nlink_retry_after)
+    memory.release_free_memory()
     try:
         with Queue(cfg.queue.path) as q:
             Consumer(cfg, q, uploader, workers, tuning, stop, cancel, lane).loop(drain)
@@ -128,19 +131,18 @@ class Consumer:
         self.acks: list[tuple[Claim, str | None]] = []
         self.acks_since = 0.0
         self.transient_streak: dict[int, int] = {}  # entry id -> transient failures in a row
+        self.next_renew = 0.0
 
     def loop(self, drain: bool) -> None:
         log.info("consumer started owner=%s workers=%d queue=%s", self.owner, self.workers,
                  self.cfg.queue.path)
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="worker")
         watch = watch_or_none(self.queue.file, self._wake)
-        next_renew = time.monotonic() + self.lease / 3
+        self.next_renew = time.monotonic() + self.lease / 3
         try:
             while not self.stop.is_set():
                 claimed = self._claim(pool)
-                if time.monotonic() >= next_renew:
-                    self._renew()
-                    next_renew = time.monotonic() + self.lease / 3
+                self._renew_if_due()
                 if drain and not claimed and not self.inflight and self._drained():
                     log.info("drained owner=%s", self.owner)
                     break
@@ -148,9 +150,8 @@ class Consumer:
             # Warm stop: unstarted entries are released by the workers; running ones finish.
             while self.inflight:
                 self._settle(wait=self.tuning.poll_interval)
-                if time.monotonic() >= next_renew and not self.cancel.is_set():
-                    self._renew()
-                    next_renew = time.monotonic() + self.lease / 3
+                if not self.cancel.is_set():
+                    self._renew_if_due()
         finally:
             if watch is not None:
                 watch.close()
@@ -179,9 +180,10 @@ class Consumer:
             return 0
         entries = self.queue.claim(self.owner, self.lease, limit=room)
         expires = time.time() + self.lease
-        for entry in entries:
-            claim = Claim(entry, expires)
-            self.inflight[entry.id] = claim
+        claims = [Claim(entry, expires) for entry in entries]
+        # All held before any starts: _start may wait for a lane slot, renewing what we hold.
+        self.inflight.update((c.entry.id, c) for c in claims)
+        for claim in claims:
             if self.stop.is_set() or not self._start(claim):
                 pool.submit(self._work, claim)
         return len(entries)
@@ -190,6 +192,10 @@ class Consumer:
         """Start `claim` in the lane if it fits there; False: a worker thread takes it."""
         if self.lane is None or not self.lane.accepts(claim.entry):
             return False
+        # All slots busy (a slow or stalled store): wait here, but keep every lease we hold
+        # renewed meanwhile; a stalled PUT times out in the CRT client, so a slot comes.
+        while not self.lane.wait_room(self.tuning.poll_interval):
+            self._renew_if_due()
         return self.lane.start(claim.entry, lambda outcome: self.outcomes.put((claim, outcome)))
 
     def _work(self, claim: Claim) -> None:
@@ -217,6 +223,11 @@ class Consumer:
             return False
         claim.expires = time.time() + self.lease
         return True
+
+    def _renew_if_due(self) -> None:
+        if time.monotonic() >= self.next_renew:
+            self._renew()
+            self.next_renew = time.monotonic() + self.lease / 3
 
     def _renew(self) -> None:
         claims = [c for c in list(self.inflight.values()) if not c.lost.is_set()]
@@ -258,7 +269,11 @@ class Consumer:
                     result = self.lane.complete(result, lambda c=claim: self._still_ours(c))
                 except Exception as exc:
                     result = exc
-            del self.inflight[claim.entry.id]
+            # A claim this process took again after its lease ran out (e.g. while stopped) has
+            # a new owner token; the older run's outcome is stale and must not drop the new
+            # one. Its queue writes fail on the old token and are logged as lease lost.
+            if self.inflight.get(claim.entry.id) is claim:
+                del self.inflight[claim.entry.id]
             if isinstance(result, pipeline.Result) and not result.hold:
                 self.transient_streak.pop(claim.entry.id, None)
                 if not self.acks:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import re
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
@@ -78,7 +79,11 @@ class CrtUploader:
 
     `put()` blocks while `max_in_flight` requests or `max_in_flight_bytes` of bodies are
     running (one body alone may exceed the latter), so callers get backpressure and flat
-    memory for free; its future resolves to a PutResult or raises TransientError / PermanentError.
+    memory for free (`wait_room()` waits for that in slices, without starting anything); its
+    future resolves to a PutResult or raises TransientError / PermanentError. A request with
+    no outcome after `request_timeout` seconds is cancelled and is a TransientError: the CRT
+    client has no read timeout, and a store that accepts connections but never answers would
+    otherwise hold every slot for ever.
     The store checks the Content-MD5 we send (a 200 means the bytes arrived intact) and
     PutResult.verified_by says whether the returned ETag confirms it.
     """
@@ -87,7 +92,7 @@ class CrtUploader:
                  endpoint_url: str | None = None, s3cfg: S3Config | None = None,
                  max_in_flight: int = 32, max_in_flight_bytes: int = 64 * 2**20,
                  max_retries: int | None = 2,
-                 connect_timeout_ms: int = 3000) -> None:
+                 connect_timeout_ms: int = 3000, request_timeout: float = 60.0) -> None:
         if not available():
             raise RuntimeError("awscrt is not installed (pip install 'sftppush[crt]')")
         self.region = region
@@ -113,9 +118,15 @@ class CrtUploader:
         self._room = threading.Condition()
         self._limits = (max_in_flight, max_in_flight_bytes)
         self._running = [0, 0]        # requests, body bytes
-        self._live: dict = {}         # S3Request objects must outlive their callbacks
-        self._lock = threading.RLock()
+        self._live: dict = {}         # token -> (S3Request, deadline); requests must outlive
+        self._lock = threading.RLock()  # their callbacks
         self._closed = False
+        self._timeout = request_timeout
+        self._timed_out: set[object] = set()
+        self._stopping = threading.Event()
+        self._watchdog = threading.Thread(target=self._cancel_overdue, name="crt-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
 
     @classmethod
     def from_session(cls, session, *, region: str | None = None,
@@ -163,8 +174,13 @@ class CrtUploader:
 
         def on_done(error=None, status_code=None, error_body=None, **_):
             try:
+                with self._lock:
+                    overdue = token in self._timed_out
+                    self._timed_out.discard(token)
                 if error is not None:
-                    future.set_exception(_classify(error, status_code, error_body, key))
+                    future.set_exception(TransientError(
+                        f"S3 unreachable: PUT key={key} no answer within {self._timeout:g}s")
+                        if overdue else _classify(error, status_code, error_body, key))
                 else:
                     future.set_result(_result(bucket, key, len(body), md5.hexdigest(),
                                               answer.get("headers") or ()))
@@ -177,9 +193,10 @@ class CrtUploader:
         self._reserve(len(body))
         with self._lock:  # held so on_done cannot run _finish before the request is recorded
             try:
-                self._live[token] = self._client.make_request(
+                self._live[token] = (self._client.make_request(
                     type=s3.S3RequestType.PUT_OBJECT, request=request,
-                    on_headers=on_headers, on_done=on_done)
+                    on_headers=on_headers, on_done=on_done),
+                    time.monotonic() + self._timeout)
             except BaseException:
                 self._release(len(body))
                 raise
@@ -201,12 +218,14 @@ class CrtUploader:
         """Wait for running PUTs, then release the client and its threads."""
         self._closed = True
         with self._lock:
-            live = list(self._live.values())
+            live = [req for req, _ in self._live.values()]
         for req in live:
             try:
                 req.finished_future.result(timeout)
             except Exception:
                 pass
+        self._stopping.set()
+        self._watchdog.join(5.0)
         client, self._client = self._client, None
         if client is not None:
             event = client.shutdown_event
@@ -221,13 +240,31 @@ class CrtUploader:
 
     # ---- helpers --------------------------------------------------------------------------
 
-    def _reserve(self, size: int) -> None:
-        count, nbytes = self._limits
+    def wait_room(self, size: int, timeout: float) -> bool:
+        """Wait up to `timeout` seconds until a body of `size` bytes would start at once."""
         with self._room:
-            self._room.wait_for(lambda: self._running[0] == 0 or (
-                self._running[0] < count and self._running[1] + size <= nbytes))
+            return self._room.wait_for(lambda: self._fits(size), timeout)
+
+    def _fits(self, size: int) -> bool:
+        count, nbytes = self._limits
+        return self._running[0] == 0 or (
+            self._running[0] < count and self._running[1] + size <= nbytes)
+
+    def _reserve(self, size: int) -> None:
+        with self._room:
+            self._room.wait_for(lambda: self._fits(size))
             self._running[0] += 1
             self._running[1] += size
+
+    def _cancel_overdue(self) -> None:
+        while not self._stopping.wait(min(1.0, self._timeout / 4)):
+            now = time.monotonic()
+            with self._lock:
+                overdue = [(t, req) for t, (req, deadline) in self._live.items() if now > deadline
+                           and t not in self._timed_out]
+                self._timed_out.update(t for t, _ in overdue)
+            for _, req in overdue:
+                req.cancel()  # on_done follows, from a CRT thread, with the timeout as error
 
     def _release(self, size: int) -> None:
         with self._room:

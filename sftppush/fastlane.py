@@ -54,6 +54,11 @@ class Lane:
         return source is None or bool(self.cfg.defaults.endpoint_url) or \
             "." not in source.target.bucket
 
+    def wait_room(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds until `start()` would not block on the in-flight
+        limits (any body the lane takes fits then)."""
+        return self.client.wait_room(self.max_body, timeout)
+
     def start(self, entry: Entry, done: Callable[[Any], None]) -> bool:
         """Start one entry; `done` gets exactly one outcome, maybe from a CRT thread: a Sent,
         a pipeline.Result or an exception. False: nothing started, stream it instead."""

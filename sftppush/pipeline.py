@@ -30,7 +30,7 @@ from sftppush.safeopen import (
 
 log = logging.getLogger("sftppush.pipeline")
 
-READ_BUFFER = 1 << 20
+READ_BUFFER = 1 << 17
 SMALL_READ_BUFFER = 1 << 16
 
 

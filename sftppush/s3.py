@@ -32,7 +32,8 @@ log = logging.getLogger("sftppush.s3")
 
 SHA256_KEY = "sftppush-sha256"
 SMALL_BODY = 2**20  # read first; a body that ends within it never gets a part-sized buffer
-READ_CHUNK = 2**20  # decompressed bytes per readinto while filling a part
+READ_CHUNK = 2**16  # decompressed bytes per readinto while filling a part (a temporary copy
+                   # of this size is made by the decompressor; glibc keeps ~2x it per thread)
 MAX_SINGLE_COPY = 5 * 2**30  # CopyObject's limit; larger objects are copied in parts
 # Error codes that mean "try the same request again later"; other 4xx codes are permanent.
 TRANSIENT_CODES = frozenset({
@@ -127,6 +128,7 @@ class Uploader:
         self.part_size = s3.part_size_mb * 2**20
         self.retry = retry or RetryPolicy()
         self.parts_in_memory = max(1, parts_in_memory)
+        self.part_crc32 = s3.checksum == "when_supported"
         self.extra: dict[str, str] = {}
         if s3.storage_class:
             self.extra["StorageClass"] = s3.storage_class
@@ -274,8 +276,14 @@ class Uploader:
 
     def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: bytearray,
                      cancel: threading.Event | None) -> dict[str, Any]:
+        extra = {}
+        if self.part_crc32:
+            # Ours, computed over the buffer in place: botocore's own pass would read the part
+            # through 1 MiB copies, which glibc then keeps per part thread (~3 MB each).
+            extra["ChecksumCRC32"] = base64.b64encode(
+                zlib.crc32(data).to_bytes(4, "big")).decode()
         resp = self.call("upload_part", cancel, Bucket=bucket, Key=key, UploadId=upload_id,
-                         PartNumber=number, Body=PartBody(data))
+                         PartNumber=number, Body=PartBody(data), **extra)
         part = {"PartNumber": number, "ETag": resp["ETag"]}
         for name in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1",
                      "ChecksumSHA256"):

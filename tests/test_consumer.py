@@ -205,3 +205,29 @@ def test_an_idle_consumer_wakes_when_the_queue_is_written(
     for key, body in bodies.items():
         assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body
     assert list(source_tree.upload.iterdir()) == []
+
+
+def test_an_entry_claimed_again_after_its_lease_ran_out_settles_both_outcomes(
+        source_tree: Any, pipeline_config: Any) -> None:
+    from sftppush.s3 import UploadCancelled
+
+    cfg = pipeline_config(lease_seconds=1)
+    write_and_enqueue(cfg, source_tree.upload, range(1), 100)
+    held: list[Any] = []
+
+    class HoldingPool:  # workers that never start: the claims stay outstanding
+        def submit(self, fn: Any, claim: Any) -> None:
+            held.append(claim)
+
+    with Queue(cfg.queue.path) as q:
+        c = consumer.Consumer(cfg, q, None, 1, consumer.Tuning(crt=False), threading.Event(),
+                              threading.Event())
+        c._claim(HoldingPool())
+        time.sleep(1.5)  # the lease runs out (a consumer stopped by SIGSTOP, say)
+        c._claim(HoldingPool())
+        assert [h.entry.id for h in held] == [held[0].entry.id] * 2
+        c.outcomes.put((held[0], UploadCancelled("stale run")))
+        c.outcomes.put((held[1], UploadCancelled("current run")))
+        c._settle(wait=0)
+        assert c.inflight == {}
+    assert states(cfg)[State.PENDING] == 1  # released by the current claim

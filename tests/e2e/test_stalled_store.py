@@ -1,0 +1,85 @@
+"""A store that accepts connections but never answers: the awscrt lane times out, never hangs.
+
+The fault proxy stalls every byte both ways while keeping sockets open, which no error reaches
+the CRT client for (it has no read timeout of its own). Its PUTs must become TransientErrors,
+the entries go back to pending (never failed), the leases held meanwhile stay renewed, and
+after the stall everything is uploaded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from sftppush import consumer, crt
+from sftppush.errors import TransientError
+from sftppush.queue import Queue, State
+from sftppush.s3 import RetryPolicy
+from tests.test_consumer import states, wait_until, write_and_enqueue
+
+
+def test_a_stalled_put_becomes_transient_after_the_request_timeout(rclone_s3: Any,
+                                                                   fault_proxy: Any) -> None:
+    bucket = rclone_s3.make_bucket("stall")
+    proxy = fault_proxy(rclone_s3.port)
+    with crt.CrtUploader(region="us-east-1", endpoint_url=proxy.url, request_timeout=1.0,
+                         credentials=crt.Credentials(rclone_s3.access_key,
+                                                     rclone_s3.secret_key)) as up:
+        assert up.put(bucket, "before", b"a").result(30).etag  # the path works
+        proxy.stall()
+        stalled = up.put(bucket, "stalled", b"b")
+        with pytest.raises(TransientError, match="no answer within 1s"):
+            stalled.result(30)
+        proxy.restore()
+        assert up.put(bucket, "after", b"c").result(30).etag
+    assert (rclone_s3.root / bucket / "after").read_bytes() == b"c"
+
+
+def test_stalled_store_sends_entries_back_to_pending_keeps_leases_then_uploads_all(
+        source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
+    bucket = rclone_s3.make_bucket("stall")
+    proxy = fault_proxy(rclone_s3.port)
+    lease = 1.0
+    cfg = pipeline_config(server=SimpleNamespace(endpoint_url=proxy.url), bucket=bucket,
+                          lease_seconds=lease, max_attempts=1)
+    proxy.stall()
+    bodies = write_and_enqueue(cfg, source_tree.upload, range(4), 1000)
+    # One PUT in flight: the loop holds the other claims while it waits for a slot, for
+    # longer than a lease, since a stalled PUT takes the whole request timeout.
+    tuning = consumer.Tuning(retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.05),
+                             transient_delay=0.2, transient_delay_max=0.5, poll_interval=0.05,
+                             crt=True, crt_in_flight=1, claim_batch=8, read_timeout=4 * lease)
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(cfg,),
+                              kwargs={"workers": 1, "stop": stop, "tuning": tuning})
+    thread.start()
+    try:
+        wait_until(lambda: states(cfg)[State.CLAIMED] == 4, 30, "all four claimed")
+        time.sleep(2 * lease)  # every lease would have run out unless renewed
+        with Queue(cfg.queue.path) as q:
+            taken = q.claim("rival", lease, limit=4)
+        assert taken == [], "a lease expired while the consumer waited for a slot"
+
+        def timed_out_pending() -> bool:
+            with Queue(cfg.queue.path) as q:
+                return any("no answer within" in (e.last_error or "")
+                           for e in q.list(State.PENDING, limit=10))
+
+        wait_until(timed_out_pending, 60, "a stalled PUT back to pending as transient")
+        assert states(cfg)[State.FAILED] == 0
+        proxy.restore()
+        wait_until(lambda: states(cfg)[State.DONE] == 4, 60, "all four done after the stall")
+    finally:
+        proxy.restore()
+        stop.set()
+        thread.join(30)
+    with Queue(cfg.queue.path) as q:
+        assert [e.attempts for e in q.list(State.DONE, limit=10)] == [0] * 4  # never permanent
+    stored = rclone_s3.root / bucket
+    for key, body in bodies.items():
+        assert (stored / key).read_bytes() == body
+    assert list(source_tree.upload.iterdir()) == []
