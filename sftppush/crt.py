@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 
 from sftppush.config import Defaults, S3Config
 from sftppush.errors import PermanentError, TransientError
+from sftppush.s3 import is_transient
 
 try:
     from awscrt import auth, http, s3
@@ -29,8 +30,6 @@ except ImportError:  # the pure-boto3 path works without it
 
 # One PUT can carry at most 5 GiB; the consumer sends bodies up to part_size_mb this way.
 MAX_BODY = 5 * 1024**3
-_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
-                    "RequestTimeTooSkewed", "BadDigest", "IncompleteBody", "Throttling"}
 _CODE_RE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 
 
@@ -338,7 +337,7 @@ def _classify(error: BaseException, status: int | None, body: bytes | None,
                                 getattr(error, "name", type(error).__name__))
     if status is None:  # no answer at all: refused, reset, timed out, DNS
         return TransientError(f"S3 unreachable: {what}")  # the words s3.classify uses
-    if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
+    if is_transient(code, status):
         return TransientError(what)
     return PermanentError(what)
 

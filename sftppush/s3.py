@@ -96,6 +96,11 @@ def make_client(defaults: Defaults, s3: S3Config, pool_size: int = 10,
     return session.client("s3", endpoint_url=defaults.endpoint_url, config=config)
 
 
+def is_transient(code: str | None, status: int) -> bool:
+    """An S3 error answer worth retrying as it is: throttling, 5xx, the transient codes."""
+    return code in TRANSIENT_CODES or status >= 500 or status in (408, 429)
+
+
 def classify(exc: BaseException, what: str = "S3") -> TransientError | PermanentError:
     """The one place a botocore/network failure becomes Transient or Permanent."""
     if isinstance(exc, (TransientError, PermanentError)):
@@ -105,7 +110,7 @@ def classify(exc: BaseException, what: str = "S3") -> TransientError | Permanent
         code = str(err.get("Code", "")) or "Unknown"
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         message = f"{what} {exc.operation_name}: {code} ({status}) {err.get('Message', '')}".strip()
-        if code in TRANSIENT_CODES or status >= 500 or status in (408, 429):
+        if is_transient(code, status):
             return TransientError(message)
         return PermanentError(message)
     if isinstance(exc, (botocore.exceptions.NoCredentialsError,

@@ -130,3 +130,15 @@ def test_bodies_over_part_size_are_refused(moto_server):
     with uploader(moto_server, s3cfg=S3Config(part_size_mb=1)) as up:
         with pytest.raises(ValueError, match="too big"):
             up.put("b", "k", b"\0" * (up.max_body + 1))
+
+
+@pytest.mark.parametrize(("status", "code"), [(400, "ExpiredToken"), (503, "SlowDown"),
+                                              (408, None), (429, None)])
+def test_lane_and_boto3_path_call_the_same_answers_transient(status, code):
+    from sftppush.errors import PermanentError, TransientError
+
+    body = f"<Error><Code>{code}</Code></Error>".encode() if code else b""
+    error = crt._classify(RuntimeError("http"), status, body, "k")
+    assert isinstance(error, TransientError), error
+    assert isinstance(crt._classify(RuntimeError("http"), 403, b"<Code>AccessDenied</Code>", "k"),
+                      PermanentError)
