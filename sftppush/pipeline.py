@@ -115,7 +115,7 @@ def prepare(entry: Entry, cfg: Config, uploader: Uploader, *, now: float | None 
     try:
         if (safe.st.st_ino, safe.st.st_size, safe.st.st_mtime_ns) != \
                 (entry.inode, entry.size, entry.mtime_ns):
-            log.info("superseded id=%d path=%s", entry.id, _show(entry.path))
+            log.info("superseded id=%d path=%s", entry.id, entry.display_path)
             safe.close()
             return Result(note="superseded")
         started = time.monotonic()
@@ -151,13 +151,13 @@ def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool
     if not same_version(os.fstat(safe.fd), safe.st):
         # Written to while we read it: its next close-write is a newer entry that will
         # upload it again to the same key. Keep the file.
-        log.warning("changed during upload id=%d path=%s", entry.id, _show(entry.path))
+        log.warning("changed during upload id=%d path=%s", entry.id, entry.display_path)
         return Result(note="changed during upload; newer version kept", uploaded=uploaded)
     if not still_ours():
         raise LeaseLost(f"lease lost id={entry.id}")
     if delete and not safe.unlink():
         log.warning("not deleted id=%d path=%s reason=replaced during upload",
-                    entry.id, _show(entry.path))
+                    entry.id, entry.display_path)
         return Result(note="replaced during upload; newer version kept", uploaded=uploaded)
     return Result(uploaded=uploaded)
 
@@ -165,12 +165,9 @@ def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool
 def _vanished(entry: Entry, source: Source, uploader: Uploader) -> Result:
     for key in candidate_keys(source, entry.path):
         if uploader.exists(source.target.bucket, key):
-            log.info("vanished id=%d path=%s object=exists key=%s", entry.id, _show(entry.path),
+            log.info("vanished id=%d path=%s object=exists key=%s", entry.id, entry.display_path,
                      key)
             return Result(note=f"vanished; object exists at {key}")
-    log.warning("vanished id=%d path=%s object=missing", entry.id, _show(entry.path))
+    log.warning("vanished id=%d path=%s object=missing", entry.id, entry.display_path)
     return Result(note="vanished before upload; no object (removed by someone else)")
 
-
-def _show(path: bytes) -> str:
-    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")

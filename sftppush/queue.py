@@ -31,6 +31,11 @@ class State(StrEnum):
     FAILED = "failed"
 
 
+def shown(path: bytes) -> str:
+    """A path for a log line or message: bytes that are not UTF-8 shown as escapes."""
+    return path.decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True)
 class FileVersion:
     """One version of one file: what the watcher and rescan enqueue."""
@@ -66,7 +71,7 @@ class Entry(FileVersion):
 
     @property
     def display_path(self) -> str:
-        return self.path.decode("utf-8", "backslashreplace")
+        return shown(self.path)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from sftppush.config import Config, Source
-from sftppush.queue import FileVersion, Queue
+from sftppush.queue import FileVersion, Queue, shown
 
 log = logging.getLogger("sftppush.scan")
 
@@ -44,11 +44,6 @@ class Counts:
 
     ignored: int = 0
     unreadable: list[bytes] = field(default_factory=list)
-
-
-def shown(path: bytes) -> str:
-    """A path for a log line or message: bytes that are not UTF-8 shown as escapes."""
-    return path.decode("utf-8", "backslashreplace")
 
 
 @lru_cache(maxsize=16)

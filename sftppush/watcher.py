@@ -29,8 +29,8 @@ from inotify_simple import flags as F
 from sftppush import notify
 from sftppush.config import Config, Source
 from sftppush.errors import ConfigError, SftppushError
-from sftppush.queue import FileVersion, Queue
-from sftppush.scan import ignore_matcher, shown, walk
+from sftppush.queue import FileVersion, Queue, shown
+from sftppush.scan import ignore_matcher, walk
 
 log = logging.getLogger("sftppush.watcher")
 
