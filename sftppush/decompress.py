@@ -2,7 +2,8 @@
 
 Owns format detection (gzip incl. multi-member, bzip2, xz; zstd when `zstandard` is
 importable) and turning decoder failures into PermanentError. It must never look at file
-names, read a whole file into memory, or talk to S3.
+names, read a whole file into memory (a small one the caller already holds as bytes is
+decompressed in one go) or talk to S3.
 """
 
 from __future__ import annotations
@@ -102,6 +103,48 @@ class CappedReader:
             close()
 
 
+def inflate(data: bytes, fmt: str | None, cap: int, most: int) -> bytes:
+    """The decompressed form of a whole file held in memory, cut at `most` + 1 bytes so the
+    caller can tell "more than `most`"; the same errors and cap as CappedReader.
+
+    gzip (most small files) is one zlib call per member rather than GzipFile's Python-level
+    framing, which costs more than the decompression itself for a 4 KiB file.
+    """
+    if fmt is None:
+        return data[: most + 1]
+    if fmt != "gzip":
+        return read_full(CappedReader(io.BytesIO(data), fmt, cap), most + 1)
+    want = min(most, cap) + 1
+    try:
+        out = _gunzip(data, want)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise PermanentError(f"corrupt gzip: {_reason(exc)}") from None
+    if len(out) > cap:
+        raise PermanentError(f"decompressed size exceeds max_decompressed_bytes={cap}")
+    return out
+
+
+def _gunzip(data: bytes, want: int) -> bytes:
+    """Up to `want` bytes of a gzip stream, members and zero padding as GzipFile reads them."""
+    out: list[bytes] = []
+    got = 0
+    while True:
+        member = zlib.decompressobj(wbits=31)  # checks the header, CRC32 and length itself
+        chunk = member.decompress(data, want - got)
+        out.append(chunk)
+        got += len(chunk)
+        if got >= want:
+            break
+        if not member.eof:
+            raise EOFError("compressed data ended before the end-of-stream marker")
+        data = member.unused_data.lstrip(b"\0")
+        if not data:
+            break
+        if not data.startswith(b"\x1f\x8b"):
+            raise gzip.BadGzipFile(f"Not a gzipped file ({data[:2]!r})")
+    return b"".join(out)
+
+
 def _open(raw: BinaryIO, fmt: str | None) -> Reader:
     if fmt is None:
         return raw
@@ -122,3 +165,19 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return "truncated (compressed data ended before the end-of-stream marker)"
     return str(exc) or type(exc).__name__
+
+
+def read_full(reader: Reader, size: int) -> bytes:
+    """Up to `size` bytes from `reader`; fewer only at its end."""
+    data = reader.read(size)
+    if len(data) == size or not data:
+        return data
+    chunks = [data]
+    got = len(data)
+    while got < size:
+        more = reader.read(size - got)
+        if not more:
+            break
+        chunks.append(more)
+        got += len(more)
+    return b"".join(chunks)

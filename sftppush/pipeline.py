@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sftppush.config import Config, Source
-from sftppush.decompress import CappedReader, detect_fd
+from sftppush.decompress import CappedReader, detect_fd, inflate
 from sftppush.errors import PermanentError
 from sftppush.keys import candidate_keys, metadata, object_key
 from sftppush.queue import Entry
-from sftppush.s3 import Uploaded, Uploader, read_full
+from sftppush.s3 import Uploaded, Uploader
 from sftppush.safeopen import (
     NLINK_RETRY_SECONDS,
     SafeFile,
@@ -31,7 +31,6 @@ from sftppush.safeopen import (
 log = logging.getLogger("sftppush.pipeline")
 
 READ_BUFFER = 1 << 17
-SMALL_READ_BUFFER = 1 << 16
 
 
 class LeaseLost(Exception):
@@ -63,10 +62,10 @@ class Prepared:
     meta: dict[str, str]
     started: float
 
-    def reader(self, cap: int, buffering: int = READ_BUFFER) -> CappedReader:
+    def reader(self, cap: int) -> CappedReader:
         """The decompressed stream of the file, refusing to go past `cap` bytes."""
         # closefd=False: the fd belongs to self.safe, which closes it.
-        raw = open(self.safe.fd, "rb", buffering=buffering, closefd=False)  # noqa: SIM115
+        raw = open(self.safe.fd, "rb", buffering=READ_BUFFER, closefd=False)  # noqa: SIM115
         return CappedReader(raw, self.fmt, cap)
 
     def close(self) -> None:
@@ -129,14 +128,29 @@ def prepare(entry: Entry, cfg: Config, uploader: Uploader, *, now: float | None 
 
 
 def read_small(prepared: Prepared, cap: int, bound: int) -> bytes | None:
-    """The whole decompressed body if it is at most `bound` bytes, else None (stream it)."""
-    # A small read buffer: a 1 MiB one per 4 KiB file costs more than the file.
-    reader = prepared.reader(cap, buffering=SMALL_READ_BUFFER)
-    try:
-        body = read_full(reader, bound + 1)
-    finally:
-        reader.close()
+    """The whole decompressed body if it is at most `bound` bytes, else None (stream it).
+
+    Reads the file in one go; one that grew since it was opened is left to the streaming
+    path too, whose checks call it superseded.
+    """
+    size = prepared.safe.st.st_size
+    data = _pread_all(prepared.safe.fd, size + 1)
+    if len(data) > size:
+        return None
+    body = inflate(data, prepared.fmt, cap, bound)
     return body if len(body) <= bound else None
+
+
+def _pread_all(fd: int, most: int) -> bytes:
+    data = os.pread(fd, most, 0)
+    if len(data) in (0, most):
+        return data
+    chunks = [data]
+    got = len(data)
+    while got < most and (more := os.pread(fd, most - got, got)):
+        chunks.append(more)
+        got += len(more)
+    return b"".join(chunks)
 
 
 def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool],

@@ -25,7 +25,7 @@ import botocore.exceptions
 import tenacity
 
 from sftppush.config import Defaults, S3Config
-from sftppush.decompress import Reader
+from sftppush.decompress import Reader, read_full
 from sftppush.errors import ConfigError, PermanentError, TransientError
 
 log = logging.getLogger("sftppush.s3")
@@ -393,19 +393,3 @@ def read_part(reader: Reader, size: int, head: bytes = b"") -> bytearray:
             pos += n
     del buf[pos:]
     return buf
-
-
-def read_full(reader: Reader, size: int) -> bytes:
-    """Up to `size` bytes from `reader`; fewer only at its end."""
-    data = reader.read(size)
-    if len(data) == size or not data:
-        return data
-    chunks = [data]
-    got = len(data)
-    while got < size:
-        more = reader.read(size - got)
-        if not more:
-            break
-        chunks.append(more)
-        got += len(more)
-    return b"".join(chunks)
