@@ -132,11 +132,12 @@ class Consumer:
         self.acks_since = 0.0
         self.transient_streak: dict[int, int] = {}  # entry id -> transient failures in a row
         self.next_renew = 0.0
+        self.pool: ThreadPoolExecutor | None = None
 
     def loop(self, drain: bool) -> None:
         log.info("consumer started owner=%s workers=%d queue=%s", self.owner, self.workers,
                  self.cfg.queue.path)
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="worker")
+        pool = self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="worker")
         watch = watch_or_none(self.queue.file, self._wake)
         self.next_renew = time.monotonic() + self.lease / 3
         try:
@@ -156,6 +157,7 @@ class Consumer:
             if watch is not None:
                 watch.close()
             pool.shutdown(wait=True)
+            self.pool = None
             self._settle(wait=0)
             self._flush_acks()
             log.info("consumer stopped owner=%s", self.owner)
@@ -208,6 +210,13 @@ class Consumer:
                                            cancel=self.cancel,
                                            nlink_retry_after=self.tuning.nlink_retry_after)
         except Exception as exc:  # every failure is settled by the loop, none kills a worker
+            result = exc
+        self.outcomes.put((claim, result))
+
+    def _complete(self, claim: Claim, sent: Sent) -> None:
+        try:
+            result: Any = self.lane.complete(sent, lambda: self._still_ours(claim))
+        except Exception as exc:
             result = exc
         self.outcomes.put((claim, result))
 
@@ -265,6 +274,10 @@ class Consumer:
                 continue
             claim, result = item
             if isinstance(result, Sent):
+                # A boto3 HEAD waits on S3, with retries: never in this loop while it runs.
+                if self.pool is not None and self.lane.needs_head(result):
+                    self.pool.submit(self._complete, claim, result)
+                    continue
                 try:
                     result = self.lane.complete(result, lambda c=claim: self._still_ours(c))
                 except Exception as exc:

@@ -19,6 +19,7 @@ from sftppush import crt, pipeline
 from sftppush.config import Config
 from sftppush.queue import Entry
 from sftppush.s3 import SHA256_KEY, Uploaded, Uploader
+from sftppush.safeopen import Vanished
 
 log = logging.getLogger("sftppush.fastlane")
 
@@ -61,10 +62,14 @@ class Lane:
 
     def start(self, entry: Entry, done: Callable[[Any], None]) -> bool:
         """Start one entry; `done` gets exactly one outcome, maybe from a CRT thread: a Sent,
-        a pipeline.Result or an exception. False: nothing started, stream it instead."""
+        a pipeline.Result or an exception. False: nothing started, a worker thread takes it
+        (a bigger body to stream, or a vanished file, whose HEAD may wait on the store)."""
         try:
             prepared = pipeline.prepare(entry, self.cfg, self.uploader,
-                                        nlink_retry_after=self.nlink_retry_after)
+                                        nlink_retry_after=self.nlink_retry_after,
+                                        look_up_vanished=False)
+        except Vanished:
+            return False
         except Exception as exc:
             done(exc)
             return True
@@ -87,6 +92,11 @@ class Lane:
         sent = Sent(prepared, future, sha, len(body))
         future.add_done_callback(lambda _f: done(sent))
         return True
+
+    def needs_head(self, sent: Sent) -> bool:
+        """True when completing `sent` takes a boto3 HEAD (its ETag is not the body's MD5, as
+        with SSE-KMS): the caller runs complete() on a worker thread then, not its loop."""
+        return sent.future.exception() is None and sent.future.result().verified_by is None
 
     def complete(self, sent: Sent, still_ours: Callable[[], bool]) -> pipeline.Result:
         """Verify a finished PUT and run the pipeline's finish step (delete, notes)."""

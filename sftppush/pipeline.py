@@ -94,11 +94,14 @@ def process(entry: Entry, cfg: Config, uploader: Uploader, *,
 
 
 def prepare(entry: Entry, cfg: Config, uploader: Uploader, *, now: float | None = None,
-            nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Prepared | Result:
+            nlink_retry_after: float = NLINK_RETRY_SECONDS,
+            look_up_vanished: bool = True) -> Prepared | Result:
     """Steps before the upload: min age, safe open, vanished and superseded versions.
 
     A Result means the entry needs no upload (held, vanished, superseded); otherwise the
-    caller owns the returned Prepared and must close it.
+    caller owns the returned Prepared and must close it. A vanished file takes a HEAD of its
+    key (retried while the store is down); with `look_up_vanished=False` it raises Vanished
+    instead, for callers that must not wait on S3.
     """
     now = time.time() if now is None else now
     source = cfg.source(entry.source)
@@ -110,6 +113,8 @@ def prepare(entry: Entry, cfg: Config, uploader: Uploader, *, now: float | None 
     try:
         safe = open_in_root(source.root, entry.path, nlink_retry_after)
     except Vanished:
+        if not look_up_vanished:
+            raise
         return _vanished(entry, source, uploader)
     try:
         if (safe.st.st_ino, safe.st.st_size, safe.st.st_mtime_ns) != \

@@ -231,3 +231,28 @@ def test_an_entry_claimed_again_after_its_lease_ran_out_settles_both_outcomes(
         c._settle(wait=0)
         assert c.inflight == {}
     assert states(cfg)[State.PENDING] == 1  # released by the current claim
+
+
+def test_a_lane_upload_whose_etag_is_not_the_md5_is_verified_by_head_on_a_worker_thread(
+        source_tree: Any, pipeline_config: Any, s3_client: Any, s3_bucket: str,
+        monkeypatch: Any, caplog: Any) -> None:
+    # With SSE-KMS a store's ETag is not the body's MD5, so the lane verifies with a boto3
+    # HEAD; that waits on S3 and must run on a worker thread, not in the claim loop.
+    from sftppush import crt
+
+    if not crt.available():
+        raise AssertionError("awscrt is part of the test extra")
+    monkeypatch.setattr(crt.PutResult, "verified_by", property(lambda self: None))
+    cfg = pipeline_config()
+    bodies = write_and_enqueue(cfg, source_tree.upload, range(6), 1000)
+    caplog.set_level("INFO", logger="sftppush.pipeline")
+    consumer.run(cfg, workers=2, drain=True, stop=threading.Event(),
+                 tuning=consumer.Tuning(crt=True, poll_interval=0.02))
+    uploaded = [r for r in caplog.records if r.getMessage().startswith("uploaded id=")]
+    assert len(uploaded) == 6
+    assert all("verified=head" in r.getMessage() for r in uploaded)
+    assert {r.threadName.split("_")[0] for r in uploaded} == {"worker"}
+    assert states(cfg)[State.DONE] == 6
+    for key, body in bodies.items():
+        assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body
+    assert list(source_tree.upload.iterdir()) == []

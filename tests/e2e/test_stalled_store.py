@@ -83,3 +83,42 @@ def test_stalled_store_sends_entries_back_to_pending_keeps_leases_then_uploads_a
     for key, body in bodies.items():
         assert (stored / key).read_bytes() == body
     assert list(source_tree.upload.iterdir()) == []
+
+
+def test_a_vanished_file_looked_up_in_a_stalled_store_does_not_stop_the_claim_loop(
+        source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
+    # A vanished file takes a boto3 HEAD of its key, retried while the store does not answer.
+    # Were it run in the claim loop, the loop would stop renewing the other leases it holds.
+    bucket = rclone_s3.make_bucket("stall")
+    proxy = fault_proxy(rclone_s3.port)
+    lease = 1.0
+    cfg = pipeline_config(server=SimpleNamespace(endpoint_url=proxy.url), bucket=bucket,
+                          lease_seconds=lease)
+    write_and_enqueue(cfg, source_tree.upload, range(1), 1000)
+    (source_tree.upload / "f0000.bin.gz").unlink()  # vanished before its turn
+    bodies = write_and_enqueue(cfg, source_tree.upload, range(1, 4), 1000)
+    proxy.stall()
+    tuning = consumer.Tuning(retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.05),
+                             poll_interval=0.05, crt=True, claim_batch=8,
+                             read_timeout=8 * lease)
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(cfg,),
+                              kwargs={"workers": 1, "stop": stop, "tuning": tuning})
+    thread.start()
+    try:
+        wait_until(lambda: states(cfg)[State.CLAIMED] == 4, 30, "all four claimed")
+        time.sleep(3 * lease)  # the HEAD is still waiting; leases would have run out
+        with Queue(cfg.queue.path) as q:
+            taken = q.claim("rival", lease, limit=4)
+        assert taken == [], "a lease expired while a vanished file's HEAD waited on S3"
+        proxy.restore()
+        wait_until(lambda: states(cfg)[State.DONE] == 4, 90, "all four done after the stall")
+    finally:
+        proxy.restore()
+        stop.set()
+        thread.join(60)
+    with Queue(cfg.queue.path) as q:
+        notes = sorted(e.note or "" for e in q.list(State.DONE, limit=10))
+    assert notes[-1].startswith("vanished before upload") and notes[:3] == ["", "", ""]
+    for key, body in bodies.items():
+        assert (rclone_s3.root / bucket / key).read_bytes() == body
