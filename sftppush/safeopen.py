@@ -85,9 +85,10 @@ def open_in_root(root: bytes | str, path: bytes | str,
     """
     root_b = os.path.normpath(os.fsencode(root))
     path_b = os.path.normpath(os.fsencode(path))
-    rel = os.path.relpath(path_b, root_b)
-    parts = rel.split(b"/")
-    if os.path.isabs(rel) or rel == b"." or b".." in parts:
+    # normpath has resolved every ".." it can, so a path inside the root starts with it.
+    inside = root_b.rstrip(b"/") + b"/"
+    parts = path_b[len(inside):].split(b"/")
+    if not path_b.startswith(inside) or path_b == inside or b".." in parts:
         raise PermanentError(f"refused: {os.fsdecode(path_b)} is outside the source root")
     try:
         # The root itself is the operator's configuration and may be a symlink (e.g. /home).

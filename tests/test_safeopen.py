@@ -49,6 +49,14 @@ def test_path_outside_the_root_is_refused(tree: tuple[Path, Path]) -> None:
         open_in_root(root, bytes(outside / "secret"))
     with pytest.raises(PermanentError, match="outside the source root"):
         open_in_root(root, os.fsencode(root) + b"/../../outside/secret")
+    # A sibling whose name starts with the root's (sftpuser1 vs sftpuser10), and the root.
+    sibling = root.parent / (root.name + "0")
+    sibling.mkdir()
+    (sibling / "f").write_bytes(b"other user")
+    with pytest.raises(PermanentError, match="outside the source root"):
+        open_in_root(root, bytes(sibling / "f"))
+    with pytest.raises(PermanentError, match="outside the source root"):
+        open_in_root(root, bytes(root) + b"/")
 
 
 def test_hard_link_is_refused_with_a_short_retry(tree: tuple[Path, Path]) -> None:
