@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.bench.common import (
     RcloneS3,
     Sftppush,
+    Timing,
     best_of,
+    proc_cpu_seconds,
     rclone_copy,
     remaining_files,
     report,
@@ -52,6 +56,19 @@ def run_sftppush(server: RcloneS3, root: Path, bucket: str, blobs: list[bytes],
     return elapsed, cpu
 
 
+def with_cpu(server: RcloneS3, cpu: dict[str, tuple[float, float]], name: str,
+             measure: Callable[[], Timing]) -> Timing:
+    """Run one baseline, keeping the CPU its tool and the S3 server used (per run)."""
+    def children() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    tool0, server0 = children(), proc_cpu_seconds(server.process.pid)
+    timing = measure()
+    cpu[name] = (children() - tool0, proc_cpu_seconds(server.process.pid) - server0)
+    return timing
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, default=10_000)
@@ -71,8 +88,12 @@ def main() -> None:
         for i, body in enumerate(bodies):
             (src / f"f{i:06d}.csv").write_bytes(body)
         runs = iter(range(10**6))
-        s5 = best_of(args.repeat, lambda: s5cmd_cp(server, src, bucket, f"s5/{next(runs)}"))
-        rc = best_of(args.repeat, lambda: rclone_copy(server, src, bucket, f"rc/{next(runs)}"))
+        peers: dict[str, tuple[float, float]] = {}
+        s5 = best_of(args.repeat, lambda: with_cpu(
+            server, peers, "s5cmd", lambda: s5cmd_cp(server, src, bucket, f"s5/{next(runs)}")))
+        rc = best_of(args.repeat, lambda: with_cpu(
+            server, peers, "rclone", lambda: rclone_copy(server, src, bucket,
+                                                         f"rc/{next(runs)}")))
         elapsed, cpu = run_sftppush(server, root / "sftppush", bucket, blobs, args.consumers,
                                     args.workers, args.timeout)
     rate = n / elapsed
@@ -82,6 +103,10 @@ def main() -> None:
     print("  # CPU ms per file: " + ", ".join(f"{k} {v / n * 1000:.2f}" for k, v in cpu.items()
                                              if not k.startswith("writer")), flush=True)
     print(f"  # writing the {n:,} files took {cpu['writer (this process)']:.2f} s", flush=True)
+    # What bounds the ratio on a small box: CPU per file of each side, S3 server included.
+    for name, (tool, srv) in peers.items():
+        print(f"  # CPU ms per file (last run): {name} {tool / n * 1000:.2f}, s3 server"
+              f" {srv / n * 1000:.2f}", flush=True)
 
 
 if __name__ == "__main__":
