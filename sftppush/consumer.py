@@ -42,6 +42,8 @@ class Tuning:
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # in place, per S3 call
     transient_delay: float = 5.0        # back to pending after in-place retries: first delay
     transient_delay_max: float = 300.0  # ... doubling up to this
+    outage_after: int = 3               # transient outcomes in a row (no success between) that
+                                        # pause new claims, for the same growing delays
     permanent_delay: float = 30.0       # between attempts of a permanent error
     permanent_delay_max: float = 3600.0
     poll_interval: float = 0.2          # idle: "anything due?" (read-only) at least this often
@@ -133,6 +135,11 @@ class Consumer:
         self.transient_streak: dict[int, int] = {}  # entry id -> transient failures in a row
         self.next_renew = 0.0
         self.pool: ThreadPoolExecutor | None = None
+        # The store as this process sees it: transient outcomes since the last success, and
+        # while it seems down, no new claims until `paused_until` (monotonic).
+        self.failing = 0
+        self.pauses = 0
+        self.paused_until = 0.0
 
     def loop(self, drain: bool) -> None:
         log.info("consumer started owner=%s workers=%d queue=%s", self.owner, self.workers,
@@ -175,6 +182,8 @@ class Consumer:
         return self.tuning.poll_interval
 
     def _claim(self, pool: ThreadPoolExecutor) -> int:
+        if self.paused_until and time.monotonic() < self.paused_until:
+            return 0  # the store seems down: the backlog waits in the queue, untouched
         room = self.batch - len(self.inflight)
         # Claim in batches: wait until half the batch is free (or nothing is held), and ask
         # the read-only "anything due?" first, so an idle consumer writes nothing.
@@ -289,6 +298,8 @@ class Consumer:
                 del self.inflight[claim.entry.id]
             if isinstance(result, pipeline.Result) and not result.hold:
                 self.transient_streak.pop(claim.entry.id, None)
+                if result.uploaded is not None:
+                    self._store_answered()
                 if not self.acks:
                     self.acks_since = time.monotonic()
                 self.acks.append((claim, result.note))
@@ -325,6 +336,7 @@ class Consumer:
             ok = q.retry_later(entry, str(result), delay, count_attempt=False)
             log.warning("retry later id=%d path=%s delay=%.1f error=%s", entry.id,
                         entry.display_path, delay, result)
+            self._store_failed(result)
         else:
             if not isinstance(result, PermanentError):
                 log.error("unexpected error id=%d path=%s", entry.id, entry.display_path,
@@ -344,6 +356,28 @@ class Consumer:
                             entry.id, entry.display_path, attempts, delay, result)
         if not ok:
             self._lease_lost(entry, "settle")
+
+    def _store_failed(self, error: TransientError) -> None:
+        """Several transient outcomes in a row: the store is down or throttling. Stop taking
+        new entries for a growing, capped delay, rather than trying (and logging) the whole
+        backlog one entry after another. Entries held meanwhile finish as they do."""
+        self.failing += 1
+        now = time.monotonic()
+        if self.failing < self.tuning.outage_after or now < self.paused_until:
+            return
+        self.pauses += 1
+        pause = min(self.tuning.transient_delay_max,
+                    self.tuning.transient_delay * 2 ** (self.pauses - 1))
+        pause *= random.uniform(0.8, 1.2)
+        self.paused_until = now + pause
+        log.warning("store failing: no new claims for %.1fs (transient errors in a row=%d)"
+                    " error=%s", pause, self.failing, error)
+
+    def _store_answered(self) -> None:
+        if self.pauses:
+            log.info("store answering again: claims resume")
+        self.failing = self.pauses = 0
+        self.paused_until = 0.0
 
     def _lease_lost(self, entry: Entry, at: str) -> None:
         log.warning("lease lost id=%d path=%s at=%s", entry.id, entry.display_path, at)

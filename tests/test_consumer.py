@@ -256,3 +256,45 @@ def test_a_lane_upload_whose_etag_is_not_the_md5_is_verified_by_head_on_a_worker
     for key, body in bodies.items():
         assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body
     assert list(source_tree.upload.iterdir()) == []
+
+
+def test_while_the_store_is_down_the_backlog_waits_in_the_queue_untried_then_all_upload(
+        source_tree: Any, pipeline_config: Any, rclone_s3: Any, upload_path: str,
+        caplog: Any) -> None:
+    # Connection refused on every request. Trying each of 1,000 entries in turn would log and
+    # reschedule the whole backlog again and again; after a few transient errors in a row the
+    # consumer takes no new entries for a growing delay instead.
+    store = rclone_s3
+    bucket = store.make_bucket("outage")
+    cfg = pipeline_config(server=store, bucket=bucket)
+    store.stop()
+    bodies = write_and_enqueue(cfg, source_tree.upload, range(1000), 100)
+    tuning = consumer.Tuning(retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.05),
+                             transient_delay=1.0, transient_delay_max=2.0, poll_interval=0.02,
+                             crt=upload_path == "crt", connect_timeout=1.0)
+    caplog.set_level("INFO", logger="sftppush.consumer")
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(cfg,),
+                              kwargs={"workers": 4, "stop": stop, "tuning": tuning})
+    thread.start()
+    try:
+        time.sleep(4.0)  # about three pauses (1 s, 2 s) of the outage
+        with Queue(cfg.queue.path) as q:
+            tried = sum(1 for e in q.list(State.PENDING, limit=2000) if e.last_error)
+        assert 0 < tried <= 4 * 64, f"{tried} of 1,000 entries tried during the outage"
+        assert any("store failing: no new claims" in r.getMessage() for r in caplog.records)
+        store.start()
+        try:
+            wait_until(lambda: states(cfg)[State.DONE] == 1000, 90, "all done after the outage")
+        finally:
+            stop.set()
+            thread.join(60)
+            store.stop()
+    finally:
+        stop.set()
+        thread.join(60)
+    assert states(cfg)[State.FAILED] == 0
+    assert any("claims resume" in r.getMessage() for r in caplog.records)
+    stored = store.root / bucket
+    assert all((stored / key).read_bytes() == body for key, body in bodies.items())
+    assert list(source_tree.upload.iterdir()) == []
