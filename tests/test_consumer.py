@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,20 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def consumer_thread(cfg: Any, tuning: consumer.Tuning, workers: int = 1) -> Iterator[None]:
+    """consumer.run in a thread of this process, stopped and joined when the block ends."""
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(cfg,),
+                              kwargs={"workers": workers, "stop": stop, "tuning": tuning})
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(60)
 
 
 def consumer_process(config: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -273,26 +289,14 @@ def test_while_the_store_is_down_the_backlog_waits_in_the_queue_untried_then_all
                              transient_delay=1.0, transient_delay_max=2.0, poll_interval=0.02,
                              crt=upload_path == "crt", connect_timeout=1.0)
     caplog.set_level("INFO", logger="sftppush.consumer")
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(cfg,),
-                              kwargs={"workers": 4, "stop": stop, "tuning": tuning})
-    thread.start()
-    try:
+    with consumer_thread(cfg, tuning, workers=4):
         time.sleep(4.0)  # about three pauses (1 s, 2 s) of the outage
         with Queue(cfg.queue.path) as q:
             tried = sum(1 for e in q.list(State.PENDING, limit=2000) if e.last_error)
         assert 0 < tried <= 4 * 64, f"{tried} of 1,000 entries tried during the outage"
         assert any("store failing: no new claims" in r.getMessage() for r in caplog.records)
         store.start()
-        try:
-            wait_until(lambda: states(cfg)[State.DONE] == 1000, 90, "all done after the outage")
-        finally:
-            stop.set()
-            thread.join(60)
-            store.stop()
-    finally:
-        stop.set()
-        thread.join(60)
+        wait_until(lambda: states(cfg)[State.DONE] == 1000, 90, "all done after the outage")
     assert states(cfg)[State.FAILED] == 0
     assert any("claims resume" in r.getMessage() for r in caplog.records)
     stored = store.root / bucket

@@ -8,8 +8,9 @@ after the stall everything is uploaded.
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,7 +20,16 @@ from sftppush import consumer, crt
 from sftppush.errors import TransientError
 from sftppush.queue import Queue, State
 from sftppush.s3 import RetryPolicy
-from tests.test_consumer import states, wait_until, write_and_enqueue
+from tests.test_consumer import consumer_thread, states, wait_until, write_and_enqueue
+
+
+@contextlib.contextmanager
+def restored(proxy: Any) -> Iterator[None]:
+    """Let stalled traffic through when the block ends, before the consumer is joined."""
+    try:
+        yield
+    finally:
+        proxy.restore()
 
 
 def test_a_stalled_put_becomes_transient_after_the_request_timeout(rclone_s3: Any,
@@ -53,11 +63,7 @@ def test_stalled_store_sends_entries_back_to_pending_keeps_leases_then_uploads_a
     tuning = consumer.Tuning(retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.05),
                              transient_delay=0.2, transient_delay_max=0.5, poll_interval=0.05,
                              crt=True, crt_in_flight=1, claim_batch=8, read_timeout=4 * lease)
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(cfg,),
-                              kwargs={"workers": 1, "stop": stop, "tuning": tuning})
-    thread.start()
-    try:
+    with consumer_thread(cfg, tuning), restored(proxy):
         wait_until(lambda: states(cfg)[State.CLAIMED] == 4, 30, "all four claimed")
         time.sleep(2 * lease)  # every lease would have run out unless renewed
         with Queue(cfg.queue.path) as q:
@@ -73,10 +79,6 @@ def test_stalled_store_sends_entries_back_to_pending_keeps_leases_then_uploads_a
         assert states(cfg)[State.FAILED] == 0
         proxy.restore()
         wait_until(lambda: states(cfg)[State.DONE] == 4, 60, "all four done after the stall")
-    finally:
-        proxy.restore()
-        stop.set()
-        thread.join(30)
     with Queue(cfg.queue.path) as q:
         assert [e.attempts for e in q.list(State.DONE, limit=10)] == [0] * 4  # never permanent
     stored = rclone_s3.root / bucket
@@ -101,11 +103,7 @@ def test_a_vanished_file_looked_up_in_a_stalled_store_does_not_stop_the_claim_lo
     tuning = consumer.Tuning(retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.05),
                              poll_interval=0.05, crt=True, claim_batch=8,
                              read_timeout=8 * lease)
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(cfg,),
-                              kwargs={"workers": 1, "stop": stop, "tuning": tuning})
-    thread.start()
-    try:
+    with consumer_thread(cfg, tuning), restored(proxy):
         wait_until(lambda: states(cfg)[State.CLAIMED] == 4, 30, "all four claimed")
         time.sleep(3 * lease)  # the HEAD is still waiting; leases would have run out
         with Queue(cfg.queue.path) as q:
@@ -113,10 +111,6 @@ def test_a_vanished_file_looked_up_in_a_stalled_store_does_not_stop_the_claim_lo
         assert taken == [], "a lease expired while a vanished file's HEAD waited on S3"
         proxy.restore()
         wait_until(lambda: states(cfg)[State.DONE] == 4, 90, "all four done after the stall")
-    finally:
-        proxy.restore()
-        stop.set()
-        thread.join(60)
     with Queue(cfg.queue.path) as q:
         notes = sorted(e.note or "" for e in q.list(State.DONE, limit=10))
     assert notes[-1].startswith("vanished before upload") and notes[:3] == ["", "", ""]
