@@ -149,7 +149,7 @@ class Consumer:
         self.next_renew = time.monotonic() + self.lease / 3
         try:
             while not self.stop.is_set():
-                claimed = self._claim(pool)
+                claimed = self._claim()
                 self._renew_if_due()
                 if drain and not claimed and not self.inflight and self._drained():
                     log.info("drained owner=%s", self.owner)
@@ -181,7 +181,7 @@ class Consumer:
             return WAKE_RECHECK
         return self.tuning.poll_interval
 
-    def _claim(self, pool: ThreadPoolExecutor) -> int:
+    def _claim(self) -> int:
         if self.paused_until and time.monotonic() < self.paused_until:
             return 0  # the store seems down: the backlog waits in the queue, untouched
         room = self.batch - len(self.inflight)
@@ -196,7 +196,7 @@ class Consumer:
         self.inflight.update((c.entry.id, c) for c in claims)
         for claim in claims:
             if self.stop.is_set() or not self._start(claim):
-                pool.submit(self._work, claim)
+                self.pool.submit(self._work, claim)
         return len(entries)
 
     def _start(self, claim: Claim) -> bool:

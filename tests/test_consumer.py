@@ -238,9 +238,10 @@ def test_an_entry_claimed_again_after_its_lease_ran_out_settles_both_outcomes(
     with Queue(cfg.queue.path) as q:
         c = consumer.Consumer(cfg, q, None, 1, consumer.Tuning(crt=False), threading.Event(),
                               threading.Event())
-        c._claim(HoldingPool())
+        c.pool = HoldingPool()
+        c._claim()
         time.sleep(1.5)  # the lease runs out (a consumer stopped by SIGSTOP, say)
-        c._claim(HoldingPool())
+        c._claim()
         assert [h.entry.id for h in held] == [held[0].entry.id] * 2
         c.outcomes.put((held[0], UploadCancelled("stale run")))
         c.outcomes.put((held[1], UploadCancelled("current run")))

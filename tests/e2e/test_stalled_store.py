@@ -32,6 +32,16 @@ def restored(proxy: Any) -> Iterator[None]:
         proxy.restore()
 
 
+def stalled_setup(pipeline_config: Any, rclone_s3: Any, fault_proxy: Any, lease: float,
+                  **consumer: Any) -> tuple[Any, Any, str]:
+    """(cfg, proxy, bucket): a consumer config whose store is rclone behind a fault proxy."""
+    bucket = rclone_s3.make_bucket("stall")
+    proxy = fault_proxy(rclone_s3.port)
+    cfg = pipeline_config(server=SimpleNamespace(endpoint_url=proxy.url), bucket=bucket,
+                          lease_seconds=lease, **consumer)
+    return cfg, proxy, bucket
+
+
 def test_a_stalled_put_becomes_transient_after_the_request_timeout(rclone_s3: Any,
                                                                    fault_proxy: Any) -> None:
     bucket = rclone_s3.make_bucket("stall")
@@ -51,11 +61,9 @@ def test_a_stalled_put_becomes_transient_after_the_request_timeout(rclone_s3: An
 
 def test_stalled_store_sends_entries_back_to_pending_keeps_leases_then_uploads_all(
         source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
-    bucket = rclone_s3.make_bucket("stall")
-    proxy = fault_proxy(rclone_s3.port)
     lease = 1.0
-    cfg = pipeline_config(server=SimpleNamespace(endpoint_url=proxy.url), bucket=bucket,
-                          lease_seconds=lease, max_attempts=1)
+    cfg, proxy, bucket = stalled_setup(pipeline_config, rclone_s3, fault_proxy, lease,
+                                       max_attempts=1)
     proxy.stall()
     bodies = write_and_enqueue(cfg, source_tree.upload, range(4), 1000)
     # One PUT in flight: the loop holds the other claims while it waits for a slot, for
@@ -91,11 +99,8 @@ def test_a_vanished_file_looked_up_in_a_stalled_store_does_not_stop_the_claim_lo
         source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
     # A vanished file takes a boto3 HEAD of its key, retried while the store does not answer.
     # Were it run in the claim loop, the loop would stop renewing the other leases it holds.
-    bucket = rclone_s3.make_bucket("stall")
-    proxy = fault_proxy(rclone_s3.port)
     lease = 1.0
-    cfg = pipeline_config(server=SimpleNamespace(endpoint_url=proxy.url), bucket=bucket,
-                          lease_seconds=lease)
+    cfg, proxy, bucket = stalled_setup(pipeline_config, rclone_s3, fault_proxy, lease)
     write_and_enqueue(cfg, source_tree.upload, range(1), 1000)
     (source_tree.upload / "f0000.bin.gz").unlink()  # vanished before its turn
     bodies = write_and_enqueue(cfg, source_tree.upload, range(1, 4), 1000)
