@@ -1,8 +1,10 @@
 """One queue entry, start to finish: safe open → decompress → upload → verify → delete.
 
 Owns the order of those steps and the checks between them (min age, superseded versions,
-vanished files, lease still ours before the delete). It raises TransientError/PermanentError
-and never touches the queue: the consumer decides what an outcome means for the entry.
+vanished files, lease still ours before the delete), for both of the sink's transports:
+`process()` streams, `send_small()` + `finish()` put a small body without waiting. It raises
+TransientError/PermanentError and never touches the queue: the consumer decides what an
+outcome means for the entry.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from sftppush.config import Config, Source
@@ -19,7 +22,7 @@ from sftppush.decompress import CappedReader, detect_fd, inflate
 from sftppush.errors import PermanentError
 from sftppush.keys import candidate_keys, metadata, object_key
 from sftppush.queue import Entry
-from sftppush.s3 import Uploaded, Uploader
+from sftppush.s3 import Sink, Uploaded
 from sftppush.safeopen import (
     NLINK_RETRY_SECONDS,
     SafeFile,
@@ -38,16 +41,26 @@ class LeaseLost(Exception):
 
 
 @dataclass(frozen=True)
-class Result:
-    """What happened to one entry that did not raise.
-
-    `hold` > 0: not processed, try again after that many seconds (min_age_seconds).
-    Otherwise the entry is done, with `note` saying anything unusual.
-    """
+class Done:
+    """The entry is finished, with `note` saying anything unusual (superseded, vanished)."""
 
     note: str | None = None
     uploaded: Uploaded | None = None
-    hold: float = 0.0
+
+
+@dataclass(frozen=True)
+class Held:
+    """Not processed: try again in `delay` seconds (younger than min_age_seconds)."""
+
+    delay: float
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A small body's PUT has started; `finish()` it once `future` is done."""
+
+    prepared: Prepared
+    future: Future[Uploaded]
 
 
 @dataclass
@@ -72,20 +85,20 @@ class Prepared:
         self.safe.close()
 
 
-def process(entry: Entry, cfg: Config, uploader: Uploader, *,
+def process(entry: Entry, cfg: Config, sink: Sink, *,
             still_ours: Callable[[], bool] = lambda: True,
             cancel: threading.Event | None = None,
             now: float | None = None,
-            nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Result:
+            nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Done | Held:
     """Move one file version to S3 and delete it; see the module docstring for the order."""
-    prepared = prepare(entry, cfg, uploader, now=now, nlink_retry_after=nlink_retry_after)
-    if isinstance(prepared, Result):
+    prepared = prepare(entry, cfg, sink, now=now, nlink_retry_after=nlink_retry_after)
+    if not isinstance(prepared, Prepared):
         return prepared
     try:
         reader = prepared.reader(cfg.consumer.max_decompressed_bytes)
         try:
-            uploaded = uploader.upload(prepared.source.target.bucket, prepared.key, reader,
-                                       prepared.meta, cancel)
+            uploaded = sink.upload(prepared.source.target.bucket, prepared.key, reader,
+                                   prepared.meta, cancel)
         finally:
             reader.close()
         return finish(prepared, uploaded, still_ours, cfg.consumer.delete_after_upload)
@@ -93,15 +106,41 @@ def process(entry: Entry, cfg: Config, uploader: Uploader, *,
         prepared.close()
 
 
-def prepare(entry: Entry, cfg: Config, uploader: Uploader, *, now: float | None = None,
+def send_small(entry: Entry, cfg: Config, sink: Sink, *,
+               nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Sent | Done | Held | None:
+    """Start the upload of a small file without waiting for it (the sink's fast transport).
+
+    None: nothing started, `process()` it instead (a body too big for one fast PUT, or a
+    vanished file, whose HEAD may wait on the store). Done/Held: no upload needed.
+    """
+    try:
+        prepared = prepare(entry, cfg, sink, nlink_retry_after=nlink_retry_after,
+                           look_up_vanished=False)
+    except Vanished:
+        return None
+    if not isinstance(prepared, Prepared):
+        return prepared
+    try:
+        body = read_small(prepared, cfg.consumer.max_decompressed_bytes, sink.max_small)
+        if body is None:
+            prepared.close()
+            return None
+        return Sent(prepared, sink.put(prepared.source.target.bucket, prepared.key, body,
+                                       prepared.meta))
+    except BaseException:
+        prepared.close()
+        raise
+
+
+def prepare(entry: Entry, cfg: Config, sink: Sink, *, now: float | None = None,
             nlink_retry_after: float = NLINK_RETRY_SECONDS,
-            look_up_vanished: bool = True) -> Prepared | Result:
+            look_up_vanished: bool = True) -> Prepared | Done | Held:
     """Steps before the upload: min age, safe open, vanished and superseded versions.
 
-    A Result means the entry needs no upload (held, vanished, superseded); otherwise the
-    caller owns the returned Prepared and must close it. A vanished file takes a HEAD of its
-    key (retried while the store is down); with `look_up_vanished=False` it raises Vanished
-    instead, for callers that must not wait on S3.
+    Done or Held means the entry needs no upload now; otherwise the caller owns the returned
+    Prepared and must close it. A vanished file takes a HEAD of its key (retried while the
+    store is down); with `look_up_vanished=False` it raises Vanished instead, for callers that
+    must not wait on S3.
     """
     now = time.time() if now is None else now
     source = cfg.source(entry.source)
@@ -109,19 +148,19 @@ def prepare(entry: Entry, cfg: Config, uploader: Uploader, *, now: float | None 
         raise PermanentError(f"source {entry.source!r} is not in the configuration")
     age = now - entry.mtime_ns / 1e9
     if age < cfg.consumer.min_age_seconds:
-        return Result(hold=cfg.consumer.min_age_seconds - age)
+        return Held(cfg.consumer.min_age_seconds - age)
     try:
         safe = open_in_root(source.root, entry.path, nlink_retry_after)
     except Vanished:
         if not look_up_vanished:
             raise
-        return _vanished(entry, source, uploader)
+        return _vanished(entry, source, sink)
     try:
         if (safe.st.st_ino, safe.st.st_size, safe.st.st_mtime_ns) != \
                 (entry.inode, entry.size, entry.mtime_ns):
             log.info("superseded id=%d path=%s", entry.id, entry.display_path)
             safe.close()
-            return Result(note="superseded")
+            return Done("superseded")
         started = time.monotonic()
         fmt = detect_fd(safe.fd)
         return Prepared(entry, source, safe, fmt, object_key(source, entry.path, fmt),
@@ -158,8 +197,16 @@ def _pread_all(fd: int, most: int) -> bytes:
     return b"".join(chunks)
 
 
+def complete(sent: Sent, still_ours: Callable[[], bool], delete: bool) -> Done:
+    """`finish()` a small body's PUT once its future is done (it raises what the PUT did)."""
+    try:
+        return finish(sent.prepared, sent.future.result(), still_ours, delete)
+    finally:
+        sent.prepared.close()
+
+
 def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool],
-           delete: bool) -> Result:
+           delete: bool) -> Done:
     """Steps after a verified upload: log it, then delete the file if it is still that
     version and the lease still ours. Raises LeaseLost (never deleting) otherwise."""
     entry, safe = prepared.entry, prepared.safe
@@ -171,22 +218,22 @@ def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool
         # Written to while we read it: its next close-write is a newer entry that will
         # upload it again to the same key. Keep the file.
         log.warning("changed during upload id=%d path=%s", entry.id, entry.display_path)
-        return Result(note="changed during upload; newer version kept", uploaded=uploaded)
+        return Done("changed during upload; newer version kept", uploaded)
     if not still_ours():
         raise LeaseLost(f"lease lost id={entry.id}")
     if delete and not safe.unlink():
         log.warning("not deleted id=%d path=%s reason=replaced during upload",
                     entry.id, entry.display_path)
-        return Result(note="replaced during upload; newer version kept", uploaded=uploaded)
-    return Result(uploaded=uploaded)
+        return Done("replaced during upload; newer version kept", uploaded)
+    return Done(uploaded=uploaded)
 
 
-def _vanished(entry: Entry, source: Source, uploader: Uploader) -> Result:
+def _vanished(entry: Entry, source: Source, sink: Sink) -> Done:
     for key in candidate_keys(source, entry.path):
-        if uploader.exists(source.target.bucket, key):
+        if sink.exists(source.target.bucket, key):
             log.info("vanished id=%d path=%s object=exists key=%s", entry.id, entry.display_path,
                      key)
-            return Result(note=f"vanished; object exists at {key}")
+            return Done(f"vanished; object exists at {key}")
     log.warning("vanished id=%d path=%s object=missing", entry.id, entry.display_path)
-    return Result(note="vanished before upload; no object (removed by someone else)")
+    return Done("vanished before upload; no object (removed by someone else)")
 

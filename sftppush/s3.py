@@ -1,10 +1,9 @@
-"""The sink: one boto3 client per process, streaming upload, verify, error classification.
+"""The sink: one upload interface over two transports, with verify and error classification.
 
-Owns talking to S3: single PUT for bodies that fit in one part, multipart above it (aborted
-on failure, orphans of earlier attempts aborted first), the metadata of SPEC 3, verification,
-and turning every botocore failure into TransientError or PermanentError — here and only here.
-It must never touch local files or the queue. `Uploader.upload` is the one entry point another
-backend (awscrt) would implement the same way.
+Streams and multipart go through one boto3 client; small in-memory bodies through awscrt
+(crt.py, a transport only) when it is installed. Both share the options of SPEC 3, checksum
+encoding, verification and the one mapping of store answers to TransientError or
+PermanentError, all here. It must never touch local files or the queue.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import io
 import logging
 import threading
 import zlib
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +24,7 @@ import botocore.config
 import botocore.exceptions
 import tenacity
 
+from sftppush import crt
 from sftppush.config import Defaults, S3Config
 from sftppush.decompress import Reader, read_full
 from sftppush.errors import ConfigError, PermanentError, TransientError
@@ -68,6 +69,20 @@ class Uploaded:
     verified_by: str    # "crc32", "etag" or "head"
 
 
+@dataclass(frozen=True)
+class Transfer:
+    """How one process talks to the store: not operator config; tests pass small values."""
+
+    pool_size: int = 10                 # boto3 connections
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0          # boto3's read timeout, and the CRT request timeout
+    retry: RetryPolicy = RetryPolicy()  # boto3 calls, in place
+    parts_in_memory: int = 2            # per multipart upload: buffers of part_size_mb
+    fast: bool = True                   # small bodies through awscrt when it is installed
+    in_flight: int = 32                 # concurrent awscrt PUTs
+    max_small: int = 8 * 2**20          # the largest body the fast transport takes
+
+
 def make_session(defaults: Defaults) -> boto3.session.Session:
     """The credential chain of the config: the named profile, else env, files, role."""
     try:
@@ -78,15 +93,14 @@ def make_session(defaults: Defaults) -> boto3.session.Session:
             from None
 
 
-def make_client(defaults: Defaults, s3: S3Config, pool_size: int = 10,
-                connect_timeout: float = 10.0, read_timeout: float = 60.0) -> Any:
-    """The process's one S3 client (thread-safe; the session behind it is not shared)."""
-    session = make_session(defaults)
+def make_client(session: boto3.session.Session, defaults: Defaults, s3: S3Config,
+                transfer: Transfer) -> Any:
+    """The process's one boto3 S3 client (thread-safe)."""
     config = botocore.config.Config(
-        max_pool_connections=pool_size,
+        max_pool_connections=transfer.pool_size,
         retries={"total_max_attempts": 1},  # tenacity retries, with waits we control
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
+        connect_timeout=transfer.connect_timeout,
+        read_timeout=transfer.read_timeout,
         tcp_keepalive=True,
         request_checksum_calculation=s3.checksum,
         response_checksum_validation=s3.checksum,
@@ -96,26 +110,55 @@ def make_client(defaults: Defaults, s3: S3Config, pool_size: int = 10,
     return session.client("s3", endpoint_url=defaults.endpoint_url, config=config)
 
 
+def options(s3: S3Config) -> dict[str, str]:
+    """The object options of the config, as boto3 parameters (see OPTION_HEADERS)."""
+    given = {"StorageClass": s3.storage_class, "ServerSideEncryption": s3.sse,
+             "SSEKMSKeyId": s3.sse_kms_key_id}
+    return {name: value for name, value in given.items() if value}
+
+
+OPTION_HEADERS = {"StorageClass": "x-amz-storage-class",
+                  "ServerSideEncryption": "x-amz-server-side-encryption",
+                  "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+
+
+def b64crc32(data: bytes | bytearray) -> str:
+    """A CRC32 as S3's checksum headers carry it."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
 def is_transient(code: str | None, status: int) -> bool:
     """An S3 error answer worth retrying as it is: throttling, 5xx, the transient codes."""
     return code in TRANSIENT_CODES or status >= 500 or status in (408, 429)
 
 
+def verdict(status: int | None, code: str | None, message: str) -> TransientError | PermanentError:
+    """What a store's answer (status None: no answer at all) means for a retry."""
+    if status is None:
+        return TransientError(f"S3 unreachable: {message}")
+    if is_transient(code, status):
+        return TransientError(message)
+    return PermanentError(message)
+
+
 def classify(exc: BaseException, what: str = "S3") -> TransientError | PermanentError:
-    """The one place a botocore/network failure becomes Transient or Permanent."""
+    """The one place a botocore/awscrt/network failure becomes Transient or Permanent."""
     if isinstance(exc, (TransientError, PermanentError)):
         return exc
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", "")) or "Unknown"
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        message = f"{what} {exc.operation_name}: {code} ({status}) {err.get('Message', '')}".strip()
-        if is_transient(code, status):
-            return TransientError(message)
-        return PermanentError(message)
+        return verdict(status, code, f"{what} {exc.operation_name}: {code} ({status}) "
+                                     f"{err.get('Message', '')}".strip())
+    if isinstance(exc, crt.Failed):
+        return verdict(exc.status, exc.code, f"{what} PutObject: {exc.code} ({exc.status}) {exc}"
+                       if exc.status else f"PutObject {exc}")
     if isinstance(exc, (botocore.exceptions.NoCredentialsError,
-                        botocore.exceptions.PartialCredentialsError,
-                        botocore.exceptions.ParamValidationError,
+                        botocore.exceptions.PartialCredentialsError)):
+        # The instance metadata service may be unreachable at boot: wait for it, never fail.
+        return TransientError(f"{what}: no usable AWS credentials yet: {exc}")
+    if isinstance(exc, (botocore.exceptions.ParamValidationError,
                         botocore.exceptions.NoRegionError)):
         return PermanentError(f"{what}: {exc}")
     if isinstance(exc, (botocore.exceptions.BotoCoreError, OSError)):
@@ -124,23 +167,119 @@ def classify(exc: BaseException, what: str = "S3") -> TransientError | Permanent
     return PermanentError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-class Uploader:
-    """Streams one decompressed reader to one key with a shared client; safe across threads."""
+def verified_by(crc32: str | None, etag: str | None, body: bytes | bytearray) -> str | None:
+    """"crc32" or "etag" when a PUT's answer confirms `body`; None when a HEAD must (an ETag
+    is not the MD5 under SSE-KMS/SSE-C). Raises TransientError for a checksum that differs."""
+    if crc32:
+        if crc32 != b64crc32(body):
+            raise TransientError(f"S3 PutObject: store checksum {crc32} does not match the body")
+        return "crc32"
+    if etag and etag.strip('"') == hashlib.md5(body, usedforsecurity=False).hexdigest():
+        return "etag"
+    return None
 
-    def __init__(self, client: Any, s3: S3Config, retry: RetryPolicy | None = None,
-                 parts_in_memory: int = 2) -> None:
+
+class Sink:
+    """Uploads to S3: `upload()` streams a reader (boto3, multipart above one part);
+    `put()` sends a small body through awscrt when `fast`, many at once. Safe across threads.
+    Every upload comes back verified, every failure as TransientError or PermanentError."""
+
+    def __init__(self, client: Any, s3: S3Config, transfer: Transfer | None = None,
+                 transport: crt.CrtTransport | None = None,
+                 credentials: Callable[[], Any] | None = None) -> None:
+        transfer = transfer or Transfer()
         self.client = client
         self.part_size = s3.part_size_mb * 2**20
-        self.retry = retry or RetryPolicy()
-        self.parts_in_memory = max(1, parts_in_memory)
-        self.part_crc32 = s3.checksum == "when_supported"
-        self.extra: dict[str, str] = {}
-        if s3.storage_class:
-            self.extra["StorageClass"] = s3.storage_class
-        if s3.sse:
-            self.extra["ServerSideEncryption"] = s3.sse
-        if s3.sse_kms_key_id:
-            self.extra["SSEKMSKeyId"] = s3.sse_kms_key_id
+        self.retry = transfer.retry
+        self.parts_in_memory = max(1, transfer.parts_in_memory)
+        self.checksums = s3.checksum == "when_supported"
+        self.extra = options(s3)
+        self.transport = transport
+        self.max_small = min(transfer.max_small, self.part_size,
+                             transport.max_body if transport else 0)
+        self._credentials = credentials or (lambda: True)
+        # The headers every fast PUT carries, built once.
+        self._headers = [(OPTION_HEADERS[name], value) for name, value in self.extra.items()]
+        # HEADs that verify fast PUTs run here, never on a CRT thread or the caller's loop.
+        self._verify = ThreadPoolExecutor(2, thread_name_prefix="verify")
+
+    @classmethod
+    def from_config(cls, defaults: Defaults, s3: S3Config,
+                    transfer: Transfer | None = None) -> Sink:
+        """One session for both transports: the profile, region and endpoint of the config."""
+        transfer = transfer or Transfer()
+        session = make_session(defaults)
+        transport = None
+        if transfer.fast and crt.available():
+            transport = crt.CrtTransport(
+                region=session.region_name or "us-east-1", credentials=_frozen(session),
+                endpoint_url=defaults.endpoint_url, max_body=s3.part_size_mb * 2**20,
+                max_in_flight=transfer.in_flight,
+                connect_timeout_ms=int(transfer.connect_timeout * 1000),
+                request_timeout=transfer.read_timeout)
+        return cls(make_client(session, defaults, s3, transfer), s3, transfer, transport,
+                   session.get_credentials)
+
+    @property
+    def fast(self) -> bool:
+        return self.transport is not None
+
+    def takes(self, bucket: str, size: int) -> bool:
+        """Worth a fast `put()`: a small body, to a bucket the CRT client can address (on AWS
+        it addresses buckets virtual-hosted, and a dotted name breaks TLS)."""
+        return self.transport is not None and size <= self.max_small and not (
+            "." in bucket and self.transport.virtual_hosted())
+
+    def wait_room(self, timeout: float) -> bool:
+        """Wait up to `timeout` s until a `put()` of any small body would start at once."""
+        return self.transport is None or self.transport.wait_room(self.max_small, timeout)
+
+    def put(self, bucket: str, key: str, body: bytes, metadata: dict[str, str]) -> Future[Uploaded]:
+        """Start one PUT of a small body (fast transport); the future is a verified Uploaded
+        or raises TransientError / PermanentError. Blocks while the in-flight limits are met."""
+        assert self.transport is not None, "put() needs awscrt; stream with upload()"
+        out: Future[Uploaded] = Future()
+        if self._credentials() is None:
+            out.set_exception(TransientError("S3: no usable AWS credentials yet"))
+            return out
+        sha = hashlib.sha256(body).hexdigest()
+        md5 = hashlib.md5(body, usedforsecurity=False).digest()
+        headers = [("Content-MD5", base64.b64encode(md5).decode()),
+                   ("Content-Type", "application/octet-stream"), *self._headers]
+        if self.checksums:
+            headers += [("x-amz-sdk-checksum-algorithm", "CRC32"),
+                        ("x-amz-checksum-crc32", b64crc32(body))]
+        headers += [(f"x-amz-meta-{name}", value)
+                    for name, value in {**metadata, SHA256_KEY: sha}.items()]
+
+        def answered(sent: Future[crt.Answer]) -> None:
+            try:
+                answer = sent.result()
+                how = verified_by(answer.headers.get("x-amz-checksum-crc32"),
+                                  answer.headers.get("etag"), body)
+            except BaseException as exc:
+                out.set_exception(classify(exc))
+                return
+            if how:
+                out.set_result(Uploaded(bucket, key, len(body), sha, 0, how))
+            else:
+                self._verify.submit(self._verified_head, out, bucket, key, len(body), sha)
+
+        self.transport.put(bucket, key, body, headers).add_done_callback(answered)
+        return out
+
+    def _verified_head(self, out: Future[Uploaded], bucket: str, key: str, size: int,
+                       sha: str) -> None:
+        try:
+            out.set_result(Uploaded(bucket, key, size, sha, 0,
+                                    self.verify_head(bucket, key, size, sha)))
+        except BaseException as exc:
+            out.set_exception(classify(exc))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self._verify.shutdown(wait=True)
 
     def call(self, method: str, cancel: threading.Event | None = None, **kwargs: Any) -> Any:
         """One client call, retried in place on TransientError; raises only our two errors."""
@@ -226,7 +365,8 @@ class Uploader:
         resp = self.call("put_object", cancel, Bucket=bucket, Key=key,
                          Body=PartBody(body) if len(body) > SMALL_BODY else body,
                          Metadata={**metadata, SHA256_KEY: sha}, **self.extra)
-        how = self._verify_put(resp, body) or self.verify_head(bucket, key, len(body), sha)
+        how = verified_by(resp.get("ChecksumCRC32"), resp.get("ETag"), body) or \
+            self.verify_head(bucket, key, len(body), sha)
         return Uploaded(bucket, key, len(body), sha, 0, how)
 
     def _put_multipart(self, bucket: str, key: str, parts: list[bytearray], reader: Reader,
@@ -282,11 +422,10 @@ class Uploader:
     def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: bytearray,
                      cancel: threading.Event | None) -> dict[str, Any]:
         extra = {}
-        if self.part_crc32:
+        if self.checksums:
             # Ours, computed over the buffer in place: botocore's own pass would read the part
             # through 1 MiB copies, which glibc then keeps per part thread (~3 MB each).
-            extra["ChecksumCRC32"] = base64.b64encode(
-                zlib.crc32(data).to_bytes(4, "big")).decode()
+            extra["ChecksumCRC32"] = b64crc32(data)
         resp = self.call("upload_part", cancel, Bucket=bucket, Key=key, UploadId=upload_id,
                          PartNumber=number, Body=PartBody(data), **extra)
         part = {"PartNumber": number, "ETag": resp["ETag"]}
@@ -312,19 +451,6 @@ class Uploader:
             self.call("copy_object", cancel, Bucket=bucket, Key=key, CopySource=source, **args)
         else:
             self.call("copy", cancel, CopySource=source, Bucket=bucket, Key=key, ExtraArgs=args)
-
-    def _verify_put(self, resp: dict[str, Any], body: bytes | bytearray) -> str | None:
-        """Verified from the PutObject response alone, or None if a HEAD is needed."""
-        crc = resp.get("ChecksumCRC32")
-        if crc:
-            if crc != base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode():
-                raise TransientError(f"S3 PutObject: store checksum {crc} does not match the body")
-            return "crc32"
-        etag = str(resp.get("ETag", "")).strip('"')
-        # An ETag is the body's MD5 unless SSE-KMS/SSE-C or multipart; then fall back to HEAD.
-        if etag and etag == hashlib.md5(body, usedforsecurity=False).hexdigest():
-            return "etag"
-        return None
 
     def verify_head(self, bucket: str, key: str, size: int, sha: str) -> str:
         head = self.call("head_object", Bucket=bucket, Key=key)
@@ -393,3 +519,15 @@ def read_part(reader: Reader, size: int, head: bytes = b"") -> bytearray:
             pos += n
     del buf[pos:]
     return buf
+
+
+def _frozen(session: boto3.session.Session) -> Callable[[], crt.Credentials]:
+    """The session's current credentials for awscrt (refreshed by botocore when they expire)."""
+    def current() -> crt.Credentials:
+        creds = session.get_credentials()
+        if creds is None:
+            raise TransientError("S3: no usable AWS credentials yet")
+        frozen = creds.get_frozen_credentials()
+        return crt.Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+    return current

@@ -223,43 +223,24 @@ def test_an_idle_consumer_wakes_when_the_queue_is_written(
     assert list(source_tree.upload.iterdir()) == []
 
 
-def test_an_entry_claimed_again_after_its_lease_ran_out_settles_both_outcomes(
-        source_tree: Any, pipeline_config: Any) -> None:
-    from sftppush.s3 import UploadCancelled
-
-    cfg = pipeline_config(lease_seconds=1)
-    write_and_enqueue(cfg, source_tree.upload, range(1), 100)
-    held: list[Any] = []
-
-    class HoldingPool:  # workers that never start: the claims stay outstanding
-        def submit(self, fn: Any, claim: Any) -> None:
-            held.append(claim)
-
-    with Queue(cfg.queue.path) as q:
-        c = consumer.Consumer(cfg, q, None, 1, consumer.Tuning(crt=False), threading.Event(),
-                              threading.Event())
-        c.pool = HoldingPool()
-        c._claim()
-        time.sleep(1.5)  # the lease runs out (a consumer stopped by SIGSTOP, say)
-        c._claim()
-        assert [h.entry.id for h in held] == [held[0].entry.id] * 2
-        c.outcomes.put((held[0], UploadCancelled("stale run")))
-        c.outcomes.put((held[1], UploadCancelled("current run")))
-        c._settle(wait=0)
-        assert c.inflight == {}
-    assert states(cfg)[State.PENDING] == 1  # released by the current claim
-
-
-def test_a_lane_upload_whose_etag_is_not_the_md5_is_verified_by_head_on_a_worker_thread(
+def test_a_fast_upload_whose_etag_is_not_the_md5_is_verified_by_head_off_the_loop(
         source_tree: Any, pipeline_config: Any, s3_client: Any, s3_bucket: str,
         monkeypatch: Any, caplog: Any) -> None:
-    # With SSE-KMS a store's ETag is not the body's MD5, so the lane verifies with a boto3
-    # HEAD; that waits on S3 and must run on a worker thread, not in the claim loop.
-    from sftppush import crt
+    # With SSE-KMS a store's ETag is not the body's MD5, so a fast PUT is verified with a boto3
+    # HEAD; that waits on S3 and must run on the sink's own threads, never in the claim loop.
+    from sftppush import crt, s3
 
     if not crt.available():
         raise AssertionError("awscrt is part of the test extra")
-    monkeypatch.setattr(crt.PutResult, "verified_by", property(lambda self: None))
+    monkeypatch.setattr(s3, "verified_by", lambda crc32, etag, body: None)
+    heads: list[str] = []
+    verify_head = s3.Sink.verify_head
+
+    def recorded(self: Any, *args: Any) -> str:
+        heads.append(threading.current_thread().name)
+        return verify_head(self, *args)
+
+    monkeypatch.setattr(s3.Sink, "verify_head", recorded)
     cfg = pipeline_config()
     bodies = write_and_enqueue(cfg, source_tree.upload, range(6), 1000)
     caplog.set_level("INFO", logger="sftppush.pipeline")
@@ -268,7 +249,7 @@ def test_a_lane_upload_whose_etag_is_not_the_md5_is_verified_by_head_on_a_worker
     uploaded = [r for r in caplog.records if r.getMessage().startswith("uploaded id=")]
     assert len(uploaded) == 6
     assert all("verified=head" in r.getMessage() for r in uploaded)
-    assert {r.threadName.split("_")[0] for r in uploaded} == {"worker"}
+    assert len(heads) == 6 and {name.split("_")[0] for name in heads} == {"verify"}
     assert states(cfg)[State.DONE] == 6
     for key, body in bodies.items():
         assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body

@@ -9,19 +9,20 @@ import pytest
 
 from sftppush.config import Defaults, LogConfig, S3Config
 from sftppush.errors import PermanentError, TransientError
-from sftppush.s3 import RetryPolicy, Uploader, classify, make_client
+from sftppush.s3 import RetryPolicy, Sink, Transfer, classify
 from tests.conftest import FAKE_REGION, S3Server, free_port
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)
 MB = 2**20
 
 
-def uploader(endpoint: str, checksum: str = "when_supported", **kw: Any) -> Uploader:
+def uploader(endpoint: str, checksum: str = "when_supported", fast: bool = False,
+             **kw: Any) -> Sink:
     s3 = S3Config(part_size_mb=5, checksum=checksum)
     defaults = Defaults(userpath=None, s3target=None, awsprofile=None, awsregion=FAKE_REGION,
                         endpoint_url=endpoint, log=LogConfig())
-    client = make_client(defaults, s3, connect_timeout=1, read_timeout=10)
-    return Uploader(client, s3, FAST, **kw)
+    return Sink.from_config(defaults, s3, Transfer(connect_timeout=1, read_timeout=10,
+                                                   retry=FAST, fast=fast, **kw))
 
 
 class Exploding(io.BytesIO):

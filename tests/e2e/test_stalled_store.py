@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from sftppush import consumer, crt
+from sftppush import consumer
 from sftppush.errors import TransientError
 from sftppush.queue import Queue, State
-from sftppush.s3 import RetryPolicy
+from sftppush.s3 import RetryPolicy, Sink, Transfer
 from tests.test_consumer import consumer_thread, states, wait_until, write_and_enqueue
 
 
@@ -42,20 +42,20 @@ def stalled_setup(pipeline_config: Any, rclone_s3: Any, fault_proxy: Any, lease:
     return cfg, proxy, bucket
 
 
-def test_a_stalled_put_becomes_transient_after_the_request_timeout(rclone_s3: Any,
-                                                                   fault_proxy: Any) -> None:
-    bucket = rclone_s3.make_bucket("stall")
-    proxy = fault_proxy(rclone_s3.port)
-    with crt.CrtUploader(region="us-east-1", endpoint_url=proxy.url, request_timeout=1.0,
-                         credentials=crt.Credentials(rclone_s3.access_key,
-                                                     rclone_s3.secret_key)) as up:
-        assert up.put(bucket, "before", b"a").result(30).etag  # the path works
+def test_a_stalled_put_becomes_transient_after_the_request_timeout(
+        source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
+    cfg, proxy, bucket = stalled_setup(pipeline_config, rclone_s3, fault_proxy, 30)
+    sink = Sink.from_config(cfg.defaults, cfg.consumer.s3, Transfer(fast=True, read_timeout=1.0))
+    try:
+        assert sink.put(bucket, "before", b"a", {}).result(30).verified_by  # the path works
         proxy.stall()
-        stalled = up.put(bucket, "stalled", b"b")
+        stalled = sink.put(bucket, "stalled", b"b", {})
         with pytest.raises(TransientError, match="no answer within 1s"):
             stalled.result(30)
         proxy.restore()
-        assert up.put(bucket, "after", b"c").result(30).etag
+        assert sink.put(bucket, "after", b"c", {}).result(30).verified_by
+    finally:
+        sink.close()
     assert (rclone_s3.root / bucket / "after").read_bytes() == b"c"
 
 

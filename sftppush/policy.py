@@ -1,0 +1,149 @@
+"""What an outcome means for a queue entry, as pure functions: no threads, no queue, no S3.
+
+Owns the consumer's tuning, `decide()` (outcome → action), the one growing delay `backoff()`
+and the `Breaker` that pauses claims while the store keeps failing. Transient errors never
+make an entry failed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sftppush import pipeline
+from sftppush.errors import PermanentError, TransientError
+from sftppush.queue import Entry
+from sftppush.s3 import RetryPolicy, Transfer, UploadCancelled
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Timing knobs that are not operator config; tests pass small values."""
+
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # in place, per S3 call
+    transient_delay: float = 5.0        # back to pending after in-place retries: first delay
+    transient_delay_max: float = 300.0  # ... doubling up to this
+    outage_after: int = 3               # transient outcomes in a row (no success between) that
+                                        # pause new claims, for the same growing delays
+    permanent_delay: float = 30.0       # between attempts of a permanent error
+    permanent_delay_max: float = 3600.0
+    poll_interval: float = 0.2          # idle: "anything due?" (read-only) at least this often
+    claim_batch: int = 0                # most entries held at once; 0 = 64 with the fast
+                                        # transport, else 2 x workers. Claims wait until half
+                                        # of it is free.
+    ack_batch: int = 64                 # acks are written together, up to this many ...
+    ack_delay: float = 0.02             # ... or after this long
+    crt: bool = True                    # small files through awscrt when it is importable
+    crt_in_flight: int = 32             # concurrent fast PUTs
+    lane_max_body: int = 8 * 2**20      # decompressed bytes; larger files stream via boto3
+    parts_in_memory: int = 2            # per large upload: buffers of part_size_mb
+    nlink_retry_after: float = 2.0      # a second hard link: maybe a link+unlink rename
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    def transfer(self, workers: int) -> Transfer:
+        return Transfer(pool_size=workers * (self.parts_in_memory + 1),
+                        connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+                        retry=self.retry, parts_in_memory=self.parts_in_memory, fast=self.crt,
+                        in_flight=self.crt_in_flight, max_small=self.lane_max_body)
+
+
+@dataclass(frozen=True)
+class Ack:
+    note: str | None
+    uploaded: bool
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    error: str
+    delay: float
+    count_attempt: bool
+
+
+@dataclass(frozen=True)
+class Fail:
+    error: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """Hand the entry back at once (stopping)."""
+
+
+@dataclass(frozen=True)
+class Drop:
+    """The lease was lost: someone else owns the entry; write nothing, delete nothing."""
+
+
+Action = Ack | RetryLater | Fail | Release | Drop
+
+
+def backoff(n: int, first: float, cap: float) -> float:
+    """The n-th delay (n >= 1) of a series doubling from `first`, capped at `cap`."""
+    return min(cap, first * 2 ** max(0, n - 1))
+
+
+def jittered(delay: float) -> float:
+    return delay * random.uniform(0.8, 1.2)
+
+
+def decide(entry: Entry, outcome: object, streak: int, tuning: Tuning, max_attempts: int,
+           jitter: Callable[[float], float] = jittered) -> Action:
+    """What `outcome` (a pipeline result or an exception) means for `entry`, which has had
+    `streak` transient outcomes in a row before this one. Transient errors never fail it."""
+    if isinstance(outcome, pipeline.Done):
+        return Ack(outcome.note, outcome.uploaded is not None)
+    if isinstance(outcome, pipeline.Held):
+        return RetryLater("held: younger than min_age_seconds", outcome.delay, False)
+    if isinstance(outcome, pipeline.LeaseLost):
+        return Drop()
+    if isinstance(outcome, UploadCancelled):
+        return Release()
+    if isinstance(outcome, TransientError):
+        delay = backoff(streak + 1, tuning.transient_delay, tuning.transient_delay_max)
+        return RetryLater(str(outcome), jitter(delay), False)
+    if not isinstance(outcome, PermanentError):
+        return decide(entry, PermanentError(
+            f"internal error: {type(outcome).__name__}: {outcome}"), streak, tuning,
+            max_attempts, jitter)
+    if entry.attempts + 1 >= max_attempts:
+        return Fail(str(outcome))
+    delay = outcome.retry_after if outcome.retry_after is not None else backoff(
+        entry.attempts + 1, tuning.permanent_delay, tuning.permanent_delay_max)
+    return RetryLater(str(outcome), delay, True)
+
+
+class Breaker:
+    """The store as one process sees it. After `after` transient outcomes with no success
+    between, new claims pause for a growing, capped delay, rather than trying (and logging)
+    the whole backlog one entry after another during an outage."""
+
+    def __init__(self, after: int, first: float, cap: float,
+                 jitter: Callable[[float], float] = jittered) -> None:
+        self.after, self.first, self.cap, self.jitter = after, first, cap, jitter
+        self.failing = 0
+        self.pauses = 0
+        self.until = 0.0
+
+    def closed(self, now: float) -> bool:
+        """True when claims may go on."""
+        return now >= self.until
+
+    def failed(self, now: float) -> float | None:
+        """One more transient outcome; the length of the pause it starts, if it starts one."""
+        self.failing += 1
+        if self.failing < self.after or now < self.until:
+            return None
+        self.pauses += 1
+        pause = self.jitter(backoff(self.pauses, self.first, self.cap))
+        self.until = now + pause
+        return pause
+
+    def answered(self) -> bool:
+        """A successful upload; True if claims were paused until now."""
+        paused = self.pauses > 0
+        self.failing = self.pauses = 0
+        self.until = 0.0
+        return paused

@@ -1,0 +1,97 @@
+"""What an outcome means for an entry: decide(), backoff() and the Breaker, with no threads."""
+
+from __future__ import annotations
+
+import pytest
+
+from sftppush import pipeline
+from sftppush.errors import PermanentError, TransientError
+from sftppush.policy import (
+    Ack,
+    Breaker,
+    Drop,
+    Fail,
+    Release,
+    RetryLater,
+    Tuning,
+    backoff,
+    decide,
+)
+from sftppush.queue import Entry, State
+from sftppush.s3 import UploadCancelled, Uploaded
+
+TUNING = Tuning(transient_delay=5, transient_delay_max=300, permanent_delay=30,
+                permanent_delay_max=3600)
+
+
+def entry(attempts: int = 0) -> Entry:
+    return Entry(b"/home/u/a.csv", "u", 1, 1, 1, "close_write", 7, State.CLAIMED, "o", 0.0,
+                 attempts, 0.0, None, None)
+
+
+def exact(delay: float) -> float:
+    return delay
+
+
+def test_backoff_doubles_from_the_first_delay_up_to_the_cap() -> None:
+    assert [backoff(n, 5, 300) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
+
+
+def test_an_upload_is_acked_and_says_so() -> None:
+    up = Uploaded("b", "k", 1, "s", 0, "etag")
+    assert decide(entry(), pipeline.Done(None, up), 0, TUNING, 5) == Ack(None, True)
+    assert decide(entry(), pipeline.Done("superseded"), 0, TUNING, 5) == Ack("superseded", False)
+
+
+def test_a_held_entry_waits_without_counting_an_attempt() -> None:
+    action = decide(entry(), pipeline.Held(6.0), 0, TUNING, 5)
+    assert action == RetryLater("held: younger than min_age_seconds", 6.0, False)
+
+
+def test_lost_lease_drops_and_a_cancelled_upload_releases() -> None:
+    assert decide(entry(), pipeline.LeaseLost("x"), 0, TUNING, 5) == Drop()
+    assert decide(entry(), UploadCancelled("stopping"), 0, TUNING, 5) == Release()
+
+
+@pytest.mark.parametrize("attempts", [0, 4, 100])
+def test_transient_errors_never_fail_an_entry_and_back_off_with_the_streak(attempts: int) -> None:
+    delays = [decide(entry(attempts), TransientError("S3 unreachable"), streak, TUNING, 5, exact)
+              for streak in range(8)]
+    assert all(isinstance(a, RetryLater) and not a.count_attempt for a in delays)
+    assert [a.delay for a in delays] == [5, 10, 20, 40, 80, 160, 300, 300]
+
+
+def test_transient_delays_are_jittered_by_default() -> None:
+    delays = {decide(entry(), TransientError("x"), 0, TUNING, 5).delay for _ in range(50)}
+    assert len(delays) > 1 and all(4.0 <= d <= 6.0 for d in delays)
+
+
+def test_permanent_errors_count_attempts_then_fail_at_max_attempts() -> None:
+    error = PermanentError("corrupt gzip: boom")
+    assert decide(entry(0), error, 0, TUNING, 3) == RetryLater(str(error), 30, True)
+    assert decide(entry(1), error, 0, TUNING, 3) == RetryLater(str(error), 60, True)
+    assert decide(entry(2), error, 0, TUNING, 3) == Fail(str(error))
+
+
+def test_a_permanent_error_may_ask_for_its_own_short_delay() -> None:
+    error = PermanentError("refused: 2 hard links", retry_after=2.0)
+    assert decide(entry(0), error, 0, TUNING, 5) == RetryLater(str(error), 2.0, True)
+
+
+def test_an_unexpected_exception_is_a_permanent_internal_error() -> None:
+    action = decide(entry(4), KeyError("boom"), 0, TUNING, 5)
+    assert action == Fail("internal error: KeyError: 'boom'")
+
+
+def test_the_breaker_pauses_after_failures_in_a_row_for_growing_delays() -> None:
+    breaker = Breaker(3, 1.0, 4.0, exact)
+    assert breaker.failed(0.0) is None and breaker.failed(0.0) is None
+    assert breaker.closed(0.0)
+    assert breaker.failed(0.0) == 1.0
+    assert not breaker.closed(0.5) and breaker.closed(1.0)
+    assert breaker.failed(0.5) is None  # failures while paused start no new pause
+    assert breaker.failed(1.0) == 2.0
+    assert breaker.failed(3.0) == 4.0 and breaker.failed(7.0) == 4.0
+    assert breaker.answered() is True and breaker.closed(7.1)
+    assert breaker.answered() is False
+    assert breaker.failed(8.0) is None  # the count starts again after a success
