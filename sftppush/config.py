@@ -6,6 +6,7 @@ It must never start anything: a bad config is one ConfigError line before any da
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -28,8 +30,9 @@ _SOURCE_NAME_RE = re.compile(r"^[^/\x00]+$")
 class Key:
     """One key of the config file: dotted name, kind, built-in default, limits, secrecy.
 
-    Kinds: "str", "int", "float", "bool", "list" (of strings), "sources", or a tuple of allowed
-    strings. A default of None means null is allowed. Every key but a list can be set
+    Kinds: "str", "int", "float" (finite), "bool", "list" (of strings), "sources", "url"
+    (http or https, with a host), "file" (to write, in an existing directory), or a tuple of
+    allowed strings. A default of None means null is allowed. Every key but a list can be set
     from the environment as `env`.
     """
 
@@ -37,6 +40,7 @@ class Key:
     kind: str | tuple[str, ...]
     default: Any
     low: float | None = None
+    high: float | None = None
     secret: bool = False
 
     @property
@@ -44,15 +48,18 @@ class Key:
         return ENV_PREFIX + self.name.replace(".", "_").upper()
 
 
+_STORAGE_CLASSES = ("STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA",
+                    "INTELLIGENT_TIERING", "GLACIER", "DEEP_ARCHIVE", "OUTPOSTS", "GLACIER_IR",
+                    "SNOW", "EXPRESS_ONEZONE")
 KEYS = (
     Key("defaults.userpath", "str", "/home/"),
     Key("defaults.s3target", "str", None),
     Key("defaults.awsprofile", "str", None, secret=True),
     Key("defaults.awsregion", "str", None),
-    Key("defaults.endpoint_url", "str", None),
+    Key("defaults.endpoint_url", "url", None),
     Key("defaults.log.format", ("text", "json"), "text"),
     Key("defaults.log.level", ("debug", "info", "warning", "error"), "info"),
-    Key("defaults.log.location", "str", None),
+    Key("defaults.log.location", "file", None),
     Key("watch.source", "sources", ()),
     Key("watch.ignore", "list", ("*.filepart", "*.part", "*.tmp", ".*")),
     Key("queue.path", "str", None),
@@ -62,10 +69,10 @@ KEYS = (
     Key("consumer.max_attempts", "int", 5, low=1),
     Key("consumer.max_decompressed_bytes", "int", 64 * 2**30, low=1),
     Key("consumer.min_age_seconds", "float", 0.0, low=0),
-    Key("consumer.s3.storage_class", "str", None),
-    Key("consumer.s3.sse", "str", None),
+    Key("consumer.s3.storage_class", _STORAGE_CLASSES, None),
+    Key("consumer.s3.sse", ("AES256", "aws:kms", "aws:kms:dsse"), None),
     Key("consumer.s3.sse_kms_key_id", "str", None, secret=True),
-    Key("consumer.s3.part_size_mb", "int", 64, low=5),
+    Key("consumer.s3.part_size_mb", "int", 64, low=5, high=5120),  # S3's part: 5 MiB to 5 GiB
     Key("consumer.s3.checksum", ("when_supported", "when_required"), "when_supported"),
 )
 _KEY = {key.name: key for key in KEYS}
@@ -310,15 +317,30 @@ def _is_text(value: Any) -> bool:
     return isinstance(value, str) and value != ""
 
 
+def _is_url(value: Any) -> bool:
+    try:
+        url = urlsplit(value)
+        return url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except (TypeError, ValueError, AttributeError):  # not text, or a port that is not a number
+        return False
+
+
+def _is_log_file(value: Any) -> bool:
+    # The path exactly as logging.FileHandler will open it, so a mistake is exit 2, not 1.
+    return _is_text(value) and not Path(value).is_dir() and Path(value).parent.is_dir()
+
+
 # kind: (accepts, what a value must be); a kind's value is kept as given unless converted below.
 _KINDS: dict[str, tuple[Any, str]] = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "int": (lambda v: _is_number(v) and isinstance(v, int), "an integer"),
-    "float": (_is_number, "a number"),
+    "float": (lambda v: _is_number(v) and math.isfinite(v), "a finite number"),
     "str": (_is_text, "a non-empty string"),
     "list": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
              "a list of strings"),
     "sources": (lambda v: True, "a list of sources"),  # checked by _build_sources
+    "url": (_is_url, "an http(s) URL with a host"),
+    "file": (_is_log_file, "a file in an existing directory"),
 }
 
 
@@ -341,6 +363,8 @@ def _value(key: Key, raw: dict[str, Any]) -> Any:
     value = _check(value, key.kind, key.name)
     if key.low is not None and value < key.low:
         raise ConfigError(f"config: {key.name} must be at least {key.low:g}, got {value:g}")
+    if key.high is not None and value > key.high:
+        raise ConfigError(f"config: {key.name} must be at most {key.high:g}, got {value:g}")
     return value
 
 

@@ -45,6 +45,28 @@ MALFORMED = [
     ("source twice", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
      "watch: {{source: [{{name: sftpuser1, paths: [/upload]}}, "
      "{{name: sftpuser1, paths: [/upload]}}]}}", "given twice"),
+    ("lease not a number", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "queue: {{lease_seconds: .nan}}", "queue.lease_seconds must be a finite number"),
+    ("lease infinite", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "queue: {{lease_seconds: .inf}}", "queue.lease_seconds must be a finite number"),
+    ("part size over S3's 5 GiB", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "consumer: {{s3: {{part_size_mb: 5121}}}}", "consumer.s3.part_size_mb must be at most 5120"),
+    ("unknown storage class", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "consumer: {{s3: {{storage_class: GLACIER_DEEP}}}}", "consumer.s3.storage_class must be"),
+    ("unknown sse", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "consumer: {{s3: {{sse: AES-256}}}}", "consumer.s3.sse must be one of AES256, aws:kms"),
+    ("endpoint without scheme", "defaults: {{userpath: {userpath}, s3target: b1b, "
+     "endpoint_url: 'localhost:9000'}}", "defaults.endpoint_url must be an http(s) URL"),
+    ("endpoint not http", "defaults: {{userpath: {userpath}, s3target: b1b, "
+     "endpoint_url: 'ftp://127.0.0.1:9000'}}", "defaults.endpoint_url"),
+    ("endpoint without host", "defaults: {{userpath: {userpath}, s3target: b1b, "
+     "endpoint_url: 'http:///bucket'}}", "defaults.endpoint_url"),
+    ("endpoint with a bad port", "defaults: {{userpath: {userpath}, s3target: b1b, "
+     "endpoint_url: 'http://127.0.0.1:port'}}", "defaults.endpoint_url"),
+    ("log location is a directory", "defaults: {{userpath: {userpath}, s3target: b1b, "
+     "log: {{location: {userpath}}}}}", "defaults.log.location"),
+    ("log location in a missing directory", "defaults: {{userpath: {userpath}, s3target: b1b, "
+     "log: {{location: {userpath}/nope/sftppush.log}}}}", "defaults.log.location"),
 ]
 DEFAULT_SOURCES = "\nwatch: {{source: [{{name: sftpuser1, paths: [/upload]}}]}}"
 
@@ -150,3 +172,13 @@ def test_queue_path_follows_state_directory(source_tree: SourceTree) -> None:
 def test_unknown_environment_variable_is_an_error(source_tree: SourceTree) -> None:
     with pytest.raises(ConfigError, match="SFTPPUSH_CONSUMER_WORKRES"):
         load(source_tree.write_config(), env={"SFTPPUSH_CONSUMER_WORKRES": "2"})
+
+
+@pytest.mark.parametrize("text", ["nan", ".nan", ".inf", "-.inf"])
+def test_lease_seconds_from_env_must_be_finite(source_tree: SourceTree, run_cli,
+                                              text: str) -> None:
+    result = run_cli("--config", source_tree.write_config(), "config", "check",
+                     env={"SFTPPUSH_QUEUE_LEASE_SECONDS": text})
+    assert result.returncode == 2, result
+    (line,) = result.stderr.strip().splitlines()
+    assert "queue.lease_seconds must be a finite number" in line
