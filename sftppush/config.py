@@ -24,17 +24,14 @@ ENV_PREFIX = "SFTPPUSH_"
 SEARCH_PATH = ("~/.sftppush/config.yaml", "/etc/sftppush/config.yaml")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _SOURCE_NAME_RE = re.compile(r"^[^/\x00]+$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 @dataclass(frozen=True)
 class Key:
-    """One key of the config file: dotted name, kind, built-in default, limits, secrecy.
-
-    Kinds: "str", "int", "float" (finite), "bool", "list" (of strings), "sources", "url"
-    (http or https, with a host), "file" (to write, in an existing directory), or a tuple of
-    allowed strings. A default of None means null is allowed. Every key but a list can be set
-    from the environment as `env`.
-    """
+    """One key of the config: its kind (see _KINDS, or a tuple of allowed strings), built-in
+    default (None: null is allowed), limits and secrecy; every key but a list has an `env`."""
 
     name: str
     kind: str | tuple[str, ...]
@@ -64,6 +61,7 @@ KEYS = (
     Key("watch.ignore", "list", ("*.filepart", "*.part", "*.tmp", ".*")),
     Key("queue.path", "str", None),
     Key("queue.lease_seconds", "float", 300.0, low=1),
+    Key("queue.keep_done", "duration", 7 * 86400.0, low=0),  # 0 = forever
     Key("consumer.workers", "int", 4, low=1),
     Key("consumer.delete_after_upload", "bool", True),
     Key("consumer.max_attempts", "int", 5, low=1),
@@ -154,6 +152,7 @@ class WatchConfig:
 class QueueConfig:
     path: Path
     lease_seconds: float
+    keep_done: float = _D["queue.keep_done"]
 
 
 @dataclass(frozen=True)
@@ -238,6 +237,14 @@ def redacted(cfg: Config) -> dict[str, Any]:
             value = str(value)
         _put(out, key.name, list(value) if isinstance(value, tuple) else value)
     return out
+
+
+def parse_duration(text: str, name: str = "duration") -> float:
+    """`7d`, `12h`, `1d12h`, `90s` -> seconds; anything else is a ConfigError naming `name`."""
+    parts = _DURATION.findall(text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
+        raise ConfigError(f"{name} {text!r} is not a duration like 7d, 12h or 30m")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
 def _put(into: dict[str, Any], dotted: str, value: Any) -> None:
@@ -335,6 +342,8 @@ _KINDS: dict[str, tuple[Any, str]] = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "int": (lambda v: _is_number(v) and isinstance(v, int), "an integer"),
     "float": (lambda v: _is_number(v) and math.isfinite(v), "a finite number"),
+    "duration": (lambda v: isinstance(v, str) or _is_number(v) and math.isfinite(v),
+                 "seconds or a duration like 7d"),
     "str": (_is_text, "a non-empty string"),
     "list": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
              "a list of strings"),
@@ -353,7 +362,9 @@ def _check(value: Any, kind: Any, name: str) -> Any:
     accepts, noun = _KINDS[kind]
     if not accepts(value):
         raise ConfigError(f"config: {name} must be {noun}, got {value!r}")
-    return float(value) if kind == "float" else tuple(value) if kind == "list" else value
+    if kind == "duration" and isinstance(value, str):
+        return parse_duration(value, f"config: {name}")
+    return {"float": float, "duration": float, "list": tuple}.get(kind, lambda v: v)(value)
 
 
 def _value(key: Key, raw: dict[str, Any]) -> Any:
@@ -439,7 +450,6 @@ def _build_source(item: Any, at: str, userpath: Path, default_target: Target | N
     elif default_target is not None:
         target = default_target
     else:
-        raise ConfigError(
-            f"config: no S3 bucket for source '{name}': set defaults.s3target or {at}.s3target"
-        )
+        raise ConfigError(f"config: no S3 bucket for source '{name}': set defaults.s3target "
+                          f"or {at}.s3target")
     return Source(name, userpath / name, paths, target)

@@ -67,6 +67,14 @@ MALFORMED = [
      "log: {{location: {userpath}}}}}", "defaults.log.location"),
     ("log location in a missing directory", "defaults: {{userpath: {userpath}, s3target: b1b, "
      "log: {{location: {userpath}/nope/sftppush.log}}}}", "defaults.log.location"),
+    ("keep_done negative", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "queue: {{keep_done: -1}}", "queue.keep_done must be at least 0"),
+    ("keep_done not a number", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "queue: {{keep_done: .nan}}", "queue.keep_done"),
+    ("keep_done negative duration", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "queue: {{keep_done: -7d}}", "queue.keep_done '-7d' is not a duration"),
+    ("keep_done unknown unit", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "queue: {{keep_done: 7 days}}", "queue.keep_done '7 days' is not a duration"),
 ]
 DEFAULT_SOURCES = "\nwatch: {{source: [{{name: sftpuser1, paths: [/upload]}}]}}"
 
@@ -182,3 +190,18 @@ def test_lease_seconds_from_env_must_be_finite(source_tree: SourceTree, run_cli,
     assert result.returncode == 2, result
     (line,) = result.stderr.strip().splitlines()
     assert "queue.lease_seconds must be a finite number" in line
+
+
+@pytest.mark.parametrize(("given", "seconds"), [(None, 7 * 86400), (0, 0), (90, 90), (1.5, 1.5),
+                                                ("12h", 43200), ("1d12h", 129600), ("30M", 1800)])
+def test_keep_done_is_seconds_or_a_duration(source_tree: SourceTree, given, seconds) -> None:
+    path = source_tree.write_config(queue={} if given is None else {"keep_done": given})
+    assert load(path, env={}).queue.keep_done == seconds
+
+
+def test_keep_done_from_env(source_tree: SourceTree) -> None:
+    path = source_tree.write_config()
+    assert load(path, env={"SFTPPUSH_QUEUE_KEEP_DONE": "30m"}).queue.keep_done == 1800
+    assert load(path, env={"SFTPPUSH_QUEUE_KEEP_DONE": "0"}).queue.keep_done == 0
+    with pytest.raises(ConfigError, match="queue.keep_done 'nan' is not a duration"):
+        load(path, env={"SFTPPUSH_QUEUE_KEEP_DONE": "nan"})
