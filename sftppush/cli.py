@@ -8,7 +8,6 @@ Commands stay short; the work lives in the rooms, imported inside each command s
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import click
 
 from sftppush import __version__
-from sftppush.config import Config, load
+from sftppush.config import Config, load, parse_duration
 from sftppush.errors import ConfigError, SftppushError
 
 
@@ -226,25 +225,13 @@ def queue_replay(ctx: click.Context, all_failed: bool, ids: tuple[int, ...]) -> 
     click.echo(f"replayed {count} entr{'y' if count == 1 else 'ies'}")
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """`7d`, `12h`, `1d12h`, `90s` → seconds."""
-    parts = _DURATION.findall(text.strip().lower())
-    if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
-        raise click.BadParameter(f"{text!r} is not a duration like 7d, 12h or 30m")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-
-
 @queue.command("purge")
 @click.option("--done-older-than", "older_than", required=True, metavar="DURATION",
               help="e.g. 7d, 12h, 30m.")
 @click.pass_context
 def queue_purge(ctx: click.Context, older_than: str) -> None:
     """Drop done entries finished longer ago than DURATION."""
-    seconds = parse_duration(older_than)
+    seconds = parse_duration(older_than, "--done-older-than")
     with _open_queue(_config(ctx, need_sources=False)) as q:
         count = q.purge_done(seconds)
     click.echo(f"purged {count} done entr{'y' if count == 1 else 'ies'}")

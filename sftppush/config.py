@@ -6,12 +6,15 @@ It must never start anything: a bad config is one ConfigError line before any da
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import reduce
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -21,6 +24,60 @@ ENV_PREFIX = "SFTPPUSH_"
 SEARCH_PATH = ("~/.sftppush/config.yaml", "/etc/sftppush/config.yaml")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _SOURCE_NAME_RE = re.compile(r"^[^/\x00]+$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of the config: its kind (see _KINDS, or a tuple of allowed strings), built-in
+    default (None: null is allowed), limits and secrecy; every key but a list has an `env`."""
+
+    name: str
+    kind: str | tuple[str, ...]
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.replace(".", "_").upper()
+
+
+_STORAGE_CLASSES = ("STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA",
+                    "INTELLIGENT_TIERING", "GLACIER", "DEEP_ARCHIVE", "OUTPOSTS", "GLACIER_IR",
+                    "SNOW", "EXPRESS_ONEZONE")
+KEYS = (
+    Key("defaults.userpath", "str", "/home/"),
+    Key("defaults.s3target", "str", None),
+    Key("defaults.awsprofile", "str", None, secret=True),
+    Key("defaults.awsregion", "str", None),
+    Key("defaults.endpoint_url", "url", None),
+    Key("defaults.log.format", ("text", "json"), "text"),
+    Key("defaults.log.level", ("debug", "info", "warning", "error"), "info"),
+    Key("defaults.log.location", "file", None),
+    Key("watch.source", "sources", ()),
+    Key("watch.ignore", "list", ("*.filepart", "*.part", "*.tmp", ".*")),
+    Key("queue.path", "str", None),
+    Key("queue.lease_seconds", "float", 300.0, low=1),
+    Key("queue.keep_done", "duration", 7 * 86400.0, low=0),  # 0 = forever
+    Key("consumer.workers", "int", 4, low=1),
+    Key("consumer.delete_after_upload", "bool", True),
+    Key("consumer.max_attempts", "int", 5, low=1),
+    Key("consumer.max_decompressed_bytes", "int", 64 * 2**30, low=1),
+    Key("consumer.min_age_seconds", "float", 0.0, low=0),
+    Key("consumer.s3.storage_class", _STORAGE_CLASSES, None),
+    Key("consumer.s3.sse", ("AES256", "aws:kms", "aws:kms:dsse"), None),
+    Key("consumer.s3.sse_kms_key_id", "str", None, secret=True),
+    Key("consumer.s3.part_size_mb", "int", 64, low=5, high=5120),  # S3's part: 5 MiB to 5 GiB
+    Key("consumer.s3.checksum", ("when_supported", "when_required"), "when_supported"),
+)
+_KEY = {key.name: key for key in KEYS}
+# Every dotted prefix of a key (defaults, defaults.log, ...): a mapping in the YAML file.
+_SECTIONS = {key.name.rsplit(".", i)[0] for key in KEYS for i in range(1, key.name.count(".") + 1)}
+_ENV_NAMES = {key.env: key.name for key in KEYS if key.kind not in ("list", "sources")}
+_D = {key.name: key.default for key in KEYS}  # the dataclasses' defaults
 
 
 @dataclass(frozen=True)
@@ -61,18 +118,18 @@ class Source:
 
 @dataclass(frozen=True)
 class LogConfig:
-    format: str = "text"
-    level: str = "info"
-    location: str | None = None
+    format: str = _D["defaults.log.format"]
+    level: str = _D["defaults.log.level"]
+    location: str | None = _D["defaults.log.location"]
 
 
 @dataclass(frozen=True)
 class S3Config:
-    storage_class: str | None = None
-    sse: str | None = None
-    sse_kms_key_id: str | None = None
-    part_size_mb: int = 64
-    checksum: str = "when_supported"
+    storage_class: str | None = _D["consumer.s3.storage_class"]
+    sse: str | None = _D["consumer.s3.sse"]
+    sse_kms_key_id: str | None = _D["consumer.s3.sse_kms_key_id"]
+    part_size_mb: int = _D["consumer.s3.part_size_mb"]
+    checksum: str = _D["consumer.s3.checksum"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +152,7 @@ class WatchConfig:
 class QueueConfig:
     path: Path
     lease_seconds: float
+    keep_done: float = _D["queue.keep_done"]
 
 
 @dataclass(frozen=True)
@@ -117,48 +175,6 @@ class Config:
 
     def source(self, name: str) -> Source | None:
         return next((s for s in self.watch.sources if s.name == name), None)
-
-
-# The schema: every key the YAML file may hold, with its type and built-in default.
-# Types: "str", "int", "float", "bool", "path", a tuple of allowed strings, "str?" etc. for
-# optional (null allowed), "list" (of strings), "sources", or a nested dict.
-SCHEMA: dict[str, Any] = {
-    "defaults": {
-        "userpath": ("path", "/home/"),
-        "s3target": ("str?", None),
-        "awsprofile": ("str?", None),
-        "awsregion": ("str?", None),
-        "endpoint_url": ("str?", None),
-        "log": {
-            "format": (("text", "json"), "text"),
-            "level": (("debug", "info", "warning", "error"), "info"),
-            "location": ("str?", None),
-        },
-    },
-    "watch": {
-        "source": ("sources", []),
-        "ignore": ("list", ["*.filepart", "*.part", "*.tmp", ".*"]),
-    },
-    "queue": {
-        "path": ("str?", None),
-        "lease_seconds": ("float", 300),
-    },
-    "consumer": {
-        "workers": ("int", 4),
-        "delete_after_upload": ("bool", True),
-        "max_attempts": ("int", 5),
-        "max_decompressed_bytes": ("int", 64 * 2**30),
-        "min_age_seconds": ("float", 0),
-        "s3": {
-            "storage_class": ("str?", None),
-            "sse": ("str?", None),
-            "sse_kms_key_id": ("str?", None),
-            "part_size_mb": ("int", 64),
-            "checksum": (("when_supported", "when_required"), "when_supported"),
-        },
-    },
-}
-SECRET_KEYS = ("awsprofile", "sse_kms_key_id")
 
 
 def config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
@@ -190,54 +206,52 @@ def load(
     """
     env = os.environ if env is None else env
     file = config_file(path, env)
-    raw = _defaults(SCHEMA)
+    raw: dict[str, Any] = {}
+    for key in KEYS:
+        _put(raw, key.name, list(key.default) if isinstance(key.default, tuple) else key.default)
     if file is not None:
-        _merge(raw, _read_yaml(file), SCHEMA, "")
-    _merge(raw, _from_env(env), SCHEMA, "")
+        _merge(raw, _read_yaml(file), "")
+    _merge(raw, _from_env(env), "")
     for dotted, value in (flags or {}).items():
+        if dotted not in _KEY:
+            raise ConfigError(f"config: unknown key '{dotted}'")
         if value is not None:
-            _set(raw, dotted, value)
+            _put(raw, dotted, value)
     if sources:
         raw["watch"]["source"] = [_parse_source_flag(s) for s in sources]
     return _build(raw, file, env, need_sources)
 
 
 def redacted(cfg: Config) -> dict[str, Any]:
-    """The effective config as plain data for `config show`, secrets replaced."""
-    d = cfg.defaults
-    return {
-        "defaults": {
-            "userpath": str(d.userpath),
-            "s3target": str(d.s3target) if d.s3target else None,
-            "awsprofile": "***" if d.awsprofile else None,
-            "awsregion": d.awsregion,
-            "endpoint_url": d.endpoint_url,
-            "log": vars(d.log).copy(),
-        },
-        "watch": {
-            "source": [
-                {"name": s.name, "paths": list(s.paths), "s3target": str(s.target)}
-                for s in cfg.watch.sources
-            ],
-            "ignore": list(cfg.watch.ignore),
-        },
-        "queue": {"path": str(cfg.queue.path), "lease_seconds": cfg.queue.lease_seconds},
-        "consumer": {
-            **{k: v for k, v in vars(cfg.consumer).items() if k != "s3"},
-            "s3": {
-                **vars(cfg.consumer.s3),
-                "sse_kms_key_id": "***" if cfg.consumer.s3.sse_kms_key_id else None,
-            },
-        },
-    }
+    """The effective config as plain data for `config show`, secret keys replaced."""
+    out: dict[str, Any] = {}
+    for key in KEYS:
+        if key.kind == "sources":
+            value: Any = [{"name": s.name, "paths": list(s.paths), "s3target": str(s.target)}
+                          for s in cfg.watch.sources]
+        else:
+            value = reduce(getattr, key.name.split("."), cfg)
+        if key.secret and value:
+            value = "***"
+        elif isinstance(value, (Path, Target)):
+            value = str(value)
+        _put(out, key.name, list(value) if isinstance(value, tuple) else value)
+    return out
 
 
-def _defaults(schema: dict[str, Any]) -> dict[str, Any]:
-    return {k: _defaults(v) if isinstance(v, dict) else _copy(v[1]) for k, v in schema.items()}
+def parse_duration(text: str, name: str = "duration") -> float:
+    """`7d`, `12h`, `1d12h`, `90s` -> seconds; anything else is a ConfigError naming `name`."""
+    parts = _DURATION.findall(text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
+        raise ConfigError(f"{name} {text!r} is not a duration like 7d, 12h or 30m")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
-def _copy(value: Any) -> Any:
-    return list(value) if isinstance(value, list) else value
+def _put(into: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        into = into.setdefault(part, {})
+    into[leaf] = value
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
@@ -256,64 +270,35 @@ def _read_yaml(file: Path) -> dict[str, Any]:
     return data
 
 
-def _merge(into: dict[str, Any], data: dict[str, Any], schema: dict[str, Any], at: str) -> None:
+def _merge(into: dict[str, Any], data: dict[str, Any], at: str) -> None:
     for key, value in data.items():
         dotted = f"{at}{key}"
-        if key not in schema:
-            raise ConfigError(f"config: unknown key '{dotted}'")
-        if isinstance(schema[key], dict):
+        if dotted in _SECTIONS:
             if value is None:
                 continue
             if not isinstance(value, dict):
                 raise ConfigError(f"config: '{dotted}' must be a mapping")
-            _merge(into[key], value, schema[key], f"{dotted}.")
-        else:
+            _merge(into[key], value, f"{dotted}.")
+        elif dotted in _KEY:
             into[key] = value
-
-
-def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node, schema = raw, SCHEMA
-    for part in parents:
-        node, schema = node[part], schema[part]
-    if leaf not in schema:
-        raise ConfigError(f"config: unknown key '{dotted}'")
-    node[leaf] = value
-
-
-def _scalar_env_names(schema: dict[str, Any], at: tuple[str, ...] = ()) -> dict[str, str]:
-    names: dict[str, str] = {}
-    for key, spec in schema.items():
-        if isinstance(spec, dict):
-            names.update(_scalar_env_names(spec, (*at, key)))
-        elif spec[0] not in ("list", "sources"):
-            names[ENV_PREFIX + "_".join((*at, key)).upper()] = ".".join((*at, key))
-    return names
-
-
-_ENV_NAMES = _scalar_env_names(SCHEMA)
+        else:
+            raise ConfigError(f"config: unknown key '{dotted}'")
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    sections = tuple(f"{ENV_PREFIX}{s.upper()}_" for s in SCHEMA)
+    sections = tuple(f"{ENV_PREFIX}{s.upper()}_" for s in _SECTIONS if "." not in s)
     for name, text in env.items():
         if not name.startswith(sections):
             continue
-        dotted = _ENV_NAMES.get(name)
-        if dotted is None:
+        if name not in _ENV_NAMES:
             raise ConfigError(f"config: unknown environment variable {name}")
-        node = out
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
         # Environment values are text; YAML's scalar rules give them types ("4" -> 4, "null").
         try:
-            node[leaf] = yaml.safe_load(text) if text.strip() else None
+            value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
-            node[leaf] = text
-        if isinstance(node[leaf], (dict, list)):
-            node[leaf] = text
+            value = text
+        _put(out, _ENV_NAMES[name], text if isinstance(value, (dict, list)) else value)
     return out
 
 
@@ -331,85 +316,95 @@ def _parse_source_flag(text: str) -> dict[str, Any]:
     return fields
 
 
-def _check(value: Any, kind: Any, key: str) -> Any:
-    if value is None and (isinstance(kind, str) and kind.endswith("?")):
-        return None
-    base = kind.rstrip("?") if isinstance(kind, str) else kind
-    if isinstance(base, tuple):
-        if value not in base:
-            raise ConfigError(f"config: {key} must be one of {', '.join(base)}, got {value!r}")
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _is_url(value: Any) -> bool:
+    try:
+        url = urlsplit(value)
+        return url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except (TypeError, ValueError, AttributeError):  # not text, or a port that is not a number
+        return False
+
+
+def _is_log_file(value: Any) -> bool:
+    # The path exactly as logging.FileHandler will open it, so a mistake is exit 2, not 1.
+    return _is_text(value) and not Path(value).is_dir() and Path(value).parent.is_dir()
+
+
+# kind: (accepts, what a value must be); a kind's value is kept as given unless converted below.
+_KINDS: dict[str, tuple[Any, str]] = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: _is_number(v) and isinstance(v, int), "an integer"),
+    "float": (lambda v: _is_number(v) and math.isfinite(v), "a finite number"),
+    "duration": (lambda v: isinstance(v, str) or _is_number(v) and math.isfinite(v),
+                 "seconds or a duration like 7d"),
+    "str": (_is_text, "a non-empty string"),
+    "list": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
+             "a list of strings"),
+    "sources": (lambda v: True, "a list of sources"),  # checked by _build_sources
+    "url": (_is_url, "an http(s) URL with a host"),
+    "file": (_is_log_file, "a file in an existing directory"),
+}
+
+
+def _check(value: Any, kind: Any, name: str) -> Any:
+    """`value` as a `kind` of Key wants it, or one ConfigError line naming the key."""
+    if isinstance(kind, tuple):
+        if value not in kind:
+            raise ConfigError(f"config: {name} must be one of {', '.join(kind)}, got {value!r}")
         return value
-    if base == "bool":
-        if isinstance(value, bool):
-            return value
-    elif base == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif base == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif base in ("str", "path"):
-        if isinstance(value, str) and value:
-            return value
-    elif base == "list" and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    noun = {"int": "an integer", "float": "a number", "bool": "true or false",
-            "list": "a list of strings"}.get(base, "a non-empty string")
-    raise ConfigError(f"config: {key} must be {noun}, got {value!r}")
+    accepts, noun = _KINDS[kind]
+    if not accepts(value):
+        raise ConfigError(f"config: {name} must be {noun}, got {value!r}")
+    if kind == "duration" and isinstance(value, str):
+        return parse_duration(value, f"config: {name}")
+    return {"float": float, "duration": float, "list": tuple}.get(kind, lambda v: v)(value)
 
 
-def _walk(raw: dict[str, Any], schema: dict[str, Any], at: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, spec in schema.items():
-        if isinstance(spec, dict):
-            out[key] = _walk(raw[key], spec, f"{at}{key}.")
-        elif spec[0] == "sources":
-            out[key] = raw[key]
-        else:
-            out[key] = _check(raw[key], spec[0], f"{at}{key}")
-    return out
+def _value(key: Key, raw: dict[str, Any]) -> Any:
+    value = reduce(dict.__getitem__, key.name.split("."), raw)
+    if value is None and key.default is None:
+        return None
+    value = _check(value, key.kind, key.name)
+    if key.low is not None and value < key.low:
+        raise ConfigError(f"config: {key.name} must be at least {key.low:g}, got {value:g}")
+    if key.high is not None and value > key.high:
+        raise ConfigError(f"config: {key.name} must be at most {key.high:g}, got {value:g}")
+    return value
 
 
-def _positive(value: float, key: str, minimum: float = 1) -> None:
-    if value < minimum:
-        raise ConfigError(f"config: {key} must be at least {minimum:g}, got {value:g}")
+def _section(values: dict[str, Any], section: str) -> dict[str, Any]:
+    """The values of the keys right inside `section`, by their last name: a dataclass's fields."""
+    return {k.rpartition(".")[2]: v for k, v in values.items() if k.rpartition(".")[0] == section}
 
 
 def _build(raw: dict[str, Any], file: Path | None, env: Mapping[str, str],
            need_sources: bool) -> Config:
-    v = _walk(raw, SCHEMA, "")
-    d, w, q, c = v["defaults"], v["watch"], v["queue"], v["consumer"]
-    userpath = Path(d["userpath"]).expanduser()
-    default_target = Target.parse(d["s3target"], "defaults.s3target") if d["s3target"] else None
-    sources = _build_sources(w["source"], userpath, default_target, need_sources)
-    for key, value, minimum in (("queue.lease_seconds", q["lease_seconds"], 1),
-                                ("consumer.workers", c["workers"], 1),
-                                ("consumer.max_attempts", c["max_attempts"], 1),
-                                ("consumer.max_decompressed_bytes",
-                                 c["max_decompressed_bytes"], 1),
-                                ("consumer.min_age_seconds", c["min_age_seconds"], 0),
-                                ("consumer.s3.part_size_mb", c["s3"]["part_size_mb"], 5)):
-        _positive(value, key, minimum)
-    if q["path"]:
-        queue_path = Path(q["path"]).expanduser()
+    v = {key.name: _value(key, raw) for key in KEYS}
+    userpath = Path(v["defaults.userpath"]).expanduser()
+    s3target = v["defaults.s3target"]
+    default_target = Target.parse(s3target, "defaults.s3target") if s3target else None
+    if v["queue.path"]:
+        queue_path = Path(v["queue.path"]).expanduser()
     elif env.get("STATE_DIRECTORY"):
         # systemd may pass several colon-separated state directories; the first is ours.
         queue_path = Path(env["STATE_DIRECTORY"].split(":")[0]) / "queue.db"
     else:
         queue_path = Path("var") / "queue.db"
+    defaults = {**_section(v, "defaults"), "userpath": userpath, "s3target": default_target}
     return Config(
-        defaults=Defaults(userpath, default_target, d["awsprofile"], d["awsregion"],
-                          d["endpoint_url"], LogConfig(**d["log"])),
-        watch=WatchConfig(sources, w["ignore"]),
-        queue=QueueConfig(queue_path.absolute(), q["lease_seconds"]),
-        consumer=ConsumerConfig(
-            workers=c["workers"],
-            delete_after_upload=c["delete_after_upload"],
-            max_attempts=c["max_attempts"],
-            max_decompressed_bytes=c["max_decompressed_bytes"],
-            min_age_seconds=c["min_age_seconds"],
-            s3=S3Config(**c["s3"]),
-        ),
+        defaults=Defaults(**defaults, log=LogConfig(**_section(v, "defaults.log"))),
+        watch=WatchConfig(_build_sources(v["watch.source"], userpath, default_target,
+                                         need_sources), v["watch.ignore"]),
+        queue=QueueConfig(**{**_section(v, "queue"), "path": queue_path.absolute()}),
+        consumer=ConsumerConfig(**_section(v, "consumer"),
+                                s3=S3Config(**_section(v, "consumer.s3"))),
         file=file,
     )
 
@@ -423,38 +418,38 @@ def _build_sources(items: Any, userpath: Path, default_target: Target | None,
                           "--source")
     sources: list[Source] = []
     for i, item in enumerate(items):
-        at = f"watch.source[{i}]"
-        if not isinstance(item, dict):
-            raise ConfigError(f"config: {at} must be a mapping with name and paths")
-        unknown = set(item) - {"name", "paths", "s3target"}
-        if unknown:
-            raise ConfigError(f"config: unknown key '{at}.{sorted(unknown)[0]}'")
-        name = _check(item.get("name"), "str", f"{at}.name")
-        if not _SOURCE_NAME_RE.match(name) or name in (".", ".."):
-            raise ConfigError(f"config: {at}.name {name!r} must be one directory name")
-        if any(s.name == name for s in sources):
-            raise ConfigError(f"config: {at}.name {name!r} is given twice")
-        paths = item.get("paths", ["/"])
-        if isinstance(paths, str):
-            paths = paths.split()
-        paths = _check(paths, "list", f"{at}.paths")
-        if not paths:
-            raise ConfigError(f"config: {at}.paths must name at least one directory")
-        if any(".." in Path(p).parts for p in paths):
-            raise ConfigError(f"config: {at}.paths must stay inside {userpath / name}")
-        if item.get("s3target"):
-            target = Target.parse(_check(item["s3target"], "str", f"{at}.s3target"),
-                                  f"{at}.s3target")
-        elif default_target is not None:
-            target = default_target
-        else:
-            raise ConfigError(
-                f"config: no S3 bucket for source '{name}': set defaults.s3target or {at}.s3target"
-            )
-        source = Source(name, userpath / name, paths, target)
-        if need_sources:
-            for p in source.dirs:
-                if not p.is_dir():
-                    raise ConfigError(f"config: {at} ({name}): directory {p} does not exist")
+        source = _build_source(item, f"watch.source[{i}]", userpath, default_target)
+        if any(s.name == source.name for s in sources):
+            raise ConfigError(f"config: watch.source[{i}].name {source.name!r} is given twice")
+        missing = next((p for p in source.dirs if not p.is_dir()), None)
+        if need_sources and missing:
+            raise ConfigError(f"config: watch.source[{i}] ({source.name}): directory {missing} "
+                              "does not exist")
         sources.append(source)
     return tuple(sources)
+
+
+def _build_source(item: Any, at: str, userpath: Path, default_target: Target | None) -> Source:
+    if not isinstance(item, dict):
+        raise ConfigError(f"config: {at} must be a mapping with name and paths")
+    unknown = set(item) - {"name", "paths", "s3target"}
+    if unknown:
+        raise ConfigError(f"config: unknown key '{at}.{sorted(unknown)[0]}'")
+    name = _check(item.get("name"), "str", f"{at}.name")
+    if not _SOURCE_NAME_RE.match(name) or name in (".", ".."):
+        raise ConfigError(f"config: {at}.name {name!r} must be one directory name")
+    paths = item.get("paths", ["/"])
+    paths = _check(paths.split() if isinstance(paths, str) else paths, "list", f"{at}.paths")
+    if not paths:
+        raise ConfigError(f"config: {at}.paths must name at least one directory")
+    if any(".." in Path(p).parts for p in paths):
+        raise ConfigError(f"config: {at}.paths must stay inside {userpath / name}")
+    if item.get("s3target"):
+        target = Target.parse(_check(item["s3target"], "str", f"{at}.s3target"),
+                              f"{at}.s3target")
+    elif default_target is not None:
+        target = default_target
+    else:
+        raise ConfigError(f"config: no S3 bucket for source '{name}': set defaults.s3target "
+                          f"or {at}.s3target")
+    return Source(name, userpath / name, paths, target)

@@ -45,6 +45,36 @@ MALFORMED = [
     ("source twice", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
      "watch: {{source: [{{name: sftpuser1, paths: [/upload]}}, "
      "{{name: sftpuser1, paths: [/upload]}}]}}", "given twice"),
+    ("lease not a number", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "queue: {{lease_seconds: .nan}}", "queue.lease_seconds must be a finite number"),
+    ("lease infinite", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "queue: {{lease_seconds: .inf}}", "queue.lease_seconds must be a finite number"),
+    ("part size over S3's 5 GiB", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "consumer: {{s3: {{part_size_mb: 5121}}}}", "consumer.s3.part_size_mb must be at most 5120"),
+    ("unknown storage class", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "consumer: {{s3: {{storage_class: GLACIER_DEEP}}}}", "consumer.s3.storage_class must be"),
+    ("unknown sse", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "consumer: {{s3: {{sse: AES-256}}}}", "consumer.s3.sse must be one of AES256, aws:kms"),
+    ("endpoint without scheme", "defaults: {{userpath: {userpath}, s3target: b1b, "
+     "endpoint_url: 'localhost:9000'}}", "defaults.endpoint_url must be an http(s) URL"),
+    ("endpoint not http", "defaults: {{userpath: {userpath}, s3target: b1b, "
+     "endpoint_url: 'ftp://127.0.0.1:9000'}}", "defaults.endpoint_url"),
+    ("endpoint without host", "defaults: {{userpath: {userpath}, s3target: b1b, "
+     "endpoint_url: 'http:///bucket'}}", "defaults.endpoint_url"),
+    ("endpoint with a bad port", "defaults: {{userpath: {userpath}, s3target: b1b, "
+     "endpoint_url: 'http://127.0.0.1:port'}}", "defaults.endpoint_url"),
+    ("log location is a directory", "defaults: {{userpath: {userpath}, s3target: b1b, "
+     "log: {{location: {userpath}}}}}", "defaults.log.location"),
+    ("log location in a missing directory", "defaults: {{userpath: {userpath}, s3target: b1b, "
+     "log: {{location: {userpath}/nope/sftppush.log}}}}", "defaults.log.location"),
+    ("keep_done negative", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "queue: {{keep_done: -1}}", "queue.keep_done must be at least 0"),
+    ("keep_done not a number", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "queue: {{keep_done: .nan}}", "queue.keep_done"),
+    ("keep_done negative duration", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "queue: {{keep_done: -7d}}", "queue.keep_done '-7d' is not a duration"),
+    ("keep_done unknown unit", "defaults: {{userpath: {userpath}, s3target: b1b}}\n"
+     "queue: {{keep_done: 7 days}}", "queue.keep_done '7 days' is not a duration"),
 ]
 DEFAULT_SOURCES = "\nwatch: {{source: [{{name: sftpuser1, paths: [/upload]}}]}}"
 
@@ -150,3 +180,28 @@ def test_queue_path_follows_state_directory(source_tree: SourceTree) -> None:
 def test_unknown_environment_variable_is_an_error(source_tree: SourceTree) -> None:
     with pytest.raises(ConfigError, match="SFTPPUSH_CONSUMER_WORKRES"):
         load(source_tree.write_config(), env={"SFTPPUSH_CONSUMER_WORKRES": "2"})
+
+
+@pytest.mark.parametrize("text", ["nan", ".nan", ".inf", "-.inf"])
+def test_lease_seconds_from_env_must_be_finite(source_tree: SourceTree, run_cli,
+                                              text: str) -> None:
+    result = run_cli("--config", source_tree.write_config(), "config", "check",
+                     env={"SFTPPUSH_QUEUE_LEASE_SECONDS": text})
+    assert result.returncode == 2, result
+    (line,) = result.stderr.strip().splitlines()
+    assert "queue.lease_seconds must be a finite number" in line
+
+
+@pytest.mark.parametrize(("given", "seconds"), [(None, 7 * 86400), (0, 0), (90, 90), (1.5, 1.5),
+                                                ("12h", 43200), ("1d12h", 129600), ("30M", 1800)])
+def test_keep_done_is_seconds_or_a_duration(source_tree: SourceTree, given, seconds) -> None:
+    path = source_tree.write_config(queue={} if given is None else {"keep_done": given})
+    assert load(path, env={}).queue.keep_done == seconds
+
+
+def test_keep_done_from_env(source_tree: SourceTree) -> None:
+    path = source_tree.write_config()
+    assert load(path, env={"SFTPPUSH_QUEUE_KEEP_DONE": "30m"}).queue.keep_done == 1800
+    assert load(path, env={"SFTPPUSH_QUEUE_KEEP_DONE": "0"}).queue.keep_done == 0
+    with pytest.raises(ConfigError, match="queue.keep_done 'nan' is not a duration"):
+        load(path, env={"SFTPPUSH_QUEUE_KEEP_DONE": "nan"})
