@@ -1,6 +1,6 @@
 """Upload paths for many small bodies, one loopback `rclone serve s3`, same run: s5cmd cp,
 rclone copy --transfers 16, boto3 put_object (1 and N threads), s3transfer's CRT transfer
-manager, and sftppush.crt.CrtUploader; plus zlib alone. This is the evidence for choosing the
+manager, and sftppush's Sink.put (awscrt); plus zlib alone. This is the evidence for choosing the
 consumer's fast path (issue 9). Prints rates, ratios to s5cmd, and client CPU per object.
 
     python -m tests.bench.bench_upload_paths [--files N] [--repeat R] [--threads T]
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
+import os
 import tempfile
 import threading
 import time
@@ -33,20 +34,25 @@ from tests.bench.common import (
 
 
 def crt_uploader_put(server: RcloneS3, bucket: str, prefix: str, bodies, in_flight: int) -> Timing:
-    from sftppush.crt import Credentials, CrtUploader, PutItem
+    """sftppush's sink with its fast transport: every PUT verified, `in_flight` at once."""
+    from pathlib import Path
 
-    up = CrtUploader(region=REGION, endpoint_url=server.endpoint, max_in_flight=in_flight,
-                     credentials=Credentials(server.access_key, server.secret_key))
-    up.put(bucket, f"{prefix}/warm", b"").result(30)
+    from sftppush.config import Defaults, LogConfig, S3Config
+    from sftppush.s3 import Sink, Transfer
+
+    os.environ.update(AWS_ACCESS_KEY_ID=server.access_key,
+                      AWS_SECRET_ACCESS_KEY=server.secret_key)
+    defaults = Defaults(userpath=Path("/"), s3target=None, awsprofile=None, awsregion=REGION,
+                        endpoint_url=server.endpoint, log=LogConfig())
+    sink = Sink.from_config(defaults, S3Config(), Transfer(fast=True, in_flight=in_flight))
+    sink.put(bucket, f"{prefix}/warm", b"", {}).result(30)
     started = time.perf_counter()
-    outcomes = list(up.put_many(PutItem(bucket, f"{prefix}/{i:06d}", body,
-                                        {"sftppush-sha256": "0" * 64})
-                                for i, body in enumerate(bodies)))
+    futures = [sink.put(bucket, f"{prefix}/{i:06d}", body, {}) for i, body in enumerate(bodies)]
+    errors = [f.exception() for f in futures if f.exception() is not None]
     elapsed = time.perf_counter() - started
-    up.close()
-    errors = [r for _, r in outcomes if isinstance(r, Exception)]
+    sink.close()
     if errors:
-        raise RuntimeError(f"CrtUploader: {len(errors)} errors, first {errors[0]}")
+        raise RuntimeError(f"Sink.put: {len(errors)} errors, first {errors[0]}")
     return Timing(len(bodies), elapsed, sum(map(len, bodies)))
 
 
@@ -128,7 +134,7 @@ def main() -> None:
             (f"s3transfer CRTTransferManager, {args.in_flight} in flight",
              crt_transfer_manager_put, lambda r: (server, bucket, f"tm/{r}", bodies,
                                                   args.in_flight)),
-            (f"sftppush.crt.CrtUploader, {args.in_flight} in flight", crt_uploader_put,
+            (f"sftppush's Sink.put (awscrt), {args.in_flight} in flight", crt_uploader_put,
              lambda r: (server, bucket, f"crt/{r}", bodies, args.in_flight)),
         ]
         for name, fn, fn_args in cases:
