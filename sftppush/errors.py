@@ -26,8 +26,12 @@ class PermanentError(SftppushError):
 
     `retry_after` asks for a short fixed delay instead of the growing one, for conditions
     that usually clear by themselves (a hard link that is the middle of a link+unlink rename).
+    `final` fails the entry at once: no attempt can help until an operator acts (a key
+    collision).
     """
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None,
+                 final: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.final = final

@@ -9,6 +9,7 @@ outcome means for the entry.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -16,9 +17,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from sftppush.config import Config, Source
-from sftppush.decompress import CappedReader, detect_fd, inflate
+from sftppush.decompress import CappedReader, detect_fd, inflate, read_full
 from sftppush.errors import PermanentError
 from sftppush.keys import candidate_keys, metadata, object_key
 from sftppush.queue import Entry
@@ -38,6 +40,11 @@ READ_BUFFER = 1 << 17
 
 class LeaseLost(Exception):
     """Another consumer holds the entry now: drop it, and never delete its file."""
+
+
+class Superseded(Exception):
+    """The file changed while it was read (an in-place re-send, say): that newer version has
+    an entry of its own, and this one must not be uploaded cut short."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +83,9 @@ class Prepared:
     started: float
 
     def reader(self, cap: int) -> CappedReader:
-        """The decompressed stream of the file, refusing to go past `cap` bytes."""
-        # closefd=False: the fd belongs to self.safe, which closes it.
-        raw = open(self.safe.fd, "rb", buffering=READ_BUFFER, closefd=False)  # noqa: SIM115
+        """The decompressed stream of the file, refusing to go past `cap` bytes; raises
+        Superseded unless exactly the size seen at open is read."""
+        raw = io.BufferedReader(_Exactly(self.safe.fd, self.safe.st.st_size), READ_BUFFER)
         return CappedReader(raw, self.fmt, cap)
 
     def close(self) -> None:
@@ -102,6 +109,9 @@ def process(entry: Entry, cfg: Config, sink: Sink, *,
         finally:
             reader.close()
         return finish(prepared, uploaded, still_ours, cfg.consumer.delete_after_upload)
+    except Superseded as exc:
+        log.info("superseded id=%d path=%s reason=%s", entry.id, entry.display_path, exc)
+        return Done(f"superseded: {exc}")
     finally:
         prepared.close()
 
@@ -127,6 +137,10 @@ def send_small(entry: Entry, cfg: Config, sink: Sink, *,
             return None
         return Sent(prepared, sink.put(prepared.source.target.bucket, prepared.key, body,
                                        prepared.meta))
+    except Superseded as exc:
+        prepared.close()
+        log.info("superseded id=%d path=%s reason=%s", entry.id, entry.display_path, exc)
+        return Done(f"superseded: {exc}")
     except BaseException:
         prepared.close()
         raise
@@ -163,6 +177,10 @@ def prepare(entry: Entry, cfg: Config, sink: Sink, *, now: float | None = None,
             return Done("superseded")
         started = time.monotonic()
         fmt = detect_fd(safe.fd)
+        cap = cfg.consumer.max_decompressed_bytes
+        if fmt is None and safe.st.st_size > cap:  # a sparse 1 TB file, say
+            raise PermanentError(f"file size {safe.st.st_size} exceeds "
+                                 f"max_decompressed_bytes={cap}")
         return Prepared(entry, source, safe, fmt, object_key(source, entry.path, fmt),
                         metadata(source, entry.path, safe.st.st_size, safe.st.st_mtime_ns),
                         started)
@@ -174,27 +192,12 @@ def prepare(entry: Entry, cfg: Config, sink: Sink, *, now: float | None = None,
 def read_small(prepared: Prepared, cap: int, bound: int) -> bytes | None:
     """The whole decompressed body if it is at most `bound` bytes, else None (stream it).
 
-    Reads the file in one go; one that grew since it was opened is left to the streaming
-    path too, whose checks call it superseded.
+    Reads the file in one go; raises Superseded unless that is exactly the size seen at open.
     """
-    size = prepared.safe.st.st_size
-    data = _pread_all(prepared.safe.fd, size + 1)
-    if len(data) > size:
-        return None
+    data = read_full(_Exactly(prepared.safe.fd, prepared.safe.st.st_size),
+                     prepared.safe.st.st_size + 1)
     body = inflate(data, prepared.fmt, cap, bound)
     return body if len(body) <= bound else None
-
-
-def _pread_all(fd: int, most: int) -> bytes:
-    data = os.pread(fd, most, 0)
-    if len(data) in (0, most):
-        return data
-    chunks = [data]
-    got = len(data)
-    while got < most and (more := os.pread(fd, most - got, got)):
-        chunks.append(more)
-        got += len(more)
-    return b"".join(chunks)
 
 
 def complete(sent: Sent, still_ours: Callable[[], bool], delete: bool) -> Done:
@@ -215,10 +218,10 @@ def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool
              entry.id, prepared.key, safe.st.st_size, uploaded.bytes_out, ms, uploaded.parts,
              uploaded.verified_by)
     if not same_version(os.fstat(safe.fd), safe.st):
-        # Written to while we read it: its next close-write is a newer entry that will
-        # upload it again to the same key. Keep the file.
+        # Written to while we read it (ctime catches a re-send that restores the mtime): its
+        # close-write is a newer entry that uploads it again to the same key. Keep the file.
         log.warning("changed during upload id=%d path=%s", entry.id, entry.display_path)
-        return Done("changed during upload; newer version kept", uploaded)
+        return Done("superseded: changed during upload; newer version kept", uploaded)
     if not still_ours():
         raise LeaseLost(f"lease lost id={entry.id}")
     if delete and not safe.unlink():
@@ -237,3 +240,23 @@ def _vanished(entry: Entry, source: Source, sink: Sink) -> Done:
     log.warning("vanished id=%d path=%s object=missing", entry.id, entry.display_path)
     return Done("vanished before upload; no object (removed by someone else)")
 
+
+
+class _Exactly(io.RawIOBase):
+    """The bytes of an open file from offset 0, by pread (the fd's offset is not touched),
+    raising Superseded when the file ends before or goes past `size`."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size, self.pos = fd, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self.size + 1 - self.pos)
+        n = os.preadv(self.fd, [memoryview(buffer)[:want]], self.pos) if want > 0 else 0
+        self.pos += n
+        if self.pos > self.size or (n == 0 and self.pos < self.size):
+            raise Superseded(f"{'more' if self.pos > self.size else self.pos} bytes read, "
+                             f"{self.size} at open")
+        return n

@@ -108,7 +108,7 @@ def decide(entry: Entry, outcome: object, streak: int, tuning: Tuning, max_attem
         return decide(entry, PermanentError(
             f"internal error: {type(outcome).__name__}: {outcome}"), streak, tuning,
             max_attempts, jitter)
-    if entry.attempts + 1 >= max_attempts:
+    if outcome.final or entry.attempts + 1 >= max_attempts:
         return Fail(str(outcome))
     delay = outcome.retry_after if outcome.retry_after is not None else backoff(
         entry.attempts + 1, tuning.permanent_delay, tuning.permanent_delay_max)

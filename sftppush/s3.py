@@ -32,6 +32,8 @@ from sftppush.errors import ConfigError, PermanentError, TransientError
 log = logging.getLogger("sftppush.s3")
 
 SHA256_KEY = "sftppush-sha256"
+SOURCE_KEY = "sftppush-source"
+NAME_KEY = "sftppush-original-name"
 SMALL_BODY = 2**20  # read first; a body that ends within it never gets a part-sized buffer
 READ_CHUNK = 2**16  # decompressed bytes per readinto while filling a part (a temporary copy
                    # of this size is made by the decompressor; glibc keeps ~2x it per thread)
@@ -234,9 +236,11 @@ class Sink:
         """Wait up to `timeout` s until a `put()` of any small body would start at once."""
         return self.transport is None or self.transport.wait_room(self.max_small, timeout)
 
-    def put(self, bucket: str, key: str, body: bytes, metadata: dict[str, str]) -> Future[Uploaded]:
+    def put(self, bucket: str, key: str, body: bytes, metadata: dict[str, str],
+            if_absent: bool = False) -> Future[Uploaded]:
         """Start one PUT of a small body (fast transport); the future is a verified Uploaded
-        or raises TransientError / PermanentError. Blocks while the in-flight limits are met."""
+        or raises TransientError / PermanentError. Blocks while the in-flight limits are met.
+        `if_absent`: see `upload()`."""
         assert self.transport is not None, "put() needs awscrt; stream with upload()"
         out: Future[Uploaded] = Future()
         if self._credentials() is None:
@@ -251,12 +255,20 @@ class Sink:
                         ("x-amz-checksum-crc32", b64crc32(body))]
         headers += [(f"x-amz-meta-{name}", value)
                     for name, value in {**metadata, SHA256_KEY: sha}.items()]
+        if if_absent:
+            headers.append(("If-None-Match", "*"))
 
         def answered(sent: Future[crt.Answer]) -> None:
             try:
                 answer = sent.result()
                 how = verified_by(answer.headers.get("x-amz-checksum-crc32"),
                                   answer.headers.get("etag"), body)
+            except crt.Failed as exc:
+                if exc.status == 412 and if_absent:  # someone's object is there: whose?
+                    self._verify.submit(self._put_over, out, bucket, key, body, metadata)
+                else:
+                    out.set_exception(classify(exc))
+                return
             except BaseException as exc:
                 out.set_exception(classify(exc))
                 return
@@ -267,6 +279,33 @@ class Sink:
 
         self.transport.put(bucket, key, body, headers).add_done_callback(answered)
         return out
+
+    def _put_over(self, out: Future[Uploaded], bucket: str, key: str, body: bytes,
+                  metadata: dict[str, str]) -> None:
+        try:
+            self.may_replace(bucket, key, metadata)
+            out.set_result(self._put_single(bucket, key, body, metadata, None))
+        except BaseException as exc:
+            out.set_exception(classify(exc))
+
+    def may_replace(self, bucket: str, key: str, metadata: dict[str, str]) -> None:
+        """Raise a final PermanentError unless the object at `key` came from the same local
+        path as `metadata` says ours does (SPEC 3: one key, one local path). An object without
+        sftppush's metadata (the Go tool's, say) is replaced, with a warning."""
+        try:
+            head = self.call("head_object", Bucket=bucket, Key=key)
+        except PermanentError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return
+            raise
+        theirs = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        if SOURCE_KEY not in theirs:
+            log.warning("replacing an object sftppush did not write bucket=%s key=%s",
+                        bucket, key)
+            return
+        if any(theirs.get(k) != metadata.get(k) for k in (SOURCE_KEY, NAME_KEY)):
+            raise PermanentError(f"key collision: {key} holds {theirs.get(SOURCE_KEY)}:"
+                                 f"{theirs.get(NAME_KEY)}", final=True)
 
     def _verified_head(self, out: Future[Uploaded], bucket: str, key: str, size: int,
                        sha: str) -> None:
@@ -307,16 +346,22 @@ class Sink:
         return retrying(once)
 
     def upload(self, bucket: str, key: str, reader: Reader, metadata: dict[str, str],
-               cancel: threading.Event | None = None) -> Uploaded:
-        """Upload everything `reader` yields to bucket/key with `metadata` + sha256; verified."""
+               cancel: threading.Event | None = None, if_absent: bool = False) -> Uploaded:
+        """Upload everything `reader` yields to bucket/key with `metadata` + sha256; verified.
+
+        `if_absent`: the key is new to us. A single PUT is conditional (If-None-Match, where
+        the store honours it), a multipart upload looks first; an object found there is
+        replaced only if it came from the same local path (`may_replace`)."""
         # Small-file fast path: most files end within the first read, one PUT of bytes.
         head = read_full(reader, min(SMALL_BODY, self.part_size))
         if len(head) < min(SMALL_BODY, self.part_size):
-            return self._put_single(bucket, key, head, metadata, cancel)
+            return self._put_single(bucket, key, head, metadata, cancel, if_absent)
         first = read_part(reader, self.part_size, head)
         second = read_part(reader, self.part_size) if len(first) == self.part_size else None
         if not second:
-            return self._put_single(bucket, key, first, metadata, cancel)
+            return self._put_single(bucket, key, first, metadata, cancel, if_absent)
+        if if_absent:
+            self.may_replace(bucket, key, metadata)
         parts = [first, second]
         # Only `parts` may refer to them: _put_multipart frees each buffer once it is sent,
         # and a local name here would keep two parts alive for the whole upload.
@@ -360,11 +405,18 @@ class Sink:
         return aborted
 
     def _put_single(self, bucket: str, key: str, body: bytes | bytearray, metadata: dict[str, str],
-                    cancel: threading.Event | None) -> Uploaded:
+                    cancel: threading.Event | None, if_absent: bool = False) -> Uploaded:
         sha = hashlib.sha256(body).hexdigest()
-        resp = self.call("put_object", cancel, Bucket=bucket, Key=key,
-                         Body=PartBody(body) if len(body) > SMALL_BODY else body,
-                         Metadata={**metadata, SHA256_KEY: sha}, **self.extra)
+        args = {"Bucket": bucket, "Key": key, "Metadata": {**metadata, SHA256_KEY: sha},
+                "Body": PartBody(body) if len(body) > SMALL_BODY else body, **self.extra}
+        try:
+            resp = self.call("put_object", cancel, **args,
+                             **({"IfNoneMatch": "*"} if if_absent else {}))
+        except PermanentError as exc:
+            if not (if_absent and _code(exc) == "PreconditionFailed"):
+                raise
+            self.may_replace(bucket, key, metadata)
+            resp = self.call("put_object", cancel, **args)
         how = verified_by(resp.get("ChecksumCRC32"), resp.get("ETag"), body) or \
             self.verify_head(bucket, key, len(body), sha)
         return Uploaded(bucket, key, len(body), sha, 0, how)

@@ -18,6 +18,7 @@ import pytest
 import zstandard
 
 from sftppush import pipeline
+from sftppush.errors import PermanentError
 from sftppush.keys import iso8601
 from sftppush.queue import FileVersion, Queue, State
 from sftppush.s3 import RetryPolicy, Sink, Transfer
@@ -273,3 +274,61 @@ def test_mtime_metadata_is_the_files_mtime(source_tree: Any, pipeline_config: An
     meta = s3_client.head_object(Bucket=s3_bucket, Key="sftpuser1/upload/t.csv")["Metadata"]
     assert meta["sftppush-mtime"] == iso8601(1_767_225_600_250_000_000) == \
         "2026-01-01T00:00:00.250000+00:00"
+
+
+def _resend_in_place(path: Path, body: bytes) -> None:
+    """What `sftp put -p` does: open with O_TRUNC, write, then restore the old mtime."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.write(body)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("size", [len(CSV), 12 * MB])  # one PUT; multipart
+def test_a_read_cut_short_by_an_in_place_resend_is_superseded_never_uploaded(
+        source_tree: Any, pipeline_config: Any, s3_client: Any, s3_bucket: str,
+        size: int) -> None:
+    cfg = pipeline_config()
+    sink = _uploader(cfg)
+    f = source_tree.upload / "data.csv"
+    f.write_bytes((CSV * (size // len(CSV) + 1))[:size])
+    enqueue(cfg, f)
+    prepared = pipeline.prepare(_claim(cfg), cfg, sink)
+    assert isinstance(prepared, pipeline.Prepared)
+    try:
+        _resend_in_place(f, b"short\n")  # truncated while we hold it open, same inode
+        with pytest.raises(pipeline.Superseded, match="at open"):
+            sink.upload(s3_bucket, prepared.key, prepared.reader(2**40), prepared.meta)
+    finally:
+        prepared.close()
+    assert f.read_bytes() == b"short\n"
+    assert_nothing_in(s3_client, s3_bucket)
+
+
+def test_a_small_file_cut_short_before_its_fast_put_is_superseded(
+        source_tree: Any, pipeline_config: Any, s3_client: Any, s3_bucket: str) -> None:
+    cfg = pipeline_config()
+    f = source_tree.upload / "small.csv"
+    f.write_bytes(CSV)
+    enqueue(cfg, f)
+    prepared = pipeline.prepare(_claim(cfg), cfg, _uploader(cfg))
+    try:
+        _resend_in_place(f, CSV[:100])
+        with pytest.raises(pipeline.Superseded):
+            pipeline.read_small(prepared, 2**40, 8 * MB)
+    finally:
+        prepared.close()
+
+
+def test_a_plain_file_over_max_decompressed_bytes_is_refused(
+        source_tree: Any, pipeline_config: Any, s3_client: Any, s3_bucket: str) -> None:
+    cfg = pipeline_config(max_decompressed_bytes=2**20)
+    sparse = source_tree.upload / "sparse.bin"
+    with open(sparse, "wb") as f:
+        f.truncate(2**30)  # a hole: no disk used, and not compressed
+    enqueue(cfg, sparse)
+    with pytest.raises(PermanentError, match="exceeds max_decompressed_bytes=1048576"):
+        pipeline.process(_claim(cfg), cfg, _uploader(cfg))
+    assert sparse.stat().st_size == 2**30
+    assert_nothing_in(s3_client, s3_bucket)
