@@ -19,7 +19,6 @@ SUFFIXES: dict[str, tuple[bytes, ...]] = {
     "xz": (b".xz",),
     "zstd": (b".zst",),
 }
-ALL_SUFFIXES = tuple(s for group in SUFFIXES.values() for s in group)
 
 
 def escape_component(raw: bytes) -> str:

@@ -214,9 +214,9 @@ def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool
     version and the lease still ours. Raises LeaseLost (never deleting) otherwise."""
     entry, safe = prepared.entry, prepared.safe
     ms = (time.monotonic() - prepared.started) * 1000
-    log.info("uploaded id=%d key=%s bytes_in=%d bytes_out=%d ms=%d parts=%d verified=%s",
-             entry.id, prepared.key, safe.st.st_size, uploaded.bytes_out, ms, uploaded.parts,
-             uploaded.verified_by)
+    log.info("uploaded id=%d key=%s bytes_in=%d bytes_out=%d ms=%d parts=%d verified=%s"
+             " sha256=%s", entry.id, prepared.key, safe.st.st_size, uploaded.bytes_out, ms,
+             uploaded.parts, uploaded.verified_by, uploaded.sha256)
     if not same_version(os.fstat(safe.fd), safe.st):
         # Written to while we read it (ctime catches a re-send that restores the mtime): its
         # close-write is a newer entry that uploads it again to the same key. Keep the file.
