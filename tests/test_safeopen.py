@@ -2,6 +2,7 @@
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -119,8 +120,24 @@ def files_in(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.is_file())
 
 
-def reopened(safe: SafeFile, cls: type[SafeFile]) -> SafeFile:
-    return cls(safe.fd, safe.dir_fd, safe.name, safe.st)
+def opened_with(root: Path, path: Path, after_check: Callable[[], object] = lambda: None,
+                after_set_aside: Callable[[], object] = lambda: None) -> SafeFile:
+    """`path` opened, with something happening right after unlink's check of the name and
+    right after it set the name aside: the moments a newer version could land."""
+
+    class Unlucky(SafeFile):
+        def unchanged(self) -> bool:
+            still = super().unchanged()
+            after_check()
+            return still
+
+        def _set_aside(self) -> bytes | None:
+            private = super()._set_aside()
+            after_set_aside()
+            return private
+
+    safe = open_in_root(root, bytes(path))
+    return Unlucky(safe.fd, safe.dir_fd, safe.name, safe.st)
 
 
 @pytest.mark.parametrize("noreplace", [True, False], ids=["renameat2", "link+unlink"])
@@ -133,14 +150,7 @@ def test_unlink_never_deletes_a_version_renamed_over_the_name_after_the_check(
     f = root / "upload" / "a.csv"
     f.write_bytes(b"v1")
     use_fallback_unless(noreplace, monkeypatch)
-
-    class ReplacedRightAfterTheCheck(SafeFile):
-        def unchanged(self) -> bool:
-            still = super().unchanged()
-            newer_version(f)
-            return still
-
-    with reopened(open_in_root(root, bytes(f)), ReplacedRightAfterTheCheck) as safe:
+    with opened_with(root, f, after_check=lambda: newer_version(f)) as safe:
         assert not safe.unlink()
     assert f.read_bytes() == b"v2, written while v1 was uploading"
     assert files_in(f.parent) == ["a.csv"]  # nothing left aside
@@ -152,14 +162,7 @@ def test_unlink_deletes_the_opened_version_when_a_newer_one_arrives_after_the_se
     root, _ = tree
     f = root / "upload" / "a.csv"
     f.write_bytes(b"v1")
-
-    class ReplacedRightAfterTheSetAside(SafeFile):
-        def _set_aside(self) -> bytes | None:
-            private = super()._set_aside()
-            newer_version(f)
-            return private
-
-    with reopened(open_in_root(root, bytes(f)), ReplacedRightAfterTheSetAside) as safe:
+    with opened_with(root, f, after_set_aside=lambda: newer_version(f)) as safe:
         assert safe.unlink()
     assert f.read_bytes() == b"v2, written while v1 was uploading"
     assert files_in(f.parent) == ["a.csv"]
@@ -175,19 +178,8 @@ def test_a_version_set_aside_by_mistake_never_clobbers_an_even_newer_one(
     f = root / "upload" / "a.csv"
     f.write_bytes(b"v1")
     use_fallback_unless(noreplace, monkeypatch)
-
-    class TwoNewerVersions(SafeFile):
-        def unchanged(self) -> bool:
-            still = super().unchanged()
-            newer_version(f, b"v2")
-            return still
-
-        def _set_aside(self) -> bytes | None:
-            private = super()._set_aside()
-            newer_version(f, b"v3")
-            return private
-
-    with reopened(open_in_root(root, bytes(f)), TwoNewerVersions) as safe:
+    with opened_with(root, f, after_check=lambda: newer_version(f, b"v2"),
+                     after_set_aside=lambda: newer_version(f, b"v3")) as safe:
         assert not safe.unlink()
     assert f.read_bytes() == b"v3"
     kept = [p for p in f.parent.iterdir() if p.name.startswith(DELETING_PREFIX.decode())]
