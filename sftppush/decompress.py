@@ -1,9 +1,9 @@
 """Compression by magic bytes, and streaming readers that stop at the decompressed-size cap.
 
 Owns format detection (gzip incl. multi-member, bzip2, xz; zstd when `zstandard` is
-importable) and turning decoder failures into PermanentError. It must never look at file
-names, read a whole file into memory (a small one the caller already holds as bytes is
-decompressed in one go) or talk to S3.
+importable), the rule that a file ends exactly where its last complete stream ends, and turning
+decoder failures into PermanentError. It must never look at file names, read a whole file into
+memory (a small one the caller already holds as bytes is decompressed in one go) or talk to S3.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import io
 import lzma
 import os
 import zlib
+from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol
 
 from sftppush.errors import PermanentError
@@ -30,6 +31,8 @@ MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x28\xb5\x2f\xfd", "zstd"),
 )
 HEAD_BYTES = max(len(m) for m, _ in MAGIC)
+RAW_CHUNK = 1 << 16  # compressed bytes fed to a decoder at a time
+TRUNCATED = "compressed data ended before the end-of-stream marker"
 
 
 class Reader(Protocol):
@@ -149,35 +152,209 @@ def _open(raw: BinaryIO, fmt: str | None) -> Reader:
     if fmt is None:
         return raw
     if fmt == "gzip":
+        # GzipFile already takes members back to back, skips zero padding and refuses
+        # anything else after a member.
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if fmt == "bzip2":
-        return bz2.BZ2File(raw, mode="rb")
+        return io.BufferedReader(_Streams(raw, bz2.BZ2Decompressor))
     if fmt == "xz":
-        return lzma.LZMAFile(raw, mode="rb")
+        # FORMAT_XZ, not LZMAFile's FORMAT_AUTO: a legacy .lzma stream is not part of an .xz
+        # file. Streams may be followed by stream padding, NULs in multiples of four.
+        return io.BufferedReader(_Streams(
+            raw, lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ), padding=4))
     if fmt == "zstd" and zstandard is not None:
-        # read_across_frames: a file of several frames is one stream, like multi-member gzip.
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(
-            raw, read_across_frames=True, closefd=False), buffer_size=1 << 20)
+        return io.BufferedReader(_Zstd(raw), buffer_size=1 << 20)
     raise PermanentError(f"unsupported compression {fmt}")
+
+
+class _Streams(io.RawIOBase):
+    """Compressed streams back to back, each decoded by a fresh decompressor object; the input
+    must end exactly where a stream ends.
+
+    BZ2File and LZMAFile read the same way but end quietly at bytes that do not start a valid
+    stream, which would upload the first streams of a damaged file as if it were whole.
+    """
+
+    def __init__(self, raw: BinaryIO, new: Callable[[], Any], padding: int = 0) -> None:
+        self._raw = raw
+        self._new = new
+        self._decoder = new()
+        self._padding = padding  # 0: none allowed; n: runs of NULs in multiples of n
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _read(self, size: int) -> bytes:
+        while not self._done:
+            decoder = self._decoder
+            if decoder.eof:
+                rest = self._next_stream(decoder.unused_data)
+                if not rest:
+                    self._done = True
+                    break
+                self._decoder = decoder = self._new()
+            elif decoder.needs_input:
+                rest = self._raw.read(RAW_CHUNK)
+                if not rest:
+                    raise EOFError(TRUNCATED)
+            else:
+                rest = b""
+            data = decoder.decompress(rest, size)
+            if data:
+                return data
+        return b""
+
+    def _next_stream(self, rest: bytes) -> bytes:
+        """The start of the next stream after padding, or b"" at the end of the input."""
+        padded = 0
+        while True:
+            rest = rest or self._raw.read(RAW_CHUNK)
+            if not self._padding or not rest:
+                break
+            start = rest.lstrip(b"\0")
+            padded += len(rest) - len(start)
+            if start:
+                rest = start
+                break
+            rest = b""
+        if padded % (self._padding or 1):
+            raise ValueError(f"stream padding of {padded} bytes is not a multiple of "
+                             f"{self._padding}")
+        return rest
+
+
+class _ZstdFrames:
+    """The compressed input of a zstd reader, following frame and block headers as it passes,
+    to tell whether the input ended exactly at the end of a frame.
+
+    zstandard's streaming readers end quietly on a cut frame (they hide ZSTD_decompressStream's
+    "more input wanted"), and its decompressobj has no output limit (4 bytes of RLE block make
+    128 KiB), so the frame boundaries are followed here: 3 header bytes per block of up to
+    128 KiB, next to nothing beside the decoding. Invalid headers are left to the decoder.
+    """
+
+    MAGIC = 0xFD2FB528
+    SKIPPABLE = 0x184D2A50  # ..0x184D2A5F: a frame of metadata that decoders pass over
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._head = b""  # the header read so far
+        self._want = 4  # header bytes wanted before self._parse can run
+        self._parse: Callable[[], None] | None = self._frame  # None: lost track (invalid)
+        self._skip = 0  # bytes to pass over (block bodies, checksums, skippable frames)
+        self._checksum = 0
+        self.ended = False
+
+    @property
+    def complete(self) -> bool:
+        """True once the input ended between two frames."""
+        return (self.ended and self._parse == self._frame and not self._head
+                and not self._skip)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        if not data:
+            self.ended = True
+        pos, end = 0, len(data)
+        while pos < end and self._parse is not None:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = self._want - len(self._head)
+            self._head += data[pos: pos + take]
+            pos += take
+            if len(self._head) == self._want:
+                self._parse()
+        return data
+
+    def _frame(self) -> None:
+        magic = int.from_bytes(self._head[:4], "little")
+        if magic & ~0xF == self.SKIPPABLE:
+            if len(self._head) < 8:
+                self._want = 8  # up to its 4-byte size
+                return
+            self._skip = int.from_bytes(self._head[4:8], "little")
+            self._head, self._want = b"", 4
+        elif magic == self.MAGIC:
+            if len(self._head) < 5:
+                self._want = 5  # up to the frame header descriptor
+                return
+            descriptor = self._head[4]
+            single_segment = descriptor >> 5 & 1
+            content_size = (single_segment, 2, 4, 8)[descriptor >> 6]
+            dictionary_id = (0, 1, 2, 4)[descriptor & 3]
+            self._want = 5 + (not single_segment) + dictionary_id + content_size
+            self._checksum = 4 if descriptor & 4 else 0
+            self._parse = self._frame_header
+        else:
+            self._parse = None
+
+    def _frame_header(self) -> None:
+        self._head, self._want, self._parse = b"", 3, self._block
+
+    def _block(self) -> None:
+        header = int.from_bytes(self._head, "little")
+        kind, size = header >> 1 & 3, header >> 3
+        self._skip = 1 if kind == 1 else size  # an RLE block holds one byte
+        self._head = b""
+        if kind == 3:  # reserved
+            self._parse = None
+        elif header & 1:  # the last block of its frame
+            self._skip += self._checksum
+            self._want, self._parse = 4, self._frame
+
+
+class _Zstd(io.RawIOBase):
+    """zstd frames back to back (skippable ones too) that must end with a complete frame."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._frames = _ZstdFrames(raw)
+        self._stream = zstandard.ZstdDecompressor().stream_reader(
+            self._frames, read_across_frames=True, closefd=False)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._stream.readinto(buffer)
+        if not n and not self._frames.complete:
+            raise EOFError(TRUNCATED)
+        return n
 
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
-        return "truncated (compressed data ended before the end-of-stream marker)"
+        return f"truncated ({TRUNCATED})"
     return str(exc) or type(exc).__name__
 
 
-def read_full(reader: Reader, size: int) -> bytes:
-    """Up to `size` bytes from `reader`; fewer only at its end."""
-    data = reader.read(size)
+def read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
+    """`size` bytes from repeated `read(n)` calls, fewer only where `read` returns b"".
+
+    Any short-reading source fits: a reader's `read`, or `os.pread` at a moving offset.
+    """
+    data = read(size)
     if len(data) == size or not data:
         return data
     chunks = [data]
     got = len(data)
     while got < size:
-        more = reader.read(size - got)
+        more = read(size - got)
         if not more:
             break
         chunks.append(more)
         got += len(more)
     return b"".join(chunks)
+
+
+def read_full(reader: Reader, size: int) -> bytes:
+    """Up to `size` bytes from `reader`; fewer only at its end."""
+    return read_exactly(reader.read, size)

@@ -7,9 +7,14 @@ It must never read file contents or decide what happens to a queue entry.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
+import logging
 import os
+import secrets
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sftppush.errors import PermanentError
@@ -19,6 +24,11 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 # A link count above one may be the middle of an sftp-server link()+unlink() rename.
 NLINK_RETRY_SECONDS = 2.0
+# The name a file is renamed to while it is checked and deleted; never queued (scan.py).
+DELETING_PREFIX = b".sftppush-deleting."
+RENAME_NOREPLACE = 1  # linux/fs.h
+
+log = logging.getLogger("sftppush.safeopen")
 
 
 class Vanished(Exception):
@@ -52,7 +62,7 @@ class SafeFile:
         self.close()
 
     def unchanged(self) -> bool:
-        """True if the name still points at the file we opened, with the same size and mtime."""
+        """True if the name still points at the file we opened, same size, mtime and ctime."""
         try:
             now = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -60,19 +70,84 @@ class SafeFile:
         return same_version(now, self.st)
 
     def unlink(self) -> bool:
-        """Delete the file by name in its directory if it is still the version we uploaded.
+        """Delete the file in its directory if it is still the version we opened (and uploaded).
 
         Returns False (and deletes nothing) if the name now holds a different file or version:
-        a newer version has its own queue entry and must stay.
+        a newer version has its own queue entry and must stay. A check of the name and an
+        unlink by name would leave a moment in which a newer version renamed over the name is
+        the one deleted; so the name is first renamed to a private one, and what was renamed
+        is checked there, deleted if it is our inode, else put back.
         """
-        if not self.unchanged():
+        # ctime can be checked only here: the rename below sets the inode's ctime.
+        if not same_version(os.fstat(self.fd), self.st) or not self.unchanged():
             return False
-        os.unlink(self.name, dir_fd=self.dir_fd)
-        return True
+        private = self._set_aside()
+        if private is None:
+            return False
+        try:
+            aside = os.stat(private, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:  # removed by someone else meanwhile
+            return False
+        if (aside.st_dev, aside.st_ino, aside.st_size, aside.st_mtime_ns) == \
+                (self.st.st_dev, self.st.st_ino, self.st.st_size, self.st.st_mtime_ns):
+            os.unlink(private, dir_fd=self.dir_fd)
+            return True
+        self._put_back(private)
+        return False
+
+    def _set_aside(self) -> bytes | None:
+        """Rename the name to a private one in the same directory; None if the name is gone."""
+        private = DELETING_PREFIX + secrets.token_hex(8).encode()
+        try:
+            os.rename(self.name, private, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            return None
+        return private
+
+    def _put_back(self, private: bytes) -> None:
+        """Return a newer version set aside by mistake to its name, unless an even newer file
+        took the name meanwhile: that one stays, and this one stays aside, logged, not lost."""
+        try:
+            _rename_noreplace(self.dir_fd, private, self.name)
+        except FileExistsError:
+            log.warning("set aside name=%s kept_as=%s reason=name taken by a newer file",
+                        os.fsdecode(self.name), os.fsdecode(private))
 
 
 def same_version(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_size, b.st_mtime_ns)
+    """Same inode, size, mtime and ctime: ctime catches an in-place rewrite that restored
+    the old mtime."""
+    return (a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == \
+        (b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+
+
+def _rename_noreplace(dir_fd: int, old: bytes, new: bytes) -> None:
+    """Rename `old` to `new` in `dir_fd`, raising FileExistsError rather than replacing `new`.
+
+    renameat2(RENAME_NOREPLACE) where libc and the filesystem have it, else link() (which
+    never replaces) then unlink() of the old name.
+    """
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        if renameat2(dir_fd, old, dir_fd, new, RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: the filesystem lacks the flag
+            raise OSError(err, os.strerror(err), os.fsdecode(new))
+    os.link(old, new, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    os.unlink(old, dir_fd=dir_fd)
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28)
+        return None
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint)
+    renameat2.restype = ctypes.c_int
+    return renameat2
 
 
 def open_in_root(root: bytes | str, path: bytes | str,

@@ -18,6 +18,7 @@ from functools import lru_cache
 
 from sftppush.config import Config, Source
 from sftppush.queue import FileVersion, Queue, shown
+from sftppush.safeopen import DELETING_PREFIX
 
 log = logging.getLogger("sftppush.scan")
 
@@ -47,22 +48,22 @@ class Counts:
 
 
 @lru_cache(maxsize=16)
-def _ignore_regex(ignore: tuple[str, ...]) -> re.Pattern[bytes] | None:
-    if not ignore:
-        return None
-    return re.compile(b"|".join(os.fsencode(fnmatch.translate(g)) for g in ignore))
+def _ignore_regex(ignore: tuple[str, ...]) -> re.Pattern[bytes]:
+    # Built in, whatever the configuration: the private name a consumer gives a file while
+    # it deletes it is not a new file.
+    return re.compile(b"|".join([re.escape(DELETING_PREFIX)]
+                                + [os.fsencode(fnmatch.translate(g)) for g in ignore]))
 
 
 def is_ignored(name: bytes | str, ignore: tuple[str, ...]) -> bool:
-    """True if a basename matches one of the ignore globs (case-sensitive, `*` matches dots)."""
-    regex = _ignore_regex(tuple(ignore))
-    return regex is not None and regex.match(os.fsencode(name)) is not None
+    """True if a basename matches one of the ignore globs (case-sensitive, `*` matches dots)
+    or is a consumer's private name of a file it is deleting."""
+    return _ignore_regex(tuple(ignore)).match(os.fsencode(name)) is not None
 
 
 def ignore_matcher(ignore: tuple[str, ...]) -> Callable[[bytes], object]:
     """A fast `is_ignored` for one ignore list and bytes basenames (truthy = ignored)."""
-    regex = _ignore_regex(tuple(ignore))
-    return regex.match if regex is not None else (lambda name: None)
+    return _ignore_regex(tuple(ignore)).match
 
 
 def walk(top: bytes, source: str, ignore: tuple[str, ...], *,
@@ -94,7 +95,7 @@ def walk(top: bytes, source: str, ignore: tuple[str, ...], *,
             continue
         with entries:
             for entry in entries:
-                if regex is not None and regex.match(entry.name):
+                if regex.match(entry.name):
                     counts.ignored += 1
                     continue
                 try:

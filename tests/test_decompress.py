@@ -3,12 +3,14 @@
 import bz2
 import gzip
 import io
+import itertools
 import lzma
+import random
 
 import pytest
 import zstandard
 
-from sftppush.decompress import CappedReader, detect, inflate
+from sftppush.decompress import CappedReader, detect, inflate, read_exactly, read_full
 from sftppush.errors import PermanentError
 
 BODY = b"".join(b"%06d,sensor,21.5\n" % i for i in range(20000))
@@ -75,35 +77,143 @@ def inflate_or_error(data: bytes, fmt: str | None, cap: int, most: int) -> bytes
         return str(exc)
 
 
+def stream_or_error(data: bytes, fmt: str | None) -> bytes | str:
+    """What the upload path gets: readinto() in the chunks s3.read_part asks for."""
+    reader = CappedReader(io.BytesIO(data), fmt, 10**9)
+    out = bytearray()
+    buf = bytearray(65536)
+    try:
+        while n := reader.readinto(buf):
+            out += buf[:n]
+    except PermanentError as exc:
+        return str(exc)
+    return bytes(out)
+
+
+def zst(body: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(body)
+
+
+def damaged(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x55]) + data[at + 1:]
+
+
 GZ = gzip.compress(BODY)
 GZ_BAD_CRC = GZ[:-8] + bytes([GZ[-8] ^ 1]) + GZ[-7:]
+ZS = zst(BODY)
+BZ, BZ_2 = bz2.compress(BODY[:1000]), bz2.compress(BODY[1000:])
+XZ, XZ_2 = lzma.compress(BODY[:1000]), lzma.compress(BODY[1000:])
+# Incompressible bytes then zeros: raw, compressed and RLE blocks, with a checksum and no size.
+MIXED = random.Random(0).randbytes(300_000) + bytes(1_000_000) + BODY
+ZS_MIXED = zstandard.ZstdCompressor(write_checksum=True, write_content_size=False).compress(
+    MIXED)
+SKIPPABLE = (0x184D2A50).to_bytes(4, "little") + (6).to_bytes(4, "little") + b"ignore"
+CORRUPT = "corrupt "  # the error text must start so; both readers must give the same text
+
+# (format, case, input, expected: the decompressed bytes, or the start of the error text)
+READER_CASES = [
+    ("gzip", "one member", GZ, BODY),
+    ("gzip", "two members", gzip.compress(BODY[:1000]) + gzip.compress(BODY[1000:]), BODY),
+    ("gzip", "zero padding after a member", GZ + b"\0" * 100, BODY),
+    ("gzip", "padding between members",
+     gzip.compress(b"a" * 10) + b"\0" * 3 + gzip.compress(b"b"), b"a" * 10 + b"b"),
+    ("gzip", "garbage after a member", GZ + b"garbage", "corrupt gzip: "),
+    ("gzip", "a cut member after a member", GZ + GZ[:50], "corrupt gzip: truncated"),
+    ("gzip", "truncated", GZ[:-100], "corrupt gzip: truncated"),
+    ("gzip", "truncated trailer", GZ[:-3], "corrupt gzip: truncated"),
+    ("gzip", "bad crc", GZ_BAD_CRC, "corrupt gzip: "),
+    ("gzip", "not deflate", b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"not deflate at all" * 10,
+     "corrupt gzip: "),
+    ("gzip", "empty member", gzip.compress(b""), b""),
+    ("zstd", "one frame", ZS, BODY),
+    ("zstd", "two frames", zst(BODY[:1000]) + zst(BODY[1000:]), BODY),
+    ("zstd", "an empty frame between frames", zst(b"a") + zst(b"") + zst(b"b"), b"ab"),
+    ("zstd", "skippable frames", SKIPPABLE + ZS + SKIPPABLE, BODY),
+    ("zstd", "raw, RLE and compressed blocks with a checksum", ZS_MIXED, MIXED),
+    ("zstd", "cut in the checksum", ZS_MIXED[:-1], "corrupt zstd: truncated"),
+    ("zstd", "cut at 1/3", ZS[: len(ZS) // 3], "corrupt zstd: truncated"),
+    ("zstd", "cut at 2/3", ZS[: len(ZS) * 2 // 3], "corrupt zstd: truncated"),
+    ("zstd", "one byte short", ZS[:-1], "corrupt zstd: truncated"),
+    ("zstd", "only the magic", ZS[:4], "corrupt zstd: truncated"),
+    ("zstd", "second frame cut", ZS + ZS[:100], "corrupt zstd: truncated"),
+    ("zstd", "a cut skippable frame after a frame", ZS + SKIPPABLE[:-1],
+     "corrupt zstd: truncated"),
+    ("zstd", "trailing garbage", ZS + b"garbage", "corrupt zstd: "),
+    ("zstd", "two trailing bytes", ZS + b"ga", "corrupt zstd: "),
+    ("bzip2", "one stream", bz2.compress(BODY), BODY),
+    ("bzip2", "two streams", BZ + BZ_2, BODY),
+    ("bzip2", "second stream header damaged", BZ + damaged(BZ_2, 3), "corrupt bzip2: "),
+    ("bzip2", "second stream block magic damaged", BZ + damaged(BZ_2, 5), "corrupt bzip2: "),
+    ("bzip2", "trailing garbage", BZ + b"garbage", "corrupt bzip2: "),
+    ("bzip2", "one trailing byte", BZ + b"B", "corrupt bzip2: truncated"),
+    ("bzip2", "zero bytes after the stream", BZ + b"\0" * 4, "corrupt bzip2: "),
+    ("bzip2", "cut", BZ_2[:-10], "corrupt bzip2: truncated"),
+    ("bzip2", "second stream cut", BZ + BZ_2[:-10], "corrupt bzip2: truncated"),
+    ("xz", "one stream", lzma.compress(BODY), BODY),
+    ("xz", "two streams", XZ + XZ_2, BODY),
+    ("xz", "stream padding after the last stream", XZ + b"\0" * 8, BODY[:1000]),
+    ("xz", "stream padding between streams", XZ + b"\0" * 4 + XZ_2, BODY),
+    ("xz", "padding not a multiple of four", XZ + b"\0" * 3, "corrupt xz: "),
+    ("xz", "second stream header damaged", XZ + damaged(XZ_2, 7), "corrupt xz: "),
+    ("xz", "trailing garbage", XZ + b"garbage", "corrupt xz: "),
+    ("xz", "trailing garbage after padding", XZ + b"\0" * 4 + b"garbage", "corrupt xz: "),
+    ("xz", "cut", XZ_2[:-10], "corrupt xz: truncated"),
+    ("xz", "second stream cut", XZ + XZ_2[:-10], "corrupt xz: truncated"),
+    ("xz", "a legacy .lzma stream after the xz stream",
+     XZ + lzma.compress(b"x", format=lzma.FORMAT_ALONE), "corrupt xz: "),
+]
 
 
-@pytest.mark.parametrize(("name", "data"), [
-    ("one member", GZ),
-    ("two members", gzip.compress(BODY[:1000]) + gzip.compress(BODY[1000:])),
-    ("zero padding after a member", GZ + b"\0" * 100),
-    ("padding between members", gzip.compress(b"a" * 10) + b"\0" * 3 + gzip.compress(b"b")),
-    ("garbage after a member", GZ + b"garbage"),
-    ("truncated", GZ[:-100]),
-    ("truncated trailer", GZ[:-3]),
-    ("bad crc", GZ_BAD_CRC),
-    ("not deflate", b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"not deflate at all" * 10),
-    ("empty member", gzip.compress(b"")),
-])
-def test_inflate_of_a_whole_gzip_reads_as_the_streaming_reader_does(name: str,
-                                                                    data: bytes) -> None:
-    # The consumer's small-file lane inflates in one go; the streaming path uses GzipFile.
-    # Both must agree on bytes, and on corrupt input both must refuse it as corrupt gzip.
-    try:
-        streamed: bytes | str = read_all(data, "gzip")
-    except PermanentError as exc:
-        streamed = str(exc)
-    inflated = inflate_or_error(data, "gzip", 10**9, 10**8)
-    if name == "bad crc":  # zlib words it "incorrect data check", GzipFile "CRC check failed"
-        assert inflated.startswith("corrupt gzip: ") and streamed.startswith("corrupt gzip: ")
+@pytest.mark.parametrize(("fmt", "case", "data", "expected"), READER_CASES,
+                         ids=[f"{fmt}: {case}" for fmt, case, _, _ in READER_CASES])
+def test_a_compressed_file_must_end_with_its_last_complete_stream_in_both_readers(
+        fmt: str, case: str, data: bytes, expected: bytes | str) -> None:
+    # SPEC 3: complete streams back to back (plus gzip's zero and xz's stream padding) and
+    # nothing else; a cut or damaged stream or trailing bytes are a permanent corrupt error.
+    # The small-file lane inflates in one go, big files stream: both must say the same.
+    streamed = stream_or_error(data, fmt)
+    inflated = inflate_or_error(data, fmt, 10**9, 10**8)
+    if isinstance(expected, bytes):
+        assert streamed == expected
+    else:
+        assert isinstance(streamed, str) and streamed.startswith(expected), streamed
+    if case == "bad crc":  # zlib words it "incorrect data check", GzipFile "CRC check failed"
+        assert isinstance(inflated, str) and inflated.startswith(expected)
     else:
         assert inflated == streamed
+
+
+class Trickle(io.RawIOBase):
+    """A file that hands out its bytes a few at a time (a slow pipe, a short read)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+        self.sizes = itertools.cycle([1, 3, 7, 2, 13, 5])
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), next(self.sizes), len(self.data))
+        buffer[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+SMALL_STREAM_CASES = [c for c in READER_CASES if c[0] != "gzip" and len(c[2]) < 100_000]
+
+
+@pytest.mark.parametrize(("fmt", "case", "data", "expected"), SMALL_STREAM_CASES,
+                         ids=[f"{fmt}: {case}" for fmt, case, _, _ in SMALL_STREAM_CASES])
+def test_streams_read_the_same_when_the_file_comes_a_few_bytes_at_a_time(
+        fmt: str, case: str, data: bytes, expected: bytes | str) -> None:
+    # Headers and padding split across reads must not change the verdict.
+    reader = CappedReader(Trickle(data), fmt, 10**9)  # type: ignore[arg-type]
+    try:
+        out: bytes | str = read_full(reader, 10**9)
+    except PermanentError as exc:
+        out = str(exc)
+    assert out == stream_or_error(data, fmt)
 
 
 def test_inflate_stops_past_most_and_refuses_past_the_cap() -> None:
@@ -124,3 +234,10 @@ def test_inflate_stops_past_most_and_refuses_past_the_cap() -> None:
 def test_inflate_of_other_formats_is_byte_exact_and_cut_past_most(fmt, compress) -> None:
     assert inflate(compress(BODY), fmt, 10**9, 10**8) == BODY
     assert inflate(compress(BODY), fmt, 10**9, 100) == BODY[:101]
+
+
+def test_read_exactly_gathers_short_reads_until_the_end() -> None:
+    trickle = Trickle(b"0123456789" * 10)
+    assert read_exactly(trickle.read, 95) == (b"0123456789" * 10)[:95]
+    assert read_exactly(trickle.read, 95) == b"56789"
+    assert read_exactly(trickle.read, 95) == b""

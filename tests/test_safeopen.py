@@ -1,12 +1,15 @@
 """Safe open: never a symlink at any depth, only regular files inside the root, one link."""
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from sftppush import safeopen
 from sftppush.errors import PermanentError
-from sftppush.safeopen import Vanished, open_in_root
+from sftppush.safeopen import DELETING_PREFIX, SafeFile, Vanished, open_in_root
 
 
 @pytest.fixture
@@ -97,3 +100,102 @@ def test_unlink_deletes_only_the_version_that_was_opened(tree: tuple[Path, Path]
     with open_in_root(root, bytes(f)) as safe:
         assert safe.unlink()
     assert not f.exists()
+
+
+def newer_version(path: Path, data: bytes = b"v2, written while v1 was uploading") -> None:
+    """A client re-sends the file the usual way: to a temporary name, then rename over it."""
+    temp = path.with_name(path.name + ".filepart")
+    temp.write_bytes(data)
+    os.rename(temp, path)
+
+
+def use_fallback_unless(noreplace: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not noreplace:
+        monkeypatch.setattr(safeopen, "_renameat2", lambda: None)
+    elif safeopen._renameat2() is None:
+        pytest.skip("no renameat2 in this libc")
+
+
+def files_in(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.is_file())
+
+
+def opened_with(root: Path, path: Path, after_check: Callable[[], object] = lambda: None,
+                after_set_aside: Callable[[], object] = lambda: None) -> SafeFile:
+    """`path` opened, with something happening right after unlink's check of the name and
+    right after it set the name aside: the moments a newer version could land."""
+
+    class Unlucky(SafeFile):
+        def unchanged(self) -> bool:
+            still = super().unchanged()
+            after_check()
+            return still
+
+        def _set_aside(self) -> bytes | None:
+            private = super()._set_aside()
+            after_set_aside()
+            return private
+
+    safe = open_in_root(root, bytes(path))
+    return Unlucky(safe.fd, safe.dir_fd, safe.name, safe.st)
+
+
+@pytest.mark.parametrize("noreplace", [True, False], ids=["renameat2", "link+unlink"])
+def test_unlink_never_deletes_a_version_renamed_over_the_name_after_the_check(
+        tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, noreplace: bool) -> None:
+    # The race of SPEC 4/7: the name is checked, a newer version is renamed over it, then
+    # the delete by name would remove the newer version, which has its own queue entry.
+    # Set aside instead of v1, it goes back to its name (by either way of renaming).
+    root, _ = tree
+    f = root / "upload" / "a.csv"
+    f.write_bytes(b"v1")
+    use_fallback_unless(noreplace, monkeypatch)
+    with opened_with(root, f, after_check=lambda: newer_version(f)) as safe:
+        assert not safe.unlink()
+    assert f.read_bytes() == b"v2, written while v1 was uploading"
+    assert files_in(f.parent) == ["a.csv"]  # nothing left aside
+    assert os.stat(f).st_nlink == 1
+
+
+def test_unlink_deletes_the_opened_version_when_a_newer_one_arrives_after_the_set_aside(
+        tree: tuple[Path, Path]) -> None:
+    root, _ = tree
+    f = root / "upload" / "a.csv"
+    f.write_bytes(b"v1")
+    with opened_with(root, f, after_set_aside=lambda: newer_version(f)) as safe:
+        assert safe.unlink()
+    assert f.read_bytes() == b"v2, written while v1 was uploading"
+    assert files_in(f.parent) == ["a.csv"]
+
+
+@pytest.mark.parametrize("noreplace", [True, False], ids=["renameat2", "link+unlink"])
+def test_a_version_set_aside_by_mistake_never_clobbers_an_even_newer_one(
+        tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, noreplace: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # v2 lands after the check and is set aside instead of v1; v3 lands before v2 can go back.
+    # v3 keeps the name; v2 is not put back over it and not deleted either.
+    root, _ = tree
+    f = root / "upload" / "a.csv"
+    f.write_bytes(b"v1")
+    use_fallback_unless(noreplace, monkeypatch)
+    with opened_with(root, f, after_check=lambda: newer_version(f, b"v2"),
+                     after_set_aside=lambda: newer_version(f, b"v3")) as safe:
+        assert not safe.unlink()
+    assert f.read_bytes() == b"v3"
+    kept = [p for p in f.parent.iterdir() if p.name.startswith(DELETING_PREFIX.decode())]
+    assert [p.read_bytes() for p in kept] == [b"v2"]
+    assert f"set aside name=a.csv kept_as={kept[0].name}" in caplog.text
+
+
+def test_unlink_keeps_a_file_rewritten_in_place_with_its_old_mtime(
+        tree: tuple[Path, Path]) -> None:
+    # Same inode, size and mtime (a client that restores the mtime): only ctime tells.
+    root, _ = tree
+    f = root / "upload" / "a.csv"
+    f.write_bytes(b"v1")
+    with open_in_root(root, bytes(f)) as safe:
+        time.sleep(0.05)  # ctime ticks with the kernel's coarse clock
+        f.write_bytes(b"v2")
+        os.utime(f, ns=(safe.st.st_atime_ns, safe.st.st_mtime_ns))
+        assert not safe.unlink()
+    assert f.read_bytes() == b"v2"

@@ -12,7 +12,8 @@ import yaml
 
 from sftppush import config
 from sftppush.queue import Queue
-from sftppush.scan import is_ignored, rescan, scan_source
+from sftppush.safeopen import DELETING_PREFIX
+from sftppush.scan import Counts, ignore_matcher, is_ignored, rescan, scan_source, walk
 
 from .conftest import WatcherProcess, WatchTree, child_env, cli_argv
 
@@ -30,6 +31,22 @@ def test_ignore_globs_match_whole_basenames(name: str | bytes, ignored: bool):
 
 def test_nothing_is_ignored_without_globs():
     assert not is_ignored(".hidden", ())
+
+
+@pytest.mark.parametrize("ignore", [(), DEFAULT_IGNORE, ("*.csv",)])
+def test_a_file_being_deleted_is_never_queued_whatever_the_globs(ignore, tmp_path: Path):
+    # The consumer renames a file to a private name to delete it (safeopen.SafeFile.unlink);
+    # the watcher (ignore_matcher) and rescan (walk) must not take that name for a new file.
+    private = DELETING_PREFIX + b"0123456789abcdef"
+    assert is_ignored(private, ignore)
+    assert ignore_matcher(ignore)(private)
+    assert not ignore_matcher(ignore)(b"a.txt")
+    (tmp_path / os.fsdecode(private)).write_bytes(b"uploaded, being deleted")
+    (tmp_path / "a.txt").write_bytes(b"new")
+    counts = Counts()
+    found = [v.path for v in walk(bytes(tmp_path), "s", ignore, counts=counts) if v]
+    assert found == [bytes(tmp_path / "a.txt")]
+    assert counts.ignored == 1
 
 
 def _tree(tree: WatchTree) -> None:
