@@ -105,25 +105,42 @@ _COLUMNS = ("path, source, size, mtime_ns, inode, found_by, id, state, owner, du
 _FENCE = "id = ? AND state = 'claimed' AND owner = ?"
 
 
-class Queue(SQLiteBase):
+class _Connection(SQLiteBase):
+    """persist-queue's SQLite set-up and nothing more: one connection, WAL, a busy timeout.
+
+    Its queue (a thread-lock-only get, pickled items, an in-process size counter) is not
+    used; the schema and every statement are Queue's.
+    """
+
+    _SQL_CREATE = ""  # its _init runs this; the schema is Queue._SCHEMA, applied by version
+
+    def __init__(self, file: Path, timeout: float) -> None:
+        super().__init__(str(file.parent), timeout=timeout, db_file_name=file.name)
+
+    def _new_db_connection(self, path: str, multithreading: bool,
+                           timeout: float) -> sqlite3.Connection:
+        # Shared by the Queue's threads under its lock, so not bound to the opening thread;
+        # autocommit, so that every write is Queue._transaction()'s BEGIN IMMEDIATE.
+        conn = super()._new_db_connection(path, True, timeout)
+        conn.isolation_level = None
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+
+class Queue:
     """The queue file. One object per process; its threads share it through an internal lock."""
 
-    _TABLE_NAME = "entries"
-    _KEY_COLUMN = "id"
-    _conn: sqlite3.Connection | None = None
     SCHEMA_VERSION = 1
-    _SQL_CREATE = (
+    # The (state, due) index serves claim, the expired-lease sweep, purge and throughput;
+    # counts are kept by triggers so `queue status` never scans the table.
+    _SCHEMA = (
         "CREATE TABLE IF NOT EXISTS entries ("
         " id INTEGER PRIMARY KEY AUTOINCREMENT,"
         " path BLOB NOT NULL, source TEXT NOT NULL, size INTEGER NOT NULL,"
         " mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
         " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
         " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT)"
-    )
-    # The (state, due) index serves claim, the expired-lease sweep, purge and throughput;
-    # counts are kept by triggers so `queue status` never scans the table.
-    _SCHEMA = (
+        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT)",
         "CREATE UNIQUE INDEX IF NOT EXISTS entries_version"
         " ON entries (path, inode, size, mtime_ns)",
         "CREATE INDEX IF NOT EXISTS entries_state_due ON entries (state, due)",
@@ -144,6 +161,7 @@ class Queue(SQLiteBase):
                  timeout: float = 30.0) -> None:
         self.file = Path(path).absolute()
         self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
         if not self.file.exists():
             if not create:
                 raise QueueError(f"queue: {self.file} does not exist")
@@ -151,8 +169,8 @@ class Queue(SQLiteBase):
             # Created by us with 0600 before SQLite opens it; SQLite gives -wal/-shm the same mode.
             os.close(os.open(self.file, os.O_CREAT | os.O_WRONLY, 0o600))
         try:
-            super().__init__(str(self.file.parent), timeout=timeout,
-                             db_file_name=self.file.name)
+            self._sqlite = _Connection(self.file, timeout)
+            self._conn = self._sqlite._conn
             # Read-only commands must not wait for the write lock: only an older (or new)
             # file gets the schema statements.
             with self._transaction(write=False) as db:
@@ -163,21 +181,8 @@ class Queue(SQLiteBase):
                         db.execute(statement)
                     db.execute(f"PRAGMA user_version = {self.SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise QueueError(f"queue: {self.file} is not a usable queue file: {exc}") from None
-
-    @property
-    def _table_name(self) -> str:
-        return self._TABLE_NAME
-
-    def _new_db_connection(self, path: str, multithreading: bool,
-                           timeout: float) -> sqlite3.Connection:
-        # Autocommit: every write goes through _transaction(), which issues BEGIN IMMEDIATE.
-        conn = sqlite3.connect(self.file, timeout=timeout, isolation_level=None,
-                               check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-        return conn
 
     def __enter__(self) -> Queue:
         return self
@@ -188,8 +193,8 @@ class Queue(SQLiteBase):
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                self._conn.close()
-            self._conn = self._getter = self._putter = None
+                self._sqlite.close()
+            self._conn = None
 
     @contextmanager
     def _transaction(self, write: bool = True) -> Iterator[sqlite3.Cursor]:

@@ -234,3 +234,19 @@ def test_has_due_answers_without_writing_and_sees_expired_leases(tmp_path: Path)
         q.ack(b, now=1010.0)
         assert not q.has_due(now=1050.0)  # one waits out its delay, one is done
         assert q.has_due(now=1111.0)
+
+
+def test_queue_holds_persist_queue_and_does_not_pretend_to_be_one(tmp_path: Path) -> None:
+    """A full queue is truthy; persist-queue's len/empty/get/path do not leak into its API."""
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(3))
+        assert q and bool(q) is True
+        assert not hasattr(q, "empty") and not hasattr(q, "__len__")
+        assert q.file == tmp_path / "q.db" and not hasattr(q, "path")
+        (e,) = q.claim("w", 60)
+        assert q.get(e.id) == e
+        assert q.ack_many([(e, "ok")]) == []
+        assert q.get(e.id).state == State.DONE and q.get(e.id).note == "ok"
+        assert q.stats().done == 1 and q.stats().pending == 2
+    with pytest.raises(QueueError, match="closed"):
+        q.stats()
