@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -38,18 +38,24 @@ def shown(path: bytes) -> str:
 
 @dataclass(frozen=True)
 class FileVersion:
-    """One version of one file: what the watcher and rescan enqueue."""
+    """One version of one file: what the watcher and rescan enqueue.
+
+    (path, inode, size, mtime_ns, ctime_ns) tell versions apart: ctime catches a re-send in
+    place that restores the old mtime.
+    """
 
     path: bytes
     source: str
     size: int
     mtime_ns: int
+    ctime_ns: int
     inode: int
     found_by: str
 
     @classmethod
     def of(cls, path: bytes | str, source: str, st: os.stat_result, found_by: str) -> FileVersion:
-        return cls(os.fsencode(path), source, st.st_size, st.st_mtime_ns, st.st_ino, found_by)
+        return cls(os.fsencode(path), source, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                   st.st_ino, found_by)
 
 
 @dataclass(frozen=True)
@@ -99,9 +105,12 @@ class Stats:
         return data
 
 
-# In the order of Entry's fields: a FileVersion's first, then the queue's.
-_COLUMNS = ("path, source, size, mtime_ns, inode, found_by, id, state, owner, due, attempts, "
-            "enqueued_at, last_error, note")
+# Entry's fields are the columns read back: a FileVersion's first, then the queue's.
+_FIELDS = tuple(f.name for f in fields(Entry))
+_COLUMNS = ", ".join(_FIELDS)
+# One version of a file. A row migrated from schema 1 has ctime_ns 0 (not known then): it
+# matches any ctime, so an upgrade does not queue again every file already queued or done.
+_SAME_VERSION = ("path = ? AND inode = ? AND size = ? AND mtime_ns = ? AND ctime_ns IN (?, 0)")
 _FENCE = "id = ? AND state = 'claimed' AND owner = ?"
 
 
@@ -130,19 +139,20 @@ class _Connection(SQLiteBase):
 class Queue:
     """The queue file. One object per process; its threads share it through an internal lock."""
 
-    SCHEMA_VERSION = 1
+    SCHEMA_VERSION = 2
     # The (state, due) index serves claim, the expired-lease sweep, purge and throughput;
     # counts are kept by triggers so `queue status` never scans the table.
     _SCHEMA = (
         "CREATE TABLE IF NOT EXISTS entries ("
         " id INTEGER PRIMARY KEY AUTOINCREMENT,"
         " path BLOB NOT NULL, source TEXT NOT NULL, size INTEGER NOT NULL,"
-        " mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
+        " mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL DEFAULT 0,"
+        " inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
         " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
         " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
         " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT)",
         "CREATE UNIQUE INDEX IF NOT EXISTS entries_version"
-        " ON entries (path, inode, size, mtime_ns)",
+        " ON entries (path, inode, size, mtime_ns, ctime_ns)",
         "CREATE INDEX IF NOT EXISTS entries_state_due ON entries (state, due)",
         "CREATE TABLE IF NOT EXISTS counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
         "INSERT OR IGNORE INTO counts VALUES"
@@ -156,6 +166,11 @@ class Queue:
         "CREATE TRIGGER IF NOT EXISTS entries_counted_out AFTER DELETE ON entries"
         " BEGIN UPDATE counts SET n = n - 1 WHERE state = old.state; END",
     )
+    # What takes a file of user_version N to N + 1; _SCHEMA then creates what is missing.
+    _MIGRATIONS = {
+        1: ("ALTER TABLE entries ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0",
+            "DROP INDEX entries_version"),
+    }
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
                  timeout: float = 30.0) -> None:
@@ -175,14 +190,33 @@ class Queue:
             # file gets the schema statements.
             with self._transaction(write=False) as db:
                 (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version < self.SCHEMA_VERSION:
+            if version != self.SCHEMA_VERSION:
                 with self._transaction() as db:
-                    for statement in self._SCHEMA:
-                        db.execute(statement)
-                    db.execute(f"PRAGMA user_version = {self.SCHEMA_VERSION}")
+                    self._upgrade(db)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise QueueError(f"queue: {self.file} is not a usable queue file: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _upgrade(self, db: sqlite3.Cursor) -> None:
+        # Read again under the write lock: another process may have upgraded meanwhile.
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > self.SCHEMA_VERSION:
+            raise QueueError(f"queue: {self.file} has schema {version}, newer than this"
+                             f" sftppush knows ({self.SCHEMA_VERSION}): upgrade sftppush")
+        if version == 0 and db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entries'"
+        ).fetchone():
+            version = 1  # made before the schema version was recorded: the same table
+        if version:  # an existing file: brought up to date step by step
+            for step in range(version, self.SCHEMA_VERSION):
+                for statement in self._MIGRATIONS[step]:
+                    db.execute(statement)
+        for statement in self._SCHEMA:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {self.SCHEMA_VERSION}")
 
     def __enter__(self) -> Queue:
         return self
@@ -221,26 +255,32 @@ class Queue:
 
     def enqueue_many(self, versions: Iterable[FileVersion], now: float | None = None) -> int:
         """Append file versions in one transaction; versions already queued are skipped."""
-        now = time.time() if now is None else now
-        rows = [(v.path, v.source, v.size, v.mtime_ns, v.inode, v.found_by, now, now)
-                for v in versions]
-        if not rows:
+        versions = list(versions)
+        if not versions:
             return 0
+        now = time.time() if now is None else now
+        added = 0
         with self._transaction() as db:
-            db.executemany(
-                "INSERT INTO entries (path, source, size, mtime_ns, inode, found_by, state,"
-                " due, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
-                " ON CONFLICT DO NOTHING", rows)
-            return db.rowcount
+            for v in versions:
+                if db.execute(f"SELECT 1 FROM entries WHERE {_SAME_VERSION}",
+                              _version_key(v)).fetchone():
+                    continue
+                db.execute(
+                    "INSERT INTO entries (path, source, size, mtime_ns, ctime_ns, inode,"
+                    " found_by, state, due, enqueued_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (v.path, v.source, v.size, v.mtime_ns, v.ctime_ns, v.inode, v.found_by,
+                     now, now))
+                added += 1
+        return added
 
     def known(self, versions: Iterable[FileVersion]) -> set[FileVersion]:
         """The versions that already have an entry, in any state."""
         found = set()
         with self._transaction(write=False) as db:
             for v in versions:
-                db.execute("SELECT 1 FROM entries WHERE path = ? AND inode = ? AND size = ?"
-                           " AND mtime_ns = ?", (v.path, v.inode, v.size, v.mtime_ns))
-                if db.fetchone():
+                if db.execute(f"SELECT 1 FROM entries WHERE {_SAME_VERSION}",
+                              _version_key(v)).fetchone():
                     found.add(v)
         return found
 
@@ -396,8 +436,13 @@ class Queue:
         return _entry(row) if row else None
 
 
+def _version_key(v: FileVersion) -> tuple[bytes, int, int, int, int]:
+    """The values of _SAME_VERSION's placeholders."""
+    return (v.path, v.inode, v.size, v.mtime_ns, v.ctime_ns)
+
+
 def _entry(row: Sequence[Any]) -> Entry:
-    values = list(row)
-    values[0] = bytes(values[0])
-    values[7] = State(values[7])  # an unknown state is an error, not a guess
-    return Entry(*values)
+    data = dict(zip(_FIELDS, row, strict=True))
+    data["path"] = bytes(data["path"])
+    data["state"] = State(data["state"])  # an unknown state is an error, not a guess
+    return Entry(**data)

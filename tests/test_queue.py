@@ -19,8 +19,8 @@ from .conftest import REPO
 
 
 def versions(n: int, prefix: str = "/home/u/upload/f") -> list[FileVersion]:
-    return [FileVersion(f"{prefix}{i}".encode(), "u", 100 + i, 1_000 + i, 10_000 + i, "rescan")
-            for i in range(n)]
+    return [FileVersion(f"{prefix}{i}".encode(), "u", 100 + i, 1_000 + i, 2_000 + i, 10_000 + i,
+                        "rescan") for i in range(n)]
 
 
 def python(code: str, *args: str) -> subprocess.Popen[str]:
@@ -125,7 +125,7 @@ def test_same_version_is_one_entry_even_after_done(tmp_path: Path) -> None:
         assert q.known([v]) == {v}
 
 
-@pytest.mark.parametrize("change", ["mtime_ns", "size", "inode"])
+@pytest.mark.parametrize("change", ["mtime_ns", "ctime_ns", "size", "inode"])
 def test_rewritten_file_is_a_new_entry(tmp_path: Path, change: str) -> None:
     with Queue(tmp_path / "q.db") as q:
         (v,) = versions(1)
@@ -138,7 +138,7 @@ def test_rewritten_file_is_a_new_entry(tmp_path: Path, change: str) -> None:
 def test_queue_file_is_private_wal_and_holds_no_pickle(tmp_path: Path) -> None:
     path = tmp_path / "state" / "queue.db"
     with Queue(path) as q:
-        odd = FileVersion(b"/home/u/upload/caf\xe9.csv", "u", 1, 2, 3, "close_write")
+        odd = FileVersion(b"/home/u/upload/caf\xe9.csv", "u", 1, 2, 2, 3, "close_write")
         q.enqueue_many([odd, *versions(50)])
         (e,) = q.claim("c", 60)
         q.retry_later(e, "boom", 0, count_attempt=True)
@@ -250,3 +250,70 @@ def test_queue_holds_persist_queue_and_does_not_pretend_to_be_one(tmp_path: Path
         assert q.stats().done == 1 and q.stats().pending == 2
     with pytest.raises(QueueError, match="closed"):
         q.stats()
+
+
+# The schema of user_version 1 (before ctime_ns), as files in the field have it.
+SCHEMA_1 = (
+    "CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " path BLOB NOT NULL, source TEXT NOT NULL, size INTEGER NOT NULL,"
+    " mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
+    " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+    " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT)",
+    "CREATE UNIQUE INDEX entries_version ON entries (path, inode, size, mtime_ns)",
+    "CREATE INDEX entries_state_due ON entries (state, due)",
+    "CREATE TABLE counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+    "INSERT INTO counts VALUES ('pending', 0), ('claimed', 0), ('done', 0), ('failed', 0)",
+    "CREATE TRIGGER entries_counted_in AFTER INSERT ON entries"
+    " BEGIN UPDATE counts SET n = n + 1 WHERE state = new.state; END",
+    "CREATE TRIGGER entries_counted_move AFTER UPDATE OF state ON entries"
+    " WHEN old.state <> new.state BEGIN"
+    " UPDATE counts SET n = n - 1 WHERE state = old.state;"
+    " UPDATE counts SET n = n + 1 WHERE state = new.state; END",
+    "CREATE TRIGGER entries_counted_out AFTER DELETE ON entries"
+    " BEGIN UPDATE counts SET n = n - 1 WHERE state = old.state; END",
+    "PRAGMA user_version = 1",
+)
+
+
+def test_a_schema_1_file_is_migrated_in_place_and_keeps_its_versions(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    for statement in SCHEMA_1:
+        old.execute(statement)
+    done, pending = versions(2)
+    for v, state in ((done, "done"), (pending, "pending")):
+        old.execute("INSERT INTO entries (path, source, size, mtime_ns, inode, found_by, state,"
+                    " due, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, 1)",
+                    (v.path, v.source, v.size, v.mtime_ns, v.inode, v.found_by, state))
+    old.close()
+    with Queue(path) as q:
+        db = q._conn
+        assert db.execute("PRAGMA user_version").fetchone()[0] == Queue.SCHEMA_VERSION
+        assert [r[2] for r in db.execute("PRAGMA index_info(entries_version)")] == \
+            ["path", "inode", "size", "mtime_ns", "ctime_ns"]
+        assert {e.ctime_ns for e in q.list()} == {0}, "a ctime the old file never had"
+        # The files on disk, seen again with their real ctime, are still the same versions.
+        assert q.known([done, pending]) == {done, pending}
+        assert q.enqueue_many([done, pending]) == 0
+        # A legacy row cannot tell ctimes apart; a version recorded since then can.
+        rewritten = FileVersion(**{**done.__dict__, "mtime_ns": done.mtime_ns + 1})
+        assert q.enqueue_many([rewritten]) == 1
+        resent = FileVersion(**{**rewritten.__dict__, "ctime_ns": rewritten.ctime_ns + 1})
+        assert q.enqueue_many([resent]) == 1
+        (e, *_) = q.claim("w", 60, limit=5)
+        assert e.path == pending.path and e.ctime_ns == 0
+        stats = q.stats()
+        assert (stats.pending + stats.claimed, stats.done) == (3, 1)
+    with Queue(path) as q:  # opening it again changes nothing
+        assert q.stats().done == 1 and q.get(e.id).state == State.CLAIMED
+
+
+def test_a_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    Queue(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {Queue.SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(QueueError, match="newer"):
+        Queue(path)
