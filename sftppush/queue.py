@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
@@ -258,9 +258,9 @@ class Queue:
         versions = list(versions)
         if not versions:
             return 0
-        now = time.time() if now is None else now
         added = 0
         with self._transaction() as db:
+            now = _clock(now)
             for v in versions:
                 if db.execute(f"SELECT 1 FROM entries WHERE {_SAME_VERSION}",
                               _version_key(v)).fetchone():
@@ -290,11 +290,14 @@ class Queue:
               now: float | None = None) -> list[Entry]:
         """Claim up to `limit` due entries for a fresh owner token, in one transaction.
 
-        Claims whose lease expired (their consumer died) go back to pending first.
+        Claims whose lease expired (their consumer died) go back to pending first. Each
+        returned entry's `due` is its lease expiry as written, counted from a clock read
+        inside the transaction, so the caller never believes in a longer lease than the
+        queue's.
         """
-        now = time.time() if now is None else now
         token = f"{owner}/{uuid.uuid4().hex[:12]}"
         with self._transaction() as db:
+            now = _clock(now)
             db.execute("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
                        " last_error = 'lease expired (' || owner || ')'"
                        " WHERE state = 'claimed' AND due <= ?", (now, now))
@@ -309,17 +312,24 @@ class Queue:
     def has_due(self, now: float | None = None) -> bool:
         """Read-only: is anything claimable (pending and due, or a lease expired)? Cheap
         enough to ask often; a claim is a write transaction."""
-        now = time.time() if now is None else now
+        now = _clock(now)
         with self._transaction(write=False) as db:
             row = db.execute("SELECT 1 FROM entries WHERE state IN ('pending', 'claimed')"
                              " AND due <= ? LIMIT 1", (now,)).fetchone()
         return row is not None
 
+    def renew_leases(self, entries: Sequence[Entry], lease_seconds: float,
+                     now: float | None = None) -> tuple[list[Entry], float]:
+        """Extend leases: (the entries whose lease was lost meanwhile, the new expiry of the
+        others), the expiry counted from a clock read inside the transaction."""
+        lost, now = self._fenced(entries, "due = ?", lambda e, now: (now + lease_seconds,),
+                                 now)
+        return lost, now + lease_seconds
+
     def renew(self, entries: Sequence[Entry], lease_seconds: float,
               now: float | None = None) -> list[Entry]:
         """Extend leases; returns the entries whose lease was lost meanwhile."""
-        now = time.time() if now is None else now
-        return self._fenced(entries, "due = ?", lambda e: (now + lease_seconds,))
+        return self.renew_leases(entries, lease_seconds, now)[0]
 
     def ack(self, entry: Entry, note: str | None = None, now: float | None = None) -> bool:
         """Mark done; False means the lease was lost and someone else owns the entry."""
@@ -328,51 +338,50 @@ class Queue:
     def ack_many(self, done: Sequence[tuple[Entry, str | None]],
                  now: float | None = None) -> list[Entry]:
         """Mark several done in one transaction; returns the ones whose lease was lost."""
-        now = time.time() if now is None else now
         notes = {e.id: n for e, n in done}
         return self._fenced([e for e, _ in done],
                             "state = 'done', owner = NULL, due = ?, note = ?",
-                            lambda e: (now, notes[e.id]))
+                            lambda e, now: (now, notes[e.id]), now)[0]
 
     def retry_later(self, entry: Entry, error: str, delay: float, count_attempt: bool,
                     now: float | None = None) -> bool:
-        now = time.time() if now is None else now
         return not self._fenced(
             [entry], "state = 'pending', owner = NULL, due = ?, attempts = attempts + ?,"
-            " last_error = ?", lambda e: (now + delay, int(count_attempt), error))
+            " last_error = ?", lambda e, now: (now + delay, int(count_attempt), error), now)[0]
 
     def fail(self, entry: Entry, error: str, now: float | None = None) -> bool:
-        now = time.time() if now is None else now
         return not self._fenced(
             [entry], "state = 'failed', owner = NULL, due = ?, attempts = attempts + 1,"
-            " last_error = ?", lambda e: (now, error))
+            " last_error = ?", lambda e, now: (now, error), now)[0]
 
     def release(self, entry: Entry, now: float | None = None) -> bool:
         """Hand an unstarted or interrupted entry back at once (a consumer stopping)."""
-        now = time.time() if now is None else now
         return not self._fenced([entry], "state = 'pending', owner = NULL, due = ?",
-                                lambda e: (now,))
+                                lambda e, now: (now,), now)[0]
 
     def _fenced(self, entries: Sequence[Entry], assignments: str,
-                values: Any) -> list[Entry]:
+                values: Callable[[Entry, float], tuple[Any, ...]],
+                now: float | None) -> tuple[list[Entry], float]:
+        """One fenced UPDATE per entry: (the entries whose lease was lost, the clock used)."""
         lost = []
         with self._transaction() as db:
+            now = _clock(now)
             for e in entries:
                 db.execute(f"UPDATE entries SET {assignments} WHERE {_FENCE}",
-                           (*values(e), e.id, e.owner))
+                           (*values(e, now), e.id, e.owner))
                 if db.rowcount == 0:
                     lost.append(e)
-        return lost
+        return lost, now
 
     # --- operators ----------------------------------------------------------------------
 
     def replay(self, ids: Sequence[int] | None = None, failed: bool = False,
                now: float | None = None) -> int:
         """Failed entries (all, or those of `ids`) back to pending with attempts reset."""
-        now = time.time() if now is None else now
         sql = ("UPDATE entries SET state = 'pending', owner = NULL, due = ?, attempts = 0"
                " WHERE state = 'failed'")
         with self._transaction() as db:
+            now = _clock(now)
             if failed:
                 db.execute(sql, (now,))
                 return db.rowcount
@@ -396,7 +405,7 @@ class Queue:
                     return total
 
     def stats(self, now: float | None = None) -> Stats:
-        now = time.time() if now is None else now
+        now = _clock(now)
         with self._transaction(write=False) as db:
             counts = dict(db.execute("SELECT state, n FROM counts").fetchall())
             (oldest,) = db.execute(
@@ -434,6 +443,12 @@ class Queue:
             row = db.execute(f"SELECT {_COLUMNS} FROM entries WHERE id = ?",
                              (entry_id,)).fetchone()
         return _entry(row) if row else None
+
+
+def _clock(now: float | None) -> float:
+    """The time a write acts at: the caller's, for tests, else the clock read now, which in a
+    write is after BEGIN IMMEDIATE (that may have waited for the busy timeout)."""
+    return time.time() if now is None else now
 
 
 def _version_key(v: FileVersion) -> tuple[bytes, int, int, int, int]:

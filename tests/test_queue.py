@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def python(code: str, *args: str) -> subprocess.Popen[str]:
 
 CLAIMER = """
 import sys
+import threading
 from sftppush.queue import Queue
 q = Queue(sys.argv[1])
 mine = []
@@ -317,3 +319,38 @@ def test_a_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(QueueError, match="newer"):
         Queue(path)
+
+
+def test_lease_is_counted_from_inside_the_write_transaction(tmp_path: Path) -> None:
+    """A claim or renew that waited for another writer must not hand out a lease that
+    started before its wait: the returned expiry is the one in the queue."""
+    path = tmp_path / "q.db"
+    Queue(path).close()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    released: list[float] = []
+
+    def hold_the_write_lock() -> threading.Thread:
+        other.execute("BEGIN IMMEDIATE")
+
+        def let_go() -> None:
+            time.sleep(1.0)
+            released.append(time.time())
+            other.execute("COMMIT")
+        thread = threading.Thread(target=let_go)
+        thread.start()
+        return thread
+
+    with Queue(path) as q:
+        q.enqueue_many(versions(1))
+        waiter = hold_the_write_lock()
+        (e,) = q.claim("w", lease_seconds=10)
+        waiter.join()
+        assert e.due >= released[-1] + 10
+        assert q.get(e.id).due == e.due
+        waiter = hold_the_write_lock()
+        lost, expires = q.renew_leases([e], 10)
+        waiter.join()
+        assert lost == [] and expires >= released[-1] + 10
+        assert q.get(e.id).due == expires
+        assert q.renew([e], 10) == []
+    other.close()
