@@ -8,6 +8,7 @@ never resets a claim it does not own: only an expired lease makes an entry claim
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -34,6 +35,47 @@ class State(StrEnum):
 def shown(path: bytes) -> str:
     """A path for a log line or message: bytes that are not UTF-8 shown as escapes."""
     return path.decode("utf-8", "backslashreplace")
+
+
+def owner_token() -> str:
+    """This process as the owner of its claims: host:pid:start time (clock ticks after boot,
+    /proc/self/stat field 22), so that a claim whose process died, or whose pid now names
+    another process, can be told from a live one."""
+    _, started = _process(os.getpid()) or ("", -1)
+    return f"{socket.gethostname()}:{os.getpid()}:{started}"
+
+
+def _process(pid: int) -> tuple[str, int] | None:
+    """(state, start time) of a process of this host, or None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # After the command name, which may hold spaces and parentheses, come fields 3...
+            after = f.read().rpartition(b")")[2].split()
+        return after[0].decode(), int(after[19])
+    except FileNotFoundError:
+        pass
+    try:
+        os.kill(pid, 0)  # /proc may hide other users' processes (hidepid)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return "?", -1  # runs, start time unknown
+
+
+def _owner_died(owner: str, host: str) -> bool:
+    """Did the process that made this claim die? Only a token of owner_token()'s form, of
+    this host, can tell; any other claim waits for its lease to expire."""
+    name, _, rest = owner.rpartition("/")[0].partition(":")
+    pid, _, started = rest.partition(":")
+    if name != host or not (pid.isdigit() and started.isdigit()):
+        return False
+    running = _process(int(pid))
+    if running is None:
+        return True
+    state, start = running
+    # A zombie has not been reaped yet, but it will never renew or ack.
+    return state in ("Z", "X") or start not in (-1, int(started))
 
 
 @dataclass(frozen=True)
@@ -290,17 +332,15 @@ class Queue:
               now: float | None = None) -> list[Entry]:
         """Claim up to `limit` due entries for a fresh owner token, in one transaction.
 
-        Claims whose lease expired (their consumer died) go back to pending first. Each
-        returned entry's `due` is its lease expiry as written, counted from a clock read
-        inside the transaction, so the caller never believes in a longer lease than the
-        queue's.
+        Claims of dead owners go back to pending first (see _take_back); pass
+        owner_token() as `owner` for yours to be recognised. Each returned entry's `due` is
+        its lease expiry as written, counted from a clock read inside the transaction, so
+        the caller never believes in a longer lease than the queue's.
         """
         token = f"{owner}/{uuid.uuid4().hex[:12]}"
         with self._transaction() as db:
             now = _clock(now)
-            db.execute("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
-                       " last_error = 'lease expired (' || owner || ')'"
-                       " WHERE state = 'claimed' AND due <= ?", (now, now))
+            self._take_back(db, now)
             db.execute(
                 f"UPDATE entries SET state = 'claimed', owner = ?, due = ? WHERE id IN"
                 f" (SELECT id FROM entries WHERE state = 'pending' AND due <= ?"
@@ -308,6 +348,21 @@ class Queue:
                 (token, now + lease_seconds, now, limit))
             rows = db.fetchall()
         return sorted((_entry(r) for r in rows), key=lambda e: e.id)
+
+    @staticmethod
+    def _take_back(db: sqlite3.Cursor, now: float) -> None:
+        """Claims whose owner is a process of this host that no longer runs go back to
+        pending at once; any other claim once its lease expired."""
+        host = socket.gethostname()
+        dead = [(now, other) for (other,) in
+                db.execute("SELECT DISTINCT owner FROM entries WHERE state = 'claimed'")
+                if _owner_died(other, host)]
+        db.executemany("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
+                       " last_error = 'owner died (' || owner || ')'"
+                       " WHERE state = 'claimed' AND owner = ?", dead)
+        db.execute("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
+                   " last_error = 'lease expired (' || owner || ')'"
+                   " WHERE state = 'claimed' AND due <= ?", (now, now))
 
     def has_due(self, now: float | None = None) -> bool:
         """Read-only: is anything claimable (pending and due, or a lease expired)? Cheap

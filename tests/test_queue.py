@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sftppush.errors import QueueError
-from sftppush.queue import FileVersion, Queue, State
+from sftppush.queue import FileVersion, Queue, State, owner_token
 
 from .conftest import REPO
 
@@ -354,3 +355,64 @@ def test_lease_is_counted_from_inside_the_write_transaction(tmp_path: Path) -> N
         assert q.get(e.id).due == expires
         assert q.renew([e], 10) == []
     other.close()
+
+
+OWNER_HOLDER = """
+import sys, time
+from sftppush.queue import Queue, owner_token
+q = Queue(sys.argv[1])
+got = q.claim(owner_token(), lease_seconds=300, limit=10)
+print(" ".join(str(e.id) for e in got), flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_killed_owners_claims_come_back_at_the_next_claim(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    with Queue(path) as q:
+        q.enqueue_many(versions(10))
+    holder = python(OWNER_HOLDER, str(path))
+    held = sorted(int(x) for x in holder.stdout.readline().split())
+    assert len(held) == 10
+    with Queue(path) as q:
+        token = q.get(held[0]).owner
+        assert token.startswith(f"{socket.gethostname()}:{holder.pid}:")
+        assert q.claim(owner_token(), lease_seconds=300, limit=10) == [], "a live owner robbed"
+        holder.send_signal(signal.SIGKILL)
+        # Not reaped yet, as under a busy supervisor: a zombie never renews or acks either.
+        stat = Path(f"/proc/{holder.pid}/stat")
+        while stat.read_bytes().rpartition(b")")[2].split()[0] != b"Z":
+            time.sleep(0.01)
+        again = q.claim(owner_token(), lease_seconds=300, limit=10)
+        holder.wait(timeout=10)
+    assert sorted(e.id for e in again) == held
+    assert {e.last_error for e in again} == {f"owner died ({token})"}
+    holder.stdout.close()
+
+
+def test_only_claims_of_dead_processes_of_this_host_come_back_before_their_lease(
+        tmp_path: Path) -> None:
+    host = socket.gethostname()
+    me = owner_token()
+    _, pid, started = me.split(":")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    owners = {
+        "live": me,
+        "dead": f"{host}:{gone.pid}:{started}",
+        "pid reused": f"{host}:{pid}:{int(started) + 1}",
+        "other host": f"not-{host}:{gone.pid}:{started}",
+        "unparseable": f"{host}:{gone.pid}",
+    }
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(len(owners)), now=1000)
+        claims = q.claim(me, lease_seconds=300, limit=len(owners), now=1000)
+        held = {name: e.id for name, e in zip(owners, claims, strict=True)}
+        # As if each had made its claim itself (a claim would take the dead ones back).
+        for name, owner in owners.items():
+            q._conn.execute("UPDATE entries SET owner = ? WHERE id = ?",
+                            (f"{owner}/0123456789ab", held[name]))
+        back = q.claim(me, lease_seconds=300, limit=10, now=1001)
+        assert sorted(e.id for e in back) == sorted([held["dead"], held["pid reused"]])
+        assert q.claim(me, lease_seconds=300, limit=10, now=1299) == []
+        assert len(q.claim(me, lease_seconds=300, limit=10, now=1300)) == 3  # leases expired
