@@ -8,13 +8,14 @@ never resets a claim it does not own: only an expired lease makes an entry claim
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -36,20 +37,67 @@ def shown(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
+def owner_token() -> str:
+    """This process as the owner of its claims: host:pid:start time (clock ticks after boot,
+    /proc/self/stat field 22), so that a claim whose process died, or whose pid now names
+    another process, can be told from a live one."""
+    _, started = _process(os.getpid()) or ("", -1)
+    return f"{socket.gethostname()}:{os.getpid()}:{started}"
+
+
+def _process(pid: int) -> tuple[str, int] | None:
+    """(state, start time) of a process of this host, or None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # After the command name, which may hold spaces and parentheses, come fields 3...
+            after = f.read().rpartition(b")")[2].split()
+        return after[0].decode(), int(after[19])
+    except FileNotFoundError:
+        pass
+    try:
+        os.kill(pid, 0)  # /proc may hide other users' processes (hidepid)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return "?", -1  # runs, start time unknown
+
+
+def _owner_died(owner: str, host: str) -> bool:
+    """Did the process that made this claim die? Only a token of owner_token()'s form, of
+    this host, can tell; any other claim waits for its lease to expire."""
+    name, _, rest = owner.rpartition("/")[0].partition(":")
+    pid, _, started = rest.partition(":")
+    if name != host or not (pid.isdigit() and started.isdigit()):
+        return False
+    running = _process(int(pid))
+    if running is None:
+        return True
+    state, start = running
+    # A zombie has not been reaped yet, but it will never renew or ack.
+    return state in ("Z", "X") or start not in (-1, int(started))
+
+
 @dataclass(frozen=True)
 class FileVersion:
-    """One version of one file: what the watcher and rescan enqueue."""
+    """One version of one file: what the watcher and rescan enqueue.
+
+    (path, inode, size, mtime_ns, ctime_ns) tell versions apart: ctime catches a re-send in
+    place that restores the old mtime.
+    """
 
     path: bytes
     source: str
     size: int
     mtime_ns: int
+    ctime_ns: int
     inode: int
     found_by: str
 
     @classmethod
     def of(cls, path: bytes | str, source: str, st: os.stat_result, found_by: str) -> FileVersion:
-        return cls(os.fsencode(path), source, st.st_size, st.st_mtime_ns, st.st_ino, found_by)
+        return cls(os.fsencode(path), source, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                   st.st_ino, found_by)
 
 
 @dataclass(frozen=True)
@@ -99,33 +147,54 @@ class Stats:
         return data
 
 
-# In the order of Entry's fields: a FileVersion's first, then the queue's.
-_COLUMNS = ("path, source, size, mtime_ns, inode, found_by, id, state, owner, due, attempts, "
-            "enqueued_at, last_error, note")
+# Entry's fields are the columns read back: a FileVersion's first, then the queue's.
+_FIELDS = tuple(f.name for f in fields(Entry))
+_COLUMNS = ", ".join(_FIELDS)
+# One version of a file. A row migrated from schema 1 has ctime_ns 0 (not known then): it
+# matches any ctime, so an upgrade does not queue again every file already queued or done.
+_SAME_VERSION = ("path = ? AND inode = ? AND size = ? AND mtime_ns = ? AND ctime_ns IN (?, 0)")
 _FENCE = "id = ? AND state = 'claimed' AND owner = ?"
 
 
-class Queue(SQLiteBase):
+class _Connection(SQLiteBase):
+    """persist-queue's SQLite set-up and nothing more: one connection, WAL, a busy timeout.
+
+    Its queue (a thread-lock-only get, pickled items, an in-process size counter) is not
+    used; the schema and every statement are Queue's.
+    """
+
+    _SQL_CREATE = ""  # its _init runs this; the schema is Queue._SCHEMA, applied by version
+
+    def __init__(self, file: Path, timeout: float) -> None:
+        super().__init__(str(file.parent), timeout=timeout, db_file_name=file.name)
+
+    def _new_db_connection(self, path: str, multithreading: bool,
+                           timeout: float) -> sqlite3.Connection:
+        # Shared by the Queue's threads under its lock, so not bound to the opening thread;
+        # autocommit, so that every write is Queue._transaction()'s BEGIN IMMEDIATE.
+        conn = super()._new_db_connection(path, True, timeout)
+        conn.isolation_level = None
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+
+class Queue:
     """The queue file. One object per process; its threads share it through an internal lock."""
 
-    _TABLE_NAME = "entries"
-    _KEY_COLUMN = "id"
-    _conn: sqlite3.Connection | None = None
-    SCHEMA_VERSION = 1
-    _SQL_CREATE = (
-        "CREATE TABLE IF NOT EXISTS entries ("
-        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-        " path BLOB NOT NULL, source TEXT NOT NULL, size INTEGER NOT NULL,"
-        " mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
-        " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
-        " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT)"
-    )
+    SCHEMA_VERSION = 2
     # The (state, due) index serves claim, the expired-lease sweep, purge and throughput;
     # counts are kept by triggers so `queue status` never scans the table.
     _SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS entries ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " path BLOB NOT NULL, source TEXT NOT NULL, size INTEGER NOT NULL,"
+        " mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL DEFAULT 0,"
+        " inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
+        " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
+        " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT)",
         "CREATE UNIQUE INDEX IF NOT EXISTS entries_version"
-        " ON entries (path, inode, size, mtime_ns)",
+        " ON entries (path, inode, size, mtime_ns, ctime_ns)",
         "CREATE INDEX IF NOT EXISTS entries_state_due ON entries (state, due)",
         "CREATE TABLE IF NOT EXISTS counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
         "INSERT OR IGNORE INTO counts VALUES"
@@ -139,11 +208,17 @@ class Queue(SQLiteBase):
         "CREATE TRIGGER IF NOT EXISTS entries_counted_out AFTER DELETE ON entries"
         " BEGIN UPDATE counts SET n = n - 1 WHERE state = old.state; END",
     )
+    # What takes a file of user_version N to N + 1; _SCHEMA then creates what is missing.
+    _MIGRATIONS = {
+        1: ("ALTER TABLE entries ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0",
+            "DROP INDEX entries_version"),
+    }
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
                  timeout: float = 30.0) -> None:
         self.file = Path(path).absolute()
         self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
         if not self.file.exists():
             if not create:
                 raise QueueError(f"queue: {self.file} does not exist")
@@ -151,33 +226,39 @@ class Queue(SQLiteBase):
             # Created by us with 0600 before SQLite opens it; SQLite gives -wal/-shm the same mode.
             os.close(os.open(self.file, os.O_CREAT | os.O_WRONLY, 0o600))
         try:
-            super().__init__(str(self.file.parent), timeout=timeout,
-                             db_file_name=self.file.name)
+            self._sqlite = _Connection(self.file, timeout)
+            self._conn = self._sqlite._conn
             # Read-only commands must not wait for the write lock: only an older (or new)
             # file gets the schema statements.
             with self._transaction(write=False) as db:
                 (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version < self.SCHEMA_VERSION:
+            if version != self.SCHEMA_VERSION:
                 with self._transaction() as db:
-                    for statement in self._SCHEMA:
-                        db.execute(statement)
-                    db.execute(f"PRAGMA user_version = {self.SCHEMA_VERSION}")
+                    self._upgrade(db)
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise QueueError(f"queue: {self.file} is not a usable queue file: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
 
-    @property
-    def _table_name(self) -> str:
-        return self._TABLE_NAME
-
-    def _new_db_connection(self, path: str, multithreading: bool,
-                           timeout: float) -> sqlite3.Connection:
-        # Autocommit: every write goes through _transaction(), which issues BEGIN IMMEDIATE.
-        conn = sqlite3.connect(self.file, timeout=timeout, isolation_level=None,
-                               check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-        return conn
+    def _upgrade(self, db: sqlite3.Cursor) -> None:
+        # Read again under the write lock: another process may have upgraded meanwhile.
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > self.SCHEMA_VERSION:
+            raise QueueError(f"queue: {self.file} has schema {version}, newer than this"
+                             f" sftppush knows ({self.SCHEMA_VERSION}): upgrade sftppush")
+        if version == 0 and db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entries'"
+        ).fetchone():
+            version = 1  # made before the schema version was recorded: the same table
+        if version:  # an existing file: brought up to date step by step
+            for step in range(version, self.SCHEMA_VERSION):
+                for statement in self._MIGRATIONS[step]:
+                    db.execute(statement)
+        for statement in self._SCHEMA:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {self.SCHEMA_VERSION}")
 
     def __enter__(self) -> Queue:
         return self
@@ -188,8 +269,8 @@ class Queue(SQLiteBase):
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                self._conn.close()
-            self._conn = self._getter = self._putter = None
+                self._sqlite.close()
+            self._conn = None
 
     @contextmanager
     def _transaction(self, write: bool = True) -> Iterator[sqlite3.Cursor]:
@@ -216,26 +297,32 @@ class Queue(SQLiteBase):
 
     def enqueue_many(self, versions: Iterable[FileVersion], now: float | None = None) -> int:
         """Append file versions in one transaction; versions already queued are skipped."""
-        now = time.time() if now is None else now
-        rows = [(v.path, v.source, v.size, v.mtime_ns, v.inode, v.found_by, now, now)
-                for v in versions]
-        if not rows:
+        versions = list(versions)
+        if not versions:
             return 0
+        added = 0
         with self._transaction() as db:
-            db.executemany(
-                "INSERT INTO entries (path, source, size, mtime_ns, inode, found_by, state,"
-                " due, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
-                " ON CONFLICT DO NOTHING", rows)
-            return db.rowcount
+            now = _clock(now)
+            for v in versions:
+                if db.execute(f"SELECT 1 FROM entries WHERE {_SAME_VERSION}",
+                              _version_key(v)).fetchone():
+                    continue
+                db.execute(
+                    "INSERT INTO entries (path, source, size, mtime_ns, ctime_ns, inode,"
+                    " found_by, state, due, enqueued_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (v.path, v.source, v.size, v.mtime_ns, v.ctime_ns, v.inode, v.found_by,
+                     now, now))
+                added += 1
+        return added
 
     def known(self, versions: Iterable[FileVersion]) -> set[FileVersion]:
         """The versions that already have an entry, in any state."""
         found = set()
         with self._transaction(write=False) as db:
             for v in versions:
-                db.execute("SELECT 1 FROM entries WHERE path = ? AND inode = ? AND size = ?"
-                           " AND mtime_ns = ?", (v.path, v.inode, v.size, v.mtime_ns))
-                if db.fetchone():
+                if db.execute(f"SELECT 1 FROM entries WHERE {_SAME_VERSION}",
+                              _version_key(v)).fetchone():
                     found.add(v)
         return found
 
@@ -245,14 +332,15 @@ class Queue(SQLiteBase):
               now: float | None = None) -> list[Entry]:
         """Claim up to `limit` due entries for a fresh owner token, in one transaction.
 
-        Claims whose lease expired (their consumer died) go back to pending first.
+        Claims of dead owners go back to pending first (see _take_back); pass
+        owner_token() as `owner` for yours to be recognised. Each returned entry's `due` is
+        its lease expiry as written, counted from a clock read inside the transaction, so
+        the caller never believes in a longer lease than the queue's.
         """
-        now = time.time() if now is None else now
         token = f"{owner}/{uuid.uuid4().hex[:12]}"
         with self._transaction() as db:
-            db.execute("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
-                       " last_error = 'lease expired (' || owner || ')'"
-                       " WHERE state = 'claimed' AND due <= ?", (now, now))
+            now = _clock(now)
+            self._take_back(db, now)
             db.execute(
                 f"UPDATE entries SET state = 'claimed', owner = ?, due = ? WHERE id IN"
                 f" (SELECT id FROM entries WHERE state = 'pending' AND due <= ?"
@@ -261,20 +349,42 @@ class Queue(SQLiteBase):
             rows = db.fetchall()
         return sorted((_entry(r) for r in rows), key=lambda e: e.id)
 
+    @staticmethod
+    def _take_back(db: sqlite3.Cursor, now: float) -> None:
+        """Claims whose owner is a process of this host that no longer runs go back to
+        pending at once; any other claim once its lease expired."""
+        host = socket.gethostname()
+        dead = [(now, other) for (other,) in
+                db.execute("SELECT DISTINCT owner FROM entries WHERE state = 'claimed'")
+                if _owner_died(other, host)]
+        db.executemany("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
+                       " last_error = 'owner died (' || owner || ')'"
+                       " WHERE state = 'claimed' AND owner = ?", dead)
+        db.execute("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
+                   " last_error = 'lease expired (' || owner || ')'"
+                   " WHERE state = 'claimed' AND due <= ?", (now, now))
+
     def has_due(self, now: float | None = None) -> bool:
         """Read-only: is anything claimable (pending and due, or a lease expired)? Cheap
         enough to ask often; a claim is a write transaction."""
-        now = time.time() if now is None else now
+        now = _clock(now)
         with self._transaction(write=False) as db:
             row = db.execute("SELECT 1 FROM entries WHERE state IN ('pending', 'claimed')"
                              " AND due <= ? LIMIT 1", (now,)).fetchone()
         return row is not None
 
+    def renew_leases(self, entries: Sequence[Entry], lease_seconds: float,
+                     now: float | None = None) -> tuple[list[Entry], float]:
+        """Extend leases: (the entries whose lease was lost meanwhile, the new expiry of the
+        others), the expiry counted from a clock read inside the transaction."""
+        lost, now = self._fenced(entries, "due = ?", lambda e, now: (now + lease_seconds,),
+                                 now)
+        return lost, now + lease_seconds
+
     def renew(self, entries: Sequence[Entry], lease_seconds: float,
               now: float | None = None) -> list[Entry]:
         """Extend leases; returns the entries whose lease was lost meanwhile."""
-        now = time.time() if now is None else now
-        return self._fenced(entries, "due = ?", lambda e: (now + lease_seconds,))
+        return self.renew_leases(entries, lease_seconds, now)[0]
 
     def ack(self, entry: Entry, note: str | None = None, now: float | None = None) -> bool:
         """Mark done; False means the lease was lost and someone else owns the entry."""
@@ -283,51 +393,50 @@ class Queue(SQLiteBase):
     def ack_many(self, done: Sequence[tuple[Entry, str | None]],
                  now: float | None = None) -> list[Entry]:
         """Mark several done in one transaction; returns the ones whose lease was lost."""
-        now = time.time() if now is None else now
         notes = {e.id: n for e, n in done}
         return self._fenced([e for e, _ in done],
                             "state = 'done', owner = NULL, due = ?, note = ?",
-                            lambda e: (now, notes[e.id]))
+                            lambda e, now: (now, notes[e.id]), now)[0]
 
     def retry_later(self, entry: Entry, error: str, delay: float, count_attempt: bool,
                     now: float | None = None) -> bool:
-        now = time.time() if now is None else now
         return not self._fenced(
             [entry], "state = 'pending', owner = NULL, due = ?, attempts = attempts + ?,"
-            " last_error = ?", lambda e: (now + delay, int(count_attempt), error))
+            " last_error = ?", lambda e, now: (now + delay, int(count_attempt), error), now)[0]
 
     def fail(self, entry: Entry, error: str, now: float | None = None) -> bool:
-        now = time.time() if now is None else now
         return not self._fenced(
             [entry], "state = 'failed', owner = NULL, due = ?, attempts = attempts + 1,"
-            " last_error = ?", lambda e: (now, error))
+            " last_error = ?", lambda e, now: (now, error), now)[0]
 
     def release(self, entry: Entry, now: float | None = None) -> bool:
         """Hand an unstarted or interrupted entry back at once (a consumer stopping)."""
-        now = time.time() if now is None else now
         return not self._fenced([entry], "state = 'pending', owner = NULL, due = ?",
-                                lambda e: (now,))
+                                lambda e, now: (now,), now)[0]
 
     def _fenced(self, entries: Sequence[Entry], assignments: str,
-                values: Any) -> list[Entry]:
+                values: Callable[[Entry, float], tuple[Any, ...]],
+                now: float | None) -> tuple[list[Entry], float]:
+        """One fenced UPDATE per entry: (the entries whose lease was lost, the clock used)."""
         lost = []
         with self._transaction() as db:
+            now = _clock(now)
             for e in entries:
                 db.execute(f"UPDATE entries SET {assignments} WHERE {_FENCE}",
-                           (*values(e), e.id, e.owner))
+                           (*values(e, now), e.id, e.owner))
                 if db.rowcount == 0:
                     lost.append(e)
-        return lost
+        return lost, now
 
     # --- operators ----------------------------------------------------------------------
 
     def replay(self, ids: Sequence[int] | None = None, failed: bool = False,
                now: float | None = None) -> int:
         """Failed entries (all, or those of `ids`) back to pending with attempts reset."""
-        now = time.time() if now is None else now
         sql = ("UPDATE entries SET state = 'pending', owner = NULL, due = ?, attempts = 0"
                " WHERE state = 'failed'")
         with self._transaction() as db:
+            now = _clock(now)
             if failed:
                 db.execute(sql, (now,))
                 return db.rowcount
@@ -351,7 +460,7 @@ class Queue(SQLiteBase):
                     return total
 
     def stats(self, now: float | None = None) -> Stats:
-        now = time.time() if now is None else now
+        now = _clock(now)
         with self._transaction(write=False) as db:
             counts = dict(db.execute("SELECT state, n FROM counts").fetchall())
             (oldest,) = db.execute(
@@ -391,8 +500,19 @@ class Queue(SQLiteBase):
         return _entry(row) if row else None
 
 
+def _clock(now: float | None) -> float:
+    """The time a write acts at: the caller's, for tests, else the clock read now, which in a
+    write is after BEGIN IMMEDIATE (that may have waited for the busy timeout)."""
+    return time.time() if now is None else now
+
+
+def _version_key(v: FileVersion) -> tuple[bytes, int, int, int, int]:
+    """The values of _SAME_VERSION's placeholders."""
+    return (v.path, v.inode, v.size, v.mtime_ns, v.ctime_ns)
+
+
 def _entry(row: Sequence[Any]) -> Entry:
-    values = list(row)
-    values[0] = bytes(values[0])
-    values[7] = State(values[7])  # an unknown state is an error, not a guess
-    return Entry(*values)
+    data = dict(zip(_FIELDS, row, strict=True))
+    data["path"] = bytes(data["path"])
+    data["state"] = State(data["state"])  # an unknown state is an error, not a guess
+    return Entry(**data)

@@ -307,8 +307,7 @@ class Watcher:
             except OSError:
                 continue  # gone again (renamed, deleted): its own event tells the rest
             if not stat.S_ISDIR(st.st_mode):
-                versions.append(FileVersion(path, source, st.st_size, st.st_mtime_ns,
-                                            st.st_ino, how))
+                versions.append(FileVersion.of(path, source, st, how))
         if versions:
             new = self.queue.enqueue_many(versions)
             self.enqueued += new

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from sftppush.errors import QueueError
-from sftppush.queue import FileVersion, Queue, State
+from sftppush.queue import FileVersion, Queue, State, owner_token
 
 from .conftest import REPO
 
 
 def versions(n: int, prefix: str = "/home/u/upload/f") -> list[FileVersion]:
-    return [FileVersion(f"{prefix}{i}".encode(), "u", 100 + i, 1_000 + i, 10_000 + i, "rescan")
-            for i in range(n)]
+    return [FileVersion(f"{prefix}{i}".encode(), "u", 100 + i, 1_000 + i, 2_000 + i, 10_000 + i,
+                        "rescan") for i in range(n)]
 
 
 def python(code: str, *args: str) -> subprocess.Popen[str]:
@@ -30,6 +32,7 @@ def python(code: str, *args: str) -> subprocess.Popen[str]:
 
 CLAIMER = """
 import sys
+import threading
 from sftppush.queue import Queue
 q = Queue(sys.argv[1])
 mine = []
@@ -125,7 +128,7 @@ def test_same_version_is_one_entry_even_after_done(tmp_path: Path) -> None:
         assert q.known([v]) == {v}
 
 
-@pytest.mark.parametrize("change", ["mtime_ns", "size", "inode"])
+@pytest.mark.parametrize("change", ["mtime_ns", "ctime_ns", "size", "inode"])
 def test_rewritten_file_is_a_new_entry(tmp_path: Path, change: str) -> None:
     with Queue(tmp_path / "q.db") as q:
         (v,) = versions(1)
@@ -138,7 +141,7 @@ def test_rewritten_file_is_a_new_entry(tmp_path: Path, change: str) -> None:
 def test_queue_file_is_private_wal_and_holds_no_pickle(tmp_path: Path) -> None:
     path = tmp_path / "state" / "queue.db"
     with Queue(path) as q:
-        odd = FileVersion(b"/home/u/upload/caf\xe9.csv", "u", 1, 2, 3, "close_write")
+        odd = FileVersion(b"/home/u/upload/caf\xe9.csv", "u", 1, 2, 2, 3, "close_write")
         q.enqueue_many([odd, *versions(50)])
         (e,) = q.claim("c", 60)
         q.retry_later(e, "boom", 0, count_attempt=True)
@@ -234,3 +237,182 @@ def test_has_due_answers_without_writing_and_sees_expired_leases(tmp_path: Path)
         q.ack(b, now=1010.0)
         assert not q.has_due(now=1050.0)  # one waits out its delay, one is done
         assert q.has_due(now=1111.0)
+
+
+def test_queue_holds_persist_queue_and_does_not_pretend_to_be_one(tmp_path: Path) -> None:
+    """A full queue is truthy; persist-queue's len/empty/get/path do not leak into its API."""
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(3))
+        assert q and bool(q) is True
+        assert not hasattr(q, "empty") and not hasattr(q, "__len__")
+        assert q.file == tmp_path / "q.db" and not hasattr(q, "path")
+        (e,) = q.claim("w", 60)
+        assert q.get(e.id) == e
+        assert q.ack_many([(e, "ok")]) == []
+        assert q.get(e.id).state == State.DONE and q.get(e.id).note == "ok"
+        assert q.stats().done == 1 and q.stats().pending == 2
+    with pytest.raises(QueueError, match="closed"):
+        q.stats()
+
+
+# The schema of user_version 1 (before ctime_ns), as files in the field have it.
+SCHEMA_1 = (
+    "CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " path BLOB NOT NULL, source TEXT NOT NULL, size INTEGER NOT NULL,"
+    " mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
+    " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+    " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT)",
+    "CREATE UNIQUE INDEX entries_version ON entries (path, inode, size, mtime_ns)",
+    "CREATE INDEX entries_state_due ON entries (state, due)",
+    "CREATE TABLE counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+    "INSERT INTO counts VALUES ('pending', 0), ('claimed', 0), ('done', 0), ('failed', 0)",
+    "CREATE TRIGGER entries_counted_in AFTER INSERT ON entries"
+    " BEGIN UPDATE counts SET n = n + 1 WHERE state = new.state; END",
+    "CREATE TRIGGER entries_counted_move AFTER UPDATE OF state ON entries"
+    " WHEN old.state <> new.state BEGIN"
+    " UPDATE counts SET n = n - 1 WHERE state = old.state;"
+    " UPDATE counts SET n = n + 1 WHERE state = new.state; END",
+    "CREATE TRIGGER entries_counted_out AFTER DELETE ON entries"
+    " BEGIN UPDATE counts SET n = n - 1 WHERE state = old.state; END",
+    "PRAGMA user_version = 1",
+)
+
+
+def test_a_schema_1_file_is_migrated_in_place_and_keeps_its_versions(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    for statement in SCHEMA_1:
+        old.execute(statement)
+    done, pending = versions(2)
+    for v, state in ((done, "done"), (pending, "pending")):
+        old.execute("INSERT INTO entries (path, source, size, mtime_ns, inode, found_by, state,"
+                    " due, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, 1)",
+                    (v.path, v.source, v.size, v.mtime_ns, v.inode, v.found_by, state))
+    old.close()
+    with Queue(path) as q:
+        db = q._conn
+        assert db.execute("PRAGMA user_version").fetchone()[0] == Queue.SCHEMA_VERSION
+        assert [r[2] for r in db.execute("PRAGMA index_info(entries_version)")] == \
+            ["path", "inode", "size", "mtime_ns", "ctime_ns"]
+        assert {e.ctime_ns for e in q.list()} == {0}, "a ctime the old file never had"
+        # The files on disk, seen again with their real ctime, are still the same versions.
+        assert q.known([done, pending]) == {done, pending}
+        assert q.enqueue_many([done, pending]) == 0
+        # A legacy row cannot tell ctimes apart; a version recorded since then can.
+        rewritten = FileVersion(**{**done.__dict__, "mtime_ns": done.mtime_ns + 1})
+        assert q.enqueue_many([rewritten]) == 1
+        resent = FileVersion(**{**rewritten.__dict__, "ctime_ns": rewritten.ctime_ns + 1})
+        assert q.enqueue_many([resent]) == 1
+        (e, *_) = q.claim("w", 60, limit=5)
+        assert e.path == pending.path and e.ctime_ns == 0
+        stats = q.stats()
+        assert (stats.pending + stats.claimed, stats.done) == (3, 1)
+    with Queue(path) as q:  # opening it again changes nothing
+        assert q.stats().done == 1 and q.get(e.id).state == State.CLAIMED
+
+
+def test_a_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    Queue(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {Queue.SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(QueueError, match="newer"):
+        Queue(path)
+
+
+def test_lease_is_counted_from_inside_the_write_transaction(tmp_path: Path) -> None:
+    """A claim or renew that waited for another writer must not hand out a lease that
+    started before its wait: the returned expiry is the one in the queue."""
+    path = tmp_path / "q.db"
+    Queue(path).close()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    released: list[float] = []
+
+    def hold_the_write_lock() -> threading.Thread:
+        other.execute("BEGIN IMMEDIATE")
+
+        def let_go() -> None:
+            time.sleep(1.0)
+            released.append(time.time())
+            other.execute("COMMIT")
+        thread = threading.Thread(target=let_go)
+        thread.start()
+        return thread
+
+    with Queue(path) as q:
+        q.enqueue_many(versions(1))
+        waiter = hold_the_write_lock()
+        (e,) = q.claim("w", lease_seconds=10)
+        waiter.join()
+        assert e.due >= released[-1] + 10
+        assert q.get(e.id).due == e.due
+        waiter = hold_the_write_lock()
+        lost, expires = q.renew_leases([e], 10)
+        waiter.join()
+        assert lost == [] and expires >= released[-1] + 10
+        assert q.get(e.id).due == expires
+        assert q.renew([e], 10) == []
+    other.close()
+
+
+OWNER_HOLDER = """
+import sys, time
+from sftppush.queue import Queue, owner_token
+q = Queue(sys.argv[1])
+got = q.claim(owner_token(), lease_seconds=300, limit=10)
+print(" ".join(str(e.id) for e in got), flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_killed_owners_claims_come_back_at_the_next_claim(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    with Queue(path) as q:
+        q.enqueue_many(versions(10))
+    holder = python(OWNER_HOLDER, str(path))
+    held = sorted(int(x) for x in holder.stdout.readline().split())
+    assert len(held) == 10
+    with Queue(path) as q:
+        token = q.get(held[0]).owner
+        assert token.startswith(f"{socket.gethostname()}:{holder.pid}:")
+        assert q.claim(owner_token(), lease_seconds=300, limit=10) == [], "a live owner robbed"
+        holder.send_signal(signal.SIGKILL)
+        # Not reaped yet, as under a busy supervisor: a zombie never renews or acks either.
+        stat = Path(f"/proc/{holder.pid}/stat")
+        while stat.read_bytes().rpartition(b")")[2].split()[0] != b"Z":
+            time.sleep(0.01)
+        again = q.claim(owner_token(), lease_seconds=300, limit=10)
+        holder.wait(timeout=10)
+    assert sorted(e.id for e in again) == held
+    assert {e.last_error for e in again} == {f"owner died ({token})"}
+    holder.stdout.close()
+
+
+def test_only_claims_of_dead_processes_of_this_host_come_back_before_their_lease(
+        tmp_path: Path) -> None:
+    host = socket.gethostname()
+    me = owner_token()
+    _, pid, started = me.split(":")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    owners = {
+        "live": me,
+        "dead": f"{host}:{gone.pid}:{started}",
+        "pid reused": f"{host}:{pid}:{int(started) + 1}",
+        "other host": f"not-{host}:{gone.pid}:{started}",
+        "unparseable": f"{host}:{gone.pid}",
+    }
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(len(owners)), now=1000)
+        claims = q.claim(me, lease_seconds=300, limit=len(owners), now=1000)
+        held = {name: e.id for name, e in zip(owners, claims, strict=True)}
+        # As if each had made its claim itself (a claim would take the dead ones back).
+        for name, owner in owners.items():
+            q._conn.execute("UPDATE entries SET owner = ? WHERE id = ?",
+                            (f"{owner}/0123456789ab", held[name]))
+        back = q.claim(me, lease_seconds=300, limit=10, now=1001)
+        assert sorted(e.id for e in back) == sorted([held["dead"], held["pid reused"]])
+        assert q.claim(me, lease_seconds=300, limit=10, now=1299) == []
+        assert len(q.claim(me, lease_seconds=300, limit=10, now=1300)) == 3  # leases expired

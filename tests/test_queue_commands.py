@@ -19,7 +19,7 @@ def filled(source_tree: SourceTree) -> SourceTree:
     source_tree.write_config()
     with Queue(source_tree.queue_path) as q:
         q.enqueue_many(FileVersion(f"/home/sftpuser1/upload/f{i}".encode(), "sftpuser1", 10 * i,
-                                   i, i, "close_write") for i in range(6))
+                                   i, i, i, "close_write") for i in range(6))
         a, b, c, d, e = q.claim("test", 300, limit=5)
         q.ack(a, now=time.time() - 30 * 86400)
         q.ack(b)
