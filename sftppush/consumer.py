@@ -11,10 +11,8 @@ It must never decide S3 or file details itself and never fail an entry for a tra
 from __future__ import annotations
 
 import logging
-import os
 import queue as stdqueue
 import signal
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +32,7 @@ from sftppush.policy import (
     Tuning,
     decide,
 )
-from sftppush.queue import Entry, Queue
+from sftppush.queue import Entry, Queue, owner_token
 from sftppush.s3 import Sink, UploadCancelled
 from sftppush.wake import watch_or_none
 
@@ -93,7 +91,7 @@ class Consumer:
         self.tuning = tuning
         self.stop = stop
         self.cancel = cancel
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = owner_token()
         self.lease = cfg.queue.lease_seconds
         self.batch = tuning.claim_batch or (64 if sink.fast else 2 * workers)
         self.inflight: dict[int, Claim] = {}
@@ -156,8 +154,8 @@ class Consumer:
         if room <= 0 or (self.inflight and room < self.batch // 2) or not self.queue.has_due():
             return 0
         entries = self.queue.claim(self.owner, self.lease, limit=room)
-        expires = time.time() + self.lease
-        claims = [Claim(entry, expires) for entry in entries]
+        # The lease is the queue's (its clock was read inside the claim), never longer.
+        claims = [Claim(entry, entry.due) for entry in entries]
         # All held before any starts: _start may wait for a fast slot, renewing what we hold.
         self.inflight.update((c.entry.id, c) for c in claims)
         for claim in claims:
@@ -209,11 +207,11 @@ class Consumer:
             return False
         if time.time() < claim.expires - min(5.0, self.lease / 4):
             return True
-        lost = self.queue.renew([claim.entry], self.lease)
+        lost, expires = self.queue.renew_leases([claim.entry], self.lease)
         if lost:
             claim.lost.set()
             return False
-        claim.expires = time.time() + self.lease
+        claim.expires = expires
         return True
 
     def _renew_if_due(self) -> None:
@@ -225,8 +223,8 @@ class Consumer:
         claims = [c for c in list(self.inflight.values()) if not c.lost.is_set()]
         if not claims:
             return
-        lost = {e.id for e in self.queue.renew([c.entry for c in claims], self.lease)}
-        expires = time.time() + self.lease
+        renewed, expires = self.queue.renew_leases([c.entry for c in claims], self.lease)
+        lost = {e.id for e in renewed}
         for c in claims:
             if c.entry.id in lost:
                 c.lost.set()

@@ -171,7 +171,8 @@ def prepare(entry: Entry, cfg: Config, sink: Sink, *, now: float | None = None,
         return _vanished(entry, source, sink)
     try:
         if (safe.st.st_ino, safe.st.st_size, safe.st.st_mtime_ns) != \
-                (entry.inode, entry.size, entry.mtime_ns):
+                (entry.inode, entry.size, entry.mtime_ns) or \
+                entry.ctime_ns not in (0, safe.st.st_ctime_ns):  # 0: queued before ctime was
             log.info("superseded id=%d path=%s", entry.id, entry.display_path)
             safe.close()
             return Done("superseded")

@@ -25,8 +25,9 @@ TUNING = Tuning(transient_delay=5, transient_delay_max=300, permanent_delay=30,
 
 
 def entry(attempts: int = 0) -> Entry:
-    return Entry(b"/home/u/a.csv", "u", 1, 1, 1, "close_write", 7, State.CLAIMED, "o", 0.0,
-                 attempts, 0.0, None, None)
+    return Entry(path=b"/home/u/a.csv", source="u", size=1, mtime_ns=1, ctime_ns=1, inode=1,
+                 found_by="close_write", id=7, state=State.CLAIMED, owner="o", due=0.0,
+                 attempts=attempts, enqueued_at=0.0, last_error=None, note=None)
 
 
 def exact(delay: float) -> float:
