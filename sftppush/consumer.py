@@ -10,11 +10,11 @@ decide S3 or file details itself and never make an entry failed for a transient 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue as stdqueue
 import random
-import signal
 import socket
 import threading
 import time
@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sftppush import crt, memory, pipeline
+from sftppush import crt, memory, pipeline, signals
 from sftppush.config import Config
 from sftppush.errors import PermanentError, TransientError
 from sftppush.fastlane import Lane, Sent
@@ -82,8 +82,9 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
     cancel = threading.Event()
     own_signals = stop is None
     stop = stop or threading.Event()
-    if own_signals and threading.current_thread() is threading.main_thread():
-        _install_signals(stop, cancel)
+    restore_signals = contextlib.ExitStack()
+    if own_signals:  # first signal: warm stop (finish in-flight uploads); second: abandon them
+        restore_signals.enter_context(signals.on_stop(stop, cancel))
     lane = None
     if tuning.crt and crt.available():
         lane = Lane(cfg, crt.CrtUploader.from_config(
@@ -98,15 +99,7 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
     finally:
         if lane is not None:
             lane.close()
-
-
-def _install_signals(stop: threading.Event, cancel: threading.Event) -> None:
-    def handler(signum: int, frame: Any) -> None:
-        # First signal: warm stop (finish in-flight uploads). Second: abandon them.
-        (cancel if stop.is_set() else stop).set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+        restore_signals.close()
 
 
 class Consumer:

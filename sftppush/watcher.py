@@ -13,7 +13,6 @@ import fcntl
 import logging
 import os
 import select
-import signal
 import stat
 import struct
 import termios
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from sftppush import notify
+from sftppush import notify, signals
 from sftppush.config import Config, Source
 from sftppush.errors import ConfigError, SftppushError
 from sftppush.queue import FileVersion, Queue, shown
@@ -80,18 +79,15 @@ class _Batch:
 def run(cfg: Config, *, rescan: bool = True, stop: threading.Event | None = None) -> None:
     """Watch every configured source until SIGTERM/SIGINT or `stop`; commit what was read."""
     stop = threading.Event() if stop is None else stop
-    wakeup, restore = _install_signal_handlers(stop)
-    try:
-        with Queue(cfg.queue.path) as queue, INotify(nonblocking=True) as inotify:
-            watcher = Watcher(cfg, queue, inotify, wakeup=wakeup)
-            watcher.start(rescan)
-            try:
-                while not stop.is_set():
-                    watcher.step(stop)
-            finally:
-                watcher.shutdown()
-    finally:
-        restore()
+    with signals.on_stop(stop) as stopping, Queue(cfg.queue.path) as queue, \
+            INotify(nonblocking=True) as inotify:
+        watcher = Watcher(cfg, queue, inotify, wakeup=stopping.fileno())
+        watcher.start(rescan)
+        try:
+            while not stop.is_set():
+                watcher.step(stop)
+        finally:
+            watcher.shutdown()
 
 
 class Watcher:
@@ -151,7 +147,7 @@ class Watcher:
         if timeout:
             for fd, _ in self.poller.poll(timeout * 1000):
                 if fd == self.wakeup:
-                    _drain(fd)
+                    signals.drain(fd)
                 elif self.busy:  # a burst: one commit per few ms, not per file
                     time.sleep(BUSY_DELAY)
         now = self.clock()
@@ -440,34 +436,3 @@ class Watcher:
             until.append(self.next_root_check)
         return max(0.001, min(until) - now)
 
-
-# --- signals -------------------------------------------------------------------------------
-
-def _install_signal_handlers(stop: threading.Event) -> tuple[int | None, Callable[[], None]]:
-    """SIGTERM/SIGINT only set `stop`; the returned pipe end turns readable to end a wait.
-
-    Outside the main thread (a caller running us in a thread) only `stop` ends the loop.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None, lambda: None
-    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGTERM, signal.SIGINT)}
-    old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-
-    def restore() -> None:
-        signal.set_wakeup_fd(old_wakeup)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        os.close(read_fd)
-        os.close(write_fd)
-
-    return read_fd, restore
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
