@@ -41,7 +41,9 @@ class Stopping:
         """
         if self._fd is None:
             return self.stop.wait(timeout)
-        if select.select([self._fd], [], [], timeout)[0]:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        if poller.poll(timeout * 1000):
             drain(self._fd)
         return self.stop.is_set()
 
