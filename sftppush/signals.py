@@ -1,8 +1,10 @@
 """SIGTERM/SIGINT for every long-running command: one context that turns them into flags.
 
 Owns installing the handlers (main thread only), the self-pipe that ends a loop's wait, and
-putting back the previous handlers, wake-up fd and signal mask. A handler must never log,
-do work or wait on a lock: it runs on the main thread between any two bytecodes.
+putting back the previous handlers, wake-up fd and signal mask. A handler only sets events,
+never logs or works; as `Event.set()` takes the event's lock, the main thread must never sit
+in `stop.wait()`/`cancel.wait()` (a handler runs between any two of its bytecodes): it waits
+on the pipe (`Stopping.wait`).
 """
 
 from __future__ import annotations
