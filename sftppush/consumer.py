@@ -10,16 +10,16 @@ It must never decide S3 or file details itself and never fail an entry for a tra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue as stdqueue
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sftppush import memory, pipeline
+from sftppush import memory, pipeline, signals
 from sftppush.config import Config
 from sftppush.errors import PermanentError, TransientError
 from sftppush.policy import (
@@ -60,23 +60,15 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
     cancel = threading.Event()
     own_signals = stop is None
     stop = stop or threading.Event()
-    if own_signals and threading.current_thread() is threading.main_thread():
-        _install_signals(stop, cancel)
-    memory.release_free_memory()
-    try:
-        with Queue(cfg.queue.path) as q:
-            Consumer(cfg, q, sink, workers, tuning, stop, cancel).loop(drain)
-    finally:
-        sink.close()
-
-
-def _install_signals(stop: threading.Event, cancel: threading.Event) -> None:
-    def handler(signum: int, frame: Any) -> None:
-        # First signal: warm stop (finish in-flight uploads). Second: abandon them.
-        (cancel if stop.is_set() else stop).set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    with contextlib.ExitStack() as restore:
+        if own_signals:  # first signal: warm stop (finish in-flight uploads); second: abandon
+            restore.enter_context(signals.on_stop(stop, cancel))
+        memory.release_free_memory()
+        try:
+            with Queue(cfg.queue.path) as q:
+                Consumer(cfg, q, sink, workers, tuning, stop, cancel).loop(drain)
+        finally:
+            sink.close()
 
 
 class Consumer:

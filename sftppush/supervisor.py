@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftppush import signals
 from sftppush.config import Config
 
 log = logging.getLogger("sftppush.supervisor")
@@ -39,7 +40,11 @@ class Child:
     extra: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, env={**self.env, **self.extra})
+        # The child starts with SIGTERM/SIGINT blocked and unblocks them once its handlers
+        # are in place (signals.on_stop): a stop sent while it is still importing is held,
+        # not fatal, so it too ends in a clean exit.
+        with signals.blocked():
+            self.process = subprocess.Popen(self.argv, env={**self.env, **self.extra})
         self.started = time.monotonic()
         log.info("started child=%s pid=%d", self.name, self.process.pid)
 
@@ -61,8 +66,8 @@ def run(cfg: Config, *, global_args: Sequence[str], sources: Sequence[str] = (),
     children += [Child(f"consumer-{i}", child_argv(global_args, "consume", *workers,
                                                    *source_args), env)
                  for i in range(1, consumers + 1)]
-    previous = _stop_on_signals(stop)
-    with tempfile.TemporaryDirectory(prefix="sftppush-run-") as tmp:
+    with signals.on_stop(stop) as stopping, \
+            tempfile.TemporaryDirectory(prefix="sftppush-run-") as tmp:
         ready = _ReadySocket(Path(tmp) / "notify")
         children[0].extra["NOTIFY_SOCKET"] = str(ready.path)
         try:
@@ -73,12 +78,10 @@ def run(cfg: Config, *, global_args: Sequence[str], sources: Sequence[str] = (),
                     on_ready()
                 for child in children:
                     _tend(child)
-                stop.wait(0.5)
+                stopping.wait(0.5)
         finally:
             _shutdown(children)
             ready.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def _tend(child: Child) -> None:
@@ -114,16 +117,6 @@ def _shutdown(children: list[Child]) -> None:
             child.process.kill()
             child.process.wait()
     log.info("stopped children=%d", len(running))
-
-
-def _stop_on_signals(stop: threading.Event) -> dict[int, object]:
-    """Signal handlers only set the flag; the loop does the rest."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    return previous
 
 
 class _ReadySocket:

@@ -1,19 +1,18 @@
 """The watcher: inotify events on the source trees become file versions in the queue.
 
-Owns the watches, what each event means (close-write, rename, link+unlink rename, new and
-removed directories), overflow recovery by rescan, and sd_notify. It must never open a data
-file (one lstat per name, nothing more) and never talk to S3, so an outage cannot slow it.
+Owns what each event means (close-write, rename, link+unlink rename, new and removed
+directories), the scans of new dirs, overflow recovery by rescan, and sd_notify; the watch
+descriptors themselves are watches.py's. It must never open a data file (one lstat per name,
+nothing more) and never talk to S3, so an outage cannot slow it.
 """
 
 from __future__ import annotations
 
 import array
-import errno
 import fcntl
 import logging
 import os
 import select
-import signal
 import stat
 import struct
 import termios
@@ -26,43 +25,33 @@ from dataclasses import dataclass, field
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from sftppush import notify
-from sftppush.config import Config, Source
-from sftppush.errors import ConfigError, SftppushError
+from sftppush import notify, signals
+from sftppush.config import Config
+from sftppush.errors import ConfigError
 from sftppush.queue import FileVersion, Queue, shown
 from sftppush.scan import ignore_matcher, walk
+from sftppush.watches import Root, Watches
 
 log = logging.getLogger("sftppush.watcher")
-
-# IN_OPEN / IN_CLOSE_NOWRITE tell a file created by open() (taken at its close-write) from one
-# created by link() (OpenSSH's rename: no open at all); IN_ATTRIB catches a client setting the
-# mtime after close, which makes a new version the consumer would otherwise retire unuploaded.
-_EVENTS = (F.CLOSE_WRITE | F.MOVED_TO | F.CREATE | F.OPEN | F.CLOSE_NOWRITE | F.ATTRIB
-           | F.MOVED_FROM | F.DELETE | F.DELETE_SELF | F.MOVE_SELF | F.EXCL_UNLINK | F.ONLYDIR)
-ROOT_MASK = _EVENTS                    # a configured dir may be a symlink the admin set up
-SUBDIR_MASK = _EVENTS | F.DONT_FOLLOW  # below it, a symlink is never followed
 
 GRACE = 0.2               # s an IN_CREATE waits for its IN_OPEN; a fresh scanned file, its close
 FRESH_NS = 2_000_000_000  # a scanned file younger than this may still be open for writing
 BUSY_DELAY = 0.005        # s to let a burst's events gather, so one transaction takes many
 SCAN_SLICE = 0.05         # s of scanning between two reads of the event queue
 SCAN_SLICE_DIRS = 200     # listing a directory queues 4 events of our own; keep under the limit
-ROOT_CHECK = 1.0          # s between looks for a missing source dir
 MAX_WAIT = 1.0            # s; an external `stop` event is noticed at least this often
 
+# The raw read() is parsed here, not by inotify_simple's read()/parse_events(): those build a
+# namedtuple per event and decode each name to str, which we would only encode back (paths
+# stay bytes, undecodable names included): 3.5x the time (122 vs 33 ms per 100,000 events,
+# measured here), in the loop that must keep up with a burst. And its read() waits on the
+# inotify fd alone, where we also wait on the signal wake-up fd.
 _EVENT = struct.Struct("iIII")
 
 
 @dataclass(eq=False)
-class _Root:
-    source: Source
-    path: bytes
-    wd: int | None = None  # None while the directory is missing
-
-
-@dataclass(eq=False)
 class _Scan:
-    root: _Root
+    root: Root
     top: bytes
     why: str
     steps: Iterator[FileVersion | None] | None = None
@@ -80,18 +69,15 @@ class _Batch:
 def run(cfg: Config, *, rescan: bool = True, stop: threading.Event | None = None) -> None:
     """Watch every configured source until SIGTERM/SIGINT or `stop`; commit what was read."""
     stop = threading.Event() if stop is None else stop
-    wakeup, restore = _install_signal_handlers(stop)
-    try:
-        with Queue(cfg.queue.path) as queue, INotify(nonblocking=True) as inotify:
-            watcher = Watcher(cfg, queue, inotify, wakeup=wakeup)
-            watcher.start(rescan)
-            try:
-                while not stop.is_set():
-                    watcher.step(stop)
-            finally:
-                watcher.shutdown()
-    finally:
-        restore()
+    with signals.on_stop(stop) as stopping, Queue(cfg.queue.path) as queue, \
+            INotify(nonblocking=True) as inotify:
+        watcher = Watcher(cfg, queue, inotify, wakeup=stopping.fileno())
+        watcher.start(rescan)
+        try:
+            while not stop.is_set():
+                watcher.step(stop)
+        finally:
+            watcher.shutdown()
 
 
 class Watcher:
@@ -105,9 +91,8 @@ class Watcher:
         self.clock = clock
         self.ignored = ignore_matcher(cfg.watch.ignore)
         self.ignore = cfg.watch.ignore
-        self.roots = [_Root(s, os.fsencode(d)) for s in cfg.watch.sources for d in s.dirs]
-        self.dirs: dict[int, tuple[bytes, _Root]] = {}  # wd -> watched path, its root
-        self.wds: dict[bytes, int] = {}
+        self.roots = [Root(s, os.fsencode(d)) for s in cfg.watch.sources for d in s.dirs]
+        self.watches = Watches(inotify, self.roots, self.ignored, clock)
         self.scans: deque[_Scan] = deque()
         self.created: dict[bytes, tuple[float, str]] = {}  # IN_CREATE seen, no IN_OPEN yet
         self.linked: set[bytes] = set()                    # created, then opened: await close
@@ -120,7 +105,6 @@ class Watcher:
             self.poller.register(wakeup, select.POLLIN)
         self.ping_every = notify.watchdog_interval()
         self.next_ping = 0.0
-        self.next_root_check = 0.0
         self.enqueued = 0
         self.busy = False  # the last read found events
 
@@ -134,13 +118,13 @@ class Watcher:
             except OSError as exc:
                 raise ConfigError(f"watch: source {root.source.name}: cannot read directory "
                                   f"{shown(root.path)}: {exc.strerror}") from None
-            self._watch_tree(root)
+            self.watches.watch_tree(root)
             if root.wd is None:
                 raise ConfigError(f"watch: source {root.source.name}: cannot watch directory "
                                   f"{shown(root.path)}")
-        notify.notify(f"READY=1\nSTATUS=watching {len(self.dirs)} directories")
+        notify.notify(f"READY=1\nSTATUS=watching {len(self.watches)} directories")
         log.info("watching sources=%d dirs=%d rescan=%s", len({r.source.name for r in self.roots}),
-                 len(self.dirs), str(rescan).lower())
+                 len(self.watches), str(rescan).lower())
         if rescan:
             for root in self.roots:
                 self._add_scan(root, root.path, "start")
@@ -151,7 +135,7 @@ class Watcher:
         if timeout:
             for fd, _ in self.poller.poll(timeout * 1000):
                 if fd == self.wakeup:
-                    _drain(fd)
+                    signals.drain(fd)
                 elif self.busy:  # a burst: one commit per few ms, not per file
                     time.sleep(BUSY_DELAY)
         now = self.clock()
@@ -197,61 +181,57 @@ class Watcher:
             return b""
 
     def _handle(self, data: bytes, now: float, batch: _Batch) -> None:
-        names, dirs, created, opens, ignored = (batch.names, self.dirs, self.created,
-                                                self.opens, self.ignored)
-        unpack, pos, end = _EVENT.unpack_from, 0, len(data)
-        while pos < end:
-            wd, mask, _cookie, size = unpack(data, pos)
-            name = data[pos + 16:pos + 16 + size].rstrip(b"\0")
-            pos += 16 + size
+        where_is, ignored = self.watches.where, self.ignored
+        for wd, mask, name in _events(data):
             if mask & F.Q_OVERFLOW:
                 self._overflow()
                 continue
-            where = dirs.get(wd)
+            where = where_is(wd)
             if where is None:
                 continue  # the last events of a watch we dropped
             if not name:
-                self._self_event(wd, mask, where[1])
-                continue
-            if ignored(name):
-                continue
-            path = where[0] + b"/" + name
-            source = where[1].source.name
-            if mask & F.ISDIR:
-                if mask & (F.CREATE | F.MOVED_TO):
-                    self._add_scan(where[1], path, "new dir", first=True)
-                elif mask & F.MOVED_FROM:
-                    self._unwatch_tree(path)
-            elif mask & F.CLOSE_WRITE:
-                n = opens.pop(path, 0) - 1
-                if n > 0:
-                    opens[path] = n
-                self._settled(path)
-                names[path] = (source, "close_write")
-            elif mask & F.MOVED_TO:
-                self._settled(path)
-                names[path] = (source, "moved_to")
-            elif mask & F.CREATE:
-                created.pop(path, None)  # re-insert: the dict stays in order of arrival
-                created[path] = (now, source)
-            elif mask & F.OPEN:
-                opens[path] = opens.get(path, 0) + 1
-                if created.pop(path, None) is not None:
-                    self.linked.add(path)
-            elif mask & F.CLOSE_NOWRITE:
-                n = opens.pop(path, 0) - 1
-                if n > 0:
-                    opens[path] = n
-                elif path in self.linked:  # created, opened only to read, closed: a link
-                    self.linked.discard(path)
-                    names[path] = (source, "created")
-            elif mask & F.ATTRIB:
-                if path not in opens and path not in created and path not in self.linked:
-                    names.setdefault(path, (source, "attrib"))
-            elif mask & (F.MOVED_FROM | F.DELETE):
-                self._settled(path)
-                opens.pop(path, None)
-                names.pop(path, None)
+                self._self_event(wd, mask)
+            elif not ignored(name):
+                path = where[0] + b"/" + name
+                if mask & F.ISDIR:
+                    self._dir_event(mask, path, where[1])
+                else:
+                    self._file_event(mask, path, where[1].source.name, now, batch.names)
+
+    def _file_event(self, mask: int, path: bytes, source: str, now: float,
+                    names: dict[bytes, tuple[str, str]]) -> None:
+        if mask & F.CLOSE_WRITE:
+            self._closed(path)
+            self._settled(path)
+            names[path] = (source, "close_write")
+        elif mask & F.MOVED_TO:
+            self._settled(path)
+            names[path] = (source, "moved_to")
+        elif mask & F.CREATE:
+            self.created.pop(path, None)  # re-insert: the dict stays in order of arrival
+            self.created[path] = (now, source)
+        elif mask & F.OPEN:
+            self.opens[path] = self.opens.get(path, 0) + 1
+            if self.created.pop(path, None) is not None:
+                self.linked.add(path)
+        elif mask & F.CLOSE_NOWRITE:
+            if not self._closed(path) and path in self.linked:
+                self.linked.discard(path)  # created, opened only to read, closed: a link
+                names[path] = (source, "created")
+        elif mask & F.ATTRIB:
+            if path not in self.opens and path not in self.created and path not in self.linked:
+                names.setdefault(path, (source, "attrib"))
+        elif mask & (F.MOVED_FROM | F.DELETE):
+            self._settled(path)
+            self.opens.pop(path, None)
+            names.pop(path, None)
+
+    def _closed(self, path: bytes) -> bool:
+        """One close of `path`; True while it is still open elsewhere."""
+        n = self.opens.pop(path, 0) - 1
+        if n > 0:
+            self.opens[path] = n
+        return n > 0
 
     def _settled(self, path: bytes) -> None:
         """An event that enqueues `path` itself ends every wait on it."""
@@ -259,24 +239,27 @@ class Watcher:
         self.linked.discard(path)
         self.fresh.pop(path, None)
 
-    def _self_event(self, wd: int, mask: int, root: _Root) -> None:
-        if mask & F.IGNORED:  # the directory was deleted (or unmounted): the watch is gone
-            path, _ = self.dirs.pop(wd)
-            if self.wds.get(path) == wd:
-                del self.wds[path]
-            for r in self.roots:
-                if r.wd == wd:
-                    self._lose_root(r, "deleted")
-        elif mask & F.MOVE_SELF:
-            for r in self.roots:
-                if r.wd == wd:  # a source dir renamed away: its paths mean nothing now
-                    self._unwatch_tree(r.path)
+    def _dir_event(self, mask: int, path: bytes, root: Root) -> None:
+        if mask & (F.CREATE | F.MOVED_TO):
+            self._add_scan(root, path, "new dir", first=True)
+        elif mask & F.MOVED_FROM:
+            self._unwatch_tree(path)
 
-    def _lose_root(self, root: _Root, why: str) -> None:
-        root.wd = None
-        self.next_root_check = self.clock() + ROOT_CHECK
-        log.warning("source dir gone source=%s dir=%s why=%s", root.source.name,
-                    shown(root.path), why.replace(" ", "_"))
+    def _self_event(self, wd: int, mask: int) -> None:
+        if mask & F.IGNORED:  # the directory was deleted (or unmounted): the watch is gone
+            self.watches.gone(wd)
+        elif mask & F.MOVE_SELF:
+            for root in self.watches.roots_at(wd):  # a source dir renamed away
+                self._unwatch_tree(root.path)
+
+    def _unwatch_tree(self, top: bytes) -> None:
+        """A directory left the tree: drop its watches, and every wait on a name below it."""
+        self.watches.unwatch_tree(top)
+        prefix = top + b"/"
+        for waiting in (self.created, self.fresh, self.opens):
+            for path in [p for p in waiting if p.startswith(prefix)]:
+                del waiting[path]
+        self.linked = {p for p in self.linked if not p.startswith(prefix)}
 
     def _overflow(self) -> None:
         # Events were dropped: what we knew of open files is unreliable, and any directory
@@ -284,9 +267,8 @@ class Watcher:
         log.warning("inotify queue overflowed: rescanning roots=%d", len(self.roots))
         self.opens.clear()
         self.linked.clear()
-        for root in self.roots:
-            if root.wd is not None:
-                self._add_scan(root, root.path, "overflow")
+        for root in self.watches.watched_roots():
+            self._add_scan(root, root.path, "overflow")
 
     def _decide(self, now: float, batch: _Batch, everything: bool) -> None:
         """Take the waiting names whose grace is over (all of them when stopping)."""
@@ -317,65 +299,9 @@ class Watcher:
                               v.found_by, v.size)
                 log.debug("enqueued new=%d of=%d", new, len(versions))
 
-    # --- watches and scans ---------------------------------------------------------------
+    # --- scans ---------------------------------------------------------------------------
 
-    def _watch(self, path: bytes, root: _Root, strict: bool = False) -> bool:
-        """Put a watch on one directory before it is listed; False to skip listing it."""
-        try:
-            wd = self.inotify.add_watch(path, ROOT_MASK if path == root.path else SUBDIR_MASK)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                return False  # gone, or swapped for a symlink, since it was listed
-            if exc.errno == errno.ENOSPC:
-                message = (f"cannot watch dir={shown(path)}: inotify watch limit reached, "
-                           "raise fs.inotify.max_user_watches")
-                if strict:
-                    raise SftppushError(message) from None
-                log.error(message.replace(": ", " error=", 1))
-                return True  # list it anyway, so at least what is there now is queued
-            log.warning("cannot watch dir=%s error=%s", shown(path), exc.strerror)
-            return False
-        old = self.dirs.get(wd)
-        if old is not None and old[0] != path and self.wds.get(old[0]) == wd:
-            del self.wds[old[0]]
-        self.dirs[wd] = (path, root)
-        self.wds[path] = wd
-        if path == root.path:
-            root.wd = wd
-        return True
-
-    def _watch_tree(self, root: _Root) -> None:
-        """Watches on a whole root, directories only: what start-up needs before READY=1."""
-        stack = [root.path]
-        while stack:
-            directory = stack.pop()
-            if not self._watch(directory, root, strict=True):
-                continue
-            try:
-                with os.scandir(directory) as entries:
-                    stack.extend(e.path for e in entries
-                                 if not self.ignored(e.name) and e.is_dir(follow_symlinks=False))
-            except OSError as exc:
-                log.warning("cannot list dir=%s error=%s", shown(directory), exc.strerror)
-
-    def _unwatch_tree(self, top: bytes) -> None:
-        prefix = top + b"/"
-        for path in [p for p in self.wds if p == top or p.startswith(prefix)]:
-            wd = self.wds.pop(path)
-            self.dirs.pop(wd, None)
-            try:
-                self.inotify.rm_watch(wd)
-            except OSError:
-                pass  # already gone with its directory
-            for root in self.roots:
-                if root.wd == wd:  # a source dir inside another source dir, moved away
-                    self._lose_root(root, "moved away")
-        for waiting in (self.created, self.fresh, self.opens):
-            for path in [p for p in waiting if p.startswith(prefix)]:
-                del waiting[path]
-        self.linked = {p for p in self.linked if not p.startswith(prefix)}
-
-    def _add_scan(self, root: _Root, top: bytes, why: str, first: bool = False) -> None:
+    def _add_scan(self, root: Root, top: bytes, why: str, first: bool = False) -> None:
         if any(s.top == top and s.steps is None for s in self.scans):
             return  # the same walk is queued and not started: it will see everything
         scan = _Scan(root, top, why)
@@ -393,7 +319,7 @@ class Watcher:
             scan = self.scans[0]
             if scan.steps is None:
                 scan.steps = walk(scan.top, scan.root.source.name, self.ignore,
-                                  on_dir=lambda d, r=scan.root: self._watch(d, r))
+                                  on_dir=lambda d, r=scan.root: self.watches.watch(d, r))
             for version in scan.steps:
                 if version is None:
                     listed += 1
@@ -415,12 +341,8 @@ class Watcher:
                 shown(scan.top), scan.files, scan.why.replace(" ", "_"))
 
     def _check_roots(self, now: float) -> None:
-        if now < self.next_root_check:
-            return
-        self.next_root_check = now + ROOT_CHECK
-        for root in self.roots:
-            if root.wd is None and os.path.isdir(root.path) and \
-                    not any(s.top == root.path for s in self.scans):
+        for root in self.watches.roots_back(now):
+            if not any(s.top == root.path for s in self.scans):
                 log.info("source dir back source=%s dir=%s", root.source.name,
                          shown(root.path))
                 self._add_scan(root, root.path, "dir back")
@@ -435,38 +357,16 @@ class Watcher:
                 until.append(next(iter(waiting.values()))[0] + GRACE)
         if self.ping_every:
             until.append(self.next_ping)
-        if any(r.wd is None for r in self.roots):
-            until.append(self.next_root_check)
+        root_check = self.watches.next_check()
+        if root_check is not None:
+            until.append(root_check)
         return max(0.001, min(until) - now)
 
 
-# --- signals -------------------------------------------------------------------------------
-
-def _install_signal_handlers(stop: threading.Event) -> tuple[int | None, Callable[[], None]]:
-    """SIGTERM/SIGINT only set `stop`; the returned pipe end turns readable to end a wait.
-
-    Outside the main thread (a caller running us in a thread) only `stop` ends the loop.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None, lambda: None
-    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGTERM, signal.SIGINT)}
-    old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-
-    def restore() -> None:
-        signal.set_wakeup_fd(old_wakeup)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        os.close(read_fd)
-        os.close(write_fd)
-
-    return read_fd, restore
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
+def _events(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(wd, mask, name) of each event in one read of the inotify fd; the cookie is unused."""
+    unpack, pos, end = _EVENT.unpack_from, 0, len(data)
+    while pos < end:
+        wd, mask, _cookie, size = unpack(data, pos)
+        yield wd, mask, data[pos + 16:pos + 16 + size].rstrip(b"\0")
+        pos += 16 + size

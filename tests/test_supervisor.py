@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 import re
 import signal
 import subprocess
@@ -79,3 +80,31 @@ def test_run_restarts_a_dead_child_and_stops_all_on_sigterm(
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_run_stopped_at_any_moment_of_start_up_stops_every_child_promptly(
+        source_tree: SourceTree, tmp_path: Path) -> None:
+    # SIGTERM while the children are still importing, installing handlers, watching, or
+    # idle: each must stop at once (STOP_TIMEOUT is 120 s), none killed, none left over.
+    source_tree.write_config(defaults={"endpoint_url": "http://127.0.0.1:9"})
+    seed = random.randrange(1 << 32)
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    for run in range(5):
+        log = tmp_path / f"run-{run}.log"
+        with log.open("wb") as err:
+            parent = subprocess.Popen(
+                cli_argv("--config", source_tree.config_path, "--log-level", "info", "run"),
+                env=child_env(), stderr=err)
+        try:
+            time.sleep(rng.uniform(0, 1.5))
+            parent.send_signal(signal.SIGTERM)
+            status = parent.wait(timeout=15)
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+                parent.wait()
+        text = log.read_text()
+        assert status == 0, f"seed={seed} run={run}: status {status}\n{text[-3000:]}"
+        assert "did not stop" not in text, f"seed={seed} run={run}:\n{text[-3000:]}"
+        assert not [pid for pid in child_pids(log).values() if alive(pid)], "a child outlived run"

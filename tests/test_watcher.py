@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from inotify_simple import INotify
 
-from sftppush import config
+from sftppush import config, signals
 from sftppush.queue import Queue
 from sftppush.watcher import Watcher
 
-from .conftest import WatcherProcess, WatchTree
+from .conftest import WatcherProcess, WatchTree, child_env, cli_argv
 
 MAX_QUEUED_EVENTS = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
 
@@ -284,3 +287,35 @@ def test_sd_notify_ready_watchdog_stopping(watch_tree: WatchTree, tmp_path: Path
         assert proc.stop() == 0
     assert proc.messages[0].splitlines()[0] == "READY=1"
     assert proc.messages[-1] == "STOPPING=1"
+
+
+def test_sigterm_at_any_moment_of_its_life_exits_0_promptly(watch_tree: WatchTree,
+                                                           tmp_path: Path):
+    # Real processes on a real tree, signalled at random moments: while Python starts, while
+    # the watches go in, during the start-up rescan, idle. Half the runs get SIGINT just
+    # before the SIGTERM, as after Ctrl-C in `sftppush demo`: the terminal signals the whole
+    # process group, then `run` sends its own SIGTERM. Started as `run` starts it (signals
+    # blocked until the handlers are in place), so even a SIGTERM at once ends in status 0.
+    for d in range(40):  # enough for the start-up rescan to take a while
+        (watch_tree.upload / f"d{d}").mkdir()
+        for i in range(25):
+            write(watch_tree.upload / f"d{d}" / f"{i}.csv", b"x")
+    seed = random.randrange(1 << 32)
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    for run in range(20):
+        log = tmp_path / f"watcher-{run}.log"
+        with log.open("wb") as out, signals.blocked():
+            proc = subprocess.Popen(cli_argv("--config", watch_tree.config, "watch"),
+                                    env=child_env(), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(rng.uniform(0, 1.0))
+            if rng.random() < 0.5:
+                proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
+            status = proc.wait(timeout=5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert status == 0, f"seed={seed} run={run}: status {status}\n{log.read_text()[-3000:]}"

@@ -1,0 +1,150 @@
+"""The watcher's inotify watches: which directory each watch descriptor stands for.
+
+Owns adding and removing watches over whole trees, the wd <-> path maps, and the source
+dirs that went missing (deleted, moved away) until they are back. It never reads events,
+never lists a file for the queue and never touches the queue: what an event means is the
+watcher's business.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from inotify_simple import INotify
+from inotify_simple import flags as F
+
+from sftppush.config import Source
+from sftppush.errors import SftppushError
+from sftppush.queue import shown
+
+log = logging.getLogger("sftppush.watcher")  # the watcher's own lines, as before the split
+
+# IN_OPEN / IN_CLOSE_NOWRITE tell a file created by open() (taken at its close-write) from one
+# created by link() (OpenSSH's rename: no open at all); IN_ATTRIB catches a client setting the
+# mtime after close, which makes a new version the consumer would otherwise retire unuploaded.
+_EVENTS = (F.CLOSE_WRITE | F.MOVED_TO | F.CREATE | F.OPEN | F.CLOSE_NOWRITE | F.ATTRIB
+           | F.MOVED_FROM | F.DELETE | F.DELETE_SELF | F.MOVE_SELF | F.EXCL_UNLINK | F.ONLYDIR)
+ROOT_MASK = _EVENTS                    # a configured dir may be a symlink the admin set up
+SUBDIR_MASK = _EVENTS | F.DONT_FOLLOW  # below it, a symlink is never followed
+
+ROOT_CHECK = 1.0  # s between looks for a missing source dir
+
+
+@dataclass(eq=False)
+class Root:
+    """One watched dir of a source (userpath / name / path)."""
+
+    source: Source
+    path: bytes
+    wd: int | None = None  # None while the directory is missing
+
+
+class Watches:
+    """The watch descriptors of one inotify instance over the roots of every source."""
+
+    def __init__(self, inotify: INotify, roots: list[Root],
+                 ignored: Callable[[bytes], object], clock: Callable[[], float]) -> None:
+        self.inotify = inotify
+        self.roots = roots
+        self.ignored = ignored
+        self.clock = clock
+        self.dirs: dict[int, tuple[bytes, Root]] = {}  # wd -> watched path, its root
+        self.wds: dict[bytes, int] = {}
+        self.next_root_check = 0.0
+
+    def __len__(self) -> int:
+        return len(self.dirs)
+
+    def where(self, wd: int) -> tuple[bytes, Root] | None:
+        """The directory and root of a watch; None for the last events of a dropped one."""
+        return self.dirs.get(wd)
+
+    def watch(self, path: bytes, root: Root, strict: bool = False) -> bool:
+        """Put a watch on one directory before it is listed; False to skip listing it."""
+        try:
+            wd = self.inotify.add_watch(path, ROOT_MASK if path == root.path else SUBDIR_MASK)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return False  # gone, or swapped for a symlink, since it was listed
+            if exc.errno == errno.ENOSPC:
+                message = (f"cannot watch dir={shown(path)}: inotify watch limit reached, "
+                           "raise fs.inotify.max_user_watches")
+                if strict:
+                    raise SftppushError(message) from None
+                log.error(message.replace(": ", " error=", 1))
+                return True  # list it anyway, so at least what is there now is queued
+            log.warning("cannot watch dir=%s error=%s", shown(path), exc.strerror)
+            return False
+        old = self.dirs.get(wd)
+        if old is not None and old[0] != path and self.wds.get(old[0]) == wd:
+            del self.wds[old[0]]  # the same directory under a new name (renamed in the tree)
+        self.dirs[wd] = (path, root)
+        self.wds[path] = wd
+        if path == root.path:
+            root.wd = wd
+        return True
+
+    def watch_tree(self, root: Root) -> None:
+        """Watches on a whole root, directories only: what start-up needs before READY=1."""
+        stack = [root.path]
+        while stack:
+            directory = stack.pop()
+            if not self.watch(directory, root, strict=True):
+                continue
+            try:
+                with os.scandir(directory) as entries:
+                    stack.extend(e.path for e in entries
+                                 if not self.ignored(e.name) and e.is_dir(follow_symlinks=False))
+            except OSError as exc:
+                log.warning("cannot list dir=%s error=%s", shown(directory), exc.strerror)
+
+    def unwatch_tree(self, top: bytes) -> None:
+        """Drop the watches of `top` and below: renamed away, their paths mean nothing now."""
+        prefix = top + b"/"
+        for path in [p for p in self.wds if p == top or p.startswith(prefix)]:
+            wd = self.wds.pop(path)
+            self.dirs.pop(wd, None)
+            try:
+                self.inotify.rm_watch(wd)
+            except OSError:
+                pass  # already gone with its directory
+            for root in self.roots:
+                if root.wd == wd:  # a source dir inside another source dir, moved away
+                    self._lose_root(root, "moved away")
+
+    def gone(self, wd: int) -> None:
+        """IN_IGNORED: the directory was deleted (or unmounted), the kernel dropped its watch."""
+        path, _ = self.dirs.pop(wd)
+        if self.wds.get(path) == wd:
+            del self.wds[path]
+        for root in self.roots:
+            if root.wd == wd:
+                self._lose_root(root, "deleted")
+
+    def roots_at(self, wd: int) -> list[Root]:
+        """The source dirs this watch is on (IN_MOVE_SELF: renamed away, no longer the source)."""
+        return [r for r in self.roots if r.wd == wd]
+
+    def _lose_root(self, root: Root, why: str) -> None:
+        root.wd = None
+        self.next_root_check = self.clock() + ROOT_CHECK
+        log.warning("source dir gone source=%s dir=%s why=%s", root.source.name,
+                    shown(root.path), why.replace(" ", "_"))
+
+    def watched_roots(self) -> Iterator[Root]:
+        return (r for r in self.roots if r.wd is not None)
+
+    def next_check(self) -> float | None:
+        """When to look again for a missing source dir; None while none is missing."""
+        return self.next_root_check if any(r.wd is None for r in self.roots) else None
+
+    def roots_back(self, now: float) -> list[Root]:
+        """The missing source dirs that exist again (looked for once per ROOT_CHECK)."""
+        if now < self.next_root_check:
+            return []
+        self.next_root_check = now + ROOT_CHECK
+        return [r for r in self.roots if r.wd is None and os.path.isdir(r.path)]
