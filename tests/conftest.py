@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import botocore.config
@@ -248,16 +250,62 @@ def upload_path(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@contextlib.contextmanager
+def consumer_thread(cfg: Any, tuning: Any = None, workers: int = 1,
+                    drain: bool = False) -> Iterator[threading.Thread]:
+    """consumer.run in a thread of this process: the one way tests run an in-process consumer.
+
+    The stop event is ours, so no signal handler of pytest is replaced; the block's end sets
+    it, joins the thread and re-raises what the consumer raised.
+    """
+    from sftppush import consumer
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            consumer.run(cfg, workers=workers, drain=drain, stop=stop,
+                         tuning=tuning or consumer.Tuning())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="consumer-under-test")
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive(), "the consumer did not stop within 60 s"
+    if errors:
+        raise errors[0]
+
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.02,
+               detail: Callable[[], object] | None = None) -> T:
+    """Poll until `check()` is truthy and return it; on timeout fail naming `what` and
+    `detail()` (or the last value seen). The one wait helper of the tests."""
+    deadline = time.monotonic() + timeout
+    value = check()
+    while not value:
+        if time.monotonic() > deadline:
+            seen = detail() if detail is not None else value
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {seen!r}")
+        time.sleep(interval)
+        value = check()
+    return value
+
+
 @pytest.fixture
 def consume_until_drained(upload_path: str) -> Callable[..., None]:
     """`consume(cfg, timeout=30, workers=2, **tuning)`: an in-process consumer with `--drain`,
-    once through each upload path (`upload_path`).
-
-    Small tuning values (retry waits, delays) keep tests fast; the stop event is ours, so no
-    signal handler of pytest is replaced. Fails the test if draining takes over `timeout`.
+    once through each upload path (`upload_path`). Small tuning values (retry waits, delays)
+    keep tests fast. Fails the test if draining takes over `timeout`.
     """
-    import threading
-
     from sftppush import consumer
     from sftppush.s3 import RetryPolicy
 
@@ -265,25 +313,10 @@ def consume_until_drained(upload_path: str) -> Callable[..., None]:
         tuning.setdefault("retry", RetryPolicy(attempts=2, initial=0.01, maximum=0.05))
         tuning.setdefault("poll_interval", 0.02)
         tuning.setdefault("crt", upload_path == "crt")
-        stop = threading.Event()
-        errors: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                consumer.run(cfg, workers=workers, drain=True, stop=stop,
-                             tuning=consumer.Tuning(**tuning))
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=target, name="consumer-under-test")
-        thread.start()
-        thread.join(timeout)
-        if thread.is_alive():
-            stop.set()
-            thread.join(30)
-            pytest.fail(f"consumer did not drain within {timeout}s")
-        if errors:
-            raise errors[0]
+        with consumer_thread(cfg, consumer.Tuning(**tuning), workers, drain=True) as thread:
+            thread.join(timeout)
+            if thread.is_alive():
+                pytest.fail(f"consumer did not drain within {timeout}s")
 
     return consume
 

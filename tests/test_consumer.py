@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import os
@@ -11,15 +10,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sftppush import consumer
 from sftppush.queue import FileVersion, Queue, State
 from sftppush.s3 import RetryPolicy
-from tests.conftest import REPO
+from tests.conftest import REPO, consumer_thread, wait_until
 
 MB = 2**20
 
@@ -45,27 +42,6 @@ def states(cfg: Any) -> dict[State, int]:
             State.FAILED: s.failed}
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
-@contextlib.contextmanager
-def consumer_thread(cfg: Any, tuning: consumer.Tuning, workers: int = 1) -> Iterator[None]:
-    """consumer.run in a thread of this process, stopped and joined when the block ends."""
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(cfg,),
-                              kwargs={"workers": workers, "stop": stop, "tuning": tuning})
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(60)
-
-
 def consumer_process(config: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "sftppush", "--config", str(config), "consume", *args],
@@ -79,31 +55,29 @@ def test_s3_outage_of_200_files_loses_nothing(source_tree: Any, pipeline_config:
     cfg = pipeline_config(server=rclone_s3, bucket=bucket, max_attempts=1)
     stored = rclone_s3.root / bucket
     bodies = write_and_enqueue(cfg, source_tree.upload, range(150), 200_000)
-    stop = threading.Event()
     tuning = consumer.Tuning(retry=RetryPolicy(attempts=3, initial=0.02, maximum=0.1),
                              transient_delay=0.1, transient_delay_max=0.5, poll_interval=0.02,
                              crt=upload_path == "crt")
-    thread = threading.Thread(target=consumer.run, args=(cfg,),
-                              kwargs={"workers": 4, "stop": stop, "tuning": tuning})
-    thread.start()
-    try:
+
+    def retried_pending() -> list[str]:
+        with Queue(cfg.queue.path) as q:
+            return [e.last_error for e in q.list(State.PENDING, limit=500) if e.last_error]
+
+    with consumer_thread(cfg, tuning, workers=4):
         wait_until(lambda: sum(1 for _ in stored.rglob("*.bin")) >= 20, 30, "first uploads")
         rclone_s3.stop()
         uploaded_before = sum(1 for _ in stored.rglob("*.bin"))
         assert uploaded_before < 150, "the outage must start mid-run"
         # Files keep arriving during the outage.
         bodies.update(write_and_enqueue(cfg, source_tree.upload, range(150, 200), 200_000))
-        time.sleep(3)  # many in-place retries and several trips back to pending
+        # Entries tried during the outage, retried in place, then back to pending.
+        errors = wait_until(lambda: len(retried_pending()) >= 10 and retried_pending(), 30,
+                            "entries back to pending after failing in the outage")
         during = states(cfg)
         assert during[State.FAILED] == 0 and during[State.DONE] < 200
-        with Queue(cfg.queue.path) as q:
-            errors = [e.last_error for e in q.list(State.PENDING, limit=500) if e.last_error]
-        assert errors and all("unreachable" in e for e in errors)
+        assert all("unreachable" in e for e in errors)
         rclone_s3.start()
         wait_until(lambda: states(cfg)[State.DONE] == 200, 60, "all 200 done after the outage")
-    finally:
-        stop.set()
-        thread.join(30)
     assert states(cfg)[State.FAILED] == 0
     for key, body in bodies.items():
         assert (stored / key).read_bytes() == body
@@ -202,21 +176,20 @@ def test_an_idle_consumer_wakes_when_the_queue_is_written(
         source_tree: Any, pipeline_config: Any, s3_client: Any, s3_bucket: str,
         upload_path: str) -> None:
     cfg = pipeline_config()
-    stop = threading.Event()
     # A poll interval far beyond the test's timeout: only the wake-up can start the upload.
     tuning = consumer.Tuning(poll_interval=3600, crt=upload_path == "crt")
-    thread = threading.Thread(target=consumer.run, args=(cfg,),
-                              kwargs={"workers": 2, "stop": stop, "tuning": tuning})
     with Queue(cfg.queue.path):
         pass  # the queue file exists before the consumer watches its directory
-    thread.start()
-    try:
-        time.sleep(0.5)  # the consumer has looked once, found nothing, and sleeps
+
+    def idle(thread: threading.Thread) -> bool:
+        """The consumer has looked, found nothing, and waits for an outcome or a wake-up."""
+        frame = sys._current_frames().get(thread.ident or 0)
+        return frame is not None and frame.f_code.co_name == "_settle"
+
+    with consumer_thread(cfg, tuning, workers=2) as thread:
+        wait_until(lambda: idle(thread), 20, "the consumer idle in its wait")
         bodies = write_and_enqueue(cfg, source_tree.upload, range(3), 1000)
         wait_until(lambda: states(cfg)[State.DONE] == 3, 20, "the woken consumer")
-    finally:
-        stop.set()
-        thread.join(30)
     for key, body in bodies.items():
         assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body
     assert list(source_tree.upload.iterdir()) == []
@@ -271,7 +244,8 @@ def test_while_the_store_is_down_the_backlog_waits_in_the_queue_untried_then_all
                              crt=upload_path == "crt", connect_timeout=1.0)
     caplog.set_level("INFO", logger="sftppush.consumer")
     with consumer_thread(cfg, tuning, workers=4):
-        time.sleep(4.0)  # about three pauses (1 s, 2 s) of the outage
+        wait_until(lambda: sum("store failing: no new claims" in r.getMessage()
+                               for r in caplog.records) >= 2, 30, "two pauses of the outage")
         with Queue(cfg.queue.path) as q:
             tried = sum(1 for e in q.list(State.PENDING, limit=2000) if e.last_error)
         assert 0 < tried <= 4 * 64, f"{tried} of 1,000 entries tried during the outage"

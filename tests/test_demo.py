@@ -8,8 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.conftest import child_env, cli_argv
-from tests.test_supervisor import wait_until
+from tests.conftest import child_env, cli_argv, wait_until
 
 
 def processes_mentioning(text: str) -> list[str]:

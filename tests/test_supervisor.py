@@ -12,17 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import S3Server, SourceTree, child_env, cli_argv
-
-
-def wait_until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from tests.conftest import S3Server, SourceTree, child_env, cli_argv, wait_until
 
 
 def child_pids(log: Path) -> dict[str, int]:
@@ -105,6 +95,9 @@ def test_run_stopped_at_any_moment_of_start_up_stops_every_child_promptly(
                 parent.kill()
                 parent.wait()
         text = log.read_text()
-        assert status == 0, f"seed={seed} run={run}: status {status}\n{text[-3000:]}"
+        # A SIGTERM before Python has even installed the handlers ends the parent the default
+        # way (as systemd expects, a clean stop): acceptable only if nothing was started yet.
+        early = status == -signal.SIGTERM and "started child" not in text
+        assert status == 0 or early, f"seed={seed} run={run}: status {status}\n{text[-3000:]}"
         assert "did not stop" not in text, f"seed={seed} run={run}:\n{text[-3000:]}"
         assert not [pid for pid in child_pids(log).values() if alive(pid)], "a child outlived run"

@@ -12,7 +12,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,21 +130,6 @@ class Product:
             text = log.read_text(errors="replace").splitlines()[-lines:]
             out.append(f"--- {log.name}\n" + "\n".join(text))
         return "\n".join(out)
-
-
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5,
-             detail: Callable[[], object] | None = None) -> T:
-    """Poll until `check()` is truthy and return it; on timeout fail naming `what` and
-    `detail()` (or the last value seen)."""
-    deadline = time.monotonic() + timeout
-    value = check()
-    while not value:
-        if time.monotonic() > deadline:
-            seen = detail() if detail is not None else value
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {seen!r}")
-        time.sleep(interval)
-        value = check()
-    return value
 
 
 def files_under(root: Path) -> list[Path]:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from sftppush.queue import Queue
-from tests.e2e.system import Product, files_under, wait_for
+from tests.conftest import wait_until
+from tests.e2e.system import Product, files_under
 
 FILES = 3000
 FREE_BYTES = 256 * 1024
@@ -71,12 +72,12 @@ def test_disk_full_stops_the_watcher_cleanly_and_a_restart_recovers_every_file(
     product = Product(tmp_path, config, moto_server.env())
     try:
         watcher = product.start("watcher", "watch", preexec_fn=full_disk.fill())
-        wait_for(lambda: product.status(), 30, "the watcher to open the queue")
+        wait_until(lambda: product.status(), 30, "the watcher to open the queue")
         for i in range(FILES):
             d = upload / f"d{i // 500}"
             d.mkdir(exist_ok=True)
             (d / f"f{i:05d}.csv").write_bytes(f"{i}\n".encode())
-        wait_for(lambda: watcher.poll() is not None, 60,
+        wait_until(lambda: watcher.poll() is not None, 60,
                  f"the watcher to stop on a full disk ({full_disk.kind})")
         log = (product.logs / "watcher.0.log").read_text(errors="replace")
         final = [line for line in log.splitlines() if line.startswith("sftppush:")]
@@ -94,7 +95,7 @@ def test_disk_full_stops_the_watcher_cleanly_and_a_restart_recovers_every_file(
             st = product.status()
             return st if st["pending"] == st["claimed"] == 0 and not files_under(upload) else None
 
-        status = wait_for(settled, 180, "every file to be uploaded after the restart", 1,
+        status = wait_until(settled, 180, "every file to be uploaded after the restart", 1,
                           detail=lambda: (product.status(), files_under(upload)[:3]))
     finally:
         product.stop_all()

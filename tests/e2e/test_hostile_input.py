@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SourceTree
+from tests.conftest import SourceTree, wait_until
 from tests.e2e.sftp_server import SftpServer
-from tests.e2e.system import Product, wait_for
+from tests.e2e.system import Product
 
 CAP = 1 << 20  # max_decompressed_bytes for this run
 SOURCE_KEY = "sftpuser1/upload"
@@ -72,7 +72,7 @@ def run(tmp_path_factory, moto_server, ssh_keys):
     try:
         product.start("watcher", "watch")
         product.start("consumer", "consume")
-        wait_for(lambda: tree.queue_path.exists(), 30, "the queue file")
+        wait_until(lambda: tree.queue_path.exists(), 30, "the queue file")
         # What a local user (or a chrooted SFTP user, whose absolute link targets mean
         # something else outside the chroot) can leave in the tree:
         os.symlink(outside / "secret.csv", upload / "evil-link.csv")
@@ -97,7 +97,7 @@ def run(tmp_path_factory, moto_server, ssh_keys):
         def settled():
             st = product.status()
             return st["pending"] == st["claimed"] == 0 and f"{SOURCE_KEY}/good.csv" in r.objects()
-        wait_for(settled, 120, "every entry to finish", 1, detail=product.status)
+        wait_until(settled, 120, "every entry to finish", 1, detail=product.status)
         yield r
     finally:
         r.sessions.close()
@@ -179,5 +179,5 @@ def test_file_still_open_for_writing_waits_for_its_close(run):
     run.open_file.write(b"second half\n")
     run.open_file.close()
     run.open_file = None
-    wait_for(lambda: f"{SOURCE_KEY}/slow.csv" in run.objects(), 60, "slow.csv after its close")
+    wait_until(lambda: f"{SOURCE_KEY}/slow.csv" in run.objects(), 60, "slow.csv after its close")
     assert run.objects()[f"{SOURCE_KEY}/slow.csv"] == b"first half\nsecond half\n"

@@ -10,7 +10,8 @@ import gzip
 import hashlib
 import random
 
-from tests.e2e.system import Product, files_under, wait_for
+from tests.conftest import wait_until
+from tests.e2e.system import Product, files_under
 
 SIZE = 200 * 1024 * 1024
 CHUNK = 1024 * 1024
@@ -42,7 +43,7 @@ def test_200_mb_gzip_over_sftp_arrives_whole(tmp_path, source_tree, rclone_s3, s
             st = product.status()
             return st["done"] == 1 and not files_under(upload) and st
 
-        status = wait_for(uploaded, 240, "the 200 MB file to be uploaded", 1,
+        status = wait_until(uploaded, 240, "the 200 MB file to be uploaded", 1,
                           detail=product.status)
     finally:
         product.stop_all()

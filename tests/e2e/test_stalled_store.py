@@ -20,7 +20,8 @@ from sftppush import consumer
 from sftppush.errors import TransientError
 from sftppush.queue import Queue, State
 from sftppush.s3 import RetryPolicy, Sink, Transfer
-from tests.test_consumer import consumer_thread, states, wait_until, write_and_enqueue
+from tests.conftest import consumer_thread, wait_until
+from tests.test_consumer import states, write_and_enqueue
 
 
 @contextlib.contextmanager

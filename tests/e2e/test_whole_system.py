@@ -22,7 +22,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.e2e.system import Product, files_under, wait_for
+from tests.conftest import wait_until
+from tests.e2e.system import Product, files_under
 from tests.e2e.workload import Upload, make_uploads, send_with_openssh, send_with_paramiko
 
 FILES = int(os.environ.get("SFTPPUSH_E2E_FILES", "1500"))
@@ -135,7 +136,7 @@ def test_whole_system_loses_nothing_through_kills_and_an_s3_outage(
             return st if st["pending"] == st["claimed"] == 0 and not files_under(
                 upload_dir) else None
 
-        status = wait_for(settled, 240, "the queue to drain and the tree to empty", 1,
+        status = wait_until(settled, 240, "the queue to drain and the tree to empty", 1,
                           detail=lambda: (product.status(), files_under(upload_dir)[:5]))
         for name in ("watcher", "consumer-1", "consumer-2"):
             assert product.alive(name), f"{name} died:\n{product.log_tail()}"
