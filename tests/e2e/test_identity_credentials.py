@@ -40,6 +40,7 @@ def test_missing_credentials_keep_entries_pending_until_credentials_come(
         product.start("consumer", "consume")
 
         def all_tried() -> list[dict]:
+            product.assert_alive()
             entries = product.entries()
             return [e for e in entries if e["last_error"]] == entries and entries
 

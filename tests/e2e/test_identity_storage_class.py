@@ -41,10 +41,13 @@ def upload_both(tmp_path: Path, source_tree, pipeline_config, moto_server, s3_cl
     entries = run.product.entries()
     assert [(e["state"], e["attempts"]) for e in entries] == [("done", 0)] * 2, entries
     assert list(source_tree.upload.iterdir()) == []
+    return run, bodies
+
+
+def assert_one_multipart_upload_and_no_copy(run: Bucketed) -> None:
     sent = run.requests("sftpuser1/upload/large.csv")
     assert (sent["create_multipart"], sent["upload_part"], sent["complete_multipart"],
             sent["put"]) == (1, 3, 1, 0), f"not one multipart upload of 3 parts: {sent}"
-    return run, bodies
 
 
 @pytest.mark.parametrize("storage_class", ["GLACIER", "DEEP_ARCHIVE"])
@@ -64,6 +67,7 @@ def test_multipart_upload_to_an_archive_storage_class_is_done_in_one_go(
             assert head["ETag"].endswith('-3"')
         else:
             assert head["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
+    assert_one_multipart_upload_and_no_copy(run)
 
 
 def test_multipart_upload_to_a_versioned_bucket_writes_one_version(
@@ -79,3 +83,4 @@ def test_multipart_upload_to_a_versioned_bucket_writes_one_version(
     assert not listed.get("DeleteMarkers"), listed
     for name, data in bodies.items():
         assert run.read(f"sftpuser1/upload/{name}") == data
+    assert_one_multipart_upload_and_no_copy(run)
