@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from tests.conftest import wait_until
 from tests.e2e.identity import MIB, Bucketed, body
-from tests.e2e.system import wait_for
 
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
@@ -44,7 +44,7 @@ def test_missing_credentials_keep_entries_pending_until_credentials_come(
             entries = product.entries()
             return [e for e in entries if e["last_error"]] == entries and entries
 
-        entries = wait_for(all_tried, 60, "both entries to be tried without credentials",
+        entries = wait_until(all_tried, 60, "both entries to be tried without credentials",
                            detail=product.entries)
         time.sleep(3)  # longer than a permanent error needs to fail an entry at max_attempts 1
         product.assert_alive()
