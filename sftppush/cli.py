@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sftppush import __version__
 from sftppush.config import Config, load, parse_duration
 from sftppush.errors import ConfigError, SftppushError
+
+if TYPE_CHECKING:  # imported lazily: most commands never open the queue
+    from sftppush.queue import Queue
 
 
 class _Group(click.Group):
@@ -58,7 +61,7 @@ def _config(ctx: click.Context, *, sources: tuple[str, ...] = (), need_sources: 
     return cfg
 
 
-def _open_queue(cfg: Config, create: bool = False):  # noqa: ANN202 - lazy import of Queue
+def _open_queue(cfg: Config, create: bool = False) -> Queue:
     from sftppush.queue import Queue
 
     return Queue(cfg.queue.path, create=create)

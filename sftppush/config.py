@@ -342,12 +342,12 @@ _KINDS: dict[str, tuple[Any, str]] = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "int": (lambda v: _is_number(v) and isinstance(v, int), "an integer"),
     "float": (lambda v: _is_number(v) and math.isfinite(v), "a finite number"),
-    "duration": (lambda v: isinstance(v, str) or _is_number(v) and math.isfinite(v),
+    "duration": (lambda v: isinstance(v, str) or (_is_number(v) and math.isfinite(v)),
                  "seconds or a duration like 7d"),
     "str": (_is_text, "a non-empty string"),
     "list": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
              "a list of strings"),
-    "sources": (lambda v: True, "a list of sources"),  # checked by _build_sources
+    "sources": (lambda _: True, "a list of sources"),  # checked by _build_sources
     "url": (_is_url, "an http(s) URL with a host"),
     "file": (_is_log_file, "a file in an existing directory"),
 }

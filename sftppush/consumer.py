@@ -39,6 +39,9 @@ from sftppush.wake import watch_or_none
 log = logging.getLogger("sftppush.consumer")
 
 WAKE_RECHECK = 0.005
+# Outcomes the pipeline means to give; anything else is a bug, logged with its traceback.
+EXPECTED = (TransientError, PermanentError, pipeline.Done, pipeline.Held, pipeline.LeaseLost,
+            UploadCancelled)
 
 
 @dataclass
@@ -263,13 +266,18 @@ class Consumer:
         entry = claim.entry
         if self.inflight.get(entry.id) is claim:
             del self.inflight[entry.id]
-        streak = self.transient_streak.pop(entry.id, 0)
-        if not isinstance(outcome, (TransientError, PermanentError, pipeline.Done,
-                                    pipeline.Held, pipeline.LeaseLost, UploadCancelled)):
+        if not isinstance(outcome, EXPECTED):
             log.error("unexpected error id=%d path=%s", entry.id, entry.display_path,
                       exc_info=outcome)
+        streak = self.transient_streak.pop(entry.id, 0)
         action = decide(entry, outcome, streak, self.tuning, self.cfg.consumer.max_attempts)
         self._breaker(outcome, action)
+        if isinstance(outcome, TransientError):
+            self.transient_streak[entry.id] = streak + 1
+        self._act(claim, action, logged=not isinstance(outcome, pipeline.Held))
+
+    def _act(self, claim: Claim, action: Action, logged: bool) -> None:
+        entry = claim.entry
         if isinstance(action, Ack):
             if not self.acks:
                 self.acks_since = time.monotonic()
@@ -286,10 +294,8 @@ class Consumer:
             log.error("failed id=%d path=%s attempts=%d error=%s", entry.id,
                       entry.display_path, entry.attempts + 1, action.error)
         else:
-            if isinstance(outcome, TransientError):
-                self.transient_streak[entry.id] = streak + 1
             ok = self.queue.retry_later(entry, action.error, action.delay, action.count_attempt)
-            if not isinstance(outcome, pipeline.Held):
+            if logged:
                 log.warning("retry later id=%d path=%s attempts=%d delay=%.1f error=%s",
                             entry.id, entry.display_path,
                             entry.attempts + action.count_attempt, action.delay, action.error)

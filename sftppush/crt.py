@@ -125,7 +125,7 @@ class CrtTransport:
         future: Future[Answer] = Future()
         answer: dict[str, Any] = {}
 
-        def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
+        def on_headers(headers: list[tuple[str, str]], **_: Any) -> None:
             answer["headers"] = headers
 
         def on_done(error: BaseException | None = None, status_code: int | None = None,

@@ -64,7 +64,7 @@ class _Handler:
         self.pending: list[int] = []
         self.running = False
 
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
         self.pending.append(signum)
         while self.pending and not self.running:
             self.running = True

@@ -203,5 +203,5 @@ def test_keep_done_from_env(source_tree: SourceTree) -> None:
     path = source_tree.write_config()
     assert load(path, env={"SFTPPUSH_QUEUE_KEEP_DONE": "30m"}).queue.keep_done == 1800
     assert load(path, env={"SFTPPUSH_QUEUE_KEEP_DONE": "0"}).queue.keep_done == 0
-    with pytest.raises(ConfigError, match="queue.keep_done 'nan' is not a duration"):
+    with pytest.raises(ConfigError, match=r"queue\.keep_done 'nan' is not a duration"):
         load(path, env={"SFTPPUSH_QUEUE_KEEP_DONE": "nan"})

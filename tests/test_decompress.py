@@ -203,10 +203,10 @@ class Trickle(io.RawIOBase):
 SMALL_STREAM_CASES = [c for c in READER_CASES if c[0] != "gzip" and len(c[2]) < 100_000]
 
 
-@pytest.mark.parametrize(("fmt", "case", "data", "expected"), SMALL_STREAM_CASES,
+@pytest.mark.parametrize(("fmt", "data"), [(fmt, data) for fmt, _, data, _ in SMALL_STREAM_CASES],
                          ids=[f"{fmt}: {case}" for fmt, case, _, _ in SMALL_STREAM_CASES])
 def test_streams_read_the_same_when_the_file_comes_a_few_bytes_at_a_time(
-        fmt: str, case: str, data: bytes, expected: bytes | str) -> None:
+        fmt: str, data: bytes) -> None:
     # Headers and padding split across reads must not change the verdict.
     reader = CappedReader(Trickle(data), fmt, 10**9)  # type: ignore[arg-type]
     try:

@@ -45,8 +45,7 @@ def assert_nothing_in(s3_client: Any, bucket: str) -> None:
 
 
 def test_formats_keys_bodies_and_metadata_as_spec_3(source_tree: Any, pipeline_config: Any,
-                                                     consume_until_drained: Any,
-                                                     upload_path: str, caplog: Any,
+                                                     consume_until_drained: Any, caplog: Any,
                                                      s3_client: Any, s3_bucket: str) -> None:
     caplog.set_level(logging.INFO, logger="sftppush")
     up = source_tree.upload
@@ -106,7 +105,7 @@ def test_formats_keys_bodies_and_metadata_as_spec_3(source_tree: Any, pipeline_c
     assert set(verified.values()) == {"crc32"}  # moto echoes the CRC32 on both paths
 
 
-def _bomb(up: Path, tmp: Path) -> Path:
+def _bomb(up: Path, _tmp: Path) -> Path:
     p = up / "bomb.csv.gz"
     with gzip.open(p, "wb", compresslevel=1) as f:
         for _ in range(20):
@@ -114,13 +113,13 @@ def _bomb(up: Path, tmp: Path) -> Path:
     return p
 
 
-def _truncated(up: Path, tmp: Path) -> Path:
+def _truncated(up: Path, _tmp: Path) -> Path:
     p = up / "truncated.bin.gz"
     p.write_bytes(gzip.compress(os.urandom(MB) * 11, compresslevel=1)[:-1000])
     return p
 
 
-def _corrupt(up: Path, tmp: Path) -> Path:
+def _corrupt(up: Path, _tmp: Path) -> Path:
     p = up / "corrupt.csv.gz"
     p.write_bytes(gzip.compress(CSV)[:20] + b"\xff" * 400)
     return p
@@ -147,7 +146,7 @@ def _hard_link(up: Path, tmp: Path) -> Path:
     return p
 
 
-def _fifo(up: Path, tmp: Path) -> Path:
+def _fifo(up: Path, _tmp: Path) -> Path:
     p = up / "pipe.csv"
     os.mkfifo(p)
     return p
@@ -232,8 +231,7 @@ def test_superseded_version_is_done_without_upload(source_tree: Any, pipeline_co
     assert_nothing_in(s3_client, s3_bucket)
 
 
-def test_young_file_is_held_until_min_age(source_tree: Any, pipeline_config: Any,
-                                          s3_client: Any, s3_bucket: str) -> None:
+def test_young_file_is_held_until_min_age(source_tree: Any, pipeline_config: Any) -> None:
     cfg = pipeline_config(min_age_seconds=10)
     f = source_tree.upload / "slow.csv"
     f.write_bytes(CSV)
@@ -311,7 +309,7 @@ def test_a_read_cut_short_by_an_in_place_resend_is_superseded_never_uploaded(
 
 
 def test_a_small_file_cut_short_before_its_fast_put_is_superseded(
-        source_tree: Any, pipeline_config: Any, s3_client: Any, s3_bucket: str) -> None:
+        source_tree: Any, pipeline_config: Any) -> None:
     cfg = pipeline_config()
     f = source_tree.upload / "small.csv"
     f.write_bytes(CSV)

@@ -95,7 +95,7 @@ def test_archive_storage_classes_take_multipart_uploads(moto_server: S3Server, s
     assert head["StorageClass"] == storage_class and head["ContentLength"] == 11 * MB
 
 
-def test_body_of_exactly_one_part_is_a_single_put(moto_server: S3Server, s3_client: Any,
+def test_body_of_exactly_one_part_is_a_single_put(moto_server: S3Server,
                                                   s3_bucket: str) -> None:
     done = uploader(moto_server.endpoint_url).upload(s3_bucket, "five", io.BytesIO(b"x" * 5 * MB),
                                                      {})
@@ -185,7 +185,7 @@ class Generated:
 
 
 def test_multipart_holds_no_more_part_buffers_than_parts_in_memory(
-        moto_server: S3Server, s3_client: Any, s3_bucket: str) -> None:
+        moto_server: S3Server, s3_bucket: str) -> None:
     import tracemalloc
 
     up = uploader(moto_server.endpoint_url, parts_in_memory=2)
@@ -217,6 +217,6 @@ def test_a_wrong_part_on_a_store_that_ignores_checksums_is_caught_by_its_etag(
         return call(method, cancel, **kwargs)
 
     up.call = corrupting  # type: ignore[method-assign]
-    with pytest.raises(TransientError, match="part 2: ETag .* is not the MD5"):
+    with pytest.raises(TransientError, match=r"part 2: ETag .* is not the MD5"):
         up.upload(bucket, "big", io.BytesIO(os.urandom(11 * MB)), {})
     assert not (rclone_s3.root / bucket / "big").exists()

@@ -130,7 +130,7 @@ def test_rescan_dry_run_command_changes_nothing(watch_tree: WatchTree, run_cli):
 
 
 def test_rescan_while_the_watcher_runs_queues_nothing_twice(watch_tree: WatchTree,
-                                                            watcher: WatcherProcess, run_cli):
+                                                            watcher: WatcherProcess) -> None:
     written = set()
     rescans = []
     for batch in range(4):

@@ -79,7 +79,7 @@ def crt_transfer_manager_put(server: RcloneS3, bucket: str, prefix: str, bodies,
     slots = threading.Semaphore(in_flight)
 
     class Release(BaseSubscriber):
-        def on_done(self, future, **kwargs):
+        def on_done(self, *_, **__):
             slots.release()
 
     with CRTTransferManager(client, serializer) as manager:

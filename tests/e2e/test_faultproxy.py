@@ -66,7 +66,7 @@ def echo_server() -> Iterator[socketserver.TCPServer]:
 @pytest.fixture
 def http_server() -> Iterator[socketserver.TCPServer]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-    server.handle_error = lambda request, address: None  # resets are what these tests do
+    server.handle_error = lambda *_: None  # resets are what these tests do
     yield from _serve(server)
 
 

@@ -44,7 +44,7 @@ def stalled_setup(pipeline_config: Any, rclone_s3: Any, fault_proxy: Any, lease:
 
 
 def test_a_stalled_put_becomes_transient_after_the_request_timeout(
-        source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
+        pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
     cfg, proxy, bucket = stalled_setup(pipeline_config, rclone_s3, fault_proxy, 30)
     sink = Sink.from_config(cfg.defaults, cfg.consumer.s3, Transfer(fast=True, read_timeout=1.0))
     try:
