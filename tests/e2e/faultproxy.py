@@ -2,7 +2,7 @@
 
 refuse() closes new connections at once (RST), reset() kills the open ones (SO_LINGER 0),
 stall() stops every byte both ways while keeping sockets open, cut() = refuse + reset,
-restore() lets everything flow again. Runs its own asyncio loop in a background thread.
+slow(seconds) delays every chunk sent upstream, restore() lets everything flow again. Runs its own asyncio loop in a background thread.
 It also notes every HTTP/1.1 request whose body went through in full (`requests`), so a test
 can count what reached the server — e.g. uploads of the same key.
 """
@@ -96,6 +96,8 @@ class FaultProxy:
         self.accepted = 0       # connections forwarded upstream
         self.refused = 0        # connections closed at accept while refusing
         self.reset_count = 0    # open connections killed by reset()/cut()
+        self.bytes_up = 0       # bytes forwarded from clients to the server
+        self.delay = 0.0        # seconds each chunk to the server waits (slow())
         self.requests: list[tuple[str, str]] = []  # (method, target) of HTTP requests sent whole
         self._refusing = False
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
@@ -136,11 +138,16 @@ class FaultProxy:
     def stall(self) -> None:
         self._call(self._set(flowing=False))
 
+    def slow(self, seconds: float) -> None:
+        """Every chunk (up to 64 KiB) from a client waits `seconds` before it goes upstream."""
+        self.delay = seconds
+
     def cut(self) -> None:
         self.refuse()
         self.reset()
 
     def restore(self) -> None:
+        self.delay = 0.0
         self._call(self._set(refusing=False, flowing=True))
 
     def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -208,6 +215,10 @@ class FaultProxy:
                     if dst.can_write_eof() and not dst.transport.is_closing():
                         dst.write_eof()
                     return
+                if tap is not None:
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
+                    self.bytes_up += len(data)
                 dst.write(data)
                 await dst.drain()
                 if tap is not None:
