@@ -78,6 +78,14 @@ def _owner_died(owner: str, host: str) -> bool:
     return state in ("Z", "X") or start not in (-1, int(started))
 
 
+def _dead_owners(db: sqlite3.Cursor) -> list[str]:
+    """The owner tokens of claims whose process died (see _owner_died)."""
+    host = socket.gethostname()
+    return [owner for (owner,) in
+            db.execute("SELECT DISTINCT owner FROM entries WHERE state = 'claimed'")
+            if _owner_died(owner, host)]
+
+
 @dataclass(frozen=True)
 class FileVersion:
     """One version of one file: what the watcher and rescan enqueue.
@@ -150,6 +158,12 @@ class Stats:
 # Entry's fields are the columns read back: a FileVersion's first, then the queue's.
 _FIELDS = tuple(f.name for f in fields(Entry))
 _COLUMNS = ", ".join(_FIELDS)
+# A pending entry is claimable when due and the oldest pending version of its path, with no
+# version of its path claimed: one version of a path in flight, in the order written.
+_CLAIMABLE = ("state = 'pending' AND due <= ? AND NOT EXISTS (SELECT 1 FROM entries AS other"
+              " WHERE other.path = entries.path AND other.state IN ('claimed', 'pending')"
+              " AND other.id <> entries.id"
+              " AND (other.state = 'claimed' OR other.id < entries.id))")
 # One version of a file. A row migrated from schema 1 has ctime_ns 0 (not known then): it
 # matches any ctime, so an upgrade does not queue again every file already queued or done.
 _SAME_VERSION = ("path = ? AND inode = ? AND size = ? AND mtime_ns = ? AND ctime_ns IN (?, 0)")
@@ -183,7 +197,9 @@ class Queue:
 
     SCHEMA_VERSION = 2
     # The (state, due) index serves claim, the expired-lease sweep, purge and throughput;
-    # counts are kept by triggers so `queue status` never scans the table.
+    # (path, state) finds the other versions of a path in flight (claim, supersede) without
+    # walking the done versions a path keeps for dedup. Counts are kept by triggers so
+    # `queue status` never scans the table.
     _SCHEMA = (
         "CREATE TABLE IF NOT EXISTS entries ("
         " id INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -196,6 +212,7 @@ class Queue:
         "CREATE UNIQUE INDEX IF NOT EXISTS entries_version"
         " ON entries (path, inode, size, mtime_ns, ctime_ns)",
         "CREATE INDEX IF NOT EXISTS entries_state_due ON entries (state, due)",
+        "CREATE INDEX IF NOT EXISTS entries_path_state ON entries (path, state)",
         "CREATE TABLE IF NOT EXISTS counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
         "INSERT OR IGNORE INTO counts VALUES"
         " ('pending', 0), ('claimed', 0), ('done', 0), ('failed', 0)",
@@ -296,7 +313,12 @@ class Queue:
     # --- producers ---------------------------------------------------------------------
 
     def enqueue_many(self, versions: Iterable[FileVersion], now: float | None = None) -> int:
-        """Append file versions in one transaction; versions already queued are skipped."""
+        """Append file versions in one transaction; versions already queued are skipped.
+
+        A new version retires the older pending versions of its path (done, note
+        `superseded by id N`); a claimed one is left to its consumer, which finds it
+        superseded.
+        """
         versions = list(versions)
         if not versions:
             return 0
@@ -307,12 +329,15 @@ class Queue:
                 if db.execute(f"SELECT 1 FROM entries WHERE {_SAME_VERSION}",
                               _version_key(v)).fetchone():
                     continue
-                db.execute(
+                (new,) = db.execute(
                     "INSERT INTO entries (path, source, size, mtime_ns, ctime_ns, inode,"
                     " found_by, state, due, enqueued_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
                     (v.path, v.source, v.size, v.mtime_ns, v.ctime_ns, v.inode, v.found_by,
-                     now, now))
+                     now, now)).fetchone()
+                db.execute("UPDATE entries SET state = 'done', due = ?, note = ?"
+                           " WHERE path = ? AND state = 'pending' AND id < ?",
+                           (now, f"superseded by id {new}", v.path, new))
                 added += 1
         return added
 
@@ -343,8 +368,8 @@ class Queue:
             self._take_back(db, now)
             db.execute(
                 f"UPDATE entries SET state = 'claimed', owner = ?, due = ? WHERE id IN"
-                f" (SELECT id FROM entries WHERE state = 'pending' AND due <= ?"
-                f" ORDER BY due LIMIT ?) RETURNING {_COLUMNS}",
+                f" (SELECT id FROM entries WHERE {_CLAIMABLE} ORDER BY due LIMIT ?)"
+                f" RETURNING {_COLUMNS}",
                 (token, now + lease_seconds, now, limit))
             rows = db.fetchall()
         return sorted((_entry(r) for r in rows), key=lambda e: e.id)
@@ -353,25 +378,25 @@ class Queue:
     def _take_back(db: sqlite3.Cursor, now: float) -> None:
         """Claims whose owner is a process of this host that no longer runs go back to
         pending at once; any other claim once its lease expired."""
-        host = socket.gethostname()
-        dead = [(now, other) for (other,) in
-                db.execute("SELECT DISTINCT owner FROM entries WHERE state = 'claimed'")
-                if _owner_died(other, host)]
-        db.executemany("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
-                       " last_error = 'owner died (' || owner || ')'"
-                       " WHERE state = 'claimed' AND owner = ?", dead)
+        if dead := [(now, owner) for owner in _dead_owners(db)]:
+            db.executemany("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
+                           " last_error = 'owner died (' || owner || ')'"
+                           " WHERE state = 'claimed' AND owner = ?", dead)
         db.execute("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
                    " last_error = 'lease expired (' || owner || ')'"
                    " WHERE state = 'claimed' AND due <= ?", (now, now))
 
     def has_due(self, now: float | None = None) -> bool:
-        """Read-only: is anything claimable (pending and due, or a lease expired)? Cheap
-        enough to ask often; a claim is a write transaction."""
+        """Read-only: is anything claimable (pending, due and first of its path; or a claim
+        whose lease expired or whose owner died)? Cheap enough to ask often; a claim is a
+        write transaction."""
         now = _clock(now)
         with self._transaction(write=False) as db:
-            row = db.execute("SELECT 1 FROM entries WHERE state IN ('pending', 'claimed')"
-                             " AND due <= ? LIMIT 1", (now,)).fetchone()
-        return row is not None
+            for sql in (f"SELECT 1 FROM entries WHERE {_CLAIMABLE} LIMIT 1",
+                        "SELECT 1 FROM entries WHERE state = 'claimed' AND due <= ? LIMIT 1"):
+                if db.execute(sql, (now,)).fetchone():
+                    return True
+            return bool(_dead_owners(db))
 
     def renew_leases(self, entries: Sequence[Entry], lease_seconds: float,
                      now: float | None = None) -> tuple[list[Entry], float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -135,7 +136,9 @@ def test_rewritten_file_is_a_new_entry(tmp_path: Path, change: str) -> None:
         q.enqueue_many([v])
         newer = FileVersion(**{**v.__dict__, change: getattr(v, change) + 1})
         assert q.enqueue_many([newer]) == 1
-        assert q.stats().pending == 2
+        older, new = sorted(q.list(), key=lambda e: e.id)
+        assert (new.state, older.state) == (State.PENDING, State.DONE)
+        assert older.note == f"superseded by id {new.id}"
 
 
 def test_queue_file_is_private_wal_and_holds_no_pickle(tmp_path: Path) -> None:
@@ -307,9 +310,9 @@ def test_a_schema_1_file_is_migrated_in_place_and_keeps_its_versions(tmp_path: P
         (e, *_) = q.claim("w", 60, limit=5)
         assert e.path == pending.path and e.ctime_ns == 0
         stats = q.stats()
-        assert (stats.pending + stats.claimed, stats.done) == (3, 1)
+        assert (stats.pending + stats.claimed, stats.done) == (2, 2)  # rewritten superseded
     with Queue(path) as q:  # opening it again changes nothing
-        assert q.stats().done == 1 and q.get(e.id).state == State.CLAIMED
+        assert q.stats().done == 2 and q.get(e.id).state == State.CLAIMED
 
 
 def test_a_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -416,3 +419,89 @@ def test_only_claims_of_dead_processes_of_this_host_come_back_before_their_lease
         assert sorted(e.id for e in back) == sorted([held["dead"], held["pid reused"]])
         assert q.claim(me, lease_seconds=300, limit=10, now=1299) == []
         assert len(q.claim(me, lease_seconds=300, limit=10, now=1300)) == 3  # leases expired
+
+
+def test_one_version_of_a_path_in_flight_and_the_oldest_first(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        (v1,) = versions(1)
+        v2 = FileVersion(**{**v1.__dict__, "mtime_ns": v1.mtime_ns + 1})
+        q.enqueue_many([v1], now=1000)
+        (e1,) = q.claim("w", 60, now=1000)
+        assert q.enqueue_many([v2], now=1001) == 1
+        assert q.get(e1.id).state == State.CLAIMED, "a claimed version was retired"
+        assert q.claim("w", 60, limit=10, now=1002) == [], "two versions of a path in flight"
+        assert not q.has_due(now=1002)
+        # Back to pending beside the newer one: the older goes first, and alone.
+        assert q.release(e1, now=1003)
+        (again,) = q.claim("w", 60, limit=10, now=1003)
+        assert again.id == e1.id
+        assert q.claim("w", 60, limit=10, now=1004) == []
+        # Its lease expires: the sweep and the claim are one transaction, still the older.
+        (heir,) = q.claim("w", 60, limit=10, now=1100)
+        assert heir.id == e1.id and "lease expired" in heir.last_error
+        assert q.ack(heir, note="superseded", now=1101)
+        (e2,) = q.claim("w", 60, limit=10, now=1101)
+        assert e2.mtime_ns == v2.mtime_ns
+
+
+def test_a_new_version_retires_the_older_pending_ones(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        (v1,) = versions(1)
+        v2, v3 = (FileVersion(**{**v1.__dict__, "size": v1.size + n}) for n in (1, 2))
+        other = versions(1, prefix="/home/u/upload/other")
+        q.enqueue_many([v1, *other])
+        q.enqueue_many([v2, v3])  # a client that closed and reopened twice
+        e1, e2, e3 = sorted((e for e in q.list() if e.path == v1.path), key=lambda e: e.id)
+        assert e3.state == State.PENDING
+        assert (e1.state, e1.note) == (State.DONE, f"superseded by id {e2.id}")
+        assert (e2.state, e2.note) == (State.DONE, f"superseded by id {e3.id}")
+        assert q.stats().pending == 2, "another path's version was retired"
+        assert q.stats().uploaded_last_minute == 0
+
+
+IN_ORDER_CLAIMER = """
+import json, sys, time
+from sftppush.queue import Queue, owner_token
+q = Queue(sys.argv[1])
+log = []
+while True:
+    batch = q.claim(owner_token(), lease_seconds=300, limit=8)
+    if not batch:
+        stats = q.stats()
+        if stats.pending == stats.claimed == 0:
+            break
+        time.sleep(0.002)
+        continue
+    got = time.monotonic()
+    time.sleep(0.005)  # uploading
+    acking = time.monotonic()
+    assert not q.ack_many([(e, None) for e in batch])
+    log += [[e.path.hex(), e.id, got, acking] for e in batch]
+print(json.dumps(log))
+"""
+
+
+def test_versions_of_a_path_are_one_at_a_time_in_order_across_processes(
+        tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    with Queue(path) as q:
+        first = versions(100)
+        q.enqueue_many(first)
+        held = q.claim("setup", 300, limit=100)
+        # Newer versions arrive while the first ones are held, which keeps both pending.
+        q.enqueue_many(FileVersion(**{**v.__dict__, "size": v.size + 1}) for v in first)
+        for e in held:
+            assert q.release(e)
+        assert q.stats().pending == 200
+    procs = [python(IN_ORDER_CLAIMER, str(path)) for _ in range(4)]
+    log = []
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+        log += json.loads(out)
+    by_path: dict[str, list[tuple[int, float, float]]] = {}
+    for name, entry_id, got, acking in log:
+        by_path.setdefault(name, []).append((entry_id, got, acking))
+    assert len(by_path) == 100 and all(len(v) == 2 for v in by_path.values())
+    for name, (older, newer) in ((n, sorted(v)) for n, v in by_path.items()):
+        assert older[2] < newer[1], f"{bytes.fromhex(name)!r}: newer claimed before older acked"
