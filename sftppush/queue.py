@@ -32,6 +32,11 @@ class State(StrEnum):
     FAILED = "failed"
 
 
+# The start of the note of an entry acked done because its file vanished before the upload
+# and no object holds it (someone removed it): that version is queued again if seen again.
+VANISHED_NO_OBJECT = "vanished before upload; no object"
+
+
 def shown(path: bytes) -> str:
     """A path for a log line or message: bytes that are not UTF-8 shown as escapes."""
     return path.decode("utf-8", "backslashreplace")
@@ -313,9 +318,11 @@ class Queue:
     # --- producers ---------------------------------------------------------------------
 
     def enqueue_many(self, versions: Iterable[FileVersion], now: float | None = None) -> int:
-        """Append file versions in one transaction; versions already queued are skipped.
+        """Append file versions in one transaction; returns how many are new.
 
-        A new version retires the older pending versions of its path (done, note
+        A version already queued is skipped, unless it vanished without an object
+        (VANISHED_NO_OBJECT): that entry is pending again, which counts as new. A new
+        version retires the older pending versions of its path (done, note
         `superseded by id N`); a claimed one is left to its consumer, which finds it
         superseded.
         """
@@ -326,15 +333,22 @@ class Queue:
         with self._transaction() as db:
             now = _clock(now)
             for v in versions:
-                if db.execute(f"SELECT 1 FROM entries WHERE {_SAME_VERSION}",
-                              _version_key(v)).fetchone():
+                row = db.execute(f"SELECT id, state, note FROM entries WHERE {_SAME_VERSION}",
+                                 _version_key(v)).fetchone()
+                if row is None:
+                    (new,) = db.execute(
+                        "INSERT INTO entries (path, source, size, mtime_ns, ctime_ns, inode,"
+                        " found_by, state, due, enqueued_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
+                        (v.path, v.source, v.size, v.mtime_ns, v.ctime_ns, v.inode,
+                         v.found_by, now, now)).fetchone()
+                elif _vanished(*row[1:]):
+                    new = row[0]
+                    db.execute("UPDATE entries SET state = 'pending', owner = NULL, due = ?,"
+                               " attempts = 0, enqueued_at = ?, found_by = ?, last_error = NULL,"
+                               " note = NULL WHERE id = ?", (now, now, v.found_by, new))
+                else:
                     continue
-                (new,) = db.execute(
-                    "INSERT INTO entries (path, source, size, mtime_ns, ctime_ns, inode,"
-                    " found_by, state, due, enqueued_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
-                    (v.path, v.source, v.size, v.mtime_ns, v.ctime_ns, v.inode, v.found_by,
-                     now, now)).fetchone()
                 db.execute("UPDATE entries SET state = 'done', due = ?, note = ?"
                            " WHERE path = ? AND state = 'pending' AND id < ?",
                            (now, f"superseded by id {new}", v.path, new))
@@ -342,12 +356,14 @@ class Queue:
         return added
 
     def known(self, versions: Iterable[FileVersion]) -> set[FileVersion]:
-        """The versions that already have an entry, in any state."""
+        """The versions that already have an entry, in any state, except the versions that
+        vanished without an object (enqueue_many takes those as new)."""
         found = set()
         with self._transaction(write=False) as db:
             for v in versions:
-                if db.execute(f"SELECT 1 FROM entries WHERE {_SAME_VERSION}",
-                              _version_key(v)).fetchone():
+                row = db.execute(f"SELECT state, note FROM entries WHERE {_SAME_VERSION}",
+                                 _version_key(v)).fetchone()
+                if row is not None and not _vanished(*row):
                     found.add(v)
         return found
 
@@ -523,6 +539,11 @@ class Queue:
             row = db.execute(f"SELECT {_COLUMNS} FROM entries WHERE id = ?",
                              (entry_id,)).fetchone()
         return _entry(row) if row else None
+
+
+def _vanished(state: str, note: str | None) -> bool:
+    """Was this entry acked because its file vanished without an object?"""
+    return state == State.DONE and (note or "").startswith(VANISHED_NO_OBJECT)
 
 
 def _clock(now: float | None) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sftppush.errors import QueueError
-from sftppush.queue import FileVersion, Queue, State, owner_token
+from sftppush.queue import VANISHED_NO_OBJECT, FileVersion, Queue, State, owner_token
 
 from .conftest import REPO
 
@@ -505,3 +505,20 @@ def test_versions_of_a_path_are_one_at_a_time_in_order_across_processes(
     assert len(by_path) == 100 and all(len(v) == 2 for v in by_path.values())
     for name, (older, newer) in ((n, sorted(v)) for n, v in by_path.items()):
         assert older[2] < newer[1], f"{bytes.fromhex(name)!r}: newer claimed before older acked"
+
+
+def test_a_version_that_vanished_without_an_object_is_queued_again_when_seen(
+        tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        gone, uploaded = versions(2)
+        q.enqueue_many([gone, uploaded], now=1000)
+        a, b = q.claim("w", 60, limit=2, now=1000)
+        assert q.ack_many([(a, f"{VANISHED_NO_OBJECT} (removed by someone else)"),
+                           (b, "vanished; object exists at u/f1")], now=1001) == []
+        assert q.known([gone, uploaded]) == {uploaded}
+        assert q.enqueue_many([gone, uploaded], now=1002) == 1
+        e = q.get(a.id)
+        assert (e.state, e.attempts, e.note, e.due, e.enqueued_at) == \
+            (State.PENDING, 0, None, 1002, 1002)
+        assert [x.id for x in q.claim("w", 60, limit=5, now=1002)] == [a.id]
+        assert q.stats().done == 1
