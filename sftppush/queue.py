@@ -118,7 +118,8 @@ class Entry(FileVersion):
     """A queue row: a file version and where it stands.
 
     `due` is when the row next needs attention: the next attempt (pending), the lease
-    expiry (claimed), or when it finished (done, failed).
+    expiry (claimed), or when it finished (done, failed). `key` is the object key the
+    entry holds (take_key), kept once it is done.
     """
 
     id: int
@@ -129,6 +130,7 @@ class Entry(FileVersion):
     enqueued_at: float
     last_error: str | None
     note: str | None
+    key: str | None = None
 
     @property
     def display_path(self) -> str:
@@ -139,6 +141,16 @@ class Entry(FileVersion):
         data["path"] = self.display_path
         data["state"] = self.state.value
         return data
+
+
+@dataclass(frozen=True)
+class KeyTaken:
+    """The answer of take_key: `holder` is the path of another entry holding the key (then
+    nothing was set), else None; `known`: an earlier entry of this same path is done with
+    this key, so its object is there to be replaced."""
+
+    holder: bytes | None
+    known: bool
 
 
 @dataclass(frozen=True)
@@ -203,8 +215,8 @@ class Queue:
     SCHEMA_VERSION = 2
     # The (state, due) index serves claim, the expired-lease sweep, purge and throughput;
     # (path, state) finds the other versions of a path in flight (claim, supersede) without
-    # walking the done versions a path keeps for dedup. Counts are kept by triggers so
-    # `queue status` never scans the table.
+    # walking the done versions a path keeps for dedup; (key) finds who holds a key. Counts
+    # are kept by triggers so `queue status` never scans the table.
     _SCHEMA = (
         "CREATE TABLE IF NOT EXISTS entries ("
         " id INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -213,11 +225,12 @@ class Queue:
         " inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
         " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
         " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT)",
+        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT, key TEXT)",
         "CREATE UNIQUE INDEX IF NOT EXISTS entries_version"
         " ON entries (path, inode, size, mtime_ns, ctime_ns)",
         "CREATE INDEX IF NOT EXISTS entries_state_due ON entries (state, due)",
         "CREATE INDEX IF NOT EXISTS entries_path_state ON entries (path, state)",
+        "CREATE INDEX IF NOT EXISTS entries_key ON entries (key) WHERE key IS NOT NULL",
         "CREATE TABLE IF NOT EXISTS counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
         "INSERT OR IGNORE INTO counts VALUES"
         " ('pending', 0), ('claimed', 0), ('done', 0), ('failed', 0)",
@@ -233,7 +246,8 @@ class Queue:
     # What takes a file of user_version N to N + 1; _SCHEMA then creates what is missing.
     _MIGRATIONS = {
         1: ("ALTER TABLE entries ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0",
-            "DROP INDEX entries_version"),
+            "DROP INDEX entries_version",
+            "ALTER TABLE entries ADD COLUMN key TEXT"),
     }
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
@@ -346,7 +360,8 @@ class Queue:
                     new = row[0]
                     db.execute("UPDATE entries SET state = 'pending', owner = NULL, due = ?,"
                                " attempts = 0, enqueued_at = ?, found_by = ?, last_error = NULL,"
-                               " note = NULL WHERE id = ?", (now, now, v.found_by, new))
+                               " note = NULL, key = NULL WHERE id = ?",
+                               (now, now, v.found_by, new))
                 else:
                     continue
                 db.execute("UPDATE entries SET state = 'done', due = ?, note = ?"
@@ -433,11 +448,17 @@ class Queue:
 
     def ack_many(self, done: Sequence[tuple[Entry, str | None]],
                  now: float | None = None) -> list[Entry]:
-        """Mark several done in one transaction; returns the ones whose lease was lost."""
+        """Mark several done in one transaction; returns the ones whose lease was lost.
+
+        An entry keeps its key, unless its note starts with VANISHED_NO_OBJECT: it wrote
+        no object.
+        """
         notes = {e.id: n for e, n in done}
         return self._fenced([e for e, _ in done],
-                            "state = 'done', owner = NULL, due = ?, note = ?",
-                            lambda e, now: (now, notes[e.id]), now)[0]
+                            "state = 'done', owner = NULL, due = ?, note = ?,"
+                            " key = CASE WHEN ? THEN NULL ELSE key END",
+                            lambda e, now: (now, notes[e.id], _vanished("done", notes[e.id])),
+                            now)[0]
 
     def retry_later(self, entry: Entry, error: str, delay: float, count_attempt: bool,
                     now: float | None = None) -> bool:
@@ -446,9 +467,34 @@ class Queue:
             " last_error = ?", lambda e, now: (now + delay, int(count_attempt), error), now)[0]
 
     def fail(self, entry: Entry, error: str, now: float | None = None) -> bool:
+        """Mark failed; a failed entry holds no key."""
         return not self._fenced(
             [entry], "state = 'failed', owner = NULL, due = ?, attempts = attempts + 1,"
-            " last_error = ?", lambda e, now: (now, error), now)[0]
+            " last_error = ?, key = NULL", lambda e, now: (now, error), now)[0]
+
+    def take_key(self, entry: Entry, key: str, now: float | None = None) -> KeyTaken | None:
+        """Reserve `key` for this entry's upload: one key, one local path (SPEC 3).
+
+        In one transaction: if an entry of another path holds the key (claimed, pending or
+        done; a failed one holds none), returns KeyTaken(holder=that path) and sets
+        nothing; else records the key on this entry. None means the lease was lost (or
+        ran out: an upload must not start on it) and nothing was set.
+        """
+        with self._transaction() as db:
+            now = _clock(now)
+            if not db.execute(f"SELECT 1 FROM entries WHERE {_FENCE} AND due > ?",
+                              (entry.id, entry.owner, now)).fetchone():
+                return None
+            row = db.execute("SELECT path FROM entries WHERE key = ? AND path <> ?"
+                             " AND state IN ('claimed', 'pending', 'done') ORDER BY id LIMIT 1",
+                             (key, entry.path)).fetchone()
+            if row is not None:
+                return KeyTaken(holder=bytes(row[0]), known=False)
+            known = db.execute("SELECT 1 FROM entries WHERE key = ? AND path = ? AND id <> ?"
+                               " AND state = 'done' LIMIT 1",
+                               (key, entry.path, entry.id)).fetchone() is not None
+            db.execute(f"UPDATE entries SET key = ? WHERE {_FENCE}", (key, entry.id, entry.owner))
+        return KeyTaken(holder=None, known=known)
 
     def release(self, entry: Entry, now: float | None = None) -> bool:
         """Hand an unstarted or interrupted entry back at once (a consumer stopping)."""

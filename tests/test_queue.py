@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 
 from sftppush.errors import QueueError
-from sftppush.queue import VANISHED_NO_OBJECT, FileVersion, Queue, State, owner_token
+from sftppush.queue import (
+    VANISHED_NO_OBJECT,
+    Entry,
+    FileVersion,
+    KeyTaken,
+    Queue,
+    State,
+    owner_token,
+)
 
 from .conftest import REPO
 
@@ -308,7 +316,8 @@ def test_a_schema_1_file_is_migrated_in_place_and_keeps_its_versions(tmp_path: P
         resent = FileVersion(**{**rewritten.__dict__, "ctime_ns": rewritten.ctime_ns + 1})
         assert q.enqueue_many([resent]) == 1
         (e, *_) = q.claim("w", 60, limit=5)
-        assert e.path == pending.path and e.ctime_ns == 0
+        assert e.path == pending.path and e.ctime_ns == 0 and e.key is None
+        assert q.take_key(e, "u/f1") == KeyTaken(holder=None, known=False)
         stats = q.stats()
         assert (stats.pending + stats.claimed, stats.done) == (2, 2)  # rewritten superseded
     with Queue(path) as q:  # opening it again changes nothing
@@ -522,3 +531,68 @@ def test_a_version_that_vanished_without_an_object_is_queued_again_when_seen(
             (State.PENDING, 0, None, 1002, 1002)
         assert [x.id for x in q.claim("w", 60, limit=5, now=1002)] == [a.id]
         assert q.stats().done == 1
+
+
+def two_paths_one_key(q: Queue, now: float = 1000) -> tuple[Entry, Entry]:
+    """`a.csv` and `a.csv.gz`, both claimed: both map to the key `u/a.csv`."""
+    plain, gz = (FileVersion(f"/home/u/{name}".encode(), "u", 1, 1, 1, i, "close_write")
+                 for i, name in enumerate(("a.csv", "a.csv.gz")))
+    q.enqueue_many([plain, gz], now=now)
+    first, second = q.claim("w", 60, limit=2, now=now)
+    return first, second
+
+
+@pytest.mark.parametrize("first_is", ["plain", "gz"])
+def test_one_key_one_local_path_in_either_order(tmp_path: Path, first_is: str) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        plain, gz = two_paths_one_key(q)
+        first, second = (plain, gz) if first_is == "plain" else (gz, plain)
+        assert q.take_key(first, "u/a.csv", now=1001) == KeyTaken(holder=None, known=False)
+        assert q.take_key(second, "u/a.csv", now=1001) == KeyTaken(holder=first.path,
+                                                                    known=False)
+        assert q.get(second.id).key is None and q.get(first.id).key == "u/a.csv"
+        # The holder keeps the key while it waits for a retry, and once it is done.
+        assert q.retry_later(first, "timeout", 0, count_attempt=False, now=1002)
+        assert q.take_key(second, "u/a.csv", now=1002).holder == first.path
+        (again,) = q.claim("w", 60, now=1003)
+        assert again.id == first.id and again.key == "u/a.csv"
+        assert q.ack(again, now=1004) and q.get(first.id).key == "u/a.csv"
+        assert q.take_key(second, "u/a.csv", now=1005).holder == first.path
+        assert q.take_key(second, "u/other.csv", now=1005) == KeyTaken(None, False)
+
+
+def test_a_resend_of_the_same_path_may_replace_its_object(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        (v1,) = versions(1)
+        q.enqueue_many([v1], now=1000)
+        (e1,) = q.claim("w", 60, now=1000)
+        assert q.take_key(e1, "u/f0", now=1000) == KeyTaken(holder=None, known=False)
+        assert q.ack(e1, now=1001)
+        q.enqueue_many([FileVersion(**{**v1.__dict__, "size": v1.size + 1})], now=1002)
+        (e2,) = q.claim("w", 60, now=1002)
+        assert q.take_key(e2, "u/f0", now=1002) == KeyTaken(holder=None, known=True)
+        assert q.get(e2.id).key == "u/f0"
+
+
+def test_a_failed_or_vanished_entry_holds_no_key(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        plain, gz = two_paths_one_key(q)
+        assert q.take_key(plain, "u/a.csv", now=1001).holder is None
+        assert q.fail(plain, "corrupt gzip", now=1001)
+        assert q.get(plain.id).key is None
+        assert q.take_key(gz, "u/a.csv", now=1001) == KeyTaken(holder=None, known=False)
+        assert q.ack(gz, note=f"{VANISHED_NO_OBJECT} (removed by someone else)", now=1002)
+        assert q.get(gz.id).key is None, "a key held by an upload that never happened"
+
+
+def test_only_the_lease_holder_may_take_a_key(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        plain, gz = two_paths_one_key(q, now=1000)
+        assert q.take_key(plain, "u/a.csv", now=1061) is None, "taken on an expired lease"
+        (heir, _) = q.claim("heir", 60, limit=2, now=1061)
+        assert heir.id == plain.id
+        assert q.take_key(plain, "u/a.csv", now=1062) is None, "taken on a lost lease"
+        assert q.get(plain.id).key is None
+        assert q.take_key(heir, "u/a.csv", now=1062) == KeyTaken(holder=None, known=False)
+        assert heir.to_json()["key"] is None and q.get(heir.id).to_json()["key"] == "u/a.csv"
+        assert q.get(heir.id).to_json()["ctime_ns"] == 1
