@@ -1,8 +1,9 @@
 """The durable queue: one SQLite file shared by the watcher, consumers and operator commands.
 
-Owns the schema, enqueue with version dedup, atomic leased claims fenced by owner tokens,
-ack/retry/fail/release, replay, purge and stats. It knows nothing of S3 or inotify, and it
-never resets a claim it does not own: only an expired lease makes an entry claimable again.
+Owns the schema, enqueue with version dedup, atomic leased claims fenced by owner tokens
+(one version of a path at a time), key reservations, ack/retry/fail/release, replay, purge
+and stats. It knows nothing of S3 or inotify, and it never takes a claim from a live owner:
+only an expired lease, or an owner process of this host that no longer runs, frees it.
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ def _process(pid: int) -> tuple[str, int] | None:
             # After the command name, which may hold spaces and parentheses, come fields 3...
             after = f.read().rpartition(b")")[2].split()
         return after[0].decode(), int(after[19])
-    except FileNotFoundError:
+    except OSError:  # gone, or hidden from us (hidepid): ask the kernel below
         pass
     try:
-        os.kill(pid, 0)  # /proc may hide other users' processes (hidepid)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return None
     except PermissionError:

@@ -73,11 +73,13 @@ def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
     assert (stats.done, stats.pending, stats.claimed) == (20_000, 0, 0)
 
 
+# Claims up to 10 entries as owner argv[3] (owner_token() if absent), then sleeps.
 HOLDER = """
 import sys, time
-from sftppush.queue import Queue
+from sftppush.queue import Queue, owner_token
 q = Queue(sys.argv[1])
-got = q.claim("holder", lease_seconds=float(sys.argv[2]), limit=10)
+owner = sys.argv[3] if len(sys.argv) > 3 else owner_token()
+got = q.claim(owner, lease_seconds=float(sys.argv[2]), limit=10)
 print(" ".join(str(e.id) for e in got), flush=True)
 time.sleep(3600)
 """
@@ -88,7 +90,7 @@ def test_killed_claimant_entries_come_back_after_lease_not_before(tmp_path: Path
     with Queue(path) as q:
         q.enqueue_many(versions(10))
     lease = 4.0
-    holder = python(HOLDER, str(path), str(lease))
+    holder = python(HOLDER, str(path), str(lease), "holder")
     held = [int(x) for x in holder.stdout.readline().split()]
     started = time.time()
     assert len(held) == 10
@@ -369,21 +371,11 @@ def test_lease_is_counted_from_inside_the_write_transaction(tmp_path: Path) -> N
     other.close()
 
 
-OWNER_HOLDER = """
-import sys, time
-from sftppush.queue import Queue, owner_token
-q = Queue(sys.argv[1])
-got = q.claim(owner_token(), lease_seconds=300, limit=10)
-print(" ".join(str(e.id) for e in got), flush=True)
-time.sleep(3600)
-"""
-
-
 def test_a_killed_owners_claims_come_back_at_the_next_claim(tmp_path: Path) -> None:
     path = tmp_path / "queue.db"
     with Queue(path) as q:
         q.enqueue_many(versions(10))
-    holder = python(OWNER_HOLDER, str(path))
+    holder = python(HOLDER, str(path), "300")
     held = sorted(int(x) for x in holder.stdout.readline().split())
     assert len(held) == 10
     with Queue(path) as q:
