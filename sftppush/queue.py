@@ -180,11 +180,10 @@ _COLUMNS = ", ".join(_FIELDS)
 # version of its path claimed: one version of a path in flight, in the order written.
 _CLAIMABLE = ("state = 'pending' AND due <= ? AND NOT EXISTS (SELECT 1 FROM entries AS other"
               " WHERE other.path = entries.path AND other.state IN ('claimed', 'pending')"
-              " AND other.id <> entries.id"
               " AND (other.state = 'claimed' OR other.id < entries.id))")
 # One version of a file. A row migrated from schema 1 has ctime_ns 0 (not known then): it
 # matches any ctime, so an upgrade does not queue again every file already queued or done.
-_SAME_VERSION = ("path = ? AND inode = ? AND size = ? AND mtime_ns = ? AND ctime_ns IN (?, 0)")
+_SAME_VERSION = "path = ? AND inode = ? AND size = ? AND mtime_ns = ? AND ctime_ns IN (?, 0)"
 _FENCE = "id = ? AND state = 'claimed' AND owner = ?"
 
 
