@@ -1,8 +1,9 @@
 """The durable queue: one SQLite file shared by the watcher, consumers and operator commands.
 
-Owns the schema, enqueue with version dedup, atomic leased claims fenced by owner tokens,
-ack/retry/fail/release, replay, purge and stats. It knows nothing of S3 or inotify, and it
-never resets a claim it does not own: only an expired lease makes an entry claimable again.
+Owns the schema, enqueue with version dedup, atomic leased claims fenced by owner tokens
+(one version of a path at a time), key reservations, ack/retry/fail/release, replay, purge
+and stats. It knows nothing of S3 or inotify, and it never takes a claim from a live owner:
+only an expired lease, or an owner process of this host that no longer runs, frees it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ class State(StrEnum):
     FAILED = "failed"
 
 
+# The start of the note of an entry acked done because its file vanished before the upload
+# and no object holds it (someone removed it): that version is queued again if seen again.
+VANISHED_NO_OBJECT = "vanished before upload; no object"
+
+
 def shown(path: bytes) -> str:
     """A path for a log line or message: bytes that are not UTF-8 shown as escapes."""
     return path.decode("utf-8", "backslashreplace")
@@ -52,10 +58,10 @@ def _process(pid: int) -> tuple[str, int] | None:
             # After the command name, which may hold spaces and parentheses, come fields 3...
             after = f.read().rpartition(b")")[2].split()
         return after[0].decode(), int(after[19])
-    except FileNotFoundError:
+    except OSError:  # gone, or hidden from us (hidepid): ask the kernel below
         pass
     try:
-        os.kill(pid, 0)  # /proc may hide other users' processes (hidepid)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return None
     except PermissionError:
@@ -76,6 +82,14 @@ def _owner_died(owner: str, host: str) -> bool:
     state, start = running
     # A zombie has not been reaped yet, but it will never renew or ack.
     return state in ("Z", "X") or start not in (-1, int(started))
+
+
+def _dead_owners(db: sqlite3.Cursor) -> list[str]:
+    """The owner tokens of claims whose process died (see _owner_died)."""
+    host = socket.gethostname()
+    return [owner for (owner,) in
+            db.execute("SELECT DISTINCT owner FROM entries WHERE state = 'claimed'")
+            if _owner_died(owner, host)]
 
 
 @dataclass(frozen=True)
@@ -105,7 +119,8 @@ class Entry(FileVersion):
     """A queue row: a file version and where it stands.
 
     `due` is when the row next needs attention: the next attempt (pending), the lease
-    expiry (claimed), or when it finished (done, failed).
+    expiry (claimed), or when it finished (done, failed). `key` is the object key the
+    entry holds (take_key), kept once it is done.
     """
 
     id: int
@@ -116,6 +131,7 @@ class Entry(FileVersion):
     enqueued_at: float
     last_error: str | None
     note: str | None
+    key: str | None = None
 
     @property
     def display_path(self) -> str:
@@ -126,6 +142,16 @@ class Entry(FileVersion):
         data["path"] = self.display_path
         data["state"] = self.state.value
         return data
+
+
+@dataclass(frozen=True)
+class KeyTaken:
+    """The answer of take_key: `holder` is the path of another entry holding the key (then
+    nothing was set), else None; `known`: an earlier entry of this same path is done with
+    this key, so its object is there to be replaced."""
+
+    holder: bytes | None
+    known: bool
 
 
 @dataclass(frozen=True)
@@ -150,9 +176,14 @@ class Stats:
 # Entry's fields are the columns read back: a FileVersion's first, then the queue's.
 _FIELDS = tuple(f.name for f in fields(Entry))
 _COLUMNS = ", ".join(_FIELDS)
+# A pending entry is claimable when due and the oldest pending version of its path, with no
+# version of its path claimed: one version of a path in flight, in the order written.
+_CLAIMABLE = ("state = 'pending' AND due <= ? AND NOT EXISTS (SELECT 1 FROM entries AS other"
+              " WHERE other.path = entries.path AND other.state IN ('claimed', 'pending')"
+              " AND (other.state = 'claimed' OR other.id < entries.id))")
 # One version of a file. A row migrated from schema 1 has ctime_ns 0 (not known then): it
 # matches any ctime, so an upgrade does not queue again every file already queued or done.
-_SAME_VERSION = ("path = ? AND inode = ? AND size = ? AND mtime_ns = ? AND ctime_ns IN (?, 0)")
+_SAME_VERSION = "path = ? AND inode = ? AND size = ? AND mtime_ns = ? AND ctime_ns IN (?, 0)"
 _FENCE = "id = ? AND state = 'claimed' AND owner = ?"
 
 
@@ -183,7 +214,9 @@ class Queue:
 
     SCHEMA_VERSION = 2
     # The (state, due) index serves claim, the expired-lease sweep, purge and throughput;
-    # counts are kept by triggers so `queue status` never scans the table.
+    # (path, state) finds the other versions of a path in flight (claim, supersede) without
+    # walking the done versions a path keeps for dedup; (key) finds who holds a key. Counts
+    # are kept by triggers so `queue status` never scans the table.
     _SCHEMA = (
         "CREATE TABLE IF NOT EXISTS entries ("
         " id INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -192,10 +225,12 @@ class Queue:
         " inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
         " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
         " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT)",
+        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT, key TEXT)",
         "CREATE UNIQUE INDEX IF NOT EXISTS entries_version"
         " ON entries (path, inode, size, mtime_ns, ctime_ns)",
         "CREATE INDEX IF NOT EXISTS entries_state_due ON entries (state, due)",
+        "CREATE INDEX IF NOT EXISTS entries_path_state ON entries (path, state)",
+        "CREATE INDEX IF NOT EXISTS entries_key ON entries (key) WHERE key IS NOT NULL",
         "CREATE TABLE IF NOT EXISTS counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
         "INSERT OR IGNORE INTO counts VALUES"
         " ('pending', 0), ('claimed', 0), ('done', 0), ('failed', 0)",
@@ -211,7 +246,8 @@ class Queue:
     # What takes a file of user_version N to N + 1; _SCHEMA then creates what is missing.
     _MIGRATIONS = {
         1: ("ALTER TABLE entries ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0",
-            "DROP INDEX entries_version"),
+            "DROP INDEX entries_version",
+            "ALTER TABLE entries ADD COLUMN key TEXT"),
     }
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
@@ -296,7 +332,14 @@ class Queue:
     # --- producers ---------------------------------------------------------------------
 
     def enqueue_many(self, versions: Iterable[FileVersion], now: float | None = None) -> int:
-        """Append file versions in one transaction; versions already queued are skipped."""
+        """Append file versions in one transaction; returns how many are new.
+
+        A version already queued is skipped, unless it vanished without an object
+        (VANISHED_NO_OBJECT): that entry is pending again, which counts as new. A new
+        version retires the older pending versions of its path (done, note
+        `superseded by id N`); a claimed one is left to its consumer, which finds it
+        superseded.
+        """
         versions = list(versions)
         if not versions:
             return 0
@@ -304,25 +347,38 @@ class Queue:
         with self._transaction() as db:
             now = _clock(now)
             for v in versions:
-                if db.execute(f"SELECT 1 FROM entries WHERE {_SAME_VERSION}",
-                              _version_key(v)).fetchone():
+                row = db.execute(f"SELECT id, state, note FROM entries WHERE {_SAME_VERSION}",
+                                 _version_key(v)).fetchone()
+                if row is None:
+                    (new,) = db.execute(
+                        "INSERT INTO entries (path, source, size, mtime_ns, ctime_ns, inode,"
+                        " found_by, state, due, enqueued_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
+                        (v.path, v.source, v.size, v.mtime_ns, v.ctime_ns, v.inode,
+                         v.found_by, now, now)).fetchone()
+                elif _vanished(*row[1:]):
+                    new = row[0]
+                    db.execute("UPDATE entries SET state = 'pending', owner = NULL, due = ?,"
+                               " attempts = 0, enqueued_at = ?, found_by = ?, last_error = NULL,"
+                               " note = NULL, key = NULL WHERE id = ?",
+                               (now, now, v.found_by, new))
+                else:
                     continue
-                db.execute(
-                    "INSERT INTO entries (path, source, size, mtime_ns, ctime_ns, inode,"
-                    " found_by, state, due, enqueued_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                    (v.path, v.source, v.size, v.mtime_ns, v.ctime_ns, v.inode, v.found_by,
-                     now, now))
+                db.execute("UPDATE entries SET state = 'done', due = ?, note = ?"
+                           " WHERE path = ? AND state = 'pending' AND id < ?",
+                           (now, f"superseded by id {new}", v.path, new))
                 added += 1
         return added
 
     def known(self, versions: Iterable[FileVersion]) -> set[FileVersion]:
-        """The versions that already have an entry, in any state."""
+        """The versions that already have an entry, in any state, except the versions that
+        vanished without an object (enqueue_many takes those as new)."""
         found = set()
         with self._transaction(write=False) as db:
             for v in versions:
-                if db.execute(f"SELECT 1 FROM entries WHERE {_SAME_VERSION}",
-                              _version_key(v)).fetchone():
+                row = db.execute(f"SELECT state, note FROM entries WHERE {_SAME_VERSION}",
+                                 _version_key(v)).fetchone()
+                if row is not None and not _vanished(*row):
                     found.add(v)
         return found
 
@@ -343,8 +399,8 @@ class Queue:
             self._take_back(db, now)
             db.execute(
                 f"UPDATE entries SET state = 'claimed', owner = ?, due = ? WHERE id IN"
-                f" (SELECT id FROM entries WHERE state = 'pending' AND due <= ?"
-                f" ORDER BY due LIMIT ?) RETURNING {_COLUMNS}",
+                f" (SELECT id FROM entries WHERE {_CLAIMABLE} ORDER BY due LIMIT ?)"
+                f" RETURNING {_COLUMNS}",
                 (token, now + lease_seconds, now, limit))
             rows = db.fetchall()
         return sorted((_entry(r) for r in rows), key=lambda e: e.id)
@@ -353,25 +409,25 @@ class Queue:
     def _take_back(db: sqlite3.Cursor, now: float) -> None:
         """Claims whose owner is a process of this host that no longer runs go back to
         pending at once; any other claim once its lease expired."""
-        host = socket.gethostname()
-        dead = [(now, other) for (other,) in
-                db.execute("SELECT DISTINCT owner FROM entries WHERE state = 'claimed'")
-                if _owner_died(other, host)]
-        db.executemany("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
-                       " last_error = 'owner died (' || owner || ')'"
-                       " WHERE state = 'claimed' AND owner = ?", dead)
+        if dead := [(now, owner) for owner in _dead_owners(db)]:
+            db.executemany("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
+                           " last_error = 'owner died (' || owner || ')'"
+                           " WHERE state = 'claimed' AND owner = ?", dead)
         db.execute("UPDATE entries SET state = 'pending', due = ?, owner = NULL,"
                    " last_error = 'lease expired (' || owner || ')'"
                    " WHERE state = 'claimed' AND due <= ?", (now, now))
 
     def has_due(self, now: float | None = None) -> bool:
-        """Read-only: is anything claimable (pending and due, or a lease expired)? Cheap
-        enough to ask often; a claim is a write transaction."""
+        """Read-only: is anything claimable (pending, due and first of its path; or a claim
+        whose lease expired or whose owner died)? Cheap enough to ask often; a claim is a
+        write transaction."""
         now = _clock(now)
         with self._transaction(write=False) as db:
-            row = db.execute("SELECT 1 FROM entries WHERE state IN ('pending', 'claimed')"
-                             " AND due <= ? LIMIT 1", (now,)).fetchone()
-        return row is not None
+            for sql in (f"SELECT 1 FROM entries WHERE {_CLAIMABLE} LIMIT 1",
+                        "SELECT 1 FROM entries WHERE state = 'claimed' AND due <= ? LIMIT 1"):
+                if db.execute(sql, (now,)).fetchone():
+                    return True
+            return bool(_dead_owners(db))
 
     def renew_leases(self, entries: Sequence[Entry], lease_seconds: float,
                      now: float | None = None) -> tuple[list[Entry], float]:
@@ -392,11 +448,17 @@ class Queue:
 
     def ack_many(self, done: Sequence[tuple[Entry, str | None]],
                  now: float | None = None) -> list[Entry]:
-        """Mark several done in one transaction; returns the ones whose lease was lost."""
+        """Mark several done in one transaction; returns the ones whose lease was lost.
+
+        An entry keeps its key, unless its note starts with VANISHED_NO_OBJECT: it wrote
+        no object.
+        """
         notes = {e.id: n for e, n in done}
         return self._fenced([e for e, _ in done],
-                            "state = 'done', owner = NULL, due = ?, note = ?",
-                            lambda e, now: (now, notes[e.id]), now)[0]
+                            "state = 'done', owner = NULL, due = ?, note = ?,"
+                            " key = CASE WHEN ? THEN NULL ELSE key END",
+                            lambda e, now: (now, notes[e.id], _vanished("done", notes[e.id])),
+                            now)[0]
 
     def retry_later(self, entry: Entry, error: str, delay: float, count_attempt: bool,
                     now: float | None = None) -> bool:
@@ -405,9 +467,34 @@ class Queue:
             " last_error = ?", lambda e, now: (now + delay, int(count_attempt), error), now)[0]
 
     def fail(self, entry: Entry, error: str, now: float | None = None) -> bool:
+        """Mark failed; a failed entry holds no key."""
         return not self._fenced(
             [entry], "state = 'failed', owner = NULL, due = ?, attempts = attempts + 1,"
-            " last_error = ?", lambda e, now: (now, error), now)[0]
+            " last_error = ?, key = NULL", lambda e, now: (now, error), now)[0]
+
+    def take_key(self, entry: Entry, key: str, now: float | None = None) -> KeyTaken | None:
+        """Reserve `key` for this entry's upload: one key, one local path (SPEC 3).
+
+        In one transaction: if an entry of another path holds the key (claimed, pending or
+        done; a failed one holds none), returns KeyTaken(holder=that path) and sets
+        nothing; else records the key on this entry. None means the lease was lost (or
+        ran out: an upload must not start on it) and nothing was set.
+        """
+        with self._transaction() as db:
+            now = _clock(now)
+            if not db.execute(f"SELECT 1 FROM entries WHERE {_FENCE} AND due > ?",
+                              (entry.id, entry.owner, now)).fetchone():
+                return None
+            row = db.execute("SELECT path FROM entries WHERE key = ? AND path <> ?"
+                             " AND state IN ('claimed', 'pending', 'done') ORDER BY id LIMIT 1",
+                             (key, entry.path)).fetchone()
+            if row is not None:
+                return KeyTaken(holder=bytes(row[0]), known=False)
+            known = db.execute("SELECT 1 FROM entries WHERE key = ? AND path = ? AND id <> ?"
+                               " AND state = 'done' LIMIT 1",
+                               (key, entry.path, entry.id)).fetchone() is not None
+            db.execute(f"UPDATE entries SET key = ? WHERE {_FENCE}", (key, entry.id, entry.owner))
+        return KeyTaken(holder=None, known=known)
 
     def release(self, entry: Entry, now: float | None = None) -> bool:
         """Hand an unstarted or interrupted entry back at once (a consumer stopping)."""
@@ -498,6 +585,11 @@ class Queue:
             row = db.execute(f"SELECT {_COLUMNS} FROM entries WHERE id = ?",
                              (entry_id,)).fetchone()
         return _entry(row) if row else None
+
+
+def _vanished(state: str, note: str | None) -> bool:
+    """Was this entry acked because its file vanished without an object?"""
+    return state == State.DONE and (note or "").startswith(VANISHED_NO_OBJECT)
 
 
 def _clock(now: float | None) -> float:

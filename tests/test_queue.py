@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,15 @@ from pathlib import Path
 import pytest
 
 from sftppush.errors import QueueError
-from sftppush.queue import FileVersion, Queue, State, owner_token
+from sftppush.queue import (
+    VANISHED_NO_OBJECT,
+    Entry,
+    FileVersion,
+    KeyTaken,
+    Queue,
+    State,
+    owner_token,
+)
 
 from .conftest import REPO
 
@@ -64,11 +73,13 @@ def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
     assert (stats.done, stats.pending, stats.claimed) == (20_000, 0, 0)
 
 
+# Claims up to 10 entries as owner argv[3] (owner_token() if absent), then sleeps.
 HOLDER = """
 import sys, time
-from sftppush.queue import Queue
+from sftppush.queue import Queue, owner_token
 q = Queue(sys.argv[1])
-got = q.claim("holder", lease_seconds=float(sys.argv[2]), limit=10)
+owner = sys.argv[3] if len(sys.argv) > 3 else owner_token()
+got = q.claim(owner, lease_seconds=float(sys.argv[2]), limit=10)
 print(" ".join(str(e.id) for e in got), flush=True)
 time.sleep(3600)
 """
@@ -79,7 +90,7 @@ def test_killed_claimant_entries_come_back_after_lease_not_before(tmp_path: Path
     with Queue(path) as q:
         q.enqueue_many(versions(10))
     lease = 4.0
-    holder = python(HOLDER, str(path), str(lease))
+    holder = python(HOLDER, str(path), str(lease), "holder")
     held = [int(x) for x in holder.stdout.readline().split()]
     started = time.time()
     assert len(held) == 10
@@ -135,7 +146,9 @@ def test_rewritten_file_is_a_new_entry(tmp_path: Path, change: str) -> None:
         q.enqueue_many([v])
         newer = FileVersion(**{**v.__dict__, change: getattr(v, change) + 1})
         assert q.enqueue_many([newer]) == 1
-        assert q.stats().pending == 2
+        older, new = sorted(q.list(), key=lambda e: e.id)
+        assert (new.state, older.state) == (State.PENDING, State.DONE)
+        assert older.note == f"superseded by id {new.id}"
 
 
 def test_queue_file_is_private_wal_and_holds_no_pickle(tmp_path: Path) -> None:
@@ -305,11 +318,12 @@ def test_a_schema_1_file_is_migrated_in_place_and_keeps_its_versions(tmp_path: P
         resent = FileVersion(**{**rewritten.__dict__, "ctime_ns": rewritten.ctime_ns + 1})
         assert q.enqueue_many([resent]) == 1
         (e, *_) = q.claim("w", 60, limit=5)
-        assert e.path == pending.path and e.ctime_ns == 0
+        assert e.path == pending.path and e.ctime_ns == 0 and e.key is None
+        assert q.take_key(e, "u/f1") == KeyTaken(holder=None, known=False)
         stats = q.stats()
-        assert (stats.pending + stats.claimed, stats.done) == (3, 1)
+        assert (stats.pending + stats.claimed, stats.done) == (2, 2)  # rewritten superseded
     with Queue(path) as q:  # opening it again changes nothing
-        assert q.stats().done == 1 and q.get(e.id).state == State.CLAIMED
+        assert q.stats().done == 2 and q.get(e.id).state == State.CLAIMED
 
 
 def test_a_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -357,21 +371,11 @@ def test_lease_is_counted_from_inside_the_write_transaction(tmp_path: Path) -> N
     other.close()
 
 
-OWNER_HOLDER = """
-import sys, time
-from sftppush.queue import Queue, owner_token
-q = Queue(sys.argv[1])
-got = q.claim(owner_token(), lease_seconds=300, limit=10)
-print(" ".join(str(e.id) for e in got), flush=True)
-time.sleep(3600)
-"""
-
-
 def test_a_killed_owners_claims_come_back_at_the_next_claim(tmp_path: Path) -> None:
     path = tmp_path / "queue.db"
     with Queue(path) as q:
         q.enqueue_many(versions(10))
-    holder = python(OWNER_HOLDER, str(path))
+    holder = python(HOLDER, str(path), "300")
     held = sorted(int(x) for x in holder.stdout.readline().split())
     assert len(held) == 10
     with Queue(path) as q:
@@ -416,3 +420,171 @@ def test_only_claims_of_dead_processes_of_this_host_come_back_before_their_lease
         assert sorted(e.id for e in back) == sorted([held["dead"], held["pid reused"]])
         assert q.claim(me, lease_seconds=300, limit=10, now=1299) == []
         assert len(q.claim(me, lease_seconds=300, limit=10, now=1300)) == 3  # leases expired
+
+
+def test_one_version_of_a_path_in_flight_and_the_oldest_first(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        (v1,) = versions(1)
+        v2 = FileVersion(**{**v1.__dict__, "mtime_ns": v1.mtime_ns + 1})
+        q.enqueue_many([v1], now=1000)
+        (e1,) = q.claim("w", 60, now=1000)
+        assert q.enqueue_many([v2], now=1001) == 1
+        assert q.get(e1.id).state == State.CLAIMED, "a claimed version was retired"
+        assert q.claim("w", 60, limit=10, now=1002) == [], "two versions of a path in flight"
+        assert not q.has_due(now=1002)
+        # Back to pending beside the newer one: the older goes first, and alone.
+        assert q.release(e1, now=1003)
+        (again,) = q.claim("w", 60, limit=10, now=1003)
+        assert again.id == e1.id
+        assert q.claim("w", 60, limit=10, now=1004) == []
+        # Its lease expires: the sweep and the claim are one transaction, still the older.
+        (heir,) = q.claim("w", 60, limit=10, now=1100)
+        assert heir.id == e1.id and "lease expired" in heir.last_error
+        assert q.ack(heir, note="superseded", now=1101)
+        (e2,) = q.claim("w", 60, limit=10, now=1101)
+        assert e2.mtime_ns == v2.mtime_ns
+
+
+def test_a_new_version_retires_the_older_pending_ones(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        (v1,) = versions(1)
+        v2, v3 = (FileVersion(**{**v1.__dict__, "size": v1.size + n}) for n in (1, 2))
+        other = versions(1, prefix="/home/u/upload/other")
+        q.enqueue_many([v1, *other])
+        q.enqueue_many([v2, v3])  # a client that closed and reopened twice
+        e1, e2, e3 = sorted((e for e in q.list() if e.path == v1.path), key=lambda e: e.id)
+        assert e3.state == State.PENDING
+        assert (e1.state, e1.note) == (State.DONE, f"superseded by id {e2.id}")
+        assert (e2.state, e2.note) == (State.DONE, f"superseded by id {e3.id}")
+        assert q.stats().pending == 2, "another path's version was retired"
+        assert q.stats().uploaded_last_minute == 0
+
+
+IN_ORDER_CLAIMER = """
+import json, sys, time
+from sftppush.queue import Queue, owner_token
+q = Queue(sys.argv[1])
+log = []
+while True:
+    batch = q.claim(owner_token(), lease_seconds=300, limit=8)
+    if not batch:
+        stats = q.stats()
+        if stats.pending == stats.claimed == 0:
+            break
+        time.sleep(0.002)
+        continue
+    got = time.monotonic()
+    time.sleep(0.005)  # uploading
+    acking = time.monotonic()
+    assert not q.ack_many([(e, None) for e in batch])
+    log += [[e.path.hex(), e.id, got, acking] for e in batch]
+print(json.dumps(log))
+"""
+
+
+def test_versions_of_a_path_are_one_at_a_time_in_order_across_processes(
+        tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    with Queue(path) as q:
+        first = versions(100)
+        q.enqueue_many(first)
+        held = q.claim("setup", 300, limit=100)
+        # Newer versions arrive while the first ones are held, which keeps both pending.
+        q.enqueue_many(FileVersion(**{**v.__dict__, "size": v.size + 1}) for v in first)
+        for e in held:
+            assert q.release(e)
+        assert q.stats().pending == 200
+    procs = [python(IN_ORDER_CLAIMER, str(path)) for _ in range(4)]
+    log = []
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+        log += json.loads(out)
+    by_path: dict[str, list[tuple[int, float, float]]] = {}
+    for name, entry_id, got, acking in log:
+        by_path.setdefault(name, []).append((entry_id, got, acking))
+    assert len(by_path) == 100 and all(len(v) == 2 for v in by_path.values())
+    for name, (older, newer) in ((n, sorted(v)) for n, v in by_path.items()):
+        assert older[2] < newer[1], f"{bytes.fromhex(name)!r}: newer claimed before older acked"
+
+
+def test_a_version_that_vanished_without_an_object_is_queued_again_when_seen(
+        tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        gone, uploaded = versions(2)
+        q.enqueue_many([gone, uploaded], now=1000)
+        a, b = q.claim("w", 60, limit=2, now=1000)
+        assert q.ack_many([(a, f"{VANISHED_NO_OBJECT} (removed by someone else)"),
+                           (b, "vanished; object exists at u/f1")], now=1001) == []
+        assert q.known([gone, uploaded]) == {uploaded}
+        assert q.enqueue_many([gone, uploaded], now=1002) == 1
+        e = q.get(a.id)
+        assert (e.state, e.attempts, e.note, e.due, e.enqueued_at) == \
+            (State.PENDING, 0, None, 1002, 1002)
+        assert [x.id for x in q.claim("w", 60, limit=5, now=1002)] == [a.id]
+        assert q.stats().done == 1
+
+
+def two_paths_one_key(q: Queue, now: float = 1000) -> tuple[Entry, Entry]:
+    """`a.csv` and `a.csv.gz`, both claimed: both map to the key `u/a.csv`."""
+    plain, gz = (FileVersion(f"/home/u/{name}".encode(), "u", 1, 1, 1, i, "close_write")
+                 for i, name in enumerate(("a.csv", "a.csv.gz")))
+    q.enqueue_many([plain, gz], now=now)
+    first, second = q.claim("w", 60, limit=2, now=now)
+    return first, second
+
+
+@pytest.mark.parametrize("first_is", ["plain", "gz"])
+def test_one_key_one_local_path_in_either_order(tmp_path: Path, first_is: str) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        plain, gz = two_paths_one_key(q)
+        first, second = (plain, gz) if first_is == "plain" else (gz, plain)
+        assert q.take_key(first, "u/a.csv", now=1001) == KeyTaken(holder=None, known=False)
+        assert q.take_key(second, "u/a.csv", now=1001) == KeyTaken(holder=first.path,
+                                                                    known=False)
+        assert q.get(second.id).key is None and q.get(first.id).key == "u/a.csv"
+        # The holder keeps the key while it waits for a retry, and once it is done.
+        assert q.retry_later(first, "timeout", 0, count_attempt=False, now=1002)
+        assert q.take_key(second, "u/a.csv", now=1002).holder == first.path
+        (again,) = q.claim("w", 60, now=1003)
+        assert again.id == first.id and again.key == "u/a.csv"
+        assert q.ack(again, now=1004) and q.get(first.id).key == "u/a.csv"
+        assert q.take_key(second, "u/a.csv", now=1005).holder == first.path
+        assert q.take_key(second, "u/other.csv", now=1005) == KeyTaken(None, False)
+
+
+def test_a_resend_of_the_same_path_may_replace_its_object(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        (v1,) = versions(1)
+        q.enqueue_many([v1], now=1000)
+        (e1,) = q.claim("w", 60, now=1000)
+        assert q.take_key(e1, "u/f0", now=1000) == KeyTaken(holder=None, known=False)
+        assert q.ack(e1, now=1001)
+        q.enqueue_many([FileVersion(**{**v1.__dict__, "size": v1.size + 1})], now=1002)
+        (e2,) = q.claim("w", 60, now=1002)
+        assert q.take_key(e2, "u/f0", now=1002) == KeyTaken(holder=None, known=True)
+        assert q.get(e2.id).key == "u/f0"
+
+
+def test_a_failed_or_vanished_entry_holds_no_key(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        plain, gz = two_paths_one_key(q)
+        assert q.take_key(plain, "u/a.csv", now=1001).holder is None
+        assert q.fail(plain, "corrupt gzip", now=1001)
+        assert q.get(plain.id).key is None
+        assert q.take_key(gz, "u/a.csv", now=1001) == KeyTaken(holder=None, known=False)
+        assert q.ack(gz, note=f"{VANISHED_NO_OBJECT} (removed by someone else)", now=1002)
+        assert q.get(gz.id).key is None, "a key held by an upload that never happened"
+
+
+def test_only_the_lease_holder_may_take_a_key(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        plain, gz = two_paths_one_key(q, now=1000)
+        assert q.take_key(plain, "u/a.csv", now=1061) is None, "taken on an expired lease"
+        (heir, _) = q.claim("heir", 60, limit=2, now=1061)
+        assert heir.id == plain.id
+        assert q.take_key(plain, "u/a.csv", now=1062) is None, "taken on a lost lease"
+        assert q.get(plain.id).key is None
+        assert q.take_key(heir, "u/a.csv", now=1062) == KeyTaken(holder=None, known=False)
+        assert heir.to_json()["key"] is None and q.get(heir.id).to_json()["key"] == "u/a.csv"
+        assert q.get(heir.id).to_json()["ctime_ns"] == 1

@@ -22,6 +22,7 @@ def filled(source_tree: SourceTree) -> SourceTree:
                                    i, i, i, "close_write") for i in range(6))
         a, b, c, d, e = q.claim("test", 300, limit=5)
         q.ack(a, now=time.time() - 30 * 86400)
+        q.take_key(b, "sftpuser1/upload/f1")
         q.ack(b)
         q.fail(c, "corrupt gzip: unexpected end of stream")
         q.fail(d, "corrupt gzip: unexpected end of stream")
@@ -69,6 +70,15 @@ def test_list_failed_as_json(filled: SourceTree, run_cli) -> None:
     assert rows[0]["path"].startswith("/home/sftpuser1/upload/f")
     limited = run_cli("--config", filled.config_path, "queue", "list", "--limit", "3")
     assert len(limited.stdout.splitlines()) == 3
+
+
+def test_list_json_shows_the_key_and_ctime(filled: SourceTree, run_cli) -> None:
+    result = run_cli("--config", filled.config_path, "queue", "list", "--state", "done",
+                     "--json")
+    rows = {r["path"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert rows["/home/sftpuser1/upload/f1"]["key"] == "sftpuser1/upload/f1"
+    assert rows["/home/sftpuser1/upload/f0"]["key"] is None
+    assert rows["/home/sftpuser1/upload/f1"]["ctime_ns"] == 1
 
 
 def test_replay_failed_and_by_id(filled: SourceTree, run_cli) -> None:
