@@ -172,6 +172,7 @@ class Consumer:
             self._renew_if_due()
         try:
             sent = pipeline.send_small(claim.entry, self.cfg, self.sink,
+                                       take_key=lambda key: self.queue.take_key(claim.entry, key),
                                        nlink_retry_after=self.tuning.nlink_retry_after)
         except Exception as exc:
             sent = exc
@@ -190,6 +191,8 @@ class Consumer:
         try:
             result: Any = pipeline.process(claim.entry, self.cfg, self.sink,
                                            still_ours=lambda: self._still_ours(claim),
+                                           take_key=lambda key: self.queue.take_key(
+                                               claim.entry, key),
                                            cancel=self.cancel,
                                            nlink_retry_after=self.tuning.nlink_retry_after)
         except Exception as exc:  # every failure is settled by the loop, none kills a worker

@@ -23,7 +23,7 @@ from sftppush.config import Config, Source
 from sftppush.decompress import CappedReader, detect_fd, inflate, read_full
 from sftppush.errors import PermanentError
 from sftppush.keys import candidate_keys, metadata, object_key
-from sftppush.queue import Entry
+from sftppush.queue import VANISHED, Entry, KeyTaken, shown
 from sftppush.s3 import Sink, Uploaded
 from sftppush.safeopen import (
     NLINK_RETRY_SECONDS,
@@ -34,6 +34,8 @@ from sftppush.safeopen import (
 )
 
 log = logging.getLogger("sftppush.pipeline")
+
+TakeKey = Callable[[str], KeyTaken | None]  # the queue's key record for the claimed entry
 
 READ_BUFFER = 1 << 17
 
@@ -81,6 +83,7 @@ class Prepared:
     key: str
     meta: dict[str, str]
     started: float
+    if_absent: bool = False  # the key is new to the queue: upload only if no object is there
 
     def reader(self, cap: int) -> CappedReader:
         """The decompressed stream of the file, refusing to go past `cap` bytes; raises
@@ -94,18 +97,20 @@ class Prepared:
 
 def process(entry: Entry, cfg: Config, sink: Sink, *,
             still_ours: Callable[[], bool] = lambda: True,
+            take_key: TakeKey | None = None,
             cancel: threading.Event | None = None,
             now: float | None = None,
             nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Done | Held:
     """Move one file version to S3 and delete it; see the module docstring for the order."""
-    prepared = prepare(entry, cfg, sink, now=now, nlink_retry_after=nlink_retry_after)
+    prepared = prepare(entry, cfg, sink, take_key=take_key, now=now,
+                       nlink_retry_after=nlink_retry_after)
     if not isinstance(prepared, Prepared):
         return prepared
     try:
         reader = prepared.reader(cfg.consumer.max_decompressed_bytes)
         try:
             uploaded = sink.upload(prepared.source.target.bucket, prepared.key, reader,
-                                   prepared.meta, cancel)
+                                   prepared.meta, cancel, prepared.if_absent)
         finally:
             reader.close()
         return finish(prepared, uploaded, still_ours, cfg.consumer.delete_after_upload)
@@ -116,7 +121,7 @@ def process(entry: Entry, cfg: Config, sink: Sink, *,
         prepared.close()
 
 
-def send_small(entry: Entry, cfg: Config, sink: Sink, *,
+def send_small(entry: Entry, cfg: Config, sink: Sink, *, take_key: TakeKey | None = None,
                nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Sent | Done | Held | None:
     """Start the upload of a small file without waiting for it (the sink's fast transport).
 
@@ -124,8 +129,8 @@ def send_small(entry: Entry, cfg: Config, sink: Sink, *,
     vanished file, whose HEAD may wait on the store). Done/Held: no upload needed.
     """
     try:
-        prepared = prepare(entry, cfg, sink, nlink_retry_after=nlink_retry_after,
-                           look_up_vanished=False)
+        prepared = prepare(entry, cfg, sink, take_key=take_key,
+                           nlink_retry_after=nlink_retry_after, look_up_vanished=False)
     except Vanished:
         return None
     if not isinstance(prepared, Prepared):
@@ -136,7 +141,7 @@ def send_small(entry: Entry, cfg: Config, sink: Sink, *,
             prepared.close()
             return None
         return Sent(prepared, sink.put(prepared.source.target.bucket, prepared.key, body,
-                                       prepared.meta))
+                                       prepared.meta, prepared.if_absent))
     except Superseded as exc:
         prepared.close()
         log.info("superseded id=%d path=%s reason=%s", entry.id, entry.display_path, exc)
@@ -146,10 +151,12 @@ def send_small(entry: Entry, cfg: Config, sink: Sink, *,
         raise
 
 
-def prepare(entry: Entry, cfg: Config, sink: Sink, *, now: float | None = None,
-            nlink_retry_after: float = NLINK_RETRY_SECONDS,
+def prepare(entry: Entry, cfg: Config, sink: Sink, *, take_key: TakeKey | None = None,
+            now: float | None = None, nlink_retry_after: float = NLINK_RETRY_SECONDS,
             look_up_vanished: bool = True) -> Prepared | Done | Held:
-    """Steps before the upload: min age, safe open, vanished and superseded versions.
+    """Steps before the upload: min age, safe open, vanished and superseded versions, and
+    the key, which `take_key` (the queue's record of keys) may refuse: SPEC 3's one key,
+    one local path. Without it nothing is checked and every upload is unconditional.
 
     Done or Held means the entry needs no upload now; otherwise the caller owns the returned
     Prepared and must close it. A vanished file takes a HEAD of its key (retried while the
@@ -182,9 +189,10 @@ def prepare(entry: Entry, cfg: Config, sink: Sink, *, now: float | None = None,
         if fmt is None and safe.st.st_size > cap:  # a sparse 1 TB file, say
             raise PermanentError(f"file size {safe.st.st_size} exceeds "
                                  f"max_decompressed_bytes={cap}")
-        return Prepared(entry, source, safe, fmt, object_key(source, entry.path, fmt),
+        key = object_key(source, entry.path, fmt)
+        return Prepared(entry, source, safe, fmt, key,
                         metadata(source, entry.path, safe.st.st_size, safe.st.st_mtime_ns),
-                        started)
+                        started, take_key is not None and _first_upload(entry, key, take_key))
     except BaseException:
         safe.close()
         raise
@@ -232,14 +240,24 @@ def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool
     return Done(uploaded=uploaded)
 
 
+def _first_upload(entry: Entry, key: str, take_key: TakeKey) -> bool:
+    """Record `key` as this path's; True if no earlier upload of this path went to it."""
+    taken = take_key(key)
+    if taken is None:
+        raise LeaseLost(f"lease lost id={entry.id}")
+    if taken.holder is not None:
+        raise PermanentError(f"key collision: {key} holds {shown(taken.holder)}", final=True)
+    return not taken.known
+
+
 def _vanished(entry: Entry, source: Source, sink: Sink) -> Done:
     for key in candidate_keys(source, entry.path):
         if sink.exists(source.target.bucket, key):
             log.info("vanished id=%d path=%s object=exists key=%s", entry.id, entry.display_path,
                      key)
-            return Done(f"vanished; object exists at {key}")
+            return Done(f"{VANISHED}; object exists at {key}")
     log.warning("vanished id=%d path=%s object=missing", entry.id, entry.display_path)
-    return Done("vanished before upload; no object (removed by someone else)")
+    return Done(f"{VANISHED} before upload; no object (removed by someone else)")
 
 
 

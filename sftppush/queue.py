@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from persistqueue.sqlbase import SQLiteBase
 
@@ -35,7 +35,10 @@ class State(StrEnum):
 
 # The start of the note of an entry acked done because its file vanished before the upload
 # and no object holds it (someone removed it): that version is queued again if seen again.
-VANISHED_NO_OBJECT = "vanished before upload; no object"
+# The note of an entry whose file was gone at its turn. Such a version is queued again when
+# it is seen again: whether or not an object exists under its key, that object may be an
+# older version's (a directory renamed away and back, a mount not up yet).
+VANISHED = "vanished"
 
 
 def shown(path: bytes) -> str:
@@ -199,7 +202,7 @@ class _Connection(SQLiteBase):
     def __init__(self, file: Path, timeout: float) -> None:
         super().__init__(str(file.parent), timeout=timeout, db_file_name=file.name)
 
-    def _new_db_connection(self, path: str, multithreading: bool,
+    def _new_db_connection(self, path: str, _multithreading: bool,
                            timeout: float) -> sqlite3.Connection:
         # Shared by the Queue's threads under its lock, so not bound to the opening thread;
         # autocommit, so that every write is Queue._transaction()'s BEGIN IMMEDIATE.
@@ -244,7 +247,7 @@ class Queue:
         " BEGIN UPDATE counts SET n = n - 1 WHERE state = old.state; END",
     )
     # What takes a file of user_version N to N + 1; _SCHEMA then creates what is missing.
-    _MIGRATIONS = {
+    _MIGRATIONS: ClassVar[dict[int, tuple[str, ...]]] = {
         1: ("ALTER TABLE entries ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0",
             "DROP INDEX entries_version",
             "ALTER TABLE entries ADD COLUMN key TEXT"),
@@ -335,7 +338,7 @@ class Queue:
         """Append file versions in one transaction; returns how many are new.
 
         A version already queued is skipped, unless it vanished without an object
-        (VANISHED_NO_OBJECT): that entry is pending again, which counts as new. A new
+        (VANISHED): that entry is pending again, which counts as new. A new
         version retires the older pending versions of its path (done, note
         `superseded by id N`); a claimed one is left to its consumer, which finds it
         superseded.
@@ -433,7 +436,7 @@ class Queue:
                      now: float | None = None) -> tuple[list[Entry], float]:
         """Extend leases: (the entries whose lease was lost meanwhile, the new expiry of the
         others), the expiry counted from a clock read inside the transaction."""
-        lost, now = self._fenced(entries, "due = ?", lambda e, now: (now + lease_seconds,),
+        lost, now = self._fenced(entries, "due = ?", lambda _e, now: (now + lease_seconds,),
                                  now)
         return lost, now + lease_seconds
 
@@ -450,7 +453,7 @@ class Queue:
                  now: float | None = None) -> list[Entry]:
         """Mark several done in one transaction; returns the ones whose lease was lost.
 
-        An entry keeps its key, unless its note starts with VANISHED_NO_OBJECT: it wrote
+        An entry keeps its key, unless its note starts with VANISHED: it wrote
         no object.
         """
         notes = {e.id: n for e, n in done}
@@ -464,13 +467,13 @@ class Queue:
                     now: float | None = None) -> bool:
         return not self._fenced(
             [entry], "state = 'pending', owner = NULL, due = ?, attempts = attempts + ?,"
-            " last_error = ?", lambda e, now: (now + delay, int(count_attempt), error), now)[0]
+            " last_error = ?", lambda _e, now: (now + delay, int(count_attempt), error), now)[0]
 
     def fail(self, entry: Entry, error: str, now: float | None = None) -> bool:
         """Mark failed; a failed entry holds no key."""
         return not self._fenced(
             [entry], "state = 'failed', owner = NULL, due = ?, attempts = attempts + 1,"
-            " last_error = ?, key = NULL", lambda e, now: (now, error), now)[0]
+            " last_error = ?, key = NULL", lambda _e, now: (now, error), now)[0]
 
     def take_key(self, entry: Entry, key: str, now: float | None = None) -> KeyTaken | None:
         """Reserve `key` for this entry's upload: one key, one local path (SPEC 3).
@@ -499,7 +502,7 @@ class Queue:
     def release(self, entry: Entry, now: float | None = None) -> bool:
         """Hand an unstarted or interrupted entry back at once (a consumer stopping)."""
         return not self._fenced([entry], "state = 'pending', owner = NULL, due = ?",
-                                lambda e, now: (now,), now)[0]
+                                lambda _e, now: (now,), now)[0]
 
     def _fenced(self, entries: Sequence[Entry], assignments: str,
                 values: Callable[[Entry, float], tuple[Any, ...]],
@@ -589,7 +592,7 @@ class Queue:
 
 def _vanished(state: str, note: str | None) -> bool:
     """Was this entry acked because its file vanished without an object?"""
-    return state == State.DONE and (note or "").startswith(VANISHED_NO_OBJECT)
+    return state == State.DONE and (note or "").startswith(VANISHED)
 
 
 def _clock(now: float | None) -> float:

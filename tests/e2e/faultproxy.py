@@ -2,7 +2,8 @@
 
 refuse() closes new connections at once (RST), reset() kills the open ones (SO_LINGER 0),
 stall() stops every byte both ways while keeping sockets open, cut() = refuse + reset,
-slow(seconds) delays every chunk sent upstream, restore() lets everything flow again. Runs its own asyncio loop in a background thread.
+slow(seconds) delays every chunk sent upstream, restore() lets everything flow again.
+Runs its own asyncio loop in a background thread.
 It also notes every HTTP/1.1 request whose body went through in full (`requests`), so a test
 can count what reached the server — e.g. uploads of the same key.
 """

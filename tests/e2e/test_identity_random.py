@@ -18,6 +18,7 @@ import os
 import random
 import threading
 import time
+import traceback
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,20 +80,25 @@ class World:
         self._record(d / name, body)
 
     def resend(self, d: Path, rng: random.Random) -> None:
-        """`sftp put -p`: truncate, write, restore the old mtime (and size, when it can)."""
+        """`sftp put -p`: open with O_TRUNC, write, restore the old mtime (and the size)."""
         path = d / rng.choice(NAMES)
-        if not path.exists():
-            return self.write(d, rng)
-        st = path.stat()
         body = self.content(rng)
-        body = (body * (st.st_size // max(1, len(body)) + 1))[:st.st_size] or body
-        with open(path, "r+b") as f:
-            f.truncate(0)
+        try:
+            st = path.stat()
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # as sftp-server opens it
+        except FileNotFoundError:  # uploaded and deleted meanwhile: a plain write then
+            path.write_bytes(body)
+            self._record(path, body)
+            return
+        with open(fd, "wb") as f:
+            body = (body * (st.st_size // max(1, len(body)) + 1))[:st.st_size] or body
             time.sleep(rng.uniform(0, 0.05))  # a reader may see it empty, or half written
             f.write(body)
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
         self._record(path, body)
-        return None
+        try:
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except FileNotFoundError:
+            pass  # that version was uploaded and deleted between our close and this
 
     def collide(self, d: Path, rng: random.Random) -> None:
         body = self.content(rng)
@@ -166,6 +172,7 @@ def test_random_writers_lose_no_latest_version(tmp_path: Path, source_tree: Any,
                 world.op(rng)
                 time.sleep(rng.uniform(0, 0.05))
         except BaseException as exc:
+            traceback.print_exc()
             errors.append(exc)
 
     try:
@@ -196,6 +203,14 @@ def test_random_writers_lose_no_latest_version(tmp_path: Path, source_tree: Any,
     assert not leftovers, f"seed={seed}: files nobody wrote last: {leftovers[:5]}"
     reasons = {e["last_error"].split(":")[0] for e in failed.values()}
     assert reasons <= {"key collision"}, f"seed={seed}: failed for {reasons}"
+    if lost:
+        for line in lost[:3]:
+            path = line.split(" ")[0]
+            print(path, os.stat(path) if os.path.exists(path) else "gone")
+            for e in product.entries():
+                if e["path"] == path:
+                    print("  ", {k: e[k] for k in ("id", "state", "size", "mtime_ns", "ctime_ns",
+                                                   "inode", "found_by", "note", "last_error")})
     assert not lost, f"seed={seed}: {len(lost)} latest versions lost:\n" + "\n".join(lost[:20])
     print(f"seed={seed}: {len(world.ops)} operations, {len(world.latest)} paths, "
           f"{len(failed)} key collisions kept on disk")
