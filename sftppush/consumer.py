@@ -22,6 +22,7 @@ from typing import Any
 from sftppush import memory, pipeline, signals
 from sftppush.config import Config
 from sftppush.errors import PermanentError, TransientError
+from sftppush.owners import owner_token
 from sftppush.policy import (
     Ack,
     Action,
@@ -32,7 +33,7 @@ from sftppush.policy import (
     Tuning,
     decide,
 )
-from sftppush.queue import Entry, Queue, owner_token
+from sftppush.queue import Entry, Queue
 from sftppush.s3 import Sink, UploadCancelled
 from sftppush.wake import watch_or_none
 

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from persistqueue.sqlbase import SQLiteBase
 
 from sftppush.errors import QueueError
+from sftppush.owners import died
 
 
 class State(StrEnum):
@@ -33,8 +34,6 @@ class State(StrEnum):
     FAILED = "failed"
 
 
-# The start of the note of an entry acked done because its file vanished before the upload
-# and no object holds it (someone removed it): that version is queued again if seen again.
 # The note of an entry whose file was gone at its turn. Such a version is queued again when
 # it is seen again: whether or not an object exists under its key, that object may be an
 # older version's (a directory renamed away and back, a mount not up yet).
@@ -46,53 +45,12 @@ def shown(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
-def owner_token() -> str:
-    """This process as the owner of its claims: host:pid:start time (clock ticks after boot,
-    /proc/self/stat field 22), so that a claim whose process died, or whose pid now names
-    another process, can be told from a live one."""
-    _, started = _process(os.getpid()) or ("", -1)
-    return f"{socket.gethostname()}:{os.getpid()}:{started}"
-
-
-def _process(pid: int) -> tuple[str, int] | None:
-    """(state, start time) of a process of this host, or None if there is none."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            # After the command name, which may hold spaces and parentheses, come fields 3...
-            after = f.read().rpartition(b")")[2].split()
-        return after[0].decode(), int(after[19])
-    except OSError:  # gone, or hidden from us (hidepid): ask the kernel below
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return "?", -1  # runs, start time unknown
-
-
-def _owner_died(owner: str, host: str) -> bool:
-    """Did the process that made this claim die? Only a token of owner_token()'s form, of
-    this host, can tell; any other claim waits for its lease to expire."""
-    name, _, rest = owner.rpartition("/")[0].partition(":")
-    pid, _, started = rest.partition(":")
-    if name != host or not (pid.isdigit() and started.isdigit()):
-        return False
-    running = _process(int(pid))
-    if running is None:
-        return True
-    state, start = running
-    # A zombie has not been reaped yet, but it will never renew or ack.
-    return state in ("Z", "X") or start not in (-1, int(started))
-
-
 def _dead_owners(db: sqlite3.Cursor) -> list[str]:
-    """The owner tokens of claims whose process died (see _owner_died)."""
+    """The owner tokens of claims whose process died (see owners.died)."""
     host = socket.gethostname()
     return [owner for (owner,) in
             db.execute("SELECT DISTINCT owner FROM entries WHERE state = 'claimed'")
-            if _owner_died(owner, host)]
+            if died(owner, host)]
 
 
 @dataclass(frozen=True)

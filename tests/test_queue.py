@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sftppush.errors import QueueError
+from sftppush.owners import owner_token
 from sftppush.queue import (
     VANISHED,
     Entry,
@@ -23,7 +24,6 @@ from sftppush.queue import (
     KeyTaken,
     Queue,
     State,
-    owner_token,
 )
 
 from .conftest import REPO
@@ -76,7 +76,8 @@ def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
 # Claims up to 10 entries as owner argv[3] (owner_token() if absent), then sleeps.
 HOLDER = """
 import sys, time
-from sftppush.queue import Queue, owner_token
+from sftppush.owners import owner_token
+from sftppush.queue import Queue
 q = Queue(sys.argv[1])
 owner = sys.argv[3] if len(sys.argv) > 3 else owner_token()
 got = q.claim(owner, lease_seconds=float(sys.argv[2]), limit=10)
@@ -462,7 +463,8 @@ def test_a_new_version_retires_the_older_pending_ones(tmp_path: Path) -> None:
 
 IN_ORDER_CLAIMER = """
 import json, sys, time
-from sftppush.queue import Queue, owner_token
+from sftppush.owners import owner_token
+from sftppush.queue import Queue
 q = Queue(sys.argv[1])
 log = []
 while True:
