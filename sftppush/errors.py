@@ -1,7 +1,8 @@
 """The only error vocabulary of sftppush.
 
-Rooms raise these; `cli.py` maps them to exit codes and the consumer reasons only about
-TransientError versus PermanentError. Nothing here may import another room.
+Rooms raise these; `cli.py` maps them to exit codes, and the consumer's policy (policy.py)
+tells TransientError from PermanentError, the only two kinds of failure an upload can have.
+Nothing here may import another room.
 """
 
 
