@@ -26,7 +26,7 @@ import pytest
 
 from sftppush.locals3 import rclone_binary
 from tests.conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, REPO
-from tests.host.machine import Machine, unavailable
+from tests.host.machine import Machine, require_bootable
 from tests.host.readme import adapt, marked_blocks
 from tests.host.rootfs import rootfs
 
@@ -319,9 +319,7 @@ def _install_as_the_readme_says(m: Machine) -> None:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    reason = unavailable()
-    if reason:
-        pytest.skip(f"host suite: {reason}")
+    require_bootable()
     workdir = Path(tempfile.mkdtemp(prefix="sftppush-host-", dir="/var/tmp"))
     machine = Machine(rootfs(), workdir / "machine")
     try:

@@ -35,6 +35,18 @@ def unavailable() -> str | None:
     return None
 
 
+def require_bootable() -> None:
+    """Skip the calling test module, with the reason, on a host that cannot boot a machine;
+    on CI (CI=true), whose machine can, that is an error instead."""
+    import pytest
+
+    reason = unavailable()
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(f"host suite cannot run on CI: {reason}", pytrace=False)
+    if reason:
+        pytest.skip(f"host suite: {reason}", allow_module_level=True)
+
+
 class Machine:
     def __init__(self, lower: Path, workdir: Path) -> None:
         self.name = f"sftppush-host-{uuid.uuid4().hex[:8]}"

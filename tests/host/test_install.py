@@ -8,10 +8,9 @@ import re
 import pytest
 
 from tests.host.conftest import CONSUMERS, WATCH, Server
-from tests.host.machine import unavailable
+from tests.host.machine import require_bootable
 
-if reason := unavailable():
-    pytest.skip(f"host suite: {reason}", allow_module_level=True)
+require_bootable()
 
 MAX_EXPOSURE = 3.0
 
