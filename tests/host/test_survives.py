@@ -23,6 +23,18 @@ def wait_for(what: str, check, timeout: float = 60, every: float = 0.2) -> None:
         time.sleep(every)
 
 
+def backlog_being_uploaded(server: Server, *consumers: str) -> None:
+    """With the consumers stopped, both users send many small files and two 30 MB ones; then
+    `consumers` start, and this returns once they have uploaded a few: a backlog, mid-way."""
+    server.m.run("systemctl", "stop", *CONSUMERS)
+    for user in USERS:
+        server.batch(user, 2, size=30 << 20)
+        server.batch(user, 400)
+    done = queue_status(server)["done"]
+    server.m.run("systemctl", "start", *consumers)
+    wait_for("uploads starting", lambda: queue_status(server)["done"] >= done + 5, every=0.05)
+
+
 def test_steady_uploads_by_both_users(server: Server) -> None:
     for _ in range(5):
         for user in USERS:
@@ -33,13 +45,8 @@ def test_steady_uploads_by_both_users(server: Server) -> None:
 
 def test_consumer_killed_mid_backlog_is_restarted_and_loses_nothing(server: Server) -> None:
     m = server.m
-    m.run("systemctl", "stop", *CONSUMERS)
-    for user in USERS:
-        server.batch(user, 150, size=50_000)
-    done = queue_status(server)["done"]
     restarts = server.restarts(CONSUMERS[0])
-    m.run("systemctl", "start", CONSUMERS[0])
-    wait_for("consumer 1 uploading", lambda: queue_status(server)["done"] >= done + 5, every=0.05)
+    backlog_being_uploaded(server, CONSUMERS[0])
     m.run("systemctl", "kill", "-s", "KILL", CONSUMERS[0])
     assert queue_status(server)["pending"] > 0, "the backlog was gone before the kill"
     m.run("systemctl", "start", CONSUMERS[1])
@@ -66,8 +73,7 @@ def test_frozen_watcher_is_restarted_by_the_watchdog_and_loses_nothing(server: S
 
 def test_target_stopped_with_a_backlog_then_started(server: Server) -> None:
     m = server.m
-    for user in USERS:
-        server.batch(user, 150, size=50_000)
+    backlog_being_uploaded(server, *CONSUMERS)
     started = time.monotonic()
     m.run("systemctl", "stop", "sftppush.target")
     assert time.monotonic() - started < 60, "stopping took the consumers' whole TimeoutStopSec"
@@ -107,12 +113,8 @@ def test_clean_reboot_with_a_backlog(server: Server) -> None:
 
 def test_power_cut_with_a_backlog_then_boot(server: Server) -> None:
     m = server.m
-    m.run("systemctl", "stop", *CONSUMERS)
-    for user in USERS:
-        server.batch(user, 150, size=50_000)
-    done = queue_status(server)["done"]
-    m.run("systemctl", "start", *CONSUMERS)
-    wait_for("consumers uploading", lambda: queue_status(server)["done"] >= done + 5, every=0.05)
+    backlog_being_uploaded(server, *CONSUMERS)
+    assert queue_status(server)["pending"] > 0
     m.power_cut()
     m.boot()
     server.wait_sftppush_up()
