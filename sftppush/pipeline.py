@@ -30,6 +30,7 @@ from sftppush.safeopen import (
     SafeFile,
     Vanished,
     open_in_root,
+    remove_set_aside,
     same_version,
 )
 
@@ -253,6 +254,8 @@ def _first_upload(entry: Entry, key: str, take_key: TakeKey) -> bool:
 def _vanished(entry: Entry, source: Source, sink: Sink) -> Done:
     for key in candidate_keys(source, entry.path):
         if sink.exists(source.target.bucket, key):
+            # A consumer killed between the set-aside and the unlink of this version.
+            remove_set_aside(source.root, entry.path, entry.inode, entry.size, entry.mtime_ns)
             log.info("vanished id=%d path=%s object=exists key=%s", entry.id, entry.display_path,
                      key)
             return Done(f"{VANISHED}; object exists at {key}")

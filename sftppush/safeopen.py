@@ -12,7 +12,6 @@ import errno
 import functools
 import logging
 import os
-import secrets
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,8 +95,10 @@ class SafeFile:
         return False
 
     def _set_aside(self) -> bytes | None:
-        """Rename the name to a private one in the same directory; None if the name is gone."""
-        private = DELETING_PREFIX + secrets.token_hex(8).encode()
+        """Rename the name to a private one in the same directory; None if the name is gone.
+        The private name is the inode's, so that a retry after a consumer killed right here
+        finds it (remove_set_aside)."""
+        private = set_aside_name(self.st.st_ino)
         try:
             os.rename(self.name, private, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         except FileNotFoundError:
@@ -112,6 +113,30 @@ class SafeFile:
         except FileExistsError:
             log.warning("set aside name=%s kept_as=%s reason=name taken by a newer file",
                         os.fsdecode(self.name), os.fsdecode(private))
+
+
+def set_aside_name(inode: int) -> bytes:
+    return DELETING_PREFIX + str(inode).encode()
+
+
+def remove_set_aside(root: bytes | str, path: bytes | str, inode: int, size: int,
+                     mtime_ns: int) -> bool:
+    """Delete the file version (inode, size, mtime) that a consumer killed between set-aside
+    and unlink left under its private name next to `path`; True if there was one. Only an
+    uploaded, verified version is ever set aside."""
+    parent, name = os.path.split(os.path.normpath(os.fsencode(path)))
+    try:
+        # Walked to like any queued file: no symlink at any depth, inside the root.
+        safe = open_in_root(root, os.path.join(parent, set_aside_name(inode)))
+    except (Vanished, PermanentError):
+        return False
+    with safe:
+        if (safe.st.st_ino, safe.st.st_size, safe.st.st_mtime_ns) != (inode, size, mtime_ns):
+            return False
+        os.unlink(safe.name, dir_fd=safe.dir_fd)
+    log.info("removed set-aside name=%s kept_as=%s", os.fsdecode(name),
+             os.fsdecode(set_aside_name(inode)))
+    return True
 
 
 def same_version(a: os.stat_result, b: os.stat_result) -> bool:

@@ -199,3 +199,21 @@ def test_unlink_keeps_a_file_rewritten_in_place_with_its_old_mtime(
         os.utime(f, ns=(safe.st.st_atime_ns, safe.st.st_mtime_ns))
         assert not safe.unlink()
     assert f.read_bytes() == b"v2"
+
+
+def test_a_version_left_aside_by_a_killed_consumer_is_removed_by_the_retry(
+        tree: tuple[Path, Path]) -> None:
+    # SIGKILL between the set-aside and the unlink (seen under systemd, tests/host): the
+    # retry finds the name gone; the version it uploaded is still aside, under its inode.
+    root, _ = tree
+    f = root / "upload" / "a.csv"
+    f.write_bytes(b"v1")
+    with open_in_root(root, f) as safe:
+        st = safe.st
+        assert safe._set_aside() is not None  # ... and the consumer dies here
+    other = root / "upload" / "b.csv"
+    other.write_bytes(b"someone else's")
+    assert not safeopen.remove_set_aside(root, other, other.stat().st_ino, 15, 0)
+    assert not safeopen.remove_set_aside(root, f, st.st_ino, st.st_size, st.st_mtime_ns + 1)
+    assert safeopen.remove_set_aside(root, f, st.st_ino, st.st_size, st.st_mtime_ns)
+    assert files_in(f.parent) == ["b.csv"]
