@@ -291,7 +291,10 @@ def _install_as_the_readme_says(m: Machine) -> None:
     assert list(blocks) == expected, f"README's marked blocks changed: {list(blocks)}"
 
     def run(name: str, script: str, prelude: str = "") -> None:
-        m.sh(f"cd /root/sftppush\n{prelude}\n{script}", timeout=600)
+        try:
+            m.sh(f"cd /root/sftppush\n{prelude}\n{script}", timeout=600)
+        except Exception as exc:
+            raise AssertionError(f"the README's block {name} failed in the container") from exc
 
     run("service-user", blocks["service-user"])
     run("program", blocks["program"])
@@ -318,7 +321,7 @@ def _install_as_the_readme_says(m: Machine) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server() -> Iterator[Server]:
     require_bootable()
     workdir = Path(tempfile.mkdtemp(prefix="sftppush-host-", dir="/var/tmp"))
     machine = Machine(rootfs(), workdir / "machine")

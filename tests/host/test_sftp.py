@@ -103,8 +103,6 @@ def test_operator_sees_the_counts_and_the_upload_lines(server: Server) -> None:
         assert f"key={upload.key} " in journal, upload.key
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: the queue does not record upload keys yet, "
-                   "and rclone serve s3 ignores If-None-Match, so the second name overwrites")
 def test_two_names_for_one_key_never_overwrite(server: Server) -> None:
     """a.csv then a.csv.gz: the second ends failed with `key collision`, stays on disk, and
     the operator sees it in `queue list --state failed`."""
