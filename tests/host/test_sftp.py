@@ -105,32 +105,34 @@ def test_operator_sees_the_counts_and_the_upload_lines(server: Server) -> None:
 
 def test_two_names_for_one_key_never_overwrite(server: Server) -> None:
     """a.csv then a.csv.gz: the second ends failed with `key collision`, stays on disk, and
-    the operator sees it in `queue list --state failed`."""
+    the operator sees it in `queue list --state failed`; then does what the README says."""
     first = os.urandom(5000)
     server.sftp("sftpuser1", f"put {server.make_file('sftpuser1/dup.csv', first, gz=False)} "
                              "/upload/dup.csv")
     upload = server.expect("sftpuser1", "/upload/dup.csv", first)
     server.wait_delivered([upload], timeout=60)
-    server.sftp("sftpuser1", f"put {server.make_file('sftpuser1/dup.csv.gz', b'other')} "
+    second_body = os.urandom(3000)
+    server.sftp("sftpuser1", f"put {server.make_file('sftpuser1/dup.csv.gz', second_body)} "
                              "/upload/dup.csv.gz")
     deadline = time.monotonic() + 30
-    try:
-        while True:
-            entries = [json.loads(line) for line in
-                       server.operator("queue list --json --limit 5").splitlines()]
-            second = [e for e in entries if e["path"].endswith("/dup.csv.gz")]
-            if second and second[0]["state"] in ("done", "failed"):
-                break
-            assert time.monotonic() < deadline, entries
-            time.sleep(0.2)
-        assert server.delivered(upload), "the first name's object was replaced"
-        assert second[0]["state"] == "failed", second
-        assert server.m.path("/home/sftpuser1/upload/dup.csv.gz").exists()
-        assert "key collision" in server.operator("queue list --state failed")
-    finally:
-        if server.m.path("/home/sftpuser1/upload/dup.csv.gz").exists():
-            server.sftp("sftpuser1", "rm /upload/dup.csv.gz")
-        server.sent.remove(upload)  # its object is whatever the defect left
+    while True:
+        entries = [json.loads(line) for line in
+                   server.operator("queue list --json --limit 5").splitlines()]
+        second = [e for e in entries if e["path"].endswith("/dup.csv.gz")]
+        if second and second[0]["state"] in ("done", "failed"):
+            break
+        assert time.monotonic() < deadline, entries
+        time.sleep(0.2)
+    assert server.delivered(upload), "the first name's object was replaced"
+    assert second[0]["state"] == "failed", second
+    assert server.m.path("/home/sftpuser1/upload/dup.csv.gz").exists()
+    assert "key collision" in server.operator("queue list --state failed")
+    # The README: rename the file that failed, then replay its entry to retire it.
+    server.sftp("sftpuser1", "rename /upload/dup.csv.gz /upload/dup2.csv.gz")
+    renamed = server.expect("sftpuser1", "/upload/dup2.csv.gz", second_body)
+    server.operator(f"queue replay {second[0]['id']}")
+    server.wait_delivered([upload, renamed], timeout=60)
+    assert json.loads(server.operator("queue status --json"))["failed"] == 0
 
 
 @pytest.mark.parametrize("user", USERS)
