@@ -1,7 +1,8 @@
 """Open a queued file without ever following a symlink, at any depth (SPEC 7).
 
-Owns the walk from the source root's directory fd with `openat(O_NOFOLLOW)` on every
-component, the regular-file, inside-root and link-count checks, and the guarded delete.
+Owns the resolution beneath the source root's directory fd (one openat2 with
+RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS where the kernel has it, else `openat(O_NOFOLLOW)` on
+every component), the regular-file, inside-root and link-count checks, and the guarded delete.
 It must never read file contents or decide what happens to a queue entry.
 """
 
@@ -15,6 +16,7 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sftppush.errors import PermanentError
 
@@ -195,11 +197,8 @@ def open_in_root(root: bytes | str, path: bytes | str,
         dir_fd = os.open(root_b, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise Vanished(f"source root {os.fsdecode(root_b)} is gone") from None
+    dir_fd = _open_parent(parts, dir_fd, path_b)
     try:
-        for part in parts[:-1]:
-            next_fd = _open_component(part, dir_fd, _DIR_FLAGS, path_b)
-            os.close(dir_fd)
-            dir_fd = next_fd
         fd = _open_component(parts[-1], dir_fd, _FILE_FLAGS, path_b)
     except BaseException:
         os.close(dir_fd)
@@ -212,6 +211,64 @@ def open_in_root(root: bytes | str, path: bytes | str,
         safe.close()
         raise
     return safe
+
+
+def _open_parent(parts: list[bytes], root_fd: int, path: bytes) -> int:
+    """The fd of the directory that holds the file; `root_fd` is consumed (closed, or
+    returned if the file is in the root). One openat2 that resolves beneath the root and
+    refuses symlinks and magic links where the kernel has it; else, or on any refusal, a walk
+    of openat calls with O_NOFOLLOW on every component, which also names what was refused."""
+    dir_fd = root_fd
+    try:
+        if len(parts) > 1 and _openat2 is not None:
+            how = _OpenHow(_DIR_FLAGS, 0, _RESOLVE)
+            fd = _openat2(root_fd, b"/".join(parts[:-1]), ctypes.byref(how),
+                          ctypes.sizeof(how))
+            if fd >= 0:
+                os.close(root_fd)
+                return fd
+            if ctypes.get_errno() == errno.ENOENT:
+                raise Vanished(f"{os.fsdecode(path)} is gone")
+        for part in parts[:-1]:
+            next_fd = _open_component(part, dir_fd, _DIR_FLAGS, path)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        return dir_fd
+    except BaseException:
+        os.close(dir_fd)
+        raise
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64))
+
+
+# linux/openat2.h: no "..", no absolute path, no symlink and no /proc magic link on the way.
+_RESOLVE = 0x08 | 0x04 | 0x02  # RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+
+
+def _find_openat2() -> Callable[..., int] | None:
+    """openat2(2) through libc's syscall(), where this kernel has it (Linux >= 5.6)."""
+    number = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine)
+    if number is None:
+        return None
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    syscall.restype = ctypes.c_long
+
+    def openat2(dir_fd: int, path: bytes, how: Any, size: int) -> int:
+        return syscall(number, dir_fd, path, how, ctypes.c_size_t(size))
+
+    probe = _OpenHow(_DIR_FLAGS, 0, _RESOLVE)
+    fd = openat2(-100, b".", ctypes.byref(probe), ctypes.sizeof(probe))  # AT_FDCWD
+    if fd < 0:
+        return None  # ENOSYS (old kernel), or a seccomp filter that refuses it
+    os.close(fd)
+    return openat2
+
+
+# SFTPPUSH_OPENAT2=0 keeps the walk (the tests run both ways).
+_openat2 = None if os.environ.get("SFTPPUSH_OPENAT2") == "0" else _find_openat2()
 
 
 def _open_component(name: bytes, dir_fd: int, flags: int, path: bytes) -> int:

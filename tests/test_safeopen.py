@@ -12,8 +12,14 @@ from sftppush.errors import PermanentError
 from sftppush.safeopen import DELETING_PREFIX, SafeFile, Vanished, open_in_root
 
 
-@pytest.fixture
-def tree(tmp_path: Path) -> tuple[Path, Path]:
+@pytest.fixture(params=["openat2", "walk"])
+def tree(tmp_path: Path, request: pytest.FixtureRequest,
+         monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """Every test runs on both ways of resolving a path beneath the root."""
+    if request.param == "walk":
+        monkeypatch.setattr(safeopen, "_openat2", None)
+    else:
+        assert safeopen._openat2 is not None, "this kernel has openat2 (Linux >= 5.6)"
     root = tmp_path / "home" / "sftpuser1"
     (root / "upload" / "sub").mkdir(parents=True)
     outside = tmp_path / "outside"

@@ -51,8 +51,9 @@ class Run:
         assert e is None or e["state"] != "done", e
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, moto_server, ssh_keys):
+@pytest.fixture(scope="module", params=["openat2", "walk"])
+def run(request, tmp_path_factory, moto_server, ssh_keys):
+    """The consumer resolves paths with openat2, or with the walk of openat calls."""
     base = tmp_path_factory.mktemp("hostile")
     tree = SourceTree(base)
     upload = tree.upload
@@ -66,7 +67,8 @@ def run(tmp_path_factory, moto_server, ssh_keys):
     s3.create_bucket(Bucket=bucket)
     config = tree.write_config(bucket, queue={"lease_seconds": 5}, consumer={
         "workers": 2, "max_attempts": 2, "max_decompressed_bytes": CAP})
-    product = Product(base, config, moto_server.env())
+    product = Product(base, config, {**moto_server.env(),
+                                     "SFTPPUSH_OPENAT2": "0" if request.param == "walk" else "1"})
     server = SftpServer(ssh_keys, {"sftpuser1": upload.parent}, base / "sftp.log").start()
     r = Run(base, product, s3, bucket, upload, outside, secret)
     try:
