@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import wait_until
 from tests.e2e.system import Product, files_under
 
@@ -145,6 +147,7 @@ def losses(world: World, s3: Any, bucket: str, failed: dict[str, Any]) -> list[s
     return lost
 
 
+@pytest.mark.timeout(SECONDS + 300)
 def test_random_writers_lose_no_latest_version(tmp_path: Path, source_tree: Any,
                                                rclone_s3: Any, fault_proxy: Any) -> None:
     seed = int(os.environ.get("SFTPPUSH_RANDOM_SEED") or random.randrange(1 << 32))
