@@ -285,6 +285,24 @@ def consumer_thread(cfg: Any, tuning: Any = None, workers: int = 1,
 T = TypeVar("T")
 
 
+def stopped_after(argv: list[str], log: Path, delay: float, signals: tuple[int, ...],
+                  timeout: float, env: dict[str, str] | None = None) -> int:
+    """Start `argv` (output to `log`), send `signals` after `delay` s, and return its exit
+    status; a process still running after `timeout` s is killed (and the status is None)."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=env or child_env(), stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        time.sleep(delay)
+        for signum in signals:
+            proc.send_signal(signum)
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.02,
                detail: Callable[[], object] | None = None) -> T:
     """Poll until `check()` is truthy and return it; on timeout fail naming `what` and

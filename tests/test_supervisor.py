@@ -8,11 +8,17 @@ import random
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import S3Server, SourceTree, child_env, cli_argv, wait_until
+from tests.conftest import (
+    S3Server,
+    SourceTree,
+    child_env,
+    cli_argv,
+    stopped_after,
+    wait_until,
+)
 
 
 def child_pids(log: Path) -> dict[str, int]:
@@ -82,18 +88,9 @@ def test_run_stopped_at_any_moment_of_start_up_stops_every_child_promptly(
     rng = random.Random(seed)
     for run in range(5):
         log = tmp_path / f"run-{run}.log"
-        with log.open("wb") as err:
-            parent = subprocess.Popen(
-                cli_argv("--config", source_tree.config_path, "--log-level", "info", "run"),
-                env=child_env(), stderr=err)
-        try:
-            time.sleep(rng.uniform(0, 1.5))
-            parent.send_signal(signal.SIGTERM)
-            status = parent.wait(timeout=15)
-        finally:
-            if parent.poll() is None:
-                parent.kill()
-                parent.wait()
+        status = stopped_after(
+            cli_argv("--config", source_tree.config_path, "--log-level", "info", "run"),
+            log, rng.uniform(0, 1.5), (signal.SIGTERM,), timeout=15)
         text = log.read_text()
         # A SIGTERM before Python has even installed the handlers ends the parent the default
         # way (as systemd expects, a clean stop): acceptable only if nothing was started yet.

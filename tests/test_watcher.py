@@ -6,10 +6,8 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from inotify_simple import INotify
@@ -18,7 +16,7 @@ from sftppush import config, signals
 from sftppush.queue import Queue
 from sftppush.watcher import Watcher
 
-from .conftest import WatcherProcess, WatchTree, child_env, cli_argv
+from .conftest import WatcherProcess, WatchTree, cli_argv, stopped_after
 
 MAX_QUEUED_EVENTS = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
 
@@ -305,17 +303,8 @@ def test_sigterm_at_any_moment_of_its_life_exits_0_promptly(watch_tree: WatchTre
     rng = random.Random(seed)
     for run in range(20):
         log = tmp_path / f"watcher-{run}.log"
-        with log.open("wb") as out, signals.blocked():
-            proc = subprocess.Popen(cli_argv("--config", watch_tree.config, "watch"),
-                                    env=child_env(), stdout=out, stderr=subprocess.STDOUT)
-        try:
-            time.sleep(rng.uniform(0, 1.0))
-            if rng.random() < 0.5:
-                proc.send_signal(signal.SIGINT)
-            proc.send_signal(signal.SIGTERM)
-            status = proc.wait(timeout=5)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop = (signal.SIGINT, signal.SIGTERM) if rng.random() < 0.5 else (signal.SIGTERM,)
+        with signals.blocked():  # started as `run` starts it: stop signals held until ready
+            status = stopped_after(cli_argv("--config", watch_tree.config, "watch"), log,
+                                   rng.uniform(0, 1.0), stop, timeout=5)
         assert status == 0, f"seed={seed} run={run}: status {status}\n{log.read_text()[-3000:]}"
