@@ -37,9 +37,7 @@ def write_and_enqueue(cfg: Any, directory: Path, names: range, size: int) -> dic
 
 def states(cfg: Any) -> dict[State, int]:
     with Queue(cfg.queue.path) as q:
-        s = q.stats()
-    return {State.PENDING: s.pending, State.CLAIMED: s.claimed, State.DONE: s.done,
-            State.FAILED: s.failed}
+        return q.counts()
 
 
 def consumer_process(config: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
