@@ -72,7 +72,7 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
             with Queue(cfg.queue.path) as q:
                 Consumer(cfg, q, sink, workers, tuning, stop, cancel).loop(drain)
         finally:
-            sink.close()
+            sink.close(abandon=cancel.is_set())
 
 
 class Consumer:
@@ -117,17 +117,28 @@ class Consumer:
                     break
                 self._settle(wait=0 if claimed == self.batch else self._idle_wait())
             # Warm stop: unstarted entries are released by the workers; running ones finish.
-            while self.inflight:
+            # A cold stop (cancel) waits no longer for the store.
+            while self.inflight and not self.cancel.is_set():
                 self._settle(wait=self.tuning.poll_interval)
-                if not self.cancel.is_set():
-                    self._renew_if_due()
+                self._renew_if_due()
         finally:
             if watch is not None:
                 watch.close()
             self.pool.shutdown(wait=True)
             self._settle(wait=0)
             self._flush_acks()
+            self._abandon()
             log.info("consumer stopped owner=%s", self.owner)
+
+    def _abandon(self) -> None:
+        """A cold stop: hand back the claims whose upload still runs. Their files stay; an
+        upload that lands anyway is made again by the next claimant (at-least-once)."""
+        for claim in list(self.inflight.values()):
+            del self.inflight[claim.entry.id]
+            if not self.queue.release(claim.entry):
+                self._lease_lost(claim.entry, "abandon")
+        if self.cancel.is_set():
+            log.warning("cold stop: abandoned uploads in flight owner=%s", self.owner)
 
     def _wake(self) -> None:
         if not self.woken:  # one wake-up in the queue is enough
