@@ -184,7 +184,7 @@ def queue_status(ctx: click.Context, as_json: bool, prometheus: bool) -> None:
         raise click.UsageError("--json and --prometheus exclude each other")
     cfg = _config(ctx, need_sources=False)
     with _open_queue(cfg) as q:
-        stats = q.stats()
+        stats = status.read(q)
     if as_json:
         click.echo(json.dumps(stats.to_json()))
     elif prometheus:
@@ -234,10 +234,33 @@ def queue_replay(ctx: click.Context, all_failed: bool, ids: tuple[int, ...]) -> 
 @click.pass_context
 def queue_purge(ctx: click.Context, older_than: str) -> None:
     """Drop done entries finished longer ago than DURATION."""
+    from sftppush.upkeep import PURGE_PAUSE
+
     seconds = parse_duration(older_than, "--done-older-than")
     with _open_queue(_config(ctx, need_sources=False)) as q:
-        count = q.purge_done(seconds)
+        count = q.purge_done(seconds, pause=PURGE_PAUSE)
     click.echo(f"purged {count} done entr{'y' if count == 1 else 'ies'}")
+
+
+@cli.command()
+@click.option("--listen", default="127.0.0.1:9464", show_default=True, metavar="HOST:PORT",
+              help="Address to serve /metrics on ([::1]:PORT for IPv6).")
+@click.pass_context
+def metrics(ctx: click.Context, listen: str) -> None:
+    """Serve Prometheus /metrics from the queue, read-only, until SIGTERM."""
+    from sftppush import status
+
+    host, port = _host_port(listen)
+    cfg = _config(ctx, need_sources=False)
+    status.serve(cfg.queue.path, host, port)
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen: {listen!r} is not HOST:PORT, e.g. 127.0.0.1:9464")
+    return host, int(port)
 
 
 @cli.group("config")

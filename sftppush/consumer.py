@@ -33,7 +33,7 @@ from sftppush.policy import (
     Tuning,
     decide,
 )
-from sftppush.queue import Entry, Queue
+from sftppush.queue import Entry, Queue, State
 from sftppush.s3 import Sink, UploadCancelled
 from sftppush.wake import watch_or_none
 
@@ -72,7 +72,7 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
             with Queue(cfg.queue.path) as q:
                 Consumer(cfg, q, sink, workers, tuning, stop, cancel).loop(drain)
         finally:
-            sink.close()
+            sink.close(abandon=cancel.is_set())
 
 
 class Consumer:
@@ -95,7 +95,7 @@ class Consumer:
         self.outcomes: stdqueue.SimpleQueue[tuple[Claim, Any] | None] = stdqueue.SimpleQueue()
         self.woken = False
         self.woken_at = 0.0
-        self.acks: list[tuple[Claim, str | None]] = []
+        self.acks: list[tuple[Claim, Ack]] = []
         self.acks_since = 0.0
         self.transient_streak: dict[int, int] = {}  # entry id -> transient outcomes in a row
         self.next_renew = 0.0
@@ -117,17 +117,28 @@ class Consumer:
                     break
                 self._settle(wait=0 if claimed == self.batch else self._idle_wait())
             # Warm stop: unstarted entries are released by the workers; running ones finish.
-            while self.inflight:
+            # A cold stop (cancel) waits no longer for the store.
+            while self.inflight and not self.cancel.is_set():
                 self._settle(wait=self.tuning.poll_interval)
-                if not self.cancel.is_set():
-                    self._renew_if_due()
+                self._renew_if_due()
         finally:
             if watch is not None:
                 watch.close()
             self.pool.shutdown(wait=True)
             self._settle(wait=0)
             self._flush_acks()
+            self._abandon()
             log.info("consumer stopped owner=%s", self.owner)
+
+    def _abandon(self) -> None:
+        """A cold stop: hand back the claims whose upload still runs. Their files stay; an
+        upload that lands anyway is made again by the next claimant (at-least-once)."""
+        for claim in list(self.inflight.values()):
+            del self.inflight[claim.entry.id]
+            if not self.queue.release(claim.entry):
+                self._lease_lost(claim.entry, "abandon")
+        if self.cancel.is_set():
+            log.warning("cold stop: abandoned uploads in flight owner=%s", self.owner)
 
     def _wake(self) -> None:
         if not self.woken:  # one wake-up in the queue is enough
@@ -232,8 +243,8 @@ class Consumer:
 
     def _drained(self) -> bool:
         self._flush_acks()
-        stats = self.queue.stats()
-        return stats.pending == 0 and stats.claimed == 0
+        counts = self.queue.counts()
+        return counts[State.PENDING] == 0 and counts[State.CLAIMED] == 0
 
     def _settle(self, wait: float) -> None:
         """Apply every outcome that is ready (waiting up to `wait` for the first)."""
@@ -285,7 +296,7 @@ class Consumer:
         if isinstance(action, Ack):
             if not self.acks:
                 self.acks_since = time.monotonic()
-            self.acks.append((claim, action.note))
+            self.acks.append((claim, action))
             return
         if isinstance(action, Drop):
             self._lease_lost(entry, "delete")
@@ -294,11 +305,12 @@ class Consumer:
             ok = self.queue.release(entry)
             log.info("released id=%d path=%s", entry.id, entry.display_path)
         elif isinstance(action, Fail):
-            ok = self.queue.fail(entry, action.error)
+            ok = self.queue.fail(entry, action.error, reason=action.reason)
             log.error("failed id=%d path=%s attempts=%d error=%s", entry.id,
                       entry.display_path, entry.attempts + 1, action.error)
         else:
-            ok = self.queue.retry_later(entry, action.error, action.delay, action.count_attempt)
+            ok = self.queue.retry_later(entry, action.error, action.delay, action.count_attempt,
+                                        reason=action.reason)
             if logged:
                 log.warning("retry later id=%d path=%s attempts=%d delay=%.1f error=%s",
                             entry.id, entry.display_path,
@@ -319,7 +331,8 @@ class Consumer:
         if not self.acks:
             return
         done, self.acks = self.acks, []
-        for entry in self.queue.ack_many([(c.entry, note) for c, note in done]):
+        for entry in self.queue.ack_many([(c.entry, ack.note) for c, ack in done],
+                                         uploaded={c.entry.id for c, ack in done if ack.uploaded}):
             self._lease_lost(entry, "ack")
 
     def _lease_lost(self, entry: Entry, at: str) -> None:

@@ -164,11 +164,15 @@ class CrtTransport:
         with self._room:
             return self._room.wait_for(lambda: self._fits(size), timeout)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Wait for running PUTs, then release the client and its threads."""
+    def close(self, timeout: float = 30.0, abandon: bool = False) -> None:
+        """Wait for running PUTs (or, with `abandon`, cancel them), then release the client
+        and its threads."""
         self._closed = True
         with self._lock:
             live = [req for req, _ in self._live.values()]
+        for req in live:
+            if abandon:
+                req.cancel()
         for req in live:
             try:
                 req.finished_future.result(timeout)
@@ -180,7 +184,9 @@ class CrtTransport:
         if client is not None:
             event = client.shutdown_event
             del client, live
-            event.wait(5.0)  # best effort: CRT releases its threads asynchronously
+            # Best effort: CRT releases its threads asynchronously (abandoned PUTs may hold
+            # them until their connections close: the process is about to exit anyway).
+            event.wait(0.5 if abandon else 5.0)
 
     def _fits(self, size: int) -> bool:
         count, nbytes = self._limits

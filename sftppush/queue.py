@@ -1,22 +1,23 @@
 """The durable queue: one SQLite file shared by the watcher, consumers and operator commands.
 
 Owns the schema, enqueue with version dedup, atomic leased claims fenced by owner tokens
-(one version of a path at a time), key reservations, ack/retry/fail/release, replay, purge
-and stats. It knows nothing of S3 or inotify, and it never takes a claim from a live owner:
+(one version of a path at a time), key reservations, ack/retry/fail/release with the
+counters they keep, heartbeats, replay and purge; status.py reads the numbers. It knows
+nothing of S3 or inotify, and it never takes a claim from a live owner:
 only an expired lease, or an owner process of this host that no longer runs, frees it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
@@ -115,25 +116,6 @@ class KeyTaken:
     known: bool
 
 
-@dataclass(frozen=True)
-class Stats:
-    pending: int
-    claimed: int
-    done: int
-    failed: int
-    oldest_pending_age_s: float | None
-    uploaded_last_minute: int
-    uploaded_last_hour: int
-    bytes_last_minute: int
-    bytes_last_hour: int
-    top_errors: list[tuple[str, int]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["top_errors"] = [{"error": e, "count": n} for e, n in self.top_errors]
-        return data
-
-
 # Entry's fields are the columns read back: a FileVersion's first, then the queue's.
 _FIELDS = tuple(f.name for f in fields(Entry))
 _COLUMNS = ", ".join(_FIELDS)
@@ -146,6 +128,10 @@ _CLAIMABLE = ("state = 'pending' AND due <= ? AND NOT EXISTS (SELECT 1 FROM entr
 # matches any ctime, so an upgrade does not queue again every file already queued or done.
 _SAME_VERSION = "path = ? AND inode = ? AND size = ? AND mtime_ns = ? AND ctime_ns IN (?, 0)"
 _FENCE = "id = ? AND state = 'claimed' AND owner = ?"
+# Uploads per second are kept this long, for `queue status`'s trailing windows.
+THROUGHPUT_KEPT = 3600
+# Done entries deleted per transaction: a claim waits at most one batch (a few ms).
+PURGE_BATCH = 500
 
 
 class _Connection(SQLiteBase):
@@ -157,13 +143,16 @@ class _Connection(SQLiteBase):
 
     _SQL_CREATE = ""  # its _init runs this; the schema is Queue._SCHEMA, applied by version
 
-    def __init__(self, file: Path, timeout: float) -> None:
+    def __init__(self, file: Path, timeout: float, readonly: bool = False) -> None:
+        self.readonly = readonly
         super().__init__(str(file.parent), timeout=timeout, db_file_name=file.name)
 
     def _new_db_connection(self, path: str, _multithreading: bool,
                            timeout: float) -> sqlite3.Connection:
         # Shared by the Queue's threads under its lock, so not bound to the opening thread;
         # autocommit, so that every write is Queue._transaction()'s BEGIN IMMEDIATE.
+        if self.readonly:
+            return _read_only(Path(path, self.db_file_name), timeout)
         conn = super()._new_db_connection(path, True, timeout)
         conn.isolation_level = None
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -173,7 +162,7 @@ class _Connection(SQLiteBase):
 class Queue:
     """The queue file. One object per process; its threads share it through an internal lock."""
 
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     # The (state, due) index serves claim, the expired-lease sweep, purge and throughput;
     # (path, state) finds the other versions of a path in flight (claim, supersede) without
     # walking the done versions a path keeps for dedup; (key) finds who holds a key. Counts
@@ -203,32 +192,47 @@ class Queue:
         " UPDATE counts SET n = n + 1 WHERE state = new.state; END",
         "CREATE TRIGGER IF NOT EXISTS entries_counted_out AFTER DELETE ON entries"
         " BEGIN UPDATE counts SET n = n - 1 WHERE state = old.state; END",
+        # What happened, kept apart from the entries so that purging forgets none of it:
+        # totals (uploads, bytes, failures and retries by reason), uploads per second for
+        # the trailing windows, and the last sign of life of each long-running role.
+        "CREATE TABLE IF NOT EXISTS counters (name TEXT NOT NULL, label TEXT NOT NULL,"
+        " value REAL NOT NULL, PRIMARY KEY (name, label))",
+        "CREATE TABLE IF NOT EXISTS throughput (second INTEGER PRIMARY KEY,"
+        " uploads INTEGER NOT NULL, bytes INTEGER NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS heartbeats (role TEXT PRIMARY KEY, owner TEXT NOT NULL,"
+        " at REAL NOT NULL)",
     )
     # What takes a file of user_version N to N + 1; _SCHEMA then creates what is missing.
     _MIGRATIONS: ClassVar[dict[int, tuple[str, ...]]] = {
         1: ("ALTER TABLE entries ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0",
             "DROP INDEX entries_version",
             "ALTER TABLE entries ADD COLUMN key TEXT"),
+        2: (),  # 3 adds tables only; counters start at 0
     }
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, readonly: bool = False) -> None:
+        """Open (or create) the queue file; `readonly` opens it without any write access
+        (metrics), which neither creates nor upgrades it."""
         self.file = Path(path).absolute()
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         if not self.file.exists():
-            if not create:
+            if not create or readonly:
                 raise QueueError(f"queue: {self.file} does not exist")
             self.file.parent.mkdir(parents=True, exist_ok=True)
             # Created by us with 0600 before SQLite opens it; SQLite gives -wal/-shm the same mode.
             os.close(os.open(self.file, os.O_CREAT | os.O_WRONLY, 0o600))
         try:
-            self._sqlite = _Connection(self.file, timeout)
+            self._sqlite = _Connection(self.file, timeout, readonly)
             self._conn = self._sqlite._conn
             # Read-only commands must not wait for the write lock: only an older (or new)
             # file gets the schema statements.
             with self._transaction(write=False) as db:
                 (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version != self.SCHEMA_VERSION and readonly:
+                raise QueueError(f"queue: {self.file} has schema {version}, this sftppush"
+                                 f" reads {self.SCHEMA_VERSION}: start the watcher to upgrade")
             if version != self.SCHEMA_VERSION:
                 with self._transaction() as db:
                     self._upgrade(db)
@@ -269,7 +273,11 @@ class Queue:
                 self._sqlite.close()
             self._conn = None
 
-    @contextmanager
+    def reading(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
+        """One read transaction: a consistent view, no write lock (status.py's numbers)."""
+        return self._transaction(write=False)
+
+    @contextlib.contextmanager
     def _transaction(self, write: bool = True) -> Iterator[sqlite3.Cursor]:
         with self._lock:
             if self._conn is None:
@@ -403,35 +411,46 @@ class Queue:
         """Extend leases; returns the entries whose lease was lost meanwhile."""
         return self.renew_leases(entries, lease_seconds, now)[0]
 
-    def ack(self, entry: Entry, note: str | None = None, now: float | None = None) -> bool:
+    def ack(self, entry: Entry, note: str | None = None, now: float | None = None,
+            uploaded: bool = False) -> bool:
         """Mark done; False means the lease was lost and someone else owns the entry."""
-        return not self.ack_many([(entry, note)], now)
+        return not self.ack_many([(entry, note)], now, uploaded={entry.id} if uploaded else ())
 
-    def ack_many(self, done: Sequence[tuple[Entry, str | None]],
-                 now: float | None = None) -> list[Entry]:
+    def ack_many(self, done: Sequence[tuple[Entry, str | None]], now: float | None = None,
+                 uploaded: Collection[int] = ()) -> list[Entry]:
         """Mark several done in one transaction; returns the ones whose lease was lost.
 
-        An entry keeps its key, unless its note starts with VANISHED: it wrote
-        no object.
+        The entries whose id is in `uploaded` count as uploads (files, source bytes, the
+        time of the last one). An entry keeps its key, unless its note starts with
+        VANISHED: it wrote no object.
         """
         notes = {e.id: n for e, n in done}
+
+        def count(db: sqlite3.Cursor, acked: list[Entry], now: float) -> None:
+            if up := [e for e in acked if e.id in uploaded]:
+                _count_uploads(db, len(up), sum(e.size for e in up), now)
+
         return self._fenced([e for e, _ in done],
                             "state = 'done', owner = NULL, due = ?, note = ?,"
                             " key = CASE WHEN ? THEN NULL ELSE key END",
                             lambda e, now: (now, notes[e.id], _vanished("done", notes[e.id])),
-                            now)[0]
+                            now, after=count)[0]
 
     def retry_later(self, entry: Entry, error: str, delay: float, count_attempt: bool,
-                    now: float | None = None) -> bool:
+                    now: float | None = None, reason: str | None = None) -> bool:
+        """Back to pending, due in `delay` s; a `reason` counts one retry of that class."""
         return not self._fenced(
             [entry], "state = 'pending', owner = NULL, due = ?, attempts = attempts + ?,"
-            " last_error = ?", lambda _e, now: (now + delay, int(count_attempt), error), now)[0]
+            " last_error = ?", lambda _e, now: (now + delay, int(count_attempt), error), now,
+            after=_counting("retries", reason))[0]
 
-    def fail(self, entry: Entry, error: str, now: float | None = None) -> bool:
-        """Mark failed; a failed entry holds no key."""
+    def fail(self, entry: Entry, error: str, now: float | None = None,
+             reason: str = "other") -> bool:
+        """Mark failed, counting one failure of class `reason`; a failed entry holds no key."""
         return not self._fenced(
             [entry], "state = 'failed', owner = NULL, due = ?, attempts = attempts + 1,"
-            " last_error = ?, key = NULL", lambda _e, now: (now, error), now)[0]
+            " last_error = ?, key = NULL", lambda _e, now: (now, error), now,
+            after=_counting("failures", reason))[0]
 
     def take_key(self, entry: Entry, key: str, now: float | None = None) -> KeyTaken | None:
         """Reserve `key` for this entry's upload: one key, one local path (SPEC 3).
@@ -464,16 +483,18 @@ class Queue:
 
     def _fenced(self, entries: Sequence[Entry], assignments: str,
                 values: Callable[[Entry, float], tuple[Any, ...]],
-                now: float | None) -> tuple[list[Entry], float]:
-        """One fenced UPDATE per entry: (the entries whose lease was lost, the clock used)."""
-        lost = []
+                now: float | None, after: _After | None = None) -> tuple[list[Entry], float]:
+        """One fenced UPDATE per entry: (the entries whose lease was lost, the clock used).
+        `after` is given the entries updated, in the same transaction (counters)."""
+        lost, updated = [], []
         with self._transaction() as db:
             now = _clock(now)
             for e in entries:
                 db.execute(f"UPDATE entries SET {assignments} WHERE {_FENCE}",
                            (*values(e, now), e.id, e.owner))
-                if db.rowcount == 0:
-                    lost.append(e)
+                (updated if db.rowcount else lost).append(e)
+            if after is not None and updated:
+                after(db, updated, now)
         return lost, now
 
     # --- operators ----------------------------------------------------------------------
@@ -495,43 +516,38 @@ class Queue:
             return count
 
     def purge_done(self, older_than: float, now: float | None = None,
-                   batch: int = 10_000) -> int:
-        """Drop done entries finished more than `older_than` seconds ago, in short batches."""
-        cutoff = (time.time() if now is None else now) - older_than
+                   batch: int = PURGE_BATCH, pause: float = 0.0) -> int:
+        """Drop done entries finished more than `older_than` seconds ago, `batch` per
+        transaction with `pause` s between, so that claims and acks go on meanwhile."""
         total = 0
         while True:
-            with self._transaction() as db:
-                db.execute("DELETE FROM entries WHERE id IN (SELECT id FROM entries"
-                           " WHERE state = 'done' AND due < ? LIMIT ?)", (cutoff, batch))
-                total += db.rowcount
-                if db.rowcount < batch:
-                    return total
+            n = self.purge_some(older_than, now, batch)
+            total += n
+            if n < batch:
+                return total
+            time.sleep(pause)
 
-    def stats(self, now: float | None = None) -> Stats:
-        now = _clock(now)
+    def purge_some(self, older_than: float, now: float | None = None,
+                   batch: int = PURGE_BATCH) -> int:
+        """Drop up to `batch` done entries finished more than `older_than` s ago, in one
+        short transaction; returns how many."""
+        with self._transaction() as db:
+            cutoff = _clock(now) - older_than
+            db.execute("DELETE FROM entries WHERE id IN (SELECT id FROM entries"
+                       " WHERE state = 'done' AND due < ? LIMIT ?)", (cutoff, batch))
+            return db.rowcount
+
+    def beat(self, role: str, owner: str, now: float | None = None) -> None:
+        """A sign of life of a long-running role (the watcher), for metrics to show."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO heartbeats (role, owner, at) VALUES (?, ?, ?)",
+                       (role, owner, _clock(now)))
+
+    def counts(self) -> dict[State, int]:
+        """Entries per state, from the counts the triggers keep (no table scan)."""
         with self._transaction(write=False) as db:
-            counts = dict(db.execute("SELECT state, n FROM counts").fetchall())
-            (oldest,) = db.execute(
-                "SELECT min(enqueued_at) FROM entries WHERE state = 'pending'").fetchone()
-            window = {}
-            for name, seconds in (("minute", 60), ("hour", 3600)):
-                window[name] = db.execute(
-                    "SELECT count(*), coalesce(sum(size), 0) FROM entries"
-                    " WHERE state = 'done' AND due >= ? AND note IS NULL",
-                    (now - seconds,)).fetchone()
-            # Errors of failed entries and of pending ones waiting out a retry delay.
-            top = db.execute(
-                "SELECT last_error, count(*) FROM entries WHERE last_error IS NOT NULL AND"
-                " (state = 'failed' OR (state = 'pending' AND due > ?))"
-                " GROUP BY last_error ORDER BY count(*) DESC LIMIT 5", (now,)).fetchall()
-        return Stats(
-            pending=counts.get("pending", 0), claimed=counts.get("claimed", 0),
-            done=counts.get("done", 0), failed=counts.get("failed", 0),
-            oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
-            uploaded_last_minute=window["minute"][0], uploaded_last_hour=window["hour"][0],
-            bytes_last_minute=window["minute"][1], bytes_last_hour=window["hour"][1],
-            top_errors=[(e, n) for e, n in top],
-        )
+            found = dict(db.execute("SELECT state, n FROM counts").fetchall())
+        return {state: found.get(state.value, 0) for state in State}
 
     def list(self, state: State | None = None, limit: int = 100) -> list[Entry]:
         """Entries, newest first, optionally of one state."""
@@ -546,6 +562,49 @@ class Queue:
             row = db.execute(f"SELECT {_COLUMNS} FROM entries WHERE id = ?",
                              (entry_id,)).fetchone()
         return _entry(row) if row else None
+
+
+_After = Callable[[sqlite3.Cursor, list[Entry], float], None]
+
+
+def _add(db: sqlite3.Cursor, name: str, label: str, amount: float) -> None:
+    db.execute("INSERT INTO counters (name, label, value) VALUES (?, ?, ?) ON CONFLICT"
+               " (name, label) DO UPDATE SET value = value + excluded.value",
+               (name, label, amount))
+
+
+def _counting(name: str, reason: str | None) -> _After | None:
+    """An `after` for _fenced that counts each entry updated under `name`{reason}."""
+    if reason is None:
+        return None
+    return lambda db, updated, _now: _add(db, name, reason, len(updated))
+
+
+def _count_uploads(db: sqlite3.Cursor, files: int, size: int, now: float) -> None:
+    """Uploads into the totals and this second's throughput (older seconds dropped)."""
+    _add(db, "uploads", "", files)
+    _add(db, "uploaded_bytes", "", size)
+    db.execute("INSERT INTO counters (name, label, value) VALUES ('last_upload_at', '', ?)"
+               " ON CONFLICT (name, label) DO UPDATE SET value = max(value, excluded.value)",
+               (now,))
+    db.execute("INSERT INTO throughput (second, uploads, bytes) VALUES (?, ?, ?) ON CONFLICT"
+               " (second) DO UPDATE SET uploads = uploads + excluded.uploads,"
+               " bytes = bytes + excluded.bytes", (int(now), files, size))
+    db.execute("DELETE FROM throughput WHERE second < ?", (int(now) - THROUGHPUT_KEPT,))
+
+
+def _read_only(file: Path, timeout: float) -> sqlite3.Connection:
+    """A connection that cannot write, to a file it may not write either.
+
+    With no -wal file no writer has the queue open, and a reader without write access to
+    the directory could not create the -shm that WAL reading needs: then read the main file
+    as immutable (at worst one stale or failed read, should a writer start meanwhile).
+    """
+    wal = file.with_name(file.name + "-wal")
+    uri = file.as_uri() + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+    conn.isolation_level = None
+    return conn
 
 
 def _vanished(state: str, note: str | None) -> bool:

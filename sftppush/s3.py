@@ -316,10 +316,11 @@ class Sink:
         except BaseException as exc:
             out.set_exception(classify(exc))
 
-    def close(self) -> None:
+    def close(self, abandon: bool = False) -> None:
+        """Wait for what runs; with `abandon` (a cold stop), cancel it instead."""
         if self.transport is not None:
-            self.transport.close()
-        self._verify.shutdown(wait=True)
+            self.transport.close(timeout=0.5 if abandon else 30.0, abandon=abandon)
+        self._verify.shutdown(wait=not abandon, cancel_futures=abandon)
 
     def call(self, method: str, cancel: threading.Event | None = None, **kwargs: Any) -> Any:
         """One client call, retried in place on TransientError; raises only our two errors."""

@@ -1,55 +1,237 @@
-"""How the queue's state is shown to operators: text, Prometheus exposition, entry lines.
+"""The queue's numbers for operators: read once (`read`), shown as text, JSON or Prometheus
+metrics (prometheus_client's registry and exposition), live over HTTP with `serve`.
 
-Owns presentation only; the numbers come from `Queue.stats()` and `Queue.list()`.
+Only reads: it opens the queue read-only for metrics and never writes a thing. The counters
+it shows are those the queue keeps with each ack, never derived from done entries (purged).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from sftppush.queue import Entry, Stats
+from sftppush import signals
+from sftppush.errors import SftppushError
+from sftppush.queue import Entry, Queue
+
+log = logging.getLogger("sftppush.status")
+
+WINDOWS = {"minute": 60, "hour": 3600}
+
+
+@dataclass(frozen=True)
+class Stats:
+    pending: int
+    claimed: int
+    done: int
+    failed: int
+    oldest_pending_age_s: float | None
+    uploaded_last_minute: int
+    uploaded_last_hour: int
+    bytes_last_minute: int
+    bytes_last_hour: int
+    top_errors: list[tuple[str, int]] = field(default_factory=list)
+    # Totals since the queue file was made: they survive purges and restarts.
+    uploads_total: int = 0
+    uploaded_bytes_total: int = 0
+    last_upload_at: float | None = None
+    failures: dict[str, int] = field(default_factory=dict)  # by reason class
+    retries: dict[str, int] = field(default_factory=dict)   # by reason class
+    watcher_heartbeat_at: float | None = None
+    file_bytes: int = 0  # the queue file with its WAL
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["top_errors"] = [{"error": e, "count": n} for e, n in self.top_errors]
+        return data
+
+
+def read(q: Queue, now: float | None = None) -> Stats:
+    """Everything `queue status` and the metrics show, in one read transaction."""
+    now = time.time() if now is None else now
+    with q.reading() as db:
+        counts = dict(db.execute("SELECT state, n FROM counts").fetchall())
+        (oldest,) = db.execute(
+            "SELECT min(enqueued_at) FROM entries WHERE state = 'pending'").fetchone()
+        window = {name: db.execute("SELECT coalesce(sum(uploads), 0), coalesce(sum(bytes), 0)"
+                                   " FROM throughput WHERE second > ?",
+                                   (int(now) - seconds,)).fetchone()
+                  for name, seconds in WINDOWS.items()}
+        # Errors of failed entries and of pending ones waiting out a retry delay.
+        top = db.execute(
+            "SELECT last_error, count(*) FROM entries WHERE last_error IS NOT NULL AND"
+            " (state = 'failed' OR (state = 'pending' AND due > ?))"
+            " GROUP BY last_error ORDER BY count(*) DESC LIMIT 5", (now,)).fetchall()
+        counters: dict[str, dict[str, float]] = {}
+        for name, label, value in db.execute("SELECT name, label, value FROM counters"):
+            counters.setdefault(name, {})[label] = value
+        beat = db.execute("SELECT at FROM heartbeats WHERE role = 'watcher'").fetchone()
+    total = counters.get("uploads", {}).get("", 0)
+    return Stats(
+        pending=counts.get("pending", 0), claimed=counts.get("claimed", 0),
+        done=counts.get("done", 0), failed=counts.get("failed", 0),
+        oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
+        uploaded_last_minute=window["minute"][0], uploaded_last_hour=window["hour"][0],
+        bytes_last_minute=window["minute"][1], bytes_last_hour=window["hour"][1],
+        top_errors=[(e, n) for e, n in top],
+        uploads_total=int(total),
+        uploaded_bytes_total=int(counters.get("uploaded_bytes", {}).get("", 0)),
+        last_upload_at=counters.get("last_upload_at", {}).get(""),
+        failures={k: int(v) for k, v in counters.get("failures", {}).items()},
+        retries={k: int(v) for k, v in counters.get("retries", {}).items()},
+        watcher_heartbeat_at=beat[0] if beat else None,
+        file_bytes=file_bytes(q.file),
+    )
+
+
+def file_bytes(path: Path) -> int:
+    """The queue file's size on disk with its WAL: what keep_done keeps bounded."""
+    size = 0
+    for name in (path, path.with_name(path.name + "-wal")):
+        try:
+            size += name.stat().st_size
+        except FileNotFoundError:
+            pass
+    return size
 
 
 def text(stats: Stats, path: Path) -> str:
     age = "-" if stats.oldest_pending_age_s is None else f"{stats.oldest_pending_age_s:.0f}s"
+    beat = ("never" if stats.watcher_heartbeat_at is None
+            else f"{max(0.0, time.time() - stats.watcher_heartbeat_at):.0f}s ago")
     lines = [
-        f"queue {path}",
+        f"queue {path} ({stats.file_bytes / 2**20:.1f} MiB with WAL)",
         f"  pending {stats.pending}  claimed {stats.claimed}  done {stats.done}"
         f"  failed {stats.failed}  oldest pending {age}",
         f"  uploaded last minute {stats.uploaded_last_minute} ({stats.bytes_last_minute} bytes)"
         f"  last hour {stats.uploaded_last_hour} ({stats.bytes_last_hour} bytes)",
+        f"  uploaded in all {stats.uploads_total} ({stats.uploaded_bytes_total} bytes)"
+        f"  last upload {_when(stats.last_upload_at)}  watcher heartbeat {beat}",
     ]
+    if stats.failures:
+        lines.append("  failed by reason: " + "  ".join(
+            f"{reason} {n}" for reason, n in sorted(stats.failures.items())))
     if stats.top_errors:
         lines.append("  top errors:")
         lines += [f"    {count:>6}  {error}" for error, count in stats.top_errors]
     return "\n".join(lines)
 
 
+class QueueCollector(Collector):
+    """The metrics of one queue file, read afresh at each collect() (each scrape)."""
+
+    def __init__(self, read_stats: Callable[[], Stats]) -> None:
+        self.read_stats = read_stats
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            stats = self.read_stats()
+        except SftppushError as exc:  # missing, locked out, or being replaced: say so
+            log.warning("queue unreadable error=%s", exc)
+            yield GaugeMetricFamily("sftppush_queue_up", "1 if the queue file could be read.",
+                                    value=0)
+            return
+        yield GaugeMetricFamily("sftppush_queue_up", "1 if the queue file could be read.",
+                                value=1)
+        yield from metrics(stats)
+
+
+def metrics(stats: Stats) -> Iterator[Metric]:
+    """Every metric of `stats`; the names of `queue status --prometheus` before counters
+    came are kept as they were."""
+    entries = GaugeMetricFamily("sftppush_queue_entries", "Queue entries per state.",
+                                labels=["state"])
+    for state in ("pending", "claimed", "done", "failed"):
+        entries.add_metric([state], getattr(stats, state))
+    yield entries
+    yield GaugeMetricFamily("sftppush_oldest_pending_age_seconds",
+                            "Age of the oldest pending entry (0 when none).",
+                            value=stats.oldest_pending_age_s or 0)
+    uploads = GaugeMetricFamily("sftppush_uploads", "Files uploaded in the trailing window.",
+                                labels=["window"])
+    volume = GaugeMetricFamily("sftppush_uploaded_bytes",
+                               "Source bytes uploaded in the trailing window.",
+                               labels=["window"])
+    for window in WINDOWS:
+        uploads.add_metric([window], getattr(stats, f"uploaded_last_{window}"))
+        volume.add_metric([window], getattr(stats, f"bytes_last_{window}"))
+    yield uploads
+    yield volume
+    yield CounterMetricFamily("sftppush_upload_files", "Files uploaded and verified.",
+                              value=stats.uploads_total)
+    yield CounterMetricFamily("sftppush_upload_source_bytes",
+                              "Source (on disk) bytes of the files uploaded.",
+                              value=stats.uploaded_bytes_total)
+    for name, what, by_reason in (("failures", "Entries failed, by reason class.",
+                                   stats.failures),
+                                  ("retries", "Entries sent back to wait for another try,"
+                                   " by reason class.", stats.retries)):
+        family = CounterMetricFamily(f"sftppush_{name}", what, labels=["reason"])
+        for reason, n in sorted(by_reason.items()):
+            family.add_metric([reason], n)
+        yield family
+    yield GaugeMetricFamily("sftppush_last_upload_timestamp_seconds",
+                            "Unix time of the last successful upload (0: none yet).",
+                            value=stats.last_upload_at or 0)
+    yield GaugeMetricFamily("sftppush_watcher_heartbeat_timestamp_seconds",
+                            "Unix time of the watcher's last heartbeat (0: none yet).",
+                            value=stats.watcher_heartbeat_at or 0)
+    yield GaugeMetricFamily("sftppush_queue_file_bytes",
+                            "Size of the queue file with its WAL.", value=stats.file_bytes)
+
+
 def prometheus(stats: Stats) -> str:
     """The text exposition format, for node_exporter's textfile collector."""
     registry = CollectorRegistry()
-    entries = Gauge("sftppush_queue_entries", "Queue entries per state.", ["state"],
-                    registry=registry)
-    for state in ("pending", "claimed", "done", "failed"):
-        entries.labels(state).set(getattr(stats, state))
-    Gauge("sftppush_oldest_pending_age_seconds",
-          "Age of the oldest pending entry (0 when none).",
-          registry=registry).set(stats.oldest_pending_age_s or 0)
-    uploads = Gauge("sftppush_uploads", "Files uploaded in the trailing window.", ["window"],
-                    registry=registry)
-    volume = Gauge("sftppush_uploaded_bytes", "Source bytes uploaded in the trailing window.",
-                   ["window"], registry=registry)
-    for window in ("minute", "hour"):
-        uploads.labels(window).set(getattr(stats, f"uploaded_last_{window}"))
-        volume.labels(window).set(getattr(stats, f"bytes_last_{window}"))
+    registry.register(QueueCollector(lambda: stats))
     return generate_latest(registry).decode()
 
 
+def serve(queue_path: Path, host: str, port: int, stop: threading.Event | None = None,
+          on_ready: Callable[[int], None] | None = None) -> None:
+    """Serve /metrics of the queue at `queue_path` on host:port until SIGTERM/SIGINT or
+    `stop`; each scrape opens the queue read-only and closes it again."""
+
+    def read_now() -> Stats:
+        with Queue(queue_path, readonly=True, timeout=5.0) as q:
+            return read(q)
+
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(read_now))
+    stop = stop or threading.Event()
+    with signals.on_stop(stop) as stopping:
+        server, thread = start_http_server(port, host, registry)
+        bound = server.server_address[1]
+        log.info("serving metrics address=%s port=%d queue=%s", host, bound, queue_path)
+        try:
+            if on_ready is not None:
+                on_ready(bound)
+            while not stopping.wait(1.0):
+                pass
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+        log.info("metrics stopped")
+
+
+def _when(at: float | None) -> str:
+    return "never" if at is None else datetime.fromtimestamp(at, UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
 def entry_line(entry: Entry) -> str:
-    when = datetime.fromtimestamp(entry.enqueued_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = _when(entry.enqueued_at)
     extra = "".join(f" {k}={v!r}" for k, v in (("error", entry.last_error),
                                                ("note", entry.note)) if v)
     return (f"{entry.id:>8} {entry.state.value:<8} attempts={entry.attempts} {when}"

@@ -2,8 +2,9 @@
 
 Owns what each event means (close-write, rename, link+unlink rename, new and removed
 directories), the scans of new dirs, overflow recovery by rescan, and sd_notify; the watch
-descriptors themselves are watches.py's. It must never open a data file (one lstat per name,
-nothing more) and never talk to S3, so an outage cannot slow it.
+descriptors are watches.py's, the queue's upkeep (heartbeat, purge) upkeep.py's. It must
+never open a data file (one lstat per name, nothing more) and never talk to S3, so an outage
+cannot slow it.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from inotify_simple import flags as F
 from sftppush import notify, signals
 from sftppush.config import Config
 from sftppush.errors import ConfigError
+from sftppush.owners import owner_token
 from sftppush.queue import FileVersion, Queue, shown
 from sftppush.scan import ignore_matcher, walk
+from sftppush.upkeep import Upkeep
 from sftppush.watches import Root, Watches
 
 log = logging.getLogger("sftppush.watcher")
@@ -103,6 +106,7 @@ class Watcher:
         self.wakeup = wakeup  # readable when a signal arrived
         if wakeup is not None:
             self.poller.register(wakeup, select.POLLIN)
+        self.upkeep = Upkeep(queue, cfg.queue.keep_done, owner_token(), clock)
         self.ping_every = notify.watchdog_interval()
         self.next_ping = 0.0
         self.enqueued = 0
@@ -149,6 +153,8 @@ class Watcher:
             self._check_roots(now)
         self._decide(now, batch, everything=False)
         self._commit(batch)
+        if now >= self.upkeep.due() and not (stop is not None and stop.is_set()):
+            self.upkeep.run(now)
         if self.ping_every and now >= self.next_ping:
             notify.notify("WATCHDOG=1")
             self.next_ping = now + self.ping_every
@@ -351,7 +357,7 @@ class Watcher:
         if self.scans:
             return 0.0
         now = self.clock()
-        until = [now + MAX_WAIT]
+        until = [now + MAX_WAIT, self.upkeep.due()]
         for waiting in (self.created, self.fresh):
             if waiting:
                 until.append(next(iter(waiting.values()))[0] + GRACE)

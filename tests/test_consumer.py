@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from sftppush import consumer
@@ -37,9 +38,7 @@ def write_and_enqueue(cfg: Any, directory: Path, names: range, size: int) -> dic
 
 def states(cfg: Any) -> dict[State, int]:
     with Queue(cfg.queue.path) as q:
-        s = q.stats()
-    return {State.PENDING: s.pending, State.CLAIMED: s.claimed, State.DONE: s.done,
-            State.FAILED: s.failed}
+        return q.counts()
 
 
 def consumer_process(config: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -257,3 +256,39 @@ def test_while_the_store_is_down_the_backlog_waits_in_the_queue_untried_then_all
     stored = store.root / bucket
     assert all((stored / key).read_bytes() == body for key, body in bodies.items())
     assert list(source_tree.upload.iterdir()) == []
+
+
+def test_transient_streaks_are_forgotten_whatever_the_next_outcome(source_tree: Any,
+                                                                    pipeline_config: Any) -> None:
+    # Months of transient errors followed by any other outcome (an upload, a failure, a file
+    # superseded or gone, a lost lease, a stop) must leave nothing behind per entry.
+    from sftppush import pipeline
+    from sftppush.errors import PermanentError, TransientError
+
+    cfg = pipeline_config(max_attempts=1)
+    write_and_enqueue(cfg, source_tree.upload, range(500), 10)
+    ends = [pipeline.Done(None), pipeline.Done("superseded"), PermanentError("corrupt gzip: x"),
+            pipeline.LeaseLost("x"), consumer.UploadCancelled("stopping")]
+    sink = SimpleNamespace(fast=False)
+    stop, cancel = threading.Event(), threading.Event()
+    with Queue(cfg.queue.path) as q:
+        loop = consumer.Consumer(cfg, q, sink, 1, consumer.Tuning(), stop, cancel)
+        try:
+            for round_ in range(3):  # each entry: transient, transient, then an end
+                claims = [consumer.Claim(e, e.due) for e in q.claim(loop.owner, 60, 500)]
+                for claim in claims:
+                    loop._apply(claim, TransientError("S3 unreachable") if round_ < 2
+                                else ends[claim.entry.id % len(ends)])
+                if round_ < 2:
+                    assert len(loop.transient_streak) == 500
+                    _make_due(q)
+            loop._flush_acks()
+        finally:
+            loop.pool.shutdown()
+    assert loop.transient_streak == {}
+
+
+def _make_due(q: Queue) -> None:
+    """Every pending entry due now (their retry delays skipped)."""
+    with q._transaction() as db:
+        db.execute("UPDATE entries SET due = 0 WHERE state = 'pending'")

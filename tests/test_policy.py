@@ -69,19 +69,37 @@ def test_transient_delays_are_jittered_by_default() -> None:
 
 def test_permanent_errors_count_attempts_then_fail_at_max_attempts() -> None:
     error = PermanentError("corrupt gzip: boom")
-    assert decide(entry(0), error, 0, TUNING, 3) == RetryLater(str(error), 30, True)
-    assert decide(entry(1), error, 0, TUNING, 3) == RetryLater(str(error), 60, True)
-    assert decide(entry(2), error, 0, TUNING, 3) == Fail(str(error))
+    assert decide(entry(0), error, 0, TUNING, 3) == RetryLater(str(error), 30, True, "corrupt")
+    assert decide(entry(1), error, 0, TUNING, 3) == RetryLater(str(error), 60, True, "corrupt")
+    assert decide(entry(2), error, 0, TUNING, 3) == Fail(str(error), "corrupt")
 
 
 def test_a_permanent_error_may_ask_for_its_own_short_delay() -> None:
     error = PermanentError("refused: 2 hard links", retry_after=2.0)
-    assert decide(entry(0), error, 0, TUNING, 5) == RetryLater(str(error), 2.0, True)
+    assert decide(entry(0), error, 0, TUNING, 5) == RetryLater(str(error), 2.0, True, "refused")
 
 
 def test_an_unexpected_exception_is_a_permanent_internal_error() -> None:
     action = decide(entry(4), KeyError("boom"), 0, TUNING, 5)
-    assert action == Fail("internal error: KeyError: 'boom'")
+    assert action == Fail("internal error: KeyError: 'boom'", "internal")
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    ("corrupt xz: truncated", "corrupt"),
+    ("decompressed size exceeds max_decompressed_bytes=10", "too_large"),
+    ("key collision: u/a.csv holds /home/u/a.csv.gz", "key_collision"),
+    ("refused: /home/u/corrupt x is a symlink", "refused"),  # the path does not decide
+    ("cannot open /home/u/a: permission denied", "permission"),
+    ("cannot open /home/u/a: Input/output error", "unreadable"),
+    ("put_object: AccessDenied: no", "other"),
+])
+def test_failures_are_counted_under_a_few_fixed_reason_classes(error: str, reason: str) -> None:
+    assert decide(entry(4), PermanentError(error), 0, TUNING, 5) == Fail(error, reason)
+
+
+def test_transient_retries_are_counted_as_such_and_a_held_entry_is_no_retry() -> None:
+    assert decide(entry(), TransientError("x"), 0, TUNING, 5).reason == "transient"
+    assert decide(entry(), pipeline.Held(6.0), 0, TUNING, 5).reason is None
 
 
 def test_the_breaker_pauses_after_failures_in_a_row_for_growing_delays() -> None:

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sftppush.queue import FileVersion, Queue, State
+from sftppush.status import read as read_stats
 
 from .conftest import SourceTree
 
@@ -23,9 +24,9 @@ def filled(source_tree: SourceTree) -> SourceTree:
         a, b, c, d, e = q.claim("test", 300, limit=5)
         q.ack(a, now=time.time() - 30 * 86400)
         q.take_key(b, "sftpuser1/upload/f1")
-        q.ack(b)
-        q.fail(c, "corrupt gzip: unexpected end of stream")
-        q.fail(d, "corrupt gzip: unexpected end of stream")
+        q.ack(b, uploaded=True)
+        q.fail(c, "corrupt gzip: unexpected end of stream", reason="corrupt")
+        q.fail(d, "corrupt gzip: unexpected end of stream", reason="corrupt")
         q.retry_later(e, "could not connect to the endpoint", 3600, count_attempt=False)
         q.claim("test", 300, limit=1)
     return source_tree
@@ -106,7 +107,7 @@ def test_purge_done_older_than(filled: SourceTree, run_cli) -> None:
     result = run_cli("--config", filled.config_path, "queue", "purge", "--done-older-than", "7d")
     assert result.returncode == 0 and "purged 1 done entry" in result.stdout
     with Queue(filled.queue_path) as q:
-        assert q.stats().done == 1
+        assert read_stats(q).done == 1
 
 
 def test_purge_bad_duration_is_exit_2(filled: SourceTree, run_cli) -> None:

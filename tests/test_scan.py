@@ -14,6 +14,7 @@ from sftppush import config
 from sftppush.queue import Queue
 from sftppush.safeopen import DELETING_PREFIX
 from sftppush.scan import Counts, ignore_matcher, is_ignored, rescan, scan_source, walk
+from sftppush.status import read as read_stats
 
 from .conftest import WatcherProcess, WatchTree, child_env, cli_argv
 
@@ -85,7 +86,7 @@ def test_rescan_enqueues_missing_files_once_and_counts_what_it_did(watch_tree: W
     with Queue(watch_tree.queue_path) as q:
         dry = rescan(cfg, q, dry_run=True)
         assert (dry.found, dry.enqueued, dry.already, dry.ignored) == (6, 6, 0, 2)
-        assert q.stats().pending == 0
+        assert read_stats(q).pending == 0
 
         first = rescan(cfg, q)
         assert (first.found, first.enqueued, first.already) == (6, 6, 0)

@@ -23,9 +23,11 @@ INSTALLED_ENTRY_POINT = "/opt/sftppush/bin/sftppush"
 INSTALLED_CONFIG = "/etc/sftppush/config.yaml"
 SYSTEMD_ANALYZE = "/usr/bin/systemd-analyze"
 SYSTEMCTL = "/usr/bin/systemctl"
-SERVICES = ["sftppush-watch.service", "sftppush-consume@.service", "sftppush-rescan.service"]
+SERVICES = ["sftppush-watch.service", "sftppush-consume@.service", "sftppush-rescan.service",
+            "sftppush-metrics.service"]
 ALL_UNITS = [*SERVICES, "sftppush-rescan.timer", "sftppush.target"]
-COMMANDS = {"watch", "consume", "rescan"}
+METRICS = "sftppush-metrics.service"
+COMMANDS = {"watch", "consume", "rescan", "metrics"}
 MAX_EXPOSURE = 3.0
 
 
@@ -175,8 +177,28 @@ def test_enabling_the_bare_template_enables_instance_1(tmp_path: Path) -> None:
 def test_units_run_as_the_service_user_with_the_state_directory() -> None:
     for name in SERVICES:
         text = (UNITS / name).read_text()
-        for line in ("User=sftppush", "Group=sftppush", "StateDirectory=sftppush",
+        state = ("Environment=STATE_DIRECTORY=/var/lib/sftppush" if name == METRICS
+                 else "StateDirectory=sftppush")
+        for line in ("User=sftppush", "Group=sftppush", state,
                      "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
                      "CapabilityBoundingSet=\n", "UMask=0077"):
             assert f"\n{line}" in text, f"{name} lacks {line.strip()}"
+
+
+def test_the_metrics_unit_can_write_nothing_and_reach_only_loopback() -> None:
+    text = (UNITS / METRICS).read_text()
+    settings = [line.split("=", 1) for line in text.splitlines()
+                if "=" in line and not line.startswith("#")]
+    keys = {k for k, _ in settings}
+    # A StateDirectory=, ReadWritePaths= or writable /tmp would be somewhere to write.
+    assert not keys & {"StateDirectory", "ReadWritePaths", "RuntimeDirectory", "CacheDirectory",
+                       "LogsDirectory"}
+    assert ["TemporaryFileSystem", "/tmp:ro /var/tmp:ro"] in settings
+    assert ["ProtectHome", "yes"] in settings and ["ProtectSystem", "strict"] in settings
+    assert ["IPAddressDeny", "any"] in settings and ["IPAddressAllow", "localhost"] in settings
+    assert "--listen 127.0.0.1:9464" in exec_start_line(text)
+
+
+def exec_start_line(text: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith("ExecStart="))
 

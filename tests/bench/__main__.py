@@ -18,7 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 # In the order they are worth reading: the upload baselines first, then SPEC 11's targets.
-BENCHES = ("upload_paths", "small_files", "latency", "large", "queue", "watcher")
+BENCHES = ("upload_paths", "small_files", "latency", "large", "queue", "purge", "watcher",
+           "soak")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from persistqueue import SQLiteAckQueue
 from persistqueue.serializers import json as pq_json
 
 from sftppush.queue import FileVersion, Queue
+from sftppush.status import read as read_stats
 from tests.bench.common import report
 from tests.conftest import child_env, cli_argv
 
@@ -82,7 +83,7 @@ def main() -> None:
         single = sftppush_rate(q, args.measured, batch=1)
         batched = sftppush_rate(q, args.measured, batch=64)
         started = time.perf_counter()
-        q.stats()
+        read_stats(q)
         stats_ms = (time.perf_counter() - started) * 1000
         q.close()
         started = time.perf_counter()

@@ -9,6 +9,7 @@ after the stall everything is uploaded.
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -21,7 +22,7 @@ from sftppush.errors import TransientError
 from sftppush.queue import Queue, State
 from sftppush.s3 import RetryPolicy, Sink, Transfer
 from tests.conftest import consumer_thread, wait_until
-from tests.test_consumer import states, write_and_enqueue
+from tests.test_consumer import consumer_process, states, write_and_enqueue
 
 
 @contextlib.contextmanager
@@ -122,3 +123,41 @@ def test_a_vanished_file_looked_up_in_a_stalled_store_does_not_stop_the_claim_lo
     assert notes[-1].startswith("vanished before upload") and notes[:3] == ["", "", ""]
     for key, body in bodies.items():
         assert (rclone_s3.root / bucket / key).read_bytes() == body
+
+
+def test_a_second_sigterm_while_every_fast_slot_is_held_by_a_stalled_store_exits_at_once(
+        source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
+    # A real consumer process at its default settings (32 fast PUTs in flight, a 60 s request
+    # timeout), all of its PUTs stalled: the first SIGTERM waits for them (a warm stop),
+    # the second abandons them and the process is gone at once, not a timeout later.
+    cfg, proxy, _bucket = stalled_setup(pipeline_config, rclone_s3, fault_proxy, 300)
+    proxy.stall()
+    write_and_enqueue(cfg, source_tree.upload, range(80), 1000)
+    with restored(proxy):
+        env = rclone_s3.env()
+        env.pop("SFTPPUSH_DEFAULTS_ENDPOINT_URL")  # the config's: the proxy
+        proc = consumer_process(cfg.file, env)
+        try:
+            wait_until(lambda: states(cfg)[State.CLAIMED] == 64, 60, "a full batch claimed")
+            # 32 PUTs started (CRT opens some 25 connections for them), the 33rd waits.
+            wait_until(lambda: proxy.open_connections >= 16, 30, "the fast slots in use",
+                       detail=lambda: proxy.open_connections)
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert proc.poll() is None, "a warm stop does not abandon PUTs in flight"
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            _, stderr = proc.communicate(timeout=60)
+            took = time.monotonic() - started
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert took < 5.0, f"the cold stop took {took:.1f}s"
+    # Nothing was lost: the abandoned claims come back (their owner is gone), no file left
+    # its disk unverified, nothing failed.
+    with Queue(cfg.queue.path) as q:
+        assert len(q.claim("after", 60, limit=100)) == 80
+    assert states(cfg)[State.FAILED] == 0
+    assert len(list(source_tree.upload.iterdir())) == 80
