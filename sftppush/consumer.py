@@ -22,6 +22,7 @@ from typing import Any
 from sftppush import memory, pipeline, signals
 from sftppush.config import Config
 from sftppush.errors import PermanentError, TransientError
+from sftppush.multipart import UploadCancelled
 from sftppush.owners import owner_token
 from sftppush.policy import (
     Ack,
@@ -34,7 +35,7 @@ from sftppush.policy import (
     decide,
 )
 from sftppush.queue import Entry, Queue
-from sftppush.s3 import Sink, UploadCancelled
+from sftppush.s3 import Sink
 from sftppush.wake import watch_or_none
 
 log = logging.getLogger("sftppush.consumer")

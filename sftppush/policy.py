@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 from sftppush import pipeline
 from sftppush.errors import PermanentError, TransientError
+from sftppush.multipart import UploadCancelled
 from sftppush.queue import Entry
-from sftppush.s3 import RetryPolicy, Transfer, UploadCancelled
+from sftppush.s3 import RetryPolicy, Transfer
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The S3 sink against moto's server over HTTP on loopback: uploads, verify, aborts, errors."""
 
+import base64
 import hashlib
 import io
 import os
@@ -55,11 +56,65 @@ def test_small_body_is_one_put_verified_without_head(moto_server: S3Server, s3_c
     body = b"a,b\n1,2\n"
     done = up.upload(s3_bucket, "k/a b.csv", io.BytesIO(body), {"sftppush-source": "s"})
     assert (done.parts, done.bytes_out) == (0, len(body))
-    assert done.verified_by in ("crc32", "etag")
+    # moto echoes the checksum it is sent: with none sent, only the ETag can tell.
+    assert done.verified_by == ("crc64nvme" if checksum == "when_supported" else "etag")
     obj = s3_client.get_object(Bucket=s3_bucket, Key="k/a b.csv")
     assert obj["Body"].read() == body
     assert obj["Metadata"] == {"sftppush-source": "s",
                                "sftppush-sha256": hashlib.sha256(body).hexdigest()}
+
+
+def requests_sent(up: Sink) -> list[tuple[str, str, dict[str, str]]]:
+    """(method, url, headers) of every request the sink's boto3 client sends from now on."""
+    sent: list[tuple[str, str, dict[str, str]]] = []
+    up.client.meta.events.register("before-send.s3", lambda request, **_: sent.append(
+        (request.method, request.url,
+         {k.lower(): v.decode() if isinstance(v, bytes) else v
+          for k, v in request.headers.items()})))
+    return sent
+
+
+def crc64(data: bytes) -> str:
+    from awscrt import checksums
+    return base64.b64encode(checksums.crc64nvme(data).to_bytes(8, "big")).decode()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_single_put_sends_a_crc64nvme_the_store_answers(moto_server: S3Server, s3_bucket: str,
+                                                        fast: bool) -> None:
+    # moto answers the x-amz-checksum-crc64nvme it was sent (it validates nothing): a store
+    # that validates (AWS) refuses a wrong one. Either transport sends the same kind.
+    up = uploader(moto_server.endpoint_url, fast=fast)
+    body = os.urandom(3000)
+    done = up.put(s3_bucket, "one", body, {}).result() if fast else \
+        up.upload(s3_bucket, "one", io.BytesIO(body), {})
+    assert done.verified_by == "crc64nvme"
+
+
+def test_multipart_sends_a_full_object_crc64nvme_of_the_whole_stream(
+        moto_server: S3Server, s3_bucket: str) -> None:
+    up = uploader(moto_server.endpoint_url)
+    sent = requests_sent(up)
+    body = os.urandom(MB) * 11 + b"end"
+    up.upload(s3_bucket, "whole", io.BytesIO(body), {})
+    create = next(h for m, u, h in sent if m == "POST" and u.endswith("?uploads"))
+    assert (create["x-amz-checksum-algorithm"], create["x-amz-checksum-type"]) == \
+        ("CRC64NVME", "FULL_OBJECT")
+    parts = [h for m, u, h in sent if m == "PUT" and "partNumber=" in u]
+    assert parts and all("x-amz-checksum-crc64nvme" in h for h in parts)
+    complete = next(h for m, u, h in sent if m == "POST" and "uploadId=" in u)
+    assert complete["x-amz-checksum-crc64nvme"] == crc64(body)
+    assert complete["x-amz-checksum-type"] == "FULL_OBJECT"
+
+
+def test_when_required_sends_no_checksum_headers(moto_server: S3Server, s3_bucket: str) -> None:
+    up = uploader(moto_server.endpoint_url, "when_required")
+    sent = requests_sent(up)
+    up.upload(s3_bucket, "small", io.BytesIO(b"x" * 100), {})
+    done = up.upload(s3_bucket, "big", io.BytesIO(os.urandom(11 * MB)), {})
+    assert done.verified_by == "etag"
+    assert not [k for _, _, h in sent for k in h if k.startswith("x-amz-checksum")
+                or k == "x-amz-sdk-checksum-algorithm" or k == "x-amz-trailer"]
 
 
 def test_large_body_is_multipart_verified_by_its_etag_with_no_copy_in_place(
@@ -207,7 +262,7 @@ def test_a_wrong_part_on_a_store_that_ignores_checksums_is_caught_by_its_etag(
     # it received, as the part's ETag) is all that can tell. One part is sent corrupted here.
     bucket = rclone_s3.make_bucket("wrongpart")
     up = uploader(rclone_s3.endpoint_url)
-    call = up.call
+    call = up.multipart.call
 
     def corrupting(method: str, cancel: Any = None, **kwargs: Any) -> Any:
         if method == "upload_part" and kwargs["PartNumber"] == 2:
@@ -216,7 +271,17 @@ def test_a_wrong_part_on_a_store_that_ignores_checksums_is_caught_by_its_etag(
             kwargs["Body"] = bytes(data)
         return call(method, cancel, **kwargs)
 
-    up.call = corrupting  # type: ignore[method-assign]
+    up.multipart.call = corrupting
     with pytest.raises(TransientError, match=r"part 2: ETag .* is not the MD5"):
         up.upload(bucket, "big", io.BytesIO(os.urandom(11 * MB)), {})
     assert not (rclone_s3.root / bucket / "big").exists()
+
+
+def test_without_awscrt_uploads_send_a_crc32() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['awscrt'] = None; from sftppush import multipart as m; "
+            "assert m.store_checksum('when_supported') is m.CRC32; "
+            "assert m.store_checksum('when_required') is None")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
