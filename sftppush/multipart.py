@@ -1,18 +1,21 @@
-"""Multipart uploads: full-object checksums the store verifies, parts in bounded memory.
+"""Multipart uploads: full-object checksums the store verifies, parts that grow, flat memory.
 
-Owns the checksum every upload sends (CRC64NVME where awscrt is installed, else CRC32), part
-buffers, sending parts in parallel, aborting what failed and verifying the completed object
-(its full-object checksum, else the ETag of the parts' MD5s, else its size). It reaches the
-store only through the `call` it is given (s3.Sink's, retried and classified there) and never
-opens files or the queue.
+Owns the checksum every upload sends (CRC64NVME where awscrt is installed, else CRC32), the
+part sizes (doubling so that 10,000 parts hold 5 TiB), part buffers within a byte budget
+(bigger parts wait in a temporary file), sending parts in parallel, aborting what failed and
+verifying the completed object (its full-object checksum, else the ETag of the parts' MD5s,
+else its size). It reaches the store only through the `call` it is given (s3.Sink's, retried
+and classified there) and never opens the source files or the queue.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import io
 import logging
+import tempfile
 import threading
 import zlib
 from collections.abc import Callable
@@ -35,6 +38,24 @@ log = logging.getLogger("sftppush.s3")
 READ_CHUNK = 2**16  # decompressed bytes per readinto while filling a part (a temporary copy
                    # of this size is made by the decompressor; glibc keeps ~2x it per thread)
 Call = Callable[..., Any]  # s3.Sink.call: (method, cancel, **kwargs) -> answer
+MAX_PARTS = 10_000       # S3's limits
+MAX_OBJECT = 5 * 2**40
+MAX_PART = 5 * 2**30
+Body = bytearray | Any   # a part in memory, or in an (unlinked) temporary file
+
+
+def part_size(first: int, number: int, every: int) -> int:
+    """The size of part `number` (from 1): `first`, doubled after every `every` parts."""
+    return min(MAX_PART, first << ((number - 1) // every))
+
+
+def grow_every(first: int) -> int:
+    """The most parts of each size for which 10,000 parts still hold 5 TiB: the decompressed
+    size is not known in advance, so parts grow with the stream, as late as they can."""
+    def too_slow(every: int) -> bool:
+        return sum(part_size(first, n, every) for n in range(1, MAX_PARTS + 1)) < MAX_OBJECT
+
+    return bisect.bisect_left(range(1, MAX_PARTS + 1), True, key=too_slow)
 
 
 class UploadCancelled(Exception):
@@ -95,16 +116,24 @@ def error_code(exc: BaseException) -> str | None:
 
 
 class Multipart:
-    """Sends one stream as a multipart upload; shared by the threads of one Sink."""
+    """Sends one stream as a multipart upload; shared by the threads of one Sink.
+
+    One upload holds at most `part_memory` bytes of part buffers (one part alone may exceed
+    it); a part bigger than `spool_above` is written to a temporary file as it is read, and
+    counts `spool_above` against the budget, which so bounds the disk used too.
+    """
 
     def __init__(self, call: Call, part_size: int, checksum: Checksum | None,
-                 extra: dict[str, str], opaque_etags: bool, parts_in_memory: int) -> None:
+                 extra: dict[str, str], opaque_etags: bool, part_memory: int,
+                 spool_above: int) -> None:
         self.call = call
         self.part_size = part_size
+        self.every = grow_every(part_size)
         self.checksum = checksum
         self.extra = extra
         self.opaque_etags = opaque_etags
-        self.parts_in_memory = max(1, parts_in_memory)
+        self.part_memory = part_memory
+        self.spool_above = spool_above
 
     def upload(self, bucket: str, key: str, parts: list[bytearray], reader: Reader,
                metadata: dict[str, str], cancel: threading.Event | None) -> Uploaded:
@@ -115,41 +144,33 @@ class Multipart:
             if ck else {}
         upload_id = self.call("create_multipart_upload", cancel, Bucket=bucket, Key=key,
                               Metadata=metadata, **self.extra, **create)["UploadId"]
-        sha = hashlib.sha256()
-        crc = 0
-        total = 0
-        # At most `parts_in_memory` part buffers exist at once: one is read while others upload.
-        slots = threading.Semaphore(self.parts_in_memory)
+        stream = Tally(reader, ck)
+        for data in parts:
+            stream.feed(data)
+        budget = Budget(self.part_memory)
         futures: list[Future[tuple[dict[str, Any], bytes]]] = []
-        data: bytearray
-        pool = ThreadPoolExecutor(self.parts_in_memory, thread_name_prefix="part")
+        pool = ThreadPoolExecutor(max(1, self.part_memory // self.part_size),
+                                  thread_name_prefix="part")
         try:
             number = 0
-            while True:
-                if parts:
-                    data = parts.pop(0)
-                    slots.acquire()
-                else:
-                    slots.acquire()
-                    if cancel is not None and cancel.is_set():
-                        raise UploadCancelled(key)
-                    if any(f.done() and f.exception() for f in futures):
-                        break
-                    data = read_part(reader, self.part_size)
-                    if not data:
-                        slots.release()
-                        break
+            while not any(f.done() and f.exception() for f in futures):
+                if cancel is not None and cancel.is_set():
+                    raise UploadCancelled(key)
+                size = part_size(self.part_size, number + 1, self.every)
+                cost = min(size, self.spool_above)
+                budget.take(cost)
+                body = parts.pop(0) if parts else self._read(stream, size)
+                if body is None:
+                    budget.give(cost)
+                    break
                 number += 1
-                total += len(data)
-                sha.update(data)
-                crc = ck.update(data, crc) if ck else 0
-                fut = pool.submit(self._upload_part, bucket, key, upload_id, number, data, cancel)
-                fut.add_done_callback(lambda _f: slots.release())
+                fut = pool.submit(self._upload_part, bucket, key, upload_id, number, body, cancel)
+                fut.add_done_callback(lambda _f, cost=cost: budget.give(cost))
                 futures.append(fut)
-                del data
+                del body  # only the part thread may keep it alive
             wait(futures, return_when=FIRST_EXCEPTION)
             done = [f.result() for f in futures]  # raises the first part's error
-            whole = {ck.param: ck.b64(crc), "ChecksumType": "FULL_OBJECT"} if ck else {}
+            whole = {ck.param: ck.b64(stream.crc), "ChecksumType": "FULL_OBJECT"} if ck else {}
             resp = self.call("complete_multipart_upload", cancel, Bucket=bucket, Key=key,
                              UploadId=upload_id,
                              MultipartUpload={"Parts": [part for part, _ in done]}, **whole)
@@ -159,9 +180,25 @@ class Multipart:
             raise
         pool.shutdown(wait=True)
         etag = hashlib.md5(b"".join(md5 for _, md5 in done), usedforsecurity=False).hexdigest()
-        how = self._verify(bucket, key, total, resp, ck.b64(crc) if ck else None,
+        how = self._verify(bucket, key, stream.total, resp, ck.b64(stream.crc) if ck else None,
                            f"{etag}-{number}")
-        return Uploaded(bucket, key, total, sha.hexdigest(), number, how)
+        return Uploaded(bucket, key, stream.total, stream.sha256.hexdigest(), number, how)
+
+    def _read(self, stream: Tally, size: int) -> Body | None:
+        """The next part, None at the end of the stream: in memory, or spooled to disk."""
+        if size <= self.spool_above:
+            return read_part(stream, size) or None
+        spool = tempfile.TemporaryFile()  # noqa: SIM115  # closed by the part thread
+        chunk = bytearray(READ_CHUNK)
+        left = size
+        with memoryview(chunk) as view:
+            while left and (n := stream.readinto(view[: min(left, READ_CHUNK)])):
+                spool.write(view[:n])
+                left -= n
+        if left == size:
+            spool.close()
+            return None
+        return spool
 
     def _verify(self, bucket: str, key: str, size: int, resp: dict[str, Any],
                 crc: str | None, expected: str) -> str:
@@ -185,18 +222,22 @@ class Multipart:
             raise TransientError(f"S3 verify {key}: stored size {stored} != sent {size}")
         return "size"
 
-    def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: bytearray,
+    def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, body: Body,
                      cancel: threading.Event | None) -> tuple[dict[str, Any], bytes]:
         """One part sent; its entry for CompleteMultipartUpload, and its MD5."""
-        extra = {}
-        if self.checksum:
-            # Ours, computed over the buffer in place: botocore's own pass would read the part
-            # through 1 MiB copies, which glibc then keeps per part thread (~3 MB each).
-            extra = {"ChecksumAlgorithm": self.checksum.name.upper(),
-                     self.checksum.param: self.checksum.of(data)}
-        resp = self.call("upload_part", cancel, Bucket=bucket, Key=key, UploadId=upload_id,
-                         PartNumber=number, Body=PartBody(data), **extra)
-        md5 = hashlib.md5(data, usedforsecurity=False)
+        try:
+            md5, crc = digests(body, self.checksum)
+            extra = {}
+            if self.checksum:
+                extra = {"ChecksumAlgorithm": self.checksum.name.upper(),
+                         self.checksum.param: self.checksum.b64(crc)}
+            if isinstance(body, bytearray):
+                body = PartBody(body)
+            body.seek(0)
+            resp = self.call("upload_part", cancel, Bucket=bucket, Key=key, UploadId=upload_id,
+                             PartNumber=number, Body=body, **extra)
+        finally:
+            body.close()
         if not self.opaque_etags and resp["ETag"].strip('"') != md5.hexdigest():
             # A store that ignores checksums still answers the part's MD5 as its ETag.
             raise TransientError(f"S3 UploadPart {key} part {number}: ETag {resp['ETag']} is "
@@ -242,6 +283,63 @@ class Multipart:
             # Left for the next attempt's abort_orphans (and the bucket lifecycle rule).
             log.warning("abort failed bucket=%s key=%s upload_id=%s error=%s",
                         bucket, key, upload_id, exc)
+
+
+class Tally:
+    """The decompressed stream as it is read, with its sha256, full-object checksum and size."""
+
+    def __init__(self, reader: Reader, checksum: Checksum | None) -> None:
+        self.reader = reader
+        self.checksum = checksum
+        self.sha256 = hashlib.sha256()
+        self.crc = 0
+        self.total = 0
+
+    def readinto(self, view: Any) -> int:
+        n = self.reader.readinto(view)
+        with memoryview(view) as got:
+            self.feed(got[:n])
+        return n
+
+    def feed(self, data: Any) -> None:
+        self.sha256.update(data)
+        if self.checksum:
+            self.crc = self.checksum.update(data, self.crc)
+        self.total += len(data)
+
+
+class Budget:
+    """Bytes of part buffers in use; `take` waits for room (one part alone may exceed it)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._room = threading.Condition()
+
+    def take(self, n: int) -> None:
+        with self._room:
+            self._room.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    def give(self, n: int) -> None:
+        with self._room:
+            self.used -= n
+            self._room.notify_all()
+
+
+def digests(body: Body, checksum: Checksum | None) -> tuple[Any, int]:
+    """A part's MD5 (the ETag a store answers) and its own checksum (0 without one)."""
+    if isinstance(body, bytearray):
+        return hashlib.md5(body, usedforsecurity=False), \
+            checksum.update(body, 0) if checksum else 0
+    md5, crc = hashlib.md5(usedforsecurity=False), 0
+    body.seek(0)
+    chunk = bytearray(2**20)
+    with memoryview(chunk) as view:
+        while n := body.readinto(chunk):
+            md5.update(view[:n])
+            crc = checksum.update(view[:n], crc) if checksum else 0
+    return md5, crc
 
 
 class PartBody(io.RawIOBase):

@@ -69,7 +69,8 @@ class Transfer:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0          # boto3's read timeout, and the CRT request timeout
     retry: RetryPolicy = RetryPolicy()  # boto3 calls, in place
-    parts_in_memory: int = 2            # per multipart upload: buffers of part_size_mb
+    part_memory: int = 32 * 2**20       # per multipart upload: bytes of part buffers
+    spool_above: int = 16 * 2**20       # bigger parts wait in a temporary file
     fast: bool = True                   # small bodies through awscrt when it is installed
     in_flight: int = 32                 # concurrent awscrt PUTs
     max_small: int = 8 * 2**20          # the largest body the fast transport takes
@@ -185,7 +186,8 @@ class Sink:
         self.extra = options(s3)
         # Under SSE-KMS (and SSE-C) an ETag is not an MD5 of the body.
         self.multipart = Multipart(self.call, self.part_size, self.checksum, self.extra,
-                                   str(s3.sse).startswith("aws:kms"), transfer.parts_in_memory)
+                                   str(s3.sse).startswith("aws:kms"), transfer.part_memory,
+                                   transfer.spool_above)
         self.transport = transport
         self.max_small = min(transfer.max_small, self.part_size,
                              transport.max_body if transport else 0)

@@ -239,23 +239,6 @@ class Generated:
         return n
 
 
-def test_multipart_holds_no_more_part_buffers_than_parts_in_memory(
-        moto_server: S3Server, s3_bucket: str) -> None:
-    import tracemalloc
-
-    up = uploader(moto_server.endpoint_url, parts_in_memory=2)
-    tracemalloc.start()
-    try:
-        result = up.upload(s3_bucket, "big", Generated(40 * MB), {})
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert result.parts == 8 and result.bytes_out == 40 * MB
-    # Two 5 MB part buffers, plus a few 1 MB blocks (read chunks, checksum reads, the test's
-    # own block); one more part buffer held anywhere would pass 16 MB.
-    assert peak < 16 * MB, f"peak {peak / MB:.1f} MB"
-
-
 def test_a_wrong_part_on_a_store_that_ignores_checksums_is_caught_by_its_etag(
         rclone_s3: Any) -> None:
     # rclone serve s3 accepts a part whose CRC32 header is wrong; its answer (the MD5 of what
@@ -285,3 +268,38 @@ def test_without_awscrt_uploads_send_a_crc32() -> None:
             "assert m.store_checksum('when_supported') is m.CRC32; "
             "assert m.store_checksum('when_required') is None")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("first_mb", [5, 8, 64, 5120])
+def test_parts_double_so_that_10000_parts_hold_5_tib(first_mb: int) -> None:
+    from sftppush.multipart import grow_every, part_size
+
+    every = grow_every(first_mb * MB)
+    sizes = [part_size(first_mb * MB, n, every) for n in range(1, 10_001)]
+    assert sizes[0] == first_mb * MB and sizes == sorted(sizes)
+    assert sum(sizes) >= 5 * 2**40 and max(sizes) <= 5 * 2**30
+    assert all(s == 5 * 2**30 or (s // (first_mb * MB)).bit_count() == 1 for s in sizes)
+    # No faster than needed: one part fewer per size and 5 TiB would not fit.
+    assert every == 10_000 or sum(part_size(first_mb * MB, n, every + 1)
+                                  for n in range(1, 10_001)) < 5 * 2**40
+
+
+def test_parts_grow_as_the_stream_goes_on_in_flat_memory(moto_server: S3Server,
+                                                         s3_bucket: str) -> None:
+    import tracemalloc
+
+    up = uploader(moto_server.endpoint_url, part_memory=10 * MB, spool_above=5 * MB)
+    up.multipart.every = 2  # doubling after every 2 parts, to see it on a small object
+    sent = requests_sent(up)
+    tracemalloc.start()
+    try:
+        result = up.upload(s3_bucket, "big", Generated(65 * MB), {})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    sizes = [int(h["content-length"]) for m, u, h in sent if m == "PUT" and "partNumber=" in u]
+    assert sizes == [5 * MB, 5 * MB, 10 * MB, 10 * MB, 20 * MB, 15 * MB]
+    assert result.parts == 6 and result.bytes_out == 65 * MB and result.verified_by == "etag"
+    # Two 5 MB part buffers and a few 1 MB blocks: parts over spool_above wait in a
+    # temporary file, not in memory.
+    assert peak < 16 * MB, f"peak {peak / MB:.1f} MB"
