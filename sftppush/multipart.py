@@ -1,11 +1,14 @@
-"""Multipart uploads: full-object checksums the store verifies, parts that grow, flat memory.
+"""Multipart uploads: full-object checksums the store verifies, parts that grow, flat memory,
+resume after a crash.
 
 Owns the checksum every upload sends (CRC64NVME where awscrt is installed, else CRC32), the
 part sizes (doubling so that 10,000 parts hold 5 TiB), part buffers within a byte budget
-(bigger parts wait in a temporary file), sending parts in parallel, aborting what failed and
-verifying the completed object (its full-object checksum, else the ETag of the parts' MD5s,
-else its size). It reaches the store only through the `call` it is given (s3.Sink's, retried
-and classified there) and never opens the source files or the queue.
+(bigger parts wait in a temporary file), sending parts in parallel, recording each completed
+part in a Journal and resuming from it (re-reading the stream up to there, checked part by
+part), aborting what cannot be resumed and verifying the completed object (its full-object
+checksum, else the ETag of the parts' MD5s, else its size). It reaches the store only through
+the `call` it is given (s3.Sink's, retried and classified there) and never opens the source
+files or the queue (the Journal is the caller's).
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ import base64
 import bisect
 import hashlib
 import io
+import json
 import logging
 import tempfile
 import threading
 import zlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import botocore.exceptions
 
@@ -42,6 +46,8 @@ MAX_PARTS = 10_000       # S3's limits
 MAX_OBJECT = 5 * 2**40
 MAX_PART = 5 * 2**30
 Body = bytearray | Any   # a part in memory, or in an (unlinked) temporary file
+CHECKSUM_FIELDS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1",
+                   "ChecksumSHA256")  # a part's checksums as the store answers them
 
 
 def part_size(first: int, number: int, every: int) -> int:
@@ -115,6 +121,64 @@ def error_code(exc: BaseException) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Part:
+    """A part the store took: its size, the ETag it answered, our MD5 and checksum of it."""
+
+    number: int
+    size: int
+    etag: str
+    md5: str
+    checksum: str | None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """An upload in progress as its journal recorded it: enough to continue it elsewhere."""
+
+    upload_id: str
+    bucket: str
+    key: str
+    part_size: int
+    every: int
+    parts: tuple[Part, ...] = ()
+
+    def detail(self) -> str:
+        return json.dumps({"bucket": self.bucket, "part_size": self.part_size,
+                           "every": self.every})
+
+    @classmethod
+    def of(cls, upload_id: str, key: str, detail: str, parts: list[str]) -> Resumable:
+        """From what a journal kept: detail() and each part's to_json()."""
+        d = json.loads(detail)
+        return cls(upload_id, d["bucket"], key, d["part_size"], d["every"],
+                   tuple(Part(**json.loads(p)) for p in parts))
+
+    def prefix(self) -> list[Part]:
+        """The recorded parts 1..n without a gap: where a resume can continue from."""
+        by_number = {p.number: p for p in self.parts}
+        out: list[Part] = []
+        while (part := by_number.get(len(out) + 1)) is not None:
+            out.append(part)
+        return out
+
+
+class Journal(Protocol):
+    """Where an upload's progress is kept between attempts (the queue entry, see consumer)."""
+
+    def recorded(self) -> Resumable | None: ...
+    def started(self, upload: Resumable) -> None: ...
+    def completed(self, part: Part) -> None: ...
+    def ended(self, sha256: str | None) -> None: ...   # done (sha256) or gone (None)
+    def kept(self, key: str) -> set[str]: ...          # upload ids recorded for a resume
+
+
+Sent = tuple[dict[str, Any], bytes]  # a part's entry for CompleteMultipartUpload, and its MD5
+
+
 class Multipart:
     """Sends one stream as a multipart upload; shared by the threads of one Sink.
 
@@ -136,27 +200,74 @@ class Multipart:
         self.spool_above = spool_above
 
     def upload(self, bucket: str, key: str, parts: list[bytearray], reader: Reader,
-               metadata: dict[str, str], cancel: threading.Event | None) -> Uploaded:
-        """Upload `parts` (already read) and the rest of `reader`; verified."""
-        self.abort_orphans(bucket, key)
+               metadata: dict[str, str], cancel: threading.Event | None,
+               journal: Journal | None = None, resume: Resumable | None = None) -> Uploaded:
+        """Upload `parts` (already read) and the rest of `reader`; verified.
+
+        With a `journal`, each completed part is recorded, and an upload that fails for any
+        reason but a PermanentError is kept for a resume: `resume` (that record; then nothing
+        may have been read) continues it, or aborts it and raises TransientError when the
+        stream is not what was sent before."""
+        stream = Tally(reader, self.checksum)
+        done: list[Sent] = []
+        upload = self._resume(resume, stream, done, cancel, journal) if resume else None
+        if upload is None:
+            upload = self._create(bucket, key, metadata, cancel, journal)
+        for data in parts:
+            stream.feed(data)
+        try:
+            self._send(upload, parts, stream, done, cancel, journal)
+            ck = self.checksum
+            whole = {ck.param: ck.b64(stream.crc), "ChecksumType": "FULL_OBJECT"} if ck else {}
+            resp = self.call("complete_multipart_upload", cancel, Bucket=bucket, Key=key,
+                             UploadId=upload.upload_id,
+                             MultipartUpload={"Parts": [part for part, _ in done]}, **whole)
+        except BaseException as exc:
+            if journal is None or isinstance(exc, PermanentError):
+                self._abort(bucket, key, upload.upload_id)
+                if journal is not None:
+                    journal.ended(None)
+            raise
+        etag = hashlib.md5(b"".join(md5 for _, md5 in done), usedforsecurity=False).hexdigest()
+        sha = stream.sha256.hexdigest()
+        try:
+            how = self._verify(bucket, key, stream.total, resp,
+                               ck.b64(stream.crc) if ck else None, f"{etag}-{len(done)}")
+        except BaseException:
+            if journal is not None:
+                journal.ended(None)  # completed, so no longer resumable: the retry starts over
+            raise
+        if journal is not None:
+            journal.ended(sha)
+        return Uploaded(bucket, key, stream.total, sha, len(done), how)
+
+    def _create(self, bucket: str, key: str, metadata: dict[str, str],
+                cancel: threading.Event | None, journal: Journal | None) -> Resumable:
+        self.abort_orphans(bucket, key, journal.kept(key) if journal else set())
         ck = self.checksum
         create = {"ChecksumAlgorithm": ck.name.upper(), "ChecksumType": "FULL_OBJECT"} \
             if ck else {}
         upload_id = self.call("create_multipart_upload", cancel, Bucket=bucket, Key=key,
                               Metadata=metadata, **self.extra, **create)["UploadId"]
-        stream = Tally(reader, ck)
-        for data in parts:
-            stream.feed(data)
+        upload = Resumable(upload_id, bucket, key, self.part_size, self.every)
+        if journal is not None:
+            journal.started(upload)
+        return upload
+
+    def _send(self, upload: Resumable, parts: list[bytearray], stream: Tally, done: list[Sent],
+              cancel: threading.Event | None, journal: Journal | None) -> None:
+        """Read and send the parts after `done`, appending them to it; raises the first
+        failure once every part in flight has ended."""
         budget = Budget(self.part_memory)
-        futures: list[Future[tuple[dict[str, Any], bytes]]] = []
-        pool = ThreadPoolExecutor(max(1, self.part_memory // self.part_size),
+        futures: list[Future[Sent]] = []
+        pool = ThreadPoolExecutor(max(1, self.part_memory // upload.part_size),
                                   thread_name_prefix="part")
         try:
-            number = 0
+            number = len(done)
             while not any(f.done() and f.exception() for f in futures):
                 if cancel is not None and cancel.is_set():
-                    raise UploadCancelled(key)
-                size = part_size(self.part_size, number + 1, self.every)
+                    raise UploadCancelled(upload.key)
+                size = part_size(upload.part_size, number + 1, upload.every)
                 cost = min(size, self.spool_above)
                 budget.take(cost)
                 body = parts.pop(0) if parts else self._read(stream, size)
@@ -164,25 +275,60 @@ class Multipart:
                     budget.give(cost)
                     break
                 number += 1
-                fut = pool.submit(self._upload_part, bucket, key, upload_id, number, body, cancel)
+                fut = pool.submit(self._upload_part, upload, number, body, cancel, journal)
                 fut.add_done_callback(lambda _f, cost=cost: budget.give(cost))
                 futures.append(fut)
                 del body  # only the part thread may keep it alive
             wait(futures, return_when=FIRST_EXCEPTION)
-            done = [f.result() for f in futures]  # raises the first part's error
-            whole = {ck.param: ck.b64(stream.crc), "ChecksumType": "FULL_OBJECT"} if ck else {}
-            resp = self.call("complete_multipart_upload", cancel, Bucket=bucket, Key=key,
-                             UploadId=upload_id,
-                             MultipartUpload={"Parts": [part for part, _ in done]}, **whole)
-        except BaseException:
+            done.extend(f.result() for f in futures)  # raises the first part's error
+        finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            self._abort(bucket, key, upload_id)
-            raise
-        pool.shutdown(wait=True)
-        etag = hashlib.md5(b"".join(md5 for _, md5 in done), usedforsecurity=False).hexdigest()
-        how = self._verify(bucket, key, stream.total, resp, ck.b64(stream.crc) if ck else None,
-                           f"{etag}-{number}")
-        return Uploaded(bucket, key, stream.total, stream.sha256.hexdigest(), number, how)
+
+    def _resume(self, upload: Resumable, stream: Tally, done: list[Sent],
+                cancel: threading.Event | None, journal: Journal | None) -> Resumable | None:
+        """Re-read the stream to the end of the recorded parts, without sending it, checking
+        each part against the record and the store's listing; appends them to `done`. None:
+        there was nothing to resume (nothing read; start afresh)."""
+        listed = self._list_parts(upload)
+        if listed is None:
+            if journal is not None:
+                journal.ended(None)
+            return None
+        for part in upload.prefix():
+            if cancel is not None and cancel.is_set():
+                raise UploadCancelled(upload.key)
+            theirs = listed.get(part.number, {})
+            if (theirs.get("Size"), str(theirs.get("ETag", "")).strip('"')) != \
+                    (part.size, part.etag.strip('"')) or \
+                    reread(stream, part.size, self.checksum) != (part.md5, part.checksum):
+                self._abort(upload.bucket, upload.key, upload.upload_id)
+                if journal is not None:
+                    journal.ended(None)
+                raise TransientError(f"resume {upload.key}: part {part.number} differs from "
+                                     "the one recorded; upload aborted, starting over")
+            done.append(({"PartNumber": part.number, "ETag": theirs["ETag"],
+                          **{k: v for k, v in theirs.items() if k in CHECKSUM_FIELDS}},
+                         bytes.fromhex(part.md5)))
+        log.info("resuming upload key=%s upload_id=%s parts=%d bytes=%d", upload.key,
+                 upload.upload_id, len(done), stream.total)
+        return upload
+
+    def _list_parts(self, upload: Resumable) -> dict[int, dict[str, Any]] | None:
+        """The parts the store holds for the upload; None when the upload is gone."""
+        parts: dict[int, dict[str, Any]] = {}
+        kwargs: dict[str, Any] = {"Bucket": upload.bucket, "Key": upload.key,
+                                  "UploadId": upload.upload_id}
+        while True:
+            try:
+                page = self.call("list_parts", **kwargs)
+            except PermanentError as exc:
+                if error_code(exc) in ("NoSuchUpload", "404", "NoSuchKey"):
+                    return None
+                raise
+            parts.update((p["PartNumber"], p) for p in page.get("Parts") or ())
+            if not page.get("IsTruncated"):
+                return parts
+            kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
 
     def _read(self, stream: Tally, size: int) -> Body | None:
         """The next part, None at the end of the stream: in memory, or spooled to disk."""
@@ -222,35 +368,33 @@ class Multipart:
             raise TransientError(f"S3 verify {key}: stored size {stored} != sent {size}")
         return "size"
 
-    def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, body: Body,
-                     cancel: threading.Event | None) -> tuple[dict[str, Any], bytes]:
-        """One part sent; its entry for CompleteMultipartUpload, and its MD5."""
+    def _upload_part(self, upload: Resumable, number: int, body: Body,
+                     cancel: threading.Event | None, journal: Journal | None) -> Sent:
+        """One part sent, checked and recorded."""
+        ck = self.checksum
         try:
-            md5, crc = digests(body, self.checksum)
-            extra = {}
-            if self.checksum:
-                extra = {"ChecksumAlgorithm": self.checksum.name.upper(),
-                         self.checksum.param: self.checksum.b64(crc)}
+            md5, crc, size = digests(body, ck)
+            extra = {"ChecksumAlgorithm": ck.name.upper(), ck.param: ck.b64(crc)} if ck else {}
             if isinstance(body, bytearray):
                 body = PartBody(body)
             body.seek(0)
-            resp = self.call("upload_part", cancel, Bucket=bucket, Key=key, UploadId=upload_id,
-                             PartNumber=number, Body=body, **extra)
+            resp = self.call("upload_part", cancel, Bucket=upload.bucket, Key=upload.key,
+                             UploadId=upload.upload_id, PartNumber=number, Body=body, **extra)
         finally:
             body.close()
         if not self.opaque_etags and resp["ETag"].strip('"') != md5.hexdigest():
             # A store that ignores checksums still answers the part's MD5 as its ETag.
-            raise TransientError(f"S3 UploadPart {key} part {number}: ETag {resp['ETag']} is "
-                                 f"not the MD5 of the part sent")
-        part = {"PartNumber": number, "ETag": resp["ETag"]}
-        for name in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1",
-                     "ChecksumSHA256"):
-            if resp.get(name):
-                part[name] = resp[name]
-        return part, md5.digest()
+            raise TransientError(f"S3 UploadPart {upload.key} part {number}: ETag "
+                                 f"{resp['ETag']} is not the MD5 of the part sent")
+        if journal is not None:
+            journal.completed(Part(number, size, resp["ETag"], md5.hexdigest(),
+                                   ck.b64(crc) if ck else None))
+        return ({"PartNumber": number, "ETag": resp["ETag"],
+                 **{k: v for k, v in resp.items() if k in CHECKSUM_FIELDS and v}}, md5.digest())
 
-    def abort_orphans(self, bucket: str, key: str) -> int:
-        """Abort open multipart uploads of exactly `key` left by a killed earlier attempt."""
+    def abort_orphans(self, bucket: str, key: str, keep: set[str]) -> int:
+        """Abort open multipart uploads of exactly `key` left by a killed earlier attempt,
+        except those in `keep` (recorded for a resume)."""
         aborted = 0
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
         while True:
@@ -263,7 +407,7 @@ class Multipart:
                     break
                 raise
             for up in page.get("Uploads") or ():
-                if up.get("Key") == key:
+                if up.get("Key") == key and up["UploadId"] not in keep:
                     self.call("abort_multipart_upload", Bucket=bucket, Key=key,
                               UploadId=up["UploadId"])
                     aborted += 1
@@ -327,19 +471,44 @@ class Budget:
             self._room.notify_all()
 
 
-def digests(body: Body, checksum: Checksum | None) -> tuple[Any, int]:
-    """A part's MD5 (the ETag a store answers) and its own checksum (0 without one)."""
+def digests(body: Any, checksum: Checksum | None) -> tuple[Any, int, int]:
+    """A part's MD5 (the ETag a store answers), its own checksum (0 without one) and size;
+    `body` is a buffer, or a file or stream read to its end."""
     if isinstance(body, bytearray):
         return hashlib.md5(body, usedforsecurity=False), \
-            checksum.update(body, 0) if checksum else 0
-    md5, crc = hashlib.md5(usedforsecurity=False), 0
-    body.seek(0)
+            checksum.update(body, 0) if checksum else 0, len(body)
+    md5, crc, size = hashlib.md5(usedforsecurity=False), 0, 0
+    if hasattr(body, "seek"):
+        body.seek(0)
     chunk = bytearray(2**20)
     with memoryview(chunk) as view:
         while n := body.readinto(chunk):
             md5.update(view[:n])
             crc = checksum.update(view[:n], crc) if checksum else 0
-    return md5, crc
+            size += n
+    return md5, crc, size
+
+
+def reread(stream: Tally, size: int, checksum: Checksum | None) -> tuple[str, str | None]:
+    """The MD5 and checksum (as a Part records them) of the next `size` bytes of `stream`,
+    read and not kept; a stream that ends sooner gives values no part has."""
+    md5, crc, got = digests(Cut(stream, size), checksum)
+    if got != size:
+        return "", None
+    return md5.hexdigest(), checksum.b64(crc) if checksum else None
+
+
+class Cut:
+    """The next `size` bytes of a stream, as a stream."""
+
+    def __init__(self, stream: Tally, size: int) -> None:
+        self.stream, self.left = stream, size
+
+    def readinto(self, buffer: Any) -> int:
+        with memoryview(buffer) as view:
+            n = self.stream.readinto(view[: self.left]) if self.left else 0
+        self.left -= n
+        return n
 
 
 class PartBody(io.RawIOBase):

@@ -28,6 +28,7 @@ from sftppush.decompress import Reader, read_full
 from sftppush.errors import ConfigError, PermanentError, TransientError
 from sftppush.multipart import (
     Checksum,
+    Journal,
     Multipart,
     PartBody,
     Uploaded,
@@ -339,12 +340,21 @@ class Sink:
         return retrying(once)
 
     def upload(self, bucket: str, key: str, reader: Reader, metadata: dict[str, str],
-               cancel: threading.Event | None = None, if_absent: bool = False) -> Uploaded:
+               cancel: threading.Event | None = None, if_absent: bool = False,
+               journal: Journal | None = None) -> Uploaded:
         """Upload everything `reader` yields to bucket/key with `metadata` + sha256; verified.
 
         `if_absent`: the key is new to us. A single PUT is conditional (If-None-Match, where
         the store honours it), a multipart upload looks first; an object found there is
-        replaced only if it came from the same local path (`may_replace`)."""
+        replaced only if it came from the same local path (`may_replace`). `journal`: where a
+        multipart upload records its parts, and finds those of an earlier attempt to resume.
+        """
+        recorded = journal.recorded() if journal is not None else None
+        if recorded is not None:  # only a multipart upload is recorded: nothing to read first
+            if if_absent:
+                self.may_replace(bucket, key, metadata)
+            return self.multipart.upload(bucket, key, [], reader, metadata, cancel, journal,
+                                         recorded)
         # Small-file fast path: most files end within the first read, one PUT of bytes.
         head = read_full(reader, min(SMALL_BODY, self.part_size))
         if len(head) < min(SMALL_BODY, self.part_size):
@@ -359,7 +369,7 @@ class Sink:
         # Only `parts` may refer to them: the upload frees each buffer once it is sent,
         # and a local name here would keep two parts alive for the whole upload.
         del head, first, second
-        return self.multipart.upload(bucket, key, parts, reader, metadata, cancel)
+        return self.multipart.upload(bucket, key, parts, reader, metadata, cancel, journal)
 
     def exists(self, bucket: str, key: str) -> bool:
         try:

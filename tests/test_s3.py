@@ -297,9 +297,98 @@ def test_parts_grow_as_the_stream_goes_on_in_flat_memory(moto_server: S3Server,
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    sizes = [int(h["content-length"]) for m, u, h in sent if m == "PUT" and "partNumber=" in u]
-    assert sizes == [5 * MB, 5 * MB, 10 * MB, 10 * MB, 20 * MB, 15 * MB]
+    sizes = {int(u.split("partNumber=")[1].split("&")[0]): int(h["content-length"])
+             for m, u, h in sent if m == "PUT" and "partNumber=" in u}  # sent in parallel
+    assert [sizes[n] for n in sorted(sizes)] == [5 * MB, 5 * MB, 10 * MB, 10 * MB, 20 * MB,
+                                                 15 * MB]
     assert result.parts == 6 and result.bytes_out == 65 * MB and result.verified_by == "etag"
     # Two 5 MB part buffers and a few 1 MB blocks: parts over spool_above wait in a
     # temporary file, not in memory.
     assert peak < 16 * MB, f"peak {peak / MB:.1f} MB"
+
+
+class Crash(Exception):
+    """The consumer dies here (kill -9): nothing after this point runs."""
+
+
+class MemoryJournal:
+    """multipart.Journal in a dict's place: what the queue keeps for a claimed entry."""
+
+    def __init__(self, crash_after: int | None = None) -> None:
+        self.upload: Any = None
+        self.parts: list[Any] = []
+        self.sha256: str | None = None
+        self.crash_after = crash_after
+
+    def recorded(self) -> Any:
+        import dataclasses
+        return dataclasses.replace(self.upload, parts=tuple(self.parts)) if self.upload else None
+
+    def started(self, upload: Any) -> None:
+        self.upload, self.parts = upload, []
+
+    def completed(self, part: Any) -> None:
+        if self.crash_after is not None and part.number > self.crash_after:
+            raise Crash  # parts before it, sent in parallel, still finish and are recorded
+        self.parts.append(part)
+
+    def ended(self, sha256: str | None) -> None:
+        self.upload, self.parts, self.sha256 = None, [], sha256
+
+    def kept(self, _key: str) -> set[str]:
+        return {self.upload.upload_id} if self.upload else set()
+
+
+def crashed_upload(up: Sink, bucket: str, body: bytes, journal: MemoryJournal) -> None:
+    with pytest.raises(Crash):
+        up.upload(bucket, "big", io.BytesIO(body), {}, journal=journal)
+    journal.crash_after = None
+
+
+@pytest.mark.parametrize("store", ["moto", "rclone"])
+def test_an_interrupted_upload_resumes_sending_only_the_parts_missing(
+        store: str, request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue("moto_server" if store == "moto" else "rclone_s3")
+    bucket = f"resume-{store}"
+    server.client().create_bucket(Bucket=bucket)
+    up = uploader(server.endpoint_url)
+    body = os.urandom(31 * MB)  # 7 parts of 5 MB
+    journal = MemoryJournal(crash_after=3)
+    crashed_upload(up, bucket, body, journal)
+    recorded = journal.recorded()
+    assert len(recorded.prefix()) == 3
+    # Another attempt's clean-up leaves an upload recorded for a resume alone.
+    assert up.multipart.abort_orphans(bucket, "big", journal.kept("big")) == 0
+    sent = requests_sent(up)
+    done = up.upload(bucket, "big", io.BytesIO(body), {}, journal=journal)
+    parts_sent = [u for m, u, _ in sent if m == "PUT" and "partNumber=" in u]
+    assert len(parts_sent) == 7 - 3 and done.parts == 7
+    assert done.verified_by == "etag" and done.sha256 == hashlib.sha256(body).hexdigest()
+    assert journal.sha256 == done.sha256 and journal.upload is None
+    assert server.client().get_object(Bucket=bucket, Key="big")["Body"].read() == body
+    assert open_uploads(server.client(), bucket) == []
+
+
+def test_a_resume_over_different_bytes_aborts_and_starts_over(moto_server: S3Server,
+                                                              s3_client: Any,
+                                                              s3_bucket: str) -> None:
+    up = uploader(moto_server.endpoint_url)
+    body = os.urandom(31 * MB)
+    journal = MemoryJournal(crash_after=3)
+    crashed_upload(up, s3_bucket, body, journal)
+    changed = bytearray(body)
+    changed[6 * MB] ^= 1  # in part 2, which the store already holds
+    with pytest.raises(TransientError, match="part 2 differs"):
+        up.upload(s3_bucket, "big", io.BytesIO(bytes(changed)), {}, journal=journal)
+    assert journal.upload is None and open_uploads(s3_client, s3_bucket) == []
+    done = up.upload(s3_bucket, "big", io.BytesIO(bytes(changed)), {}, journal=journal)
+    assert done.parts == 7 and done.sha256 == hashlib.sha256(changed).hexdigest()
+
+
+def test_a_permanent_error_aborts_a_recorded_upload_and_forgets_it(
+        moto_server: S3Server, s3_client: Any, s3_bucket: str) -> None:
+    journal = MemoryJournal()
+    with pytest.raises(PermanentError, match="boom"):
+        uploader(moto_server.endpoint_url).upload(
+            s3_bucket, "broken", Exploding(b"z" * 20 * MB, after=16 * MB), {}, journal=journal)
+    assert journal.upload is None and open_uploads(s3_client, s3_bucket) == []
