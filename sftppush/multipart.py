@@ -68,6 +68,11 @@ class UploadCancelled(Exception):
     """The consumer is stopping hard: the upload was abandoned between parts."""
 
 
+class BadPart(TransientError):
+    """The store holds other bytes than a part we sent. Not resumable: some stores (rclone
+    serve s3) refuse to replace a part with different contents, so the upload starts over."""
+
+
 @dataclass(frozen=True)
 class Uploaded:
     bucket: str
@@ -205,9 +210,9 @@ class Multipart:
         """Upload `parts` (already read) and the rest of `reader`; verified.
 
         With a `journal`, each completed part is recorded, and an upload that fails for any
-        reason but a PermanentError is kept for a resume: `resume` (that record; then nothing
-        may have been read) continues it, or aborts it and raises TransientError when the
-        stream is not what was sent before."""
+        reason but a PermanentError or a BadPart is kept for a resume: `resume` (that record;
+        then nothing may have been read) continues it, or aborts it and raises TransientError
+        when the stream is not what was sent before."""
         stream = Tally(reader, self.checksum)
         done: list[Sent] = []
         upload = self._resume(resume, stream, done, cancel, journal) if resume else None
@@ -223,7 +228,7 @@ class Multipart:
                              UploadId=upload.upload_id,
                              MultipartUpload={"Parts": [part for part, _ in done]}, **whole)
         except BaseException as exc:
-            if journal is None or isinstance(exc, PermanentError):
+            if journal is None or isinstance(exc, (PermanentError, BadPart)):
                 self._abort(bucket, key, upload.upload_id)
                 if journal is not None:
                     journal.ended(None)
@@ -384,7 +389,7 @@ class Multipart:
             body.close()
         if not self.opaque_etags and resp["ETag"].strip('"') != md5.hexdigest():
             # A store that ignores checksums still answers the part's MD5 as its ETag.
-            raise TransientError(f"S3 UploadPart {upload.key} part {number}: ETag "
+            raise BadPart(f"S3 UploadPart {upload.key} part {number}: ETag "
                                  f"{resp['ETag']} is not the MD5 of the part sent")
         if journal is not None:
             journal.completed(Part(number, size, resp["ETag"], md5.hexdigest(),
