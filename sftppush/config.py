@@ -70,7 +70,7 @@ KEYS = (
     Key("consumer.s3.storage_class", _STORAGE_CLASSES, None),
     Key("consumer.s3.sse", ("AES256", "aws:kms", "aws:kms:dsse"), None),
     Key("consumer.s3.sse_kms_key_id", "str", None, secret=True),
-    Key("consumer.s3.part_size_mb", "int", 64, low=5, high=5120),  # S3's part: 5 MiB to 5 GiB
+    Key("consumer.s3.part_size_mb", "int", 8, low=5, high=5120),  # S3's part: 5 MiB to 5 GiB
     Key("consumer.s3.checksum", ("when_supported", "when_required"), "when_supported"),
 )
 _KEY = {key.name: key for key in KEYS}

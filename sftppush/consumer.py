@@ -22,6 +22,7 @@ from typing import Any
 from sftppush import memory, pipeline, signals
 from sftppush.config import Config
 from sftppush.errors import PermanentError, TransientError
+from sftppush.multipart import Part, Resumable, UploadCancelled
 from sftppush.owners import owner_token
 from sftppush.policy import (
     Ack,
@@ -34,7 +35,7 @@ from sftppush.policy import (
     decide,
 )
 from sftppush.queue import Entry, Queue, State
-from sftppush.s3 import Sink, UploadCancelled
+from sftppush.s3 import Sink
 from sftppush.wake import watch_or_none
 
 log = logging.getLogger("sftppush.consumer")
@@ -52,6 +53,36 @@ class Claim:
     entry: Entry
     expires: float
     lost: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class QueueJournal:
+    """A claimed entry as the record of its multipart upload (multipart.Journal): kept in the
+    queue so that whoever claims the entry next resumes it. Writes need the lease."""
+
+    queue: Queue
+    entry: Entry
+
+    def recorded(self) -> Resumable | None:
+        found = self.queue.upload_of(self.entry)
+        return Resumable.of(*found) if found else None
+
+    def started(self, upload: Resumable) -> None:
+        self._held(self.queue.start_upload(self.entry, upload.upload_id, upload.key,
+                                           upload.detail()))
+
+    def completed(self, part: Part) -> None:
+        self._held(self.queue.add_upload_part(self.entry, part.to_json()))
+
+    def ended(self, sha256: str | None) -> None:
+        self.queue.end_upload(self.entry, sha256)  # a lost lease shows at the ack
+
+    def kept(self, key: str) -> set[str]:
+        return self.queue.resumable_uploads(key)
+
+    def _held(self, ok: bool) -> None:
+        if not ok:  # another consumer holds the entry now, and may be resuming this upload
+            raise pipeline.LeaseLost(f"lease lost id={self.entry.id}")
 
 
 def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
@@ -206,6 +237,7 @@ class Consumer:
                                            take_key=lambda key: self.queue.take_key(
                                                claim.entry, key),
                                            cancel=self.cancel,
+                                           journal=QueueJournal(self.queue, claim.entry),
                                            nlink_retry_after=self.tuning.nlink_retry_after)
         except Exception as exc:  # every failure is settled by the loop, none kills a worker
             result = exc

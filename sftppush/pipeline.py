@@ -23,6 +23,7 @@ from sftppush.config import Config, Source
 from sftppush.decompress import CappedReader, detect_fd, inflate, read_full
 from sftppush.errors import PermanentError
 from sftppush.keys import candidate_keys, metadata, object_key
+from sftppush.multipart import Journal
 from sftppush.queue import VANISHED, Entry, KeyTaken, shown
 from sftppush.s3 import Sink, Uploaded
 from sftppush.safeopen import (
@@ -100,9 +101,11 @@ def process(entry: Entry, cfg: Config, sink: Sink, *,
             still_ours: Callable[[], bool] = lambda: True,
             take_key: TakeKey | None = None,
             cancel: threading.Event | None = None,
+            journal: Journal | None = None,
             now: float | None = None,
             nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Done | Held:
-    """Move one file version to S3 and delete it; see the module docstring for the order."""
+    """Move one file version to S3 and delete it; see the module docstring for the order.
+    `journal`: the entry's record of a multipart upload in progress, to resume it."""
     prepared = prepare(entry, cfg, sink, take_key=take_key, now=now,
                        nlink_retry_after=nlink_retry_after)
     if not isinstance(prepared, Prepared):
@@ -111,7 +114,7 @@ def process(entry: Entry, cfg: Config, sink: Sink, *,
         reader = prepared.reader(cfg.consumer.max_decompressed_bytes)
         try:
             uploaded = sink.upload(prepared.source.target.bucket, prepared.key, reader,
-                                   prepared.meta, cancel, prepared.if_absent)
+                                   prepared.meta, cancel, prepared.if_absent, journal)
         finally:
             reader.close()
         return finish(prepared, uploaded, still_ours, cfg.consumer.delete_after_upload)

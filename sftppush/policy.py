@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 from sftppush import pipeline
 from sftppush.errors import PermanentError, TransientError
+from sftppush.multipart import UploadCancelled
 from sftppush.queue import Entry
-from sftppush.s3 import RetryPolicy, Transfer, UploadCancelled
+from sftppush.s3 import RetryPolicy, Transfer
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,15 @@ class Tuning:
     crt: bool = True                    # small files through awscrt when it is importable
     crt_in_flight: int = 32             # concurrent fast PUTs
     lane_max_body: int = 8 * 2**20      # decompressed bytes; larger files stream via boto3
-    parts_in_memory: int = 2            # per large upload: buffers of part_size_mb
+    part_memory: int = 32 * 2**20       # per large upload: bytes of part buffers
     nlink_retry_after: float = 2.0      # a second hard link: maybe a link+unlink rename
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
 
     def transfer(self, workers: int) -> Transfer:
-        return Transfer(pool_size=workers * (self.parts_in_memory + 1),
+        return Transfer(pool_size=workers * 8,
                         connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
-                        retry=self.retry, parts_in_memory=self.parts_in_memory, fast=self.crt,
+                        retry=self.retry, part_memory=self.part_memory, fast=self.crt,
                         in_flight=self.crt_in_flight, max_small=self.lane_max_body)
 
 

@@ -10,6 +10,7 @@ only an expired lease, or an owner process of this host that no longer runs, fre
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sqlite3
@@ -94,6 +95,7 @@ class Entry(FileVersion):
     last_error: str | None
     note: str | None
     key: str | None = None
+    sha256: str | None = None  # of a multipart upload's object (one PUT's is in its metadata)
 
     @property
     def display_path(self) -> str:
@@ -175,7 +177,7 @@ class Queue:
         " inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
         " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
         " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT, key TEXT)",
+        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT, key TEXT, sha256 TEXT)",
         "CREATE UNIQUE INDEX IF NOT EXISTS entries_version"
         " ON entries (path, inode, size, mtime_ns, ctime_ns)",
         "CREATE INDEX IF NOT EXISTS entries_state_due ON entries (state, due)",
@@ -201,13 +203,20 @@ class Queue:
         " uploads INTEGER NOT NULL, bytes INTEGER NOT NULL)",
         "CREATE TABLE IF NOT EXISTS heartbeats (role TEXT PRIMARY KEY, owner TEXT NOT NULL,"
         " at REAL NOT NULL)",
+        # A multipart upload in progress, kept by its entry for a resume: the sink's own
+        # JSON (`detail`, and one item per completed part), opaque here.
+        "CREATE TABLE IF NOT EXISTS uploads (entry_id INTEGER PRIMARY KEY, upload_id TEXT"
+        " NOT NULL, key TEXT NOT NULL, detail TEXT NOT NULL, parts TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS uploads_key ON uploads (key)",
+        "CREATE TRIGGER IF NOT EXISTS entries_upload_out AFTER DELETE ON entries"
+        " BEGIN DELETE FROM uploads WHERE entry_id = old.id; END",
     )
     # What takes a file of user_version N to N + 1; _SCHEMA then creates what is missing.
     _MIGRATIONS: ClassVar[dict[int, tuple[str, ...]]] = {
         1: ("ALTER TABLE entries ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0",
             "DROP INDEX entries_version",
             "ALTER TABLE entries ADD COLUMN key TEXT"),
-        2: (),  # 3 adds tables only; counters start at 0
+        2: ("ALTER TABLE entries ADD COLUMN sha256 TEXT",),  # and new tables; counters at 0
     }
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
@@ -475,6 +484,50 @@ class Queue:
                                (key, entry.path, entry.id)).fetchone() is not None
             db.execute(f"UPDATE entries SET key = ? WHERE {_FENCE}", (key, entry.id, entry.owner))
         return KeyTaken(holder=None, known=known)
+
+    # --- a multipart upload in progress, for a resume after a crash -----------------------
+
+    def start_upload(self, entry: Entry, upload_id: str, key: str, detail: str) -> bool:
+        """Record the entry's new upload (replacing any earlier one); False: lease lost."""
+        return self._holding(entry, "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, '[]')",
+                             (entry.id, upload_id, key, detail))
+
+    def add_upload_part(self, entry: Entry, part: str) -> bool:
+        """Append one completed part (JSON) to the entry's upload; False: lease lost."""
+        return self._holding(entry, "UPDATE uploads SET parts = json_insert(parts, '$[#]',"
+                                    " json(?)) WHERE entry_id = ?", (part, entry.id))
+
+    def end_upload(self, entry: Entry, sha256: str | None) -> bool:
+        """Forget the entry's upload: completed (its object's `sha256`) or gone (None)."""
+        return self._holding(entry, "DELETE FROM uploads WHERE entry_id = ?", (entry.id,),
+                             sha256)
+
+    def upload_of(self, entry: Entry) -> tuple[str, str, str, list[str]] | None:
+        """(upload id, key, detail, parts) recorded by the entry, or None."""
+        with self._transaction(write=False) as db:
+            row = db.execute("SELECT upload_id, key, detail, parts FROM uploads"
+                             " WHERE entry_id = ?", (entry.id,)).fetchone()
+        if row is None:
+            return None
+        return row[0], row[1], row[2], [json.dumps(part) for part in json.loads(row[3])]
+
+    def resumable_uploads(self, key: str) -> set[str]:
+        """Upload ids of `key` that entries still to be done keep for a resume."""
+        with self._transaction(write=False) as db:
+            return {r[0] for r in db.execute(
+                "SELECT upload_id FROM uploads JOIN entries ON entries.id = uploads.entry_id"
+                " WHERE uploads.key = ? AND state IN ('pending', 'claimed')", (key,))}
+
+    def _holding(self, entry: Entry, sql: str, args: tuple[Any, ...],
+                 sha256: str | None = None) -> bool:
+        """Run `sql` if the entry's claim is still this owner's (and set its sha256)."""
+        with self._transaction() as db:
+            db.execute(f"UPDATE entries SET sha256 = coalesce(?, sha256) WHERE {_FENCE}",
+                       (sha256, entry.id, entry.owner))
+            if db.rowcount == 0:
+                return False
+            db.execute(sql, args)
+            return True
 
     def release(self, entry: Entry, now: float | None = None) -> bool:
         """Hand an unstarted or interrupted entry back at once (a consumer stopping)."""

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import logging
 import threading
-import zlib
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +26,16 @@ from sftppush import crt
 from sftppush.config import Defaults, S3Config
 from sftppush.decompress import Reader, read_full
 from sftppush.errors import ConfigError, PermanentError, TransientError
+from sftppush.multipart import (
+    Checksum,
+    Journal,
+    Multipart,
+    PartBody,
+    Uploaded,
+    error_code,
+    read_part,
+    store_checksum,
+)
 
 log = logging.getLogger("sftppush.s3")
 
@@ -35,8 +43,6 @@ SHA256_KEY = "sftppush-sha256"
 SOURCE_KEY = "sftppush-source"
 NAME_KEY = "sftppush-original-name"
 SMALL_BODY = 2**20  # read first; a body that ends within it never gets a part-sized buffer
-READ_CHUNK = 2**16  # decompressed bytes per readinto while filling a part (a temporary copy
-                   # of this size is made by the decompressor; glibc keeps ~2x it per thread)
 # Error codes that mean "try the same request again later"; other 4xx codes are permanent.
 TRANSIENT_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
@@ -45,10 +51,6 @@ TRANSIENT_CODES = frozenset({
     "XAmzContentSHA256Mismatch", "IncompleteBody",
     "OperationAborted",
 })
-
-
-class UploadCancelled(Exception):
-    """The consumer is stopping hard: the upload was abandoned (and aborted) between parts."""
 
 
 @dataclass(frozen=True)
@@ -61,16 +63,6 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
-class Uploaded:
-    bucket: str
-    key: str
-    bytes_out: int
-    sha256: str
-    parts: int          # 0 = single PUT
-    verified_by: str    # "crc32", "etag" or "head"
-
-
-@dataclass(frozen=True)
 class Transfer:
     """How one process talks to the store: not operator config; tests pass small values."""
 
@@ -78,7 +70,8 @@ class Transfer:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0          # boto3's read timeout, and the CRT request timeout
     retry: RetryPolicy = RetryPolicy()  # boto3 calls, in place
-    parts_in_memory: int = 2            # per multipart upload: buffers of part_size_mb
+    part_memory: int = 32 * 2**20       # per multipart upload: bytes of part buffers
+    spool_above: int = 16 * 2**20       # bigger parts wait in a temporary file
     fast: bool = True                   # small bodies through awscrt when it is installed
     in_flight: int = 32                 # concurrent awscrt PUTs
     max_small: int = 8 * 2**20          # the largest body the fast transport takes
@@ -123,11 +116,6 @@ OPTION_HEADERS = {"StorageClass": "x-amz-storage-class",
                   "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
 
 
-def b64crc32(data: bytes | bytearray) -> str:
-    """A CRC32 as S3's checksum headers carry it."""
-    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
-
-
 def is_transient(code: str | None, status: int) -> bool:
     """An S3 error answer worth retrying as it is: throttling, 5xx, the transient codes."""
     return code in TRANSIENT_CODES or status >= 500 or status in (408, 429)
@@ -168,13 +156,16 @@ def classify(exc: BaseException, what: str = "S3") -> TransientError | Permanent
     return PermanentError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def verified_by(crc32: str | None, etag: str | None, body: bytes | bytearray) -> str | None:
-    """"crc32" or "etag" when a PUT's answer confirms `body`; None when a HEAD must (an ETag
-    is not the MD5 under SSE-KMS/SSE-C). Raises TransientError for a checksum that differs."""
-    if crc32:
-        if crc32 != b64crc32(body):
-            raise TransientError(f"S3 PutObject: store checksum {crc32} does not match the body")
-        return "crc32"
+def verified_by(checksum: Checksum | None, answered: str | None, etag: str | None,
+                body: bytes | bytearray) -> str | None:
+    """The checksum's name or "etag" when a PUT's answer confirms `body`; None when a HEAD
+    must (an ETag is not the MD5 under SSE-KMS/SSE-C). Raises TransientError for a checksum
+    that differs."""
+    if checksum and answered:
+        if answered != checksum.of(body):
+            raise TransientError(f"S3 PutObject: store checksum {answered} does not match "
+                                 "the body")
+        return checksum.name
     if etag and etag.strip('"') == hashlib.md5(body, usedforsecurity=False).hexdigest():
         return "etag"
     return None
@@ -192,11 +183,12 @@ class Sink:
         self.client = client
         self.part_size = s3.part_size_mb * 2**20
         self.retry = transfer.retry
-        self.parts_in_memory = max(1, transfer.parts_in_memory)
-        self.checksums = s3.checksum == "when_supported"
+        self.checksum = store_checksum(s3.checksum)
         self.extra = options(s3)
         # Under SSE-KMS (and SSE-C) an ETag is not an MD5 of the body.
-        self.opaque_etags = str(s3.sse).startswith("aws:kms")
+        self.multipart = Multipart(self.call, self.part_size, self.checksum, self.extra,
+                                   str(s3.sse).startswith("aws:kms"), transfer.part_memory,
+                                   transfer.spool_above)
         self.transport = transport
         self.max_small = min(transfer.max_small, self.part_size,
                              transport.max_body if transport else 0)
@@ -251,9 +243,9 @@ class Sink:
         md5 = hashlib.md5(body, usedforsecurity=False).digest()
         headers = [("Content-MD5", base64.b64encode(md5).decode()),
                    ("Content-Type", "application/octet-stream"), *self._headers]
-        if self.checksums:
-            headers += [("x-amz-sdk-checksum-algorithm", "CRC32"),
-                        ("x-amz-checksum-crc32", b64crc32(body))]
+        if self.checksum:
+            headers += [("x-amz-sdk-checksum-algorithm", self.checksum.name.upper()),
+                        (self.checksum.header, self.checksum.of(body))]
         headers += [(f"x-amz-meta-{name}", value)
                     for name, value in {**metadata, SHA256_KEY: sha}.items()]
         if if_absent:
@@ -262,7 +254,8 @@ class Sink:
         def answered(sent: Future[crt.Answer]) -> None:
             try:
                 answer = sent.result()
-                how = verified_by(answer.headers.get("x-amz-checksum-crc32"),
+                how = verified_by(self.checksum, answer.headers.get(self.checksum.header)
+                                  if self.checksum else None,
                                   answer.headers.get("etag"), body)
             except crt.Failed as exc:
                 if exc.status == 412 and if_absent:  # someone's object is there: whose?
@@ -296,7 +289,7 @@ class Sink:
         try:
             head = self.call("head_object", Bucket=bucket, Key=key)
         except PermanentError as exc:
-            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return
             raise
         theirs = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
@@ -348,12 +341,21 @@ class Sink:
         return retrying(once)
 
     def upload(self, bucket: str, key: str, reader: Reader, metadata: dict[str, str],
-               cancel: threading.Event | None = None, if_absent: bool = False) -> Uploaded:
+               cancel: threading.Event | None = None, if_absent: bool = False,
+               journal: Journal | None = None) -> Uploaded:
         """Upload everything `reader` yields to bucket/key with `metadata` + sha256; verified.
 
         `if_absent`: the key is new to us. A single PUT is conditional (If-None-Match, where
         the store honours it), a multipart upload looks first; an object found there is
-        replaced only if it came from the same local path (`may_replace`)."""
+        replaced only if it came from the same local path (`may_replace`). `journal`: where a
+        multipart upload records its parts, and finds those of an earlier attempt to resume.
+        """
+        recorded = journal.recorded() if journal is not None else None
+        if recorded is not None:  # only a multipart upload is recorded: nothing to read first
+            if if_absent:
+                self.may_replace(bucket, key, metadata)
+            return self.multipart.upload(bucket, key, [], reader, metadata, cancel, journal,
+                                         recorded)
         # Small-file fast path: most files end within the first read, one PUT of bytes.
         head = read_full(reader, min(SMALL_BODY, self.part_size))
         if len(head) < min(SMALL_BODY, self.part_size):
@@ -365,159 +367,40 @@ class Sink:
         if if_absent:
             self.may_replace(bucket, key, metadata)
         parts = [first, second]
-        # Only `parts` may refer to them: _put_multipart frees each buffer once it is sent,
+        # Only `parts` may refer to them: the upload frees each buffer once it is sent,
         # and a local name here would keep two parts alive for the whole upload.
         del head, first, second
-        return self._put_multipart(bucket, key, parts, reader, metadata, cancel)
+        return self.multipart.upload(bucket, key, parts, reader, metadata, cancel, journal)
 
     def exists(self, bucket: str, key: str) -> bool:
         try:
             self.call("head_object", Bucket=bucket, Key=key)
         except PermanentError as exc:
-            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise
         return True
-
-    def abort_orphans(self, bucket: str, key: str) -> int:
-        """Abort open multipart uploads of exactly `key` left by a killed earlier attempt."""
-        aborted = 0
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
-        while True:
-            try:
-                page = self.call("list_multipart_uploads", **kwargs)
-            except (TransientError, PermanentError) as exc:
-                # rclone serve s3 answers NoSuchUpload when a bucket has none; some stores do
-                # not implement the listing. Nothing to abort then; lifecycle rules remain.
-                if _code(exc) in ("NoSuchUpload", "NotImplemented"):
-                    break
-                raise
-            for up in page.get("Uploads") or ():
-                if up.get("Key") == key:
-                    self.call("abort_multipart_upload", Bucket=bucket, Key=key,
-                              UploadId=up["UploadId"])
-                    aborted += 1
-            if not page.get("IsTruncated"):
-                break
-            kwargs.update(KeyMarker=page.get("NextKeyMarker", ""),
-                          UploadIdMarker=page.get("NextUploadIdMarker", ""))
-        if aborted:
-            log.info("aborted orphaned multipart uploads bucket=%s key=%s count=%d",
-                     bucket, key, aborted)
-        return aborted
 
     def _put_single(self, bucket: str, key: str, body: bytes | bytearray, metadata: dict[str, str],
                     cancel: threading.Event | None, if_absent: bool = False) -> Uploaded:
         sha = hashlib.sha256(body).hexdigest()
         args = {"Bucket": bucket, "Key": key, "Metadata": {**metadata, SHA256_KEY: sha},
                 "Body": PartBody(body) if len(body) > SMALL_BODY else body, **self.extra}
+        if self.checksum:
+            args.update({"ChecksumAlgorithm": self.checksum.name.upper(),
+                         self.checksum.param: self.checksum.of(body)})
         try:
             resp = self.call("put_object", cancel, **args,
                              **({"IfNoneMatch": "*"} if if_absent else {}))
         except PermanentError as exc:
-            if not (if_absent and _code(exc) == "PreconditionFailed"):
+            if not (if_absent and error_code(exc) == "PreconditionFailed"):
                 raise
             self.may_replace(bucket, key, metadata)
             resp = self.call("put_object", cancel, **args)
-        how = verified_by(resp.get("ChecksumCRC32"), resp.get("ETag"), body) or \
+        how = verified_by(self.checksum, resp.get(self.checksum.param) if self.checksum else None,
+                          resp.get("ETag"), body) or \
             self.verify_head(bucket, key, len(body), sha)
         return Uploaded(bucket, key, len(body), sha, 0, how)
-
-    def _put_multipart(self, bucket: str, key: str, parts: list[bytearray], reader: Reader,
-                       metadata: dict[str, str], cancel: threading.Event | None) -> Uploaded:
-        self.abort_orphans(bucket, key)
-        upload_id = self.call("create_multipart_upload", cancel, Bucket=bucket, Key=key,
-                              Metadata=metadata, **self.extra)["UploadId"]
-        sha = hashlib.sha256()
-        total = 0
-        # At most `parts_in_memory` part buffers exist at once: one is read while others upload.
-        slots = threading.Semaphore(self.parts_in_memory)
-        futures: list[Future[dict[str, Any]]] = []
-        data: bytearray
-        pool = ThreadPoolExecutor(self.parts_in_memory, thread_name_prefix="part")
-        try:
-            number = 0
-            while True:
-                if parts:
-                    data = parts.pop(0)
-                    slots.acquire()
-                else:
-                    slots.acquire()
-                    if cancel is not None and cancel.is_set():
-                        raise UploadCancelled(key)
-                    if any(f.done() and f.exception() for f in futures):
-                        break
-                    data = read_part(reader, self.part_size)
-                    if not data:
-                        slots.release()
-                        break
-                number += 1
-                total += len(data)
-                sha.update(data)
-                fut = pool.submit(self._upload_part, bucket, key, upload_id, number, data, cancel)
-                fut.add_done_callback(lambda _f: slots.release())
-                futures.append(fut)
-                del data
-            wait(futures, return_when=FIRST_EXCEPTION)
-            done = [f.result() for f in futures]  # raises the first part's error
-            resp = self.call("complete_multipart_upload", cancel, Bucket=bucket, Key=key,
-                             UploadId=upload_id,
-                             MultipartUpload={"Parts": [part for part, _ in done]})
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            self._abort(bucket, key, upload_id)
-            raise
-        pool.shutdown(wait=True)
-        # No copy in place to add the sha256 (a second version, a second event, refused for
-        # GLACIER): it goes into the queue entry and the log line instead.
-        etag = hashlib.md5(b"".join(md5 for _, md5 in done), usedforsecurity=False).hexdigest()
-        how = self._verify_multipart(bucket, key, total, str(resp.get("ETag", "")).strip('"'),
-                                     f"{etag}-{number}")
-        return Uploaded(bucket, key, total, sha.hexdigest(), number, how)
-
-    def _verify_multipart(self, bucket: str, key: str, size: int, etag: str,
-                          expected: str) -> str:
-        """A multipart object's ETag is the MD5 of its parts' MD5s plus -N, except under
-        SSE-KMS: then only its size through HEAD can be checked."""
-        if etag == expected:
-            return "etag"
-        if not self.opaque_etags:
-            raise TransientError(f"S3 verify {key}: multipart ETag {etag} != {expected} "
-                                 "computed from the parts sent")
-        stored = self.call("head_object", Bucket=bucket, Key=key).get("ContentLength")
-        if stored != size:
-            raise TransientError(f"S3 verify {key}: stored size {stored} != sent {size}")
-        return "size"
-
-    def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: bytearray,
-                     cancel: threading.Event | None) -> tuple[dict[str, Any], bytes]:
-        """One part sent; its entry for CompleteMultipartUpload, and its MD5."""
-        extra = {}
-        if self.checksums:
-            # Ours, computed over the buffer in place: botocore's own pass would read the part
-            # through 1 MiB copies, which glibc then keeps per part thread (~3 MB each).
-            extra["ChecksumCRC32"] = b64crc32(data)
-        resp = self.call("upload_part", cancel, Bucket=bucket, Key=key, UploadId=upload_id,
-                         PartNumber=number, Body=PartBody(data), **extra)
-        md5 = hashlib.md5(data, usedforsecurity=False)
-        if not self.opaque_etags and resp["ETag"].strip('"') != md5.hexdigest():
-            # A store that ignores checksums still answers the part's MD5 as its ETag.
-            raise TransientError(f"S3 UploadPart {key} part {number}: ETag {resp['ETag']} is "
-                                 f"not the MD5 of the part sent")
-        part = {"PartNumber": number, "ETag": resp["ETag"]}
-        for name in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1",
-                     "ChecksumSHA256"):
-            if resp.get(name):
-                part[name] = resp[name]
-        return part, md5.digest()
-
-    def _abort(self, bucket: str, key: str, upload_id: str) -> None:
-        try:
-            self.call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
-        except (TransientError, PermanentError) as exc:
-            # Left for the next attempt's abort_orphans (and the bucket lifecycle rule).
-            log.warning("abort failed bucket=%s key=%s upload_id=%s error=%s",
-                        bucket, key, upload_id, exc)
 
     def verify_head(self, bucket: str, key: str, size: int, sha: str) -> str:
         head = self.call("head_object", Bucket=bucket, Key=key)
@@ -527,65 +410,6 @@ class Sink:
                 f"S3 verify {key}: stored size {head.get('ContentLength')} sha256 "
                 f"{meta.get(SHA256_KEY)} != sent {size} {sha}")
         return "head"
-
-
-def _code(exc: BaseException) -> str | None:
-    """The S3 error code behind one of our errors, if it came from a service response."""
-    cause = exc.__cause__
-    if isinstance(cause, botocore.exceptions.ClientError):
-        return str(cause.response.get("Error", {}).get("Code"))
-    return None
-
-
-class PartBody(io.RawIOBase):
-    """A part buffer as a seekable stream. botocore copies a bytes-like Body whole; a stream
-    it reads in chunks, so a part costs its buffer once, not twice."""
-
-    def __init__(self, buf: bytes | bytearray) -> None:
-        self._view = memoryview(buf)
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, into: Any) -> int:
-        n = max(0, min(len(into), len(self._view) - self._pos))
-        into[:n] = self._view[self._pos: self._pos + n]
-        self._pos += n
-        return n
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def __len__(self) -> int:
-        return len(self._view)
-
-
-def read_part(reader: Reader, size: int, head: bytes = b"") -> bytearray:
-    """One part of up to `size` bytes in its own buffer, filled in place (no 2x peak).
-
-    Part buffers are bytearrays (boto3 takes them as a Body); a short last part is truncated
-    in place.
-    """
-    buf = bytearray(size)
-    buf[: len(head)] = head
-    pos = len(head)
-    with memoryview(buf) as view:
-        while pos < size:
-            n = reader.readinto(view[pos: pos + READ_CHUNK])
-            if not n:
-                break
-            pos += n
-    del buf[pos:]
-    return buf
 
 
 def _frozen(session: boto3.session.Session) -> Callable[[], crt.Credentials]:

@@ -98,11 +98,11 @@ def test_formats_keys_bodies_and_metadata_as_spec_3(source_tree: Any, pipeline_c
     assert {e.state for e in entries(cfg)} == {State.DONE}
     assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
     # Small bodies took the path under test (the awscrt lane verifies by its Content-MD5
-    # ETag, boto3 by the CRC32 moto returns); the multipart one always streams through boto3.
+    # ETag, boto3 by the CRC64NVME moto returns); the multipart one streams through boto3.
     verified = dict(re.findall(r"uploaded id=\d+ key=(\S+) .* verified=(\w+)", caplog.text))
     assert len(verified) == len(files)
     assert verified.pop("in/sftpuser1/upload/large.bin") == "etag"  # MD5 of part MD5s -N
-    assert set(verified.values()) == {"crc32"}  # moto echoes the CRC32 on both paths
+    assert set(verified.values()) == {"crc64nvme"}  # moto echoes it on both paths
 
 
 def _bomb(up: Path, _tmp: Path) -> Path:

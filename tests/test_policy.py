@@ -6,6 +6,7 @@ import pytest
 
 from sftppush import pipeline
 from sftppush.errors import PermanentError, TransientError
+from sftppush.multipart import UploadCancelled, Uploaded
 from sftppush.policy import (
     Ack,
     Breaker,
@@ -18,7 +19,6 @@ from sftppush.policy import (
     decide,
 )
 from sftppush.queue import Entry, State
-from sftppush.s3 import UploadCancelled, Uploaded
 
 TUNING = Tuning(transient_delay=5, transient_delay_max=300, permanent_delay=30,
                 permanent_delay_max=3600)

@@ -594,3 +594,31 @@ def test_only_the_lease_holder_may_take_a_key(tmp_path: Path) -> None:
         assert q.take_key(heir, "u/a.csv", now=1062) == KeyTaken(holder=None, known=False)
         assert heir.to_json()["key"] is None and q.get(heir.id).to_json()["key"] == "u/a.csv"
         assert q.get(heir.id).to_json()["ctime_ns"] == 1
+
+
+def test_an_upload_in_progress_is_kept_by_its_entry_for_a_resume(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(2))
+        a, b = q.claim("w", 60, limit=2)
+        assert q.upload_of(a) is None
+        assert q.start_upload(a, "up-1", "u/f0", '{"bucket": "b"}')
+        assert q.add_upload_part(a, '{"number": 1}') and q.add_upload_part(a, '{"number": 2}')
+        assert q.start_upload(b, "up-2", "u/f1", "{}")
+        assert q.upload_of(a) == ("up-1", "u/f0", '{"bucket": "b"}',
+                                  ['{"number": 1}', '{"number": 2}'])
+        assert q.resumable_uploads("u/f0") == {"up-1"}
+        # Only the lease holder writes; the record outlives the claim for the next claimant.
+        stale = Entry(**{**a.__dict__, "owner": "someone-else"})
+        assert not q.add_upload_part(stale, '{"number": 3}')
+        assert q.release(a)
+        (a,) = q.claim("w2", 60)
+        assert q.upload_of(a)[0] == "up-1" and q.resumable_uploads("u/f0") == {"up-1"}
+        # Completed: the record goes, the object's sha256 stays with the entry.
+        assert q.end_upload(a, "ab" * 32)
+        assert q.upload_of(a) is None and q.resumable_uploads("u/f0") == set()
+        assert q.ack(a)
+        assert q.get(a.id).sha256 == "ab" * 32 and q.get(a.id).to_json()["sha256"] == "ab" * 32
+        # A failed entry's upload is not resumable; a purged entry's record goes with it.
+        assert q.fail(b, "boom") and q.resumable_uploads("u/f1") == set()
+        q._conn.execute("DELETE FROM entries WHERE id = ?", (b.id,))
+        assert q._conn.execute("SELECT count(*) FROM uploads").fetchone() == (0,)

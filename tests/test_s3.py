@@ -1,5 +1,6 @@
 """The S3 sink against moto's server over HTTP on loopback: uploads, verify, aborts, errors."""
 
+import base64
 import hashlib
 import io
 import os
@@ -55,11 +56,65 @@ def test_small_body_is_one_put_verified_without_head(moto_server: S3Server, s3_c
     body = b"a,b\n1,2\n"
     done = up.upload(s3_bucket, "k/a b.csv", io.BytesIO(body), {"sftppush-source": "s"})
     assert (done.parts, done.bytes_out) == (0, len(body))
-    assert done.verified_by in ("crc32", "etag")
+    # moto echoes the checksum it is sent: with none sent, only the ETag can tell.
+    assert done.verified_by == ("crc64nvme" if checksum == "when_supported" else "etag")
     obj = s3_client.get_object(Bucket=s3_bucket, Key="k/a b.csv")
     assert obj["Body"].read() == body
     assert obj["Metadata"] == {"sftppush-source": "s",
                                "sftppush-sha256": hashlib.sha256(body).hexdigest()}
+
+
+def requests_sent(up: Sink) -> list[tuple[str, str, dict[str, str]]]:
+    """(method, url, headers) of every request the sink's boto3 client sends from now on."""
+    sent: list[tuple[str, str, dict[str, str]]] = []
+    up.client.meta.events.register("before-send.s3", lambda request, **_: sent.append(
+        (request.method, request.url,
+         {k.lower(): v.decode() if isinstance(v, bytes) else v
+          for k, v in request.headers.items()})))
+    return sent
+
+
+def crc64(data: bytes) -> str:
+    from awscrt import checksums
+    return base64.b64encode(checksums.crc64nvme(data).to_bytes(8, "big")).decode()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_single_put_sends_a_crc64nvme_the_store_answers(moto_server: S3Server, s3_bucket: str,
+                                                        fast: bool) -> None:
+    # moto answers the x-amz-checksum-crc64nvme it was sent (it validates nothing): a store
+    # that validates (AWS) refuses a wrong one. Either transport sends the same kind.
+    up = uploader(moto_server.endpoint_url, fast=fast)
+    body = os.urandom(3000)
+    done = up.put(s3_bucket, "one", body, {}).result() if fast else \
+        up.upload(s3_bucket, "one", io.BytesIO(body), {})
+    assert done.verified_by == "crc64nvme"
+
+
+def test_multipart_sends_a_full_object_crc64nvme_of_the_whole_stream(
+        moto_server: S3Server, s3_bucket: str) -> None:
+    up = uploader(moto_server.endpoint_url)
+    sent = requests_sent(up)
+    body = os.urandom(MB) * 11 + b"end"
+    up.upload(s3_bucket, "whole", io.BytesIO(body), {})
+    create = next(h for m, u, h in sent if m == "POST" and u.endswith("?uploads"))
+    assert (create["x-amz-checksum-algorithm"], create["x-amz-checksum-type"]) == \
+        ("CRC64NVME", "FULL_OBJECT")
+    parts = [h for m, u, h in sent if m == "PUT" and "partNumber=" in u]
+    assert parts and all("x-amz-checksum-crc64nvme" in h for h in parts)
+    complete = next(h for m, u, h in sent if m == "POST" and "uploadId=" in u)
+    assert complete["x-amz-checksum-crc64nvme"] == crc64(body)
+    assert complete["x-amz-checksum-type"] == "FULL_OBJECT"
+
+
+def test_when_required_sends_no_checksum_headers(moto_server: S3Server, s3_bucket: str) -> None:
+    up = uploader(moto_server.endpoint_url, "when_required")
+    sent = requests_sent(up)
+    up.upload(s3_bucket, "small", io.BytesIO(b"x" * 100), {})
+    done = up.upload(s3_bucket, "big", io.BytesIO(os.urandom(11 * MB)), {})
+    assert done.verified_by == "etag"
+    assert not [k for _, _, h in sent for k in h if k.startswith("x-amz-checksum")
+                or k == "x-amz-sdk-checksum-algorithm" or k == "x-amz-trailer"]
 
 
 def test_large_body_is_multipart_verified_by_its_etag_with_no_copy_in_place(
@@ -184,30 +239,13 @@ class Generated:
         return n
 
 
-def test_multipart_holds_no_more_part_buffers_than_parts_in_memory(
-        moto_server: S3Server, s3_bucket: str) -> None:
-    import tracemalloc
-
-    up = uploader(moto_server.endpoint_url, parts_in_memory=2)
-    tracemalloc.start()
-    try:
-        result = up.upload(s3_bucket, "big", Generated(40 * MB), {})
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert result.parts == 8 and result.bytes_out == 40 * MB
-    # Two 5 MB part buffers, plus a few 1 MB blocks (read chunks, checksum reads, the test's
-    # own block); one more part buffer held anywhere would pass 16 MB.
-    assert peak < 16 * MB, f"peak {peak / MB:.1f} MB"
-
-
 def test_a_wrong_part_on_a_store_that_ignores_checksums_is_caught_by_its_etag(
         rclone_s3: Any) -> None:
     # rclone serve s3 accepts a part whose CRC32 header is wrong; its answer (the MD5 of what
     # it received, as the part's ETag) is all that can tell. One part is sent corrupted here.
     bucket = rclone_s3.make_bucket("wrongpart")
     up = uploader(rclone_s3.endpoint_url)
-    call = up.call
+    call = up.multipart.call
 
     def corrupting(method: str, cancel: Any = None, **kwargs: Any) -> Any:
         if method == "upload_part" and kwargs["PartNumber"] == 2:
@@ -216,7 +254,144 @@ def test_a_wrong_part_on_a_store_that_ignores_checksums_is_caught_by_its_etag(
             kwargs["Body"] = bytes(data)
         return call(method, cancel, **kwargs)
 
-    up.call = corrupting  # type: ignore[method-assign]
+    up.multipart.call = corrupting
+    journal = MemoryJournal()
     with pytest.raises(TransientError, match=r"part 2: ETag .* is not the MD5"):
-        up.upload(bucket, "big", io.BytesIO(os.urandom(11 * MB)), {})
+        up.upload(bucket, "big", io.BytesIO(os.urandom(11 * MB)), {}, journal=journal)
     assert not (rclone_s3.root / bucket / "big").exists()
+    # Not kept for a resume: rclone refuses to replace a part with different contents.
+    assert journal.upload is None and open_uploads(rclone_s3.client(), bucket) == []
+
+
+def test_without_awscrt_uploads_send_a_crc32() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['awscrt'] = None; from sftppush import multipart as m; "
+            "assert m.store_checksum('when_supported') is m.CRC32; "
+            "assert m.store_checksum('when_required') is None")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("first_mb", [5, 8, 64, 5120])
+def test_parts_double_so_that_10000_parts_hold_5_tib(first_mb: int) -> None:
+    from sftppush.multipart import grow_every, part_size
+
+    every = grow_every(first_mb * MB)
+    sizes = [part_size(first_mb * MB, n, every) for n in range(1, 10_001)]
+    assert sizes[0] == first_mb * MB and sizes == sorted(sizes)
+    assert sum(sizes) >= 5 * 2**40 and max(sizes) <= 5 * 2**30
+    assert all(s == 5 * 2**30 or (s // (first_mb * MB)).bit_count() == 1 for s in sizes)
+    # No faster than needed: one part fewer per size and 5 TiB would not fit.
+    assert every == 10_000 or sum(part_size(first_mb * MB, n, every + 1)
+                                  for n in range(1, 10_001)) < 5 * 2**40
+
+
+def test_parts_grow_as_the_stream_goes_on_in_flat_memory(moto_server: S3Server,
+                                                         s3_bucket: str) -> None:
+    import tracemalloc
+
+    up = uploader(moto_server.endpoint_url, part_memory=10 * MB, spool_above=5 * MB)
+    up.multipart.every = 2  # doubling after every 2 parts, to see it on a small object
+    sent = requests_sent(up)
+    tracemalloc.start()
+    try:
+        result = up.upload(s3_bucket, "big", Generated(65 * MB), {})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    sizes = {int(u.split("partNumber=")[1].split("&")[0]): int(h["content-length"])
+             for m, u, h in sent if m == "PUT" and "partNumber=" in u}  # sent in parallel
+    assert [sizes[n] for n in sorted(sizes)] == [5 * MB, 5 * MB, 10 * MB, 10 * MB, 20 * MB,
+                                                 15 * MB]
+    assert result.parts == 6 and result.bytes_out == 65 * MB and result.verified_by == "etag"
+    # Two 5 MB part buffers and a few 1 MB blocks: parts over spool_above wait in a
+    # temporary file, not in memory.
+    assert peak < 16 * MB, f"peak {peak / MB:.1f} MB"
+
+
+class Crash(Exception):
+    """The consumer dies here (kill -9): nothing after this point runs."""
+
+
+class MemoryJournal:
+    """multipart.Journal in a dict's place: what the queue keeps for a claimed entry."""
+
+    def __init__(self, crash_after: int | None = None) -> None:
+        self.upload: Any = None
+        self.parts: list[Any] = []
+        self.sha256: str | None = None
+        self.crash_after = crash_after
+
+    def recorded(self) -> Any:
+        import dataclasses
+        return dataclasses.replace(self.upload, parts=tuple(self.parts)) if self.upload else None
+
+    def started(self, upload: Any) -> None:
+        self.upload, self.parts = upload, []
+
+    def completed(self, part: Any) -> None:
+        if self.crash_after is not None and part.number > self.crash_after:
+            raise Crash  # parts before it, sent in parallel, still finish and are recorded
+        self.parts.append(part)
+
+    def ended(self, sha256: str | None) -> None:
+        self.upload, self.parts, self.sha256 = None, [], sha256
+
+    def kept(self, _key: str) -> set[str]:
+        return {self.upload.upload_id} if self.upload else set()
+
+
+def crashed_upload(up: Sink, bucket: str, body: bytes, journal: MemoryJournal) -> None:
+    with pytest.raises(Crash):
+        up.upload(bucket, "big", io.BytesIO(body), {}, journal=journal)
+    journal.crash_after = None
+
+
+@pytest.mark.parametrize("store", ["moto", "rclone"])
+def test_an_interrupted_upload_resumes_sending_only_the_parts_missing(
+        store: str, request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue("moto_server" if store == "moto" else "rclone_s3")
+    bucket = f"resume-{store}"
+    server.client().create_bucket(Bucket=bucket)
+    up = uploader(server.endpoint_url)
+    body = os.urandom(31 * MB)  # 7 parts of 5 MB
+    journal = MemoryJournal(crash_after=3)
+    crashed_upload(up, bucket, body, journal)
+    recorded = journal.recorded()
+    assert len(recorded.prefix()) == 3
+    # Another attempt's clean-up leaves an upload recorded for a resume alone.
+    assert up.multipart.abort_orphans(bucket, "big", journal.kept("big")) == 0
+    sent = requests_sent(up)
+    done = up.upload(bucket, "big", io.BytesIO(body), {}, journal=journal)
+    parts_sent = [u for m, u, _ in sent if m == "PUT" and "partNumber=" in u]
+    assert len(parts_sent) == 7 - 3 and done.parts == 7
+    assert done.verified_by == "etag" and done.sha256 == hashlib.sha256(body).hexdigest()
+    assert journal.sha256 == done.sha256 and journal.upload is None
+    assert server.client().get_object(Bucket=bucket, Key="big")["Body"].read() == body
+    assert open_uploads(server.client(), bucket) == []
+
+
+def test_a_resume_over_different_bytes_aborts_and_starts_over(moto_server: S3Server,
+                                                              s3_client: Any,
+                                                              s3_bucket: str) -> None:
+    up = uploader(moto_server.endpoint_url)
+    body = os.urandom(31 * MB)
+    journal = MemoryJournal(crash_after=3)
+    crashed_upload(up, s3_bucket, body, journal)
+    changed = bytearray(body)
+    changed[6 * MB] ^= 1  # in part 2, which the store already holds
+    with pytest.raises(TransientError, match="part 2 differs"):
+        up.upload(s3_bucket, "big", io.BytesIO(bytes(changed)), {}, journal=journal)
+    assert journal.upload is None and open_uploads(s3_client, s3_bucket) == []
+    done = up.upload(s3_bucket, "big", io.BytesIO(bytes(changed)), {}, journal=journal)
+    assert done.parts == 7 and done.sha256 == hashlib.sha256(changed).hexdigest()
+
+
+def test_a_permanent_error_aborts_a_recorded_upload_and_forgets_it(
+        moto_server: S3Server, s3_client: Any, s3_bucket: str) -> None:
+    journal = MemoryJournal()
+    with pytest.raises(PermanentError, match="boom"):
+        uploader(moto_server.endpoint_url).upload(
+            s3_bucket, "broken", Exploding(b"z" * 20 * MB, after=16 * MB), {}, journal=journal)
+    assert journal.upload is None and open_uploads(s3_client, s3_bucket) == []

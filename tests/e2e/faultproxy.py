@@ -2,7 +2,8 @@
 
 refuse() closes new connections at once (RST), reset() kills the open ones (SO_LINGER 0),
 stall() stops every byte both ways while keeping sockets open, cut() = refuse + reset,
-slow(seconds) delays every chunk sent upstream, restore() lets everything flow again.
+slow(seconds) delays every chunk sent upstream, corrupt_part(n) flips one byte in the body of
+the next multipart upload part number n, restore() lets everything flow again.
 Runs its own asyncio loop in a background thread.
 It also notes every HTTP/1.1 request whose body went through in full (`requests`), so a test
 can count what reached the server — e.g. uploads of the same key.
@@ -11,6 +12,7 @@ can count what reached the server — e.g. uploads of the same key.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import struct
 import threading
@@ -90,6 +92,36 @@ class _RequestTap:
         return True
 
 
+class _Flip:
+    """Flips one byte `offset` bytes into the body of the next request whose head holds
+    `marker` (botocore may send the body later, after a 100 Continue)."""
+
+    def __init__(self, marker: re.Pattern[bytes], offset: int = 1000):
+        self.marker = marker
+        self.left: int | None = None  # body bytes still to pass before the flip
+        self.offset = offset
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done:
+            return data
+        start = 0
+        if self.left is None:
+            found = self.marker.search(data)
+            if found is None:
+                return data
+            end = data.find(b"\r\n\r\n", found.start())
+            start = end + 4 if end >= 0 else len(data)
+            self.left = self.offset
+        if start + self.left >= len(data):
+            self.left -= len(data) - start
+            return data
+        flipped = bytearray(data)
+        flipped[start + self.left] ^= 0xFF
+        self.done = True
+        return bytes(flipped)
+
+
 class FaultProxy:
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1"):
         self.upstream = (upstream_host, upstream_port)
@@ -100,6 +132,7 @@ class FaultProxy:
         self.bytes_up = 0       # bytes forwarded from clients to the server
         self.delay = 0.0        # seconds each chunk to the server waits (slow())
         self.requests: list[tuple[str, str]] = []  # (method, target) of HTTP requests sent whole
+        self.flip: _Flip | None = None
         self._refusing = False
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._loop = asyncio.new_event_loop()
@@ -142,6 +175,10 @@ class FaultProxy:
     def slow(self, seconds: float) -> None:
         """Every chunk (up to 64 KiB) from a client waits `seconds` before it goes upstream."""
         self.delay = seconds
+
+    def corrupt_part(self, number: int) -> None:
+        """Flip a byte in the body of the next UploadPart request for part `number`."""
+        self.flip = _Flip(re.compile(rb"[?&]partNumber=%d[& ]" % number))
 
     def cut(self) -> None:
         self.refuse()
@@ -208,6 +245,7 @@ class FaultProxy:
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
                     conn: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
                     tap: _RequestTap | None = None) -> None:
+        flip: _Flip | None = None
         try:
             while True:
                 data = await src.read(65536)
@@ -219,6 +257,10 @@ class FaultProxy:
                 if tap is not None:
                     if self.delay:
                         await asyncio.sleep(self.delay)
+                    if flip is None and self.flip is not None and self.flip.marker.search(data):
+                        flip, self.flip = self.flip, None  # this connection carries that part
+                    if flip is not None:
+                        data = flip.feed(data)
                     self.bytes_up += len(data)
                 dst.write(data)
                 await dst.drain()

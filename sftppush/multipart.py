@@ -1,0 +1,567 @@
+"""Multipart uploads: full-object checksums the store verifies, parts that grow, flat memory,
+resume after a crash.
+
+Owns the checksum every upload sends (CRC64NVME where awscrt is installed, else CRC32), the
+part sizes (doubling so that 10,000 parts hold 5 TiB), part buffers within a byte budget
+(bigger parts wait in a temporary file), sending parts in parallel, recording each completed
+part in a Journal and resuming from it (re-reading the stream up to there, checked part by
+part), aborting what cannot be resumed and verifying the completed object (its full-object
+checksum, else the ETag of the parts' MD5s, else its size). It reaches the store only through
+the `call` it is given (s3.Sink's, retried and classified there) and never opens the source
+files or the queue (the Journal is the caller's).
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import hashlib
+import io
+import json
+import logging
+import tempfile
+import threading
+import zlib
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import botocore.exceptions
+
+from sftppush.decompress import Reader
+from sftppush.errors import PermanentError, TransientError
+
+try:
+    from awscrt import checksums as crt_checksums
+except ImportError:  # CRC32 from zlib then
+    crt_checksums = None
+
+log = logging.getLogger("sftppush.s3")
+
+READ_CHUNK = 2**16  # decompressed bytes per readinto while filling a part (a temporary copy
+                   # of this size is made by the decompressor; glibc keeps ~2x it per thread)
+Call = Callable[..., Any]  # s3.Sink.call: (method, cancel, **kwargs) -> answer
+MAX_PARTS = 10_000       # S3's limits
+MAX_OBJECT = 5 * 2**40
+MAX_PART = 5 * 2**30
+Body = bytearray | Any   # a part in memory, or in an (unlinked) temporary file
+CHECKSUM_FIELDS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1",
+                   "ChecksumSHA256")  # a part's checksums as the store answers them
+
+
+def part_size(first: int, number: int, every: int) -> int:
+    """The size of part `number` (from 1): `first`, doubled after every `every` parts."""
+    return min(MAX_PART, first << ((number - 1) // every))
+
+
+def grow_every(first: int) -> int:
+    """The most parts of each size for which 10,000 parts still hold 5 TiB: the decompressed
+    size is not known in advance, so parts grow with the stream, as late as they can."""
+    def too_slow(every: int) -> bool:
+        return sum(part_size(first, n, every) for n in range(1, MAX_PARTS + 1)) < MAX_OBJECT
+
+    return bisect.bisect_left(range(1, MAX_PARTS + 1), True, key=too_slow)
+
+
+class UploadCancelled(Exception):
+    """The consumer is stopping hard: the upload was abandoned between parts."""
+
+
+class BadPart(TransientError):
+    """The store holds other bytes than a part we sent. Not resumable: some stores (rclone
+    serve s3) refuse to replace a part with different contents, so the upload starts over."""
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    bucket: str
+    key: str
+    bytes_out: int
+    sha256: str
+    parts: int          # 0 = single PUT
+    verified_by: str    # "crc64nvme", "crc32", "etag", "head" or "size"
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """A full-object checksum S3 verifies: CRCs chain over a stream (`update(data, crc)`)."""
+
+    name: str
+    width: int
+    update: Callable[[Any, int], int]
+
+    @property
+    def param(self) -> str:
+        """The boto3 parameter (and answer field) that carries it."""
+        return "Checksum" + self.name.upper()
+
+    @property
+    def header(self) -> str:
+        return f"x-amz-checksum-{self.name}"
+
+    def b64(self, value: int) -> str:
+        return base64.b64encode(value.to_bytes(self.width, "big")).decode()
+
+    def of(self, data: Any) -> str:
+        return self.b64(self.update(data, 0))
+
+
+CRC32 = Checksum("crc32", 4, zlib.crc32)
+CRC64NVME = Checksum("crc64nvme", 8, crt_checksums.crc64nvme) if crt_checksums else None
+
+
+def store_checksum(mode: str) -> Checksum | None:
+    """The checksum every upload sends under `s3.checksum: mode`; None sends none."""
+    if mode != "when_supported":
+        return None
+    return CRC64NVME or CRC32
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind one of our errors, if it came from a service response."""
+    cause = exc.__cause__
+    if isinstance(cause, botocore.exceptions.ClientError):
+        return str(cause.response.get("Error", {}).get("Code"))
+    return None
+
+
+@dataclass(frozen=True)
+class Part:
+    """A part the store took: its size, the ETag it answered, our MD5 and checksum of it."""
+
+    number: int
+    size: int
+    etag: str
+    md5: str
+    checksum: str | None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """An upload in progress as its journal recorded it: enough to continue it elsewhere."""
+
+    upload_id: str
+    bucket: str
+    key: str
+    part_size: int
+    every: int
+    parts: tuple[Part, ...] = ()
+
+    def detail(self) -> str:
+        return json.dumps({"bucket": self.bucket, "part_size": self.part_size,
+                           "every": self.every})
+
+    @classmethod
+    def of(cls, upload_id: str, key: str, detail: str, parts: list[str]) -> Resumable:
+        """From what a journal kept: detail() and each part's to_json()."""
+        d = json.loads(detail)
+        return cls(upload_id, d["bucket"], key, d["part_size"], d["every"],
+                   tuple(Part(**json.loads(p)) for p in parts))
+
+    def prefix(self) -> list[Part]:
+        """The recorded parts 1..n without a gap: where a resume can continue from."""
+        by_number = {p.number: p for p in self.parts}
+        out: list[Part] = []
+        while (part := by_number.get(len(out) + 1)) is not None:
+            out.append(part)
+        return out
+
+
+class Journal(Protocol):
+    """Where an upload's progress is kept between attempts (the queue entry, see consumer)."""
+
+    def recorded(self) -> Resumable | None: ...
+    def started(self, upload: Resumable) -> None: ...
+    def completed(self, part: Part) -> None: ...
+    def ended(self, sha256: str | None) -> None: ...   # done (sha256) or gone (None)
+    def kept(self, key: str) -> set[str]: ...          # upload ids recorded for a resume
+
+
+Sent = tuple[dict[str, Any], bytes]  # a part's entry for CompleteMultipartUpload, and its MD5
+
+
+class Multipart:
+    """Sends one stream as a multipart upload; shared by the threads of one Sink.
+
+    One upload holds at most `part_memory` bytes of part buffers (one part alone may exceed
+    it); a part bigger than `spool_above` is written to a temporary file as it is read, and
+    counts `spool_above` against the budget, which so bounds the disk used too.
+    """
+
+    def __init__(self, call: Call, part_size: int, checksum: Checksum | None,
+                 extra: dict[str, str], opaque_etags: bool, part_memory: int,
+                 spool_above: int) -> None:
+        self.call = call
+        self.part_size = part_size
+        self.every = grow_every(part_size)
+        self.checksum = checksum
+        self.extra = extra
+        self.opaque_etags = opaque_etags
+        self.part_memory = part_memory
+        self.spool_above = spool_above
+
+    def upload(self, bucket: str, key: str, parts: list[bytearray], reader: Reader,
+               metadata: dict[str, str], cancel: threading.Event | None,
+               journal: Journal | None = None, resume: Resumable | None = None) -> Uploaded:
+        """Upload `parts` (already read) and the rest of `reader`; verified.
+
+        With a `journal`, each completed part is recorded, and an upload that fails for any
+        reason but a PermanentError or a BadPart is kept for a resume: `resume` (that record;
+        then nothing may have been read) continues it, or aborts it and raises TransientError
+        when the stream is not what was sent before."""
+        stream = Tally(reader, self.checksum)
+        done: list[Sent] = []
+        upload = self._resume(resume, stream, done, cancel, journal) if resume else None
+        if upload is None:
+            upload = self._create(bucket, key, metadata, cancel, journal)
+        for data in parts:
+            stream.feed(data)
+        try:
+            self._send(upload, parts, stream, done, cancel, journal)
+            ck = self.checksum
+            whole = {ck.param: ck.b64(stream.crc), "ChecksumType": "FULL_OBJECT"} if ck else {}
+            resp = self.call("complete_multipart_upload", cancel, Bucket=bucket, Key=key,
+                             UploadId=upload.upload_id,
+                             MultipartUpload={"Parts": [part for part, _ in done]}, **whole)
+        except BaseException as exc:
+            if journal is None or isinstance(exc, (PermanentError, BadPart)):
+                self._abort(bucket, key, upload.upload_id)
+                if journal is not None:
+                    journal.ended(None)
+            raise
+        etag = hashlib.md5(b"".join(md5 for _, md5 in done), usedforsecurity=False).hexdigest()
+        sha = stream.sha256.hexdigest()
+        try:
+            how = self._verify(bucket, key, stream.total, resp,
+                               ck.b64(stream.crc) if ck else None, f"{etag}-{len(done)}")
+        except BaseException:
+            if journal is not None:
+                journal.ended(None)  # completed, so no longer resumable: the retry starts over
+            raise
+        if journal is not None:
+            journal.ended(sha)
+        return Uploaded(bucket, key, stream.total, sha, len(done), how)
+
+    def _create(self, bucket: str, key: str, metadata: dict[str, str],
+                cancel: threading.Event | None, journal: Journal | None) -> Resumable:
+        self.abort_orphans(bucket, key, journal.kept(key) if journal else set())
+        ck = self.checksum
+        create = {"ChecksumAlgorithm": ck.name.upper(), "ChecksumType": "FULL_OBJECT"} \
+            if ck else {}
+        upload_id = self.call("create_multipart_upload", cancel, Bucket=bucket, Key=key,
+                              Metadata=metadata, **self.extra, **create)["UploadId"]
+        upload = Resumable(upload_id, bucket, key, self.part_size, self.every)
+        if journal is not None:
+            journal.started(upload)
+        return upload
+
+    def _send(self, upload: Resumable, parts: list[bytearray], stream: Tally, done: list[Sent],
+              cancel: threading.Event | None, journal: Journal | None) -> None:
+        """Read and send the parts after `done`, appending them to it; raises the first
+        failure once every part in flight has ended."""
+        budget = Budget(self.part_memory)
+        futures: list[Future[Sent]] = []
+        pool = ThreadPoolExecutor(max(1, self.part_memory // upload.part_size),
+                                  thread_name_prefix="part")
+        try:
+            number = len(done)
+            while not any(f.done() and f.exception() for f in futures):
+                if cancel is not None and cancel.is_set():
+                    raise UploadCancelled(upload.key)
+                size = part_size(upload.part_size, number + 1, upload.every)
+                cost = min(size, self.spool_above)
+                budget.take(cost)
+                body = parts.pop(0) if parts else self._read(stream, size)
+                if body is None:
+                    budget.give(cost)
+                    break
+                number += 1
+                fut = pool.submit(self._upload_part, upload, number, body, cancel, journal)
+                fut.add_done_callback(lambda _f, cost=cost: budget.give(cost))
+                futures.append(fut)
+                del body  # only the part thread may keep it alive
+            wait(futures, return_when=FIRST_EXCEPTION)
+            done.extend(f.result() for f in futures)  # raises the first part's error
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _resume(self, upload: Resumable, stream: Tally, done: list[Sent],
+                cancel: threading.Event | None, journal: Journal | None) -> Resumable | None:
+        """Re-read the stream to the end of the recorded parts, without sending it, checking
+        each part against the record and the store's listing; appends them to `done`. None:
+        there was nothing to resume (nothing read; start afresh)."""
+        listed = self._list_parts(upload)
+        if listed is None:
+            if journal is not None:
+                journal.ended(None)
+            return None
+        for part in upload.prefix():
+            if cancel is not None and cancel.is_set():
+                raise UploadCancelled(upload.key)
+            theirs = listed.get(part.number, {})
+            if (theirs.get("Size"), str(theirs.get("ETag", "")).strip('"')) != \
+                    (part.size, part.etag.strip('"')) or \
+                    reread(stream, part.size, self.checksum) != (part.md5, part.checksum):
+                self._abort(upload.bucket, upload.key, upload.upload_id)
+                if journal is not None:
+                    journal.ended(None)
+                raise TransientError(f"resume {upload.key}: part {part.number} differs from "
+                                     "the one recorded; upload aborted, starting over")
+            done.append(({"PartNumber": part.number, "ETag": theirs["ETag"],
+                          **{k: v for k, v in theirs.items() if k in CHECKSUM_FIELDS}},
+                         bytes.fromhex(part.md5)))
+        log.info("resuming upload key=%s upload_id=%s parts=%d bytes=%d", upload.key,
+                 upload.upload_id, len(done), stream.total)
+        return upload
+
+    def _list_parts(self, upload: Resumable) -> dict[int, dict[str, Any]] | None:
+        """The parts the store holds for the upload; None when the upload is gone."""
+        parts: dict[int, dict[str, Any]] = {}
+        kwargs: dict[str, Any] = {"Bucket": upload.bucket, "Key": upload.key,
+                                  "UploadId": upload.upload_id}
+        while True:
+            try:
+                page = self.call("list_parts", **kwargs)
+            except PermanentError as exc:
+                if error_code(exc) in ("NoSuchUpload", "404", "NoSuchKey"):
+                    return None
+                raise
+            parts.update((p["PartNumber"], p) for p in page.get("Parts") or ())
+            if not page.get("IsTruncated"):
+                return parts
+            kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
+
+    def _read(self, stream: Tally, size: int) -> Body | None:
+        """The next part, None at the end of the stream: in memory, or spooled to disk."""
+        if size <= self.spool_above:
+            return read_part(stream, size) or None
+        spool = tempfile.TemporaryFile()  # noqa: SIM115  # closed by the part thread
+        chunk = bytearray(READ_CHUNK)
+        left = size
+        with memoryview(chunk) as view:
+            while left and (n := stream.readinto(view[: min(left, READ_CHUNK)])):
+                spool.write(view[:n])
+                left -= n
+        if left == size:
+            spool.close()
+            return None
+        return spool
+
+    def _verify(self, bucket: str, key: str, size: int, resp: dict[str, Any],
+                crc: str | None, expected: str) -> str:
+        """The store's full-object checksum when it answers one; else the ETag, which is the
+        MD5 of the parts' MD5s plus -N except under SSE-KMS: then only the size can tell."""
+        ck = self.checksum
+        answered = resp.get(ck.param) if ck else None
+        if ck and answered and "-" not in answered:  # "-N": a composite, not ours to compare
+            if answered != crc:
+                raise TransientError(f"S3 verify {key}: store checksum {answered} != {crc} "
+                                     "computed from the stream")
+            return ck.name
+        etag = str(resp.get("ETag", "")).strip('"')
+        if etag == expected:
+            return "etag"
+        if not self.opaque_etags:
+            raise TransientError(f"S3 verify {key}: multipart ETag {etag} != {expected} "
+                                 "computed from the parts sent")
+        stored = self.call("head_object", Bucket=bucket, Key=key).get("ContentLength")
+        if stored != size:
+            raise TransientError(f"S3 verify {key}: stored size {stored} != sent {size}")
+        return "size"
+
+    def _upload_part(self, upload: Resumable, number: int, body: Body,
+                     cancel: threading.Event | None, journal: Journal | None) -> Sent:
+        """One part sent, checked and recorded."""
+        ck = self.checksum
+        try:
+            md5, crc, size = digests(body, ck)
+            extra = {"ChecksumAlgorithm": ck.name.upper(), ck.param: ck.b64(crc)} if ck else {}
+            if isinstance(body, bytearray):
+                body = PartBody(body)
+            body.seek(0)
+            resp = self.call("upload_part", cancel, Bucket=upload.bucket, Key=upload.key,
+                             UploadId=upload.upload_id, PartNumber=number, Body=body, **extra)
+        finally:
+            body.close()
+        if not self.opaque_etags and resp["ETag"].strip('"') != md5.hexdigest():
+            # A store that ignores checksums still answers the part's MD5 as its ETag.
+            raise BadPart(f"S3 UploadPart {upload.key} part {number}: ETag "
+                                 f"{resp['ETag']} is not the MD5 of the part sent")
+        if journal is not None:
+            journal.completed(Part(number, size, resp["ETag"], md5.hexdigest(),
+                                   ck.b64(crc) if ck else None))
+        return ({"PartNumber": number, "ETag": resp["ETag"],
+                 **{k: v for k, v in resp.items() if k in CHECKSUM_FIELDS and v}}, md5.digest())
+
+    def abort_orphans(self, bucket: str, key: str, keep: set[str]) -> int:
+        """Abort open multipart uploads of exactly `key` left by a killed earlier attempt,
+        except those in `keep` (recorded for a resume)."""
+        aborted = 0
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
+        while True:
+            try:
+                page = self.call("list_multipart_uploads", **kwargs)
+            except (TransientError, PermanentError) as exc:
+                # rclone serve s3 answers NoSuchUpload when a bucket has none; some stores do
+                # not implement the listing. Nothing to abort then; lifecycle rules remain.
+                if error_code(exc) in ("NoSuchUpload", "NotImplemented"):
+                    break
+                raise
+            for up in page.get("Uploads") or ():
+                if up.get("Key") == key and up["UploadId"] not in keep:
+                    self.call("abort_multipart_upload", Bucket=bucket, Key=key,
+                              UploadId=up["UploadId"])
+                    aborted += 1
+            if not page.get("IsTruncated"):
+                break
+            kwargs.update(KeyMarker=page.get("NextKeyMarker", ""),
+                          UploadIdMarker=page.get("NextUploadIdMarker", ""))
+        if aborted:
+            log.info("aborted orphaned multipart uploads bucket=%s key=%s count=%d",
+                     bucket, key, aborted)
+        return aborted
+
+    def _abort(self, bucket: str, key: str, upload_id: str) -> None:
+        try:
+            self.call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+        except (TransientError, PermanentError) as exc:
+            # Left for the next attempt's abort_orphans (and the bucket lifecycle rule).
+            log.warning("abort failed bucket=%s key=%s upload_id=%s error=%s",
+                        bucket, key, upload_id, exc)
+
+
+class Tally:
+    """The decompressed stream as it is read, with its sha256, full-object checksum and size."""
+
+    def __init__(self, reader: Reader, checksum: Checksum | None) -> None:
+        self.reader = reader
+        self.checksum = checksum
+        self.sha256 = hashlib.sha256()
+        self.crc = 0
+        self.total = 0
+
+    def readinto(self, view: Any) -> int:
+        n = self.reader.readinto(view)
+        with memoryview(view) as got:
+            self.feed(got[:n])
+        return n
+
+    def feed(self, data: Any) -> None:
+        self.sha256.update(data)
+        if self.checksum:
+            self.crc = self.checksum.update(data, self.crc)
+        self.total += len(data)
+
+
+class Budget:
+    """Bytes of part buffers in use; `take` waits for room (one part alone may exceed it)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._room = threading.Condition()
+
+    def take(self, n: int) -> None:
+        with self._room:
+            self._room.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    def give(self, n: int) -> None:
+        with self._room:
+            self.used -= n
+            self._room.notify_all()
+
+
+def digests(body: Any, checksum: Checksum | None) -> tuple[Any, int, int]:
+    """A part's MD5 (the ETag a store answers), its own checksum (0 without one) and size;
+    `body` is a buffer, or a file or stream read to its end."""
+    if isinstance(body, bytearray):
+        return hashlib.md5(body, usedforsecurity=False), \
+            checksum.update(body, 0) if checksum else 0, len(body)
+    md5, crc, size = hashlib.md5(usedforsecurity=False), 0, 0
+    if hasattr(body, "seek"):
+        body.seek(0)
+    chunk = bytearray(2**20)
+    with memoryview(chunk) as view:
+        while n := body.readinto(chunk):
+            md5.update(view[:n])
+            crc = checksum.update(view[:n], crc) if checksum else 0
+            size += n
+    return md5, crc, size
+
+
+def reread(stream: Tally, size: int, checksum: Checksum | None) -> tuple[str, str | None]:
+    """The MD5 and checksum (as a Part records them) of the next `size` bytes of `stream`,
+    read and not kept; a stream that ends sooner gives values no part has."""
+    md5, crc, got = digests(Cut(stream, size), checksum)
+    if got != size:
+        return "", None
+    return md5.hexdigest(), checksum.b64(crc) if checksum else None
+
+
+class Cut:
+    """The next `size` bytes of a stream, as a stream."""
+
+    def __init__(self, stream: Tally, size: int) -> None:
+        self.stream, self.left = stream, size
+
+    def readinto(self, buffer: Any) -> int:
+        with memoryview(buffer) as view:
+            n = self.stream.readinto(view[: self.left]) if self.left else 0
+        self.left -= n
+        return n
+
+
+class PartBody(io.RawIOBase):
+    """A part buffer as a seekable stream. botocore copies a bytes-like Body whole; a stream
+    it reads in chunks, so a part costs its buffer once, not twice."""
+
+    def __init__(self, buf: bytes | bytearray) -> None:
+        self._view = memoryview(buf)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, into: Any) -> int:
+        n = max(0, min(len(into), len(self._view) - self._pos))
+        into[:n] = self._view[self._pos: self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+
+def read_part(reader: Reader, size: int, head: bytes = b"") -> bytearray:
+    """One part of up to `size` bytes in its own buffer, filled in place (no 2x peak).
+
+    Part buffers are bytearrays (boto3 takes them as a Body); a short last part is truncated
+    in place.
+    """
+    buf = bytearray(size)
+    buf[: len(head)] = head
+    pos = len(head)
+    with memoryview(buf) as view:
+        while pos < size:
+            n = reader.readinto(view[pos: pos + READ_CHUNK])
+            if not n:
+                break
+            pos += n
+    del buf[pos:]
+    return buf
