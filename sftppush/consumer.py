@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue as stdqueue
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,10 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
     with contextlib.ExitStack() as restore:
         if own_signals:  # first signal: warm stop (finish in-flight uploads); second: abandon
             restore.enter_context(signals.on_stop(stop, cancel))
+        if threading.current_thread() is threading.main_thread():
+            # The lease safeopen holds while it deletes a file breaks with SIGIO when a client
+            # opens that file for writing meanwhile; its default action would end us.
+            signal.signal(signal.SIGIO, signal.SIG_IGN)
         memory.release_free_memory()
         try:
             with Queue(cfg.queue.path) as q:

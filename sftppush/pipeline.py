@@ -238,9 +238,10 @@ def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool
     if not still_ours():
         raise LeaseLost(f"lease lost id={entry.id}")
     if delete and not safe.unlink():
-        log.warning("not deleted id=%d path=%s reason=replaced during upload",
+        log.warning("not deleted id=%d path=%s reason=replaced, or still open for writing",
                     entry.id, entry.display_path)
-        return Done("replaced during upload; newer version kept", uploaded)
+        return Done("superseded: replaced or still being written; newer version kept",
+                    uploaded)
     return Done(uploaded=uploaded)
 
 

@@ -8,13 +8,15 @@ It must never read file contents or decide what happens to a queue entry.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import functools
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,9 +81,14 @@ class SafeFile:
         the one deleted; so the name is first renamed to a private one, and what was renamed
         is checked there, deleted if it is our inode, else put back.
         """
-        # ctime can be checked only here: the rename below sets the inode's ctime.
-        if not same_version(os.fstat(self.fd), self.st) or not self.unchanged():
-            return False
+        with _writers_held_off(self.fd) as free:
+            # ctime can be checked only here: the rename below sets the inode's ctime.
+            if not free or not same_version(os.fstat(self.fd), self.st) or \
+                    not self.unchanged():
+                return False
+            return self._delete_set_aside()
+
+    def _delete_set_aside(self) -> bool:
         private = self._set_aside()
         if private is None:
             return False
@@ -115,6 +122,35 @@ class SafeFile:
         except FileExistsError:
             log.warning("set aside name=%s kept_as=%s reason=name taken by a newer file",
                         os.fsdecode(self.name), os.fsdecode(private))
+
+
+@contextlib.contextmanager
+def _writers_held_off(fd: int) -> Iterator[bool]:
+    """A read lease on the file while it is checked and deleted. The kernel grants it only
+    while no one has the file open for writing (False then: a client is still writing it,
+    say a re-send in place whose truncation we read, and the file must stay), and while it is
+    held an open for writing waits. The consumer ignores SIGIO, the lease-break signal."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            yield False
+            return
+        # EACCES: neither the file's owner nor CAP_LEASE (the consumer unit grants it);
+        # EINVAL: a filesystem without leases. The other checks still run.
+        _no_leases(exc.strerror or str(exc))
+        yield True
+        return
+    try:
+        yield True
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+
+
+@functools.cache
+def _no_leases(why: str) -> None:
+    log.warning("cannot tell whether a file is still open for writing before deleting it"
+                " reason=%s (grant CAP_LEASE; see README)", why)
 
 
 def set_aside_name(inode: int) -> bytes:

@@ -23,6 +23,10 @@ import yaml
 
 from sftppush.locals3 import LocalS3, free_port, stop_process, wait_for_port
 
+# In-process consumers run in threads, so consumer.run cannot do this for them: a lease
+# break (a writer opening a file while safeopen deletes it) must not end the test run.
+signal.signal(signal.SIGIO, signal.SIG_IGN)
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Variables of the host that must not leak into a test's child processes: a test talks only

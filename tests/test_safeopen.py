@@ -223,3 +223,23 @@ def test_a_version_left_aside_by_a_killed_consumer_is_removed_by_the_retry(
     assert not safeopen.remove_set_aside(root, f, st.st_ino, st.st_size, st.st_mtime_ns + 1)
     assert safeopen.remove_set_aside(root, f, st.st_ino, st.st_size, st.st_mtime_ns)
     assert files_in(f.parent) == ["b.csv"]
+
+
+def test_a_file_still_open_for_writing_is_never_deleted(tree: tuple[Path, Path]) -> None:
+    # A client re-sending in place opened the file (O_TRUNC) and has not written yet: the
+    # version we read (empty) is unchanged, but deleting it would lose what the client writes
+    # next into an unlinked inode.
+    root, _ = tree
+    f = root / "upload" / "resend.csv"
+    f.write_bytes(b"")
+    writer = os.open(f, os.O_WRONLY | os.O_TRUNC)
+    try:
+        with open_in_root(root, bytes(f)) as safe:
+            assert safe.unlink() is False
+        assert f.exists()
+    finally:
+        os.write(writer, b"the re-send\n")
+        os.close(writer)
+    with open_in_root(root, bytes(f)) as safe:
+        assert safe.unlink() is True
+    assert not f.exists()
