@@ -101,6 +101,9 @@ def test_operator_sees_the_counts_and_the_upload_lines(server: Server) -> None:
     journal = server.m.run("journalctl", "--no-pager", "-o", "cat", "-u", "sftppush-*").stdout
     for upload in server.sent:
         assert f"key={upload.key} " in journal, upload.key
+    # CAP_LEASE works under the unit's hardening: the consumer can tell, for files the
+    # chrooted users own, whether one is still open for writing before deleting it.
+    assert "cannot tell whether a file is still open for writing" not in journal
 
 
 def test_two_names_for_one_key_never_overwrite(server: Server) -> None:
