@@ -13,15 +13,11 @@ files or the queue (the Journal is the caller's).
 
 from __future__ import annotations
 
-import base64
-import bisect
 import hashlib
-import io
 import json
 import logging
 import tempfile
 import threading
-import zlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -31,37 +27,25 @@ import botocore.exceptions
 
 from sftppush.decompress import Reader
 from sftppush.errors import PermanentError, TransientError
-
-try:
-    from awscrt import checksums as crt_checksums
-except ImportError:  # CRC32 from zlib then
-    crt_checksums = None
+from sftppush.parts import (
+    READ_CHUNK,
+    Body,
+    Budget,
+    Checksum,
+    PartBody,
+    Tally,
+    digests,
+    grow_every,
+    part_size,
+    read_part,
+    reread,
+)
 
 log = logging.getLogger("sftppush.s3")
 
-READ_CHUNK = 2**16  # decompressed bytes per readinto while filling a part (a temporary copy
-                   # of this size is made by the decompressor; glibc keeps ~2x it per thread)
 Call = Callable[..., Any]  # s3.Sink.call: (method, cancel, **kwargs) -> answer
-MAX_PARTS = 10_000       # S3's limits
-MAX_OBJECT = 5 * 2**40
-MAX_PART = 5 * 2**30
-Body = bytearray | Any   # a part in memory, or in an (unlinked) temporary file
 CHECKSUM_FIELDS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1",
                    "ChecksumSHA256")  # a part's checksums as the store answers them
-
-
-def part_size(first: int, number: int, every: int) -> int:
-    """The size of part `number` (from 1): `first`, doubled after every `every` parts."""
-    return min(MAX_PART, first << ((number - 1) // every))
-
-
-def grow_every(first: int) -> int:
-    """The most parts of each size for which 10,000 parts still hold 5 TiB: the decompressed
-    size is not known in advance, so parts grow with the stream, as late as they can."""
-    def too_slow(every: int) -> bool:
-        return sum(part_size(first, n, every) for n in range(1, MAX_PARTS + 1)) < MAX_OBJECT
-
-    return bisect.bisect_left(range(1, MAX_PARTS + 1), True, key=too_slow)
 
 
 class UploadCancelled(Exception):
@@ -81,41 +65,6 @@ class Uploaded:
     sha256: str
     parts: int          # 0 = single PUT
     verified_by: str    # "crc64nvme", "crc32", "etag", "head" or "size"
-
-
-@dataclass(frozen=True)
-class Checksum:
-    """A full-object checksum S3 verifies: CRCs chain over a stream (`update(data, crc)`)."""
-
-    name: str
-    width: int
-    update: Callable[[Any, int], int]
-
-    @property
-    def param(self) -> str:
-        """The boto3 parameter (and answer field) that carries it."""
-        return "Checksum" + self.name.upper()
-
-    @property
-    def header(self) -> str:
-        return f"x-amz-checksum-{self.name}"
-
-    def b64(self, value: int) -> str:
-        return base64.b64encode(value.to_bytes(self.width, "big")).decode()
-
-    def of(self, data: Any) -> str:
-        return self.b64(self.update(data, 0))
-
-
-CRC32 = Checksum("crc32", 4, zlib.crc32)
-CRC64NVME = Checksum("crc64nvme", 8, crt_checksums.crc64nvme) if crt_checksums else None
-
-
-def store_checksum(mode: str) -> Checksum | None:
-    """The checksum every upload sends under `s3.checksum: mode`; None sends none."""
-    if mode != "when_supported":
-        return None
-    return CRC64NVME or CRC32
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -434,134 +383,3 @@ class Multipart:
                         bucket, key, upload_id, exc)
 
 
-class Tally:
-    """The decompressed stream as it is read, with its sha256, full-object checksum and size."""
-
-    def __init__(self, reader: Reader, checksum: Checksum | None) -> None:
-        self.reader = reader
-        self.checksum = checksum
-        self.sha256 = hashlib.sha256()
-        self.crc = 0
-        self.total = 0
-
-    def readinto(self, view: Any) -> int:
-        n = self.reader.readinto(view)
-        with memoryview(view) as got:
-            self.feed(got[:n])
-        return n
-
-    def feed(self, data: Any) -> None:
-        self.sha256.update(data)
-        if self.checksum:
-            self.crc = self.checksum.update(data, self.crc)
-        self.total += len(data)
-
-
-class Budget:
-    """Bytes of part buffers in use; `take` waits for room (one part alone may exceed it)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._room = threading.Condition()
-
-    def take(self, n: int) -> None:
-        with self._room:
-            self._room.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
-            self.used += n
-
-    def give(self, n: int) -> None:
-        with self._room:
-            self.used -= n
-            self._room.notify_all()
-
-
-def digests(body: Any, checksum: Checksum | None) -> tuple[Any, int, int]:
-    """A part's MD5 (the ETag a store answers), its own checksum (0 without one) and size;
-    `body` is a buffer, or a file or stream read to its end."""
-    if isinstance(body, bytearray):
-        return hashlib.md5(body, usedforsecurity=False), \
-            checksum.update(body, 0) if checksum else 0, len(body)
-    md5, crc, size = hashlib.md5(usedforsecurity=False), 0, 0
-    if hasattr(body, "seek"):
-        body.seek(0)
-    chunk = bytearray(2**20)
-    with memoryview(chunk) as view:
-        while n := body.readinto(chunk):
-            md5.update(view[:n])
-            crc = checksum.update(view[:n], crc) if checksum else 0
-            size += n
-    return md5, crc, size
-
-
-def reread(stream: Tally, size: int, checksum: Checksum | None) -> tuple[str, str | None]:
-    """The MD5 and checksum (as a Part records them) of the next `size` bytes of `stream`,
-    read and not kept; a stream that ends sooner gives values no part has."""
-    md5, crc, got = digests(Cut(stream, size), checksum)
-    if got != size:
-        return "", None
-    return md5.hexdigest(), checksum.b64(crc) if checksum else None
-
-
-class Cut:
-    """The next `size` bytes of a stream, as a stream."""
-
-    def __init__(self, stream: Tally, size: int) -> None:
-        self.stream, self.left = stream, size
-
-    def readinto(self, buffer: Any) -> int:
-        with memoryview(buffer) as view:
-            n = self.stream.readinto(view[: self.left]) if self.left else 0
-        self.left -= n
-        return n
-
-
-class PartBody(io.RawIOBase):
-    """A part buffer as a seekable stream. botocore copies a bytes-like Body whole; a stream
-    it reads in chunks, so a part costs its buffer once, not twice."""
-
-    def __init__(self, buf: bytes | bytearray) -> None:
-        self._view = memoryview(buf)
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, into: Any) -> int:
-        n = max(0, min(len(into), len(self._view) - self._pos))
-        into[:n] = self._view[self._pos: self._pos + n]
-        self._pos += n
-        return n
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def __len__(self) -> int:
-        return len(self._view)
-
-
-def read_part(reader: Reader, size: int, head: bytes = b"") -> bytearray:
-    """One part of up to `size` bytes in its own buffer, filled in place (no 2x peak).
-
-    Part buffers are bytearrays (boto3 takes them as a Body); a short last part is truncated
-    in place.
-    """
-    buf = bytearray(size)
-    buf[: len(head)] = head
-    pos = len(head)
-    with memoryview(buf) as view:
-        while pos < size:
-            n = reader.readinto(view[pos: pos + READ_CHUNK])
-            if not n:
-                break
-            pos += n
-    del buf[pos:]
-    return buf

@@ -26,16 +26,8 @@ from sftppush import crt
 from sftppush.config import Defaults, S3Config
 from sftppush.decompress import Reader, read_full
 from sftppush.errors import ConfigError, PermanentError, TransientError
-from sftppush.multipart import (
-    Checksum,
-    Journal,
-    Multipart,
-    PartBody,
-    Uploaded,
-    error_code,
-    read_part,
-    store_checksum,
-)
+from sftppush.multipart import Journal, Multipart, Uploaded, error_code
+from sftppush.parts import Checksum, PartBody, read_part, store_checksum
 
 log = logging.getLogger("sftppush.s3")
 

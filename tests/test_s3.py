@@ -267,7 +267,7 @@ def test_without_awscrt_uploads_send_a_crc32() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['awscrt'] = None; from sftppush import multipart as m; "
+    code = ("import sys; sys.modules['awscrt'] = None; from sftppush import parts as m; "
             "assert m.store_checksum('when_supported') is m.CRC32; "
             "assert m.store_checksum('when_required') is None")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -275,7 +275,7 @@ def test_without_awscrt_uploads_send_a_crc32() -> None:
 
 @pytest.mark.parametrize("first_mb", [5, 8, 64, 5120])
 def test_parts_double_so_that_10000_parts_hold_5_tib(first_mb: int) -> None:
-    from sftppush.multipart import grow_every, part_size
+    from sftppush.parts import grow_every, part_size
 
     every = grow_every(first_mb * MB)
     sizes = [part_size(first_mb * MB, n, every) for n in range(1, 10_001)]
