@@ -1,14 +1,11 @@
-"""Multipart uploads: full-object checksums the store verifies, parts that grow, flat memory,
-resume after a crash.
+"""Multipart uploads: parts sent in parallel, a resume after a crash, the object verified.
 
-Owns the checksum every upload sends (CRC64NVME where awscrt is installed, else CRC32), the
-part sizes (doubling so that 10,000 parts hold 5 TiB), part buffers within a byte budget
-(bigger parts wait in a temporary file), sending parts in parallel, recording each completed
-part in a Journal and resuming from it (re-reading the stream up to there, checked part by
-part), aborting what cannot be resumed and verifying the completed object (its full-object
-checksum, else the ETag of the parts' MD5s, else its size). It reaches the store only through
-the `call` it is given (s3.Sink's, retried and classified there) and never opens the source
-files or the queue (the Journal is the caller's).
+Owns creating the upload, sending parts (sizes, checksums and buffers come from parts.py),
+recording each completed part in a Journal and resuming from it (re-reading the stream up to
+there, checked part by part), aborting what cannot be resumed and verifying the completed
+object (its full-object checksum, else the ETag of the parts' MD5s, else its size). It reaches
+the store only through the `call` it is given (s3.Sink's, retried and classified there) and
+never opens the source files or the queue (the Journal is the caller's).
 """
 
 from __future__ import annotations
