@@ -287,7 +287,7 @@ def _install_as_the_readme_says(m: Machine) -> None:
     only: the S3 endpoint of this machine, a second source, two consumers instead of four."""
     blocks = marked_blocks()
     expected = ["service-user", "program", "config", "credentials", "upload-tree",
-                "upload-tree-acl", "config-check", "inotify-watches", "units"]
+                "upload-tree-acl", "config-check", "inotify-watches", "units", "metrics"]
     assert list(blocks) == expected, f"README's marked blocks changed: {list(blocks)}"
 
     def run(name: str, script: str, prelude: str = "") -> None:
@@ -318,6 +318,10 @@ def _install_as_the_readme_says(m: Machine) -> None:
     assert all("permission denied on key" in line for line in errors), result.stderr
     run("units", adapt(blocks["units"], "sftppush-consume@{1..4}.service",
                        "sftppush-consume@{1..2}.service"))
+    # The endpoint answers once the unit has bound its port: wait for it, then run the block.
+    m.sh("for i in $(seq 50); do curl -sf http://127.0.0.1:9464/metrics >/dev/null && break;"
+         " [ $i -gt 1 ] || systemctl start sftppush-metrics.service; sleep 0.2; done; true")
+    run("metrics", blocks["metrics"])
 
 
 @pytest.fixture(scope="session")

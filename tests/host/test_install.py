@@ -3,6 +3,7 @@ whose hardening holds when probed from inside it, not just on paper."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -25,12 +26,29 @@ def test_readme_install_leaves_every_unit_running(server: Server) -> None:
     assert '"failed": 0' in status, status
 
 
-@pytest.mark.parametrize("unit", [WATCH, CONSUMERS[0], "sftppush-rescan.service"])
+@pytest.mark.parametrize("unit", [WATCH, CONSUMERS[0], "sftppush-rescan.service",
+                                  "sftppush-metrics.service"])
 def test_live_security_exposure_is_within_budget(server: Server, unit: str) -> None:
     out = server.m.run("systemd-analyze", "security", "--no-pager", unit).stdout
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
     assert found, out[-2000:]
     assert float(found[1]) <= MAX_EXPOSURE, out
+
+
+def test_metrics_unit_serves_the_queue_and_can_write_nothing(server: Server) -> None:
+    m = server.m
+    assert m.unit_property("sftppush-metrics.service", "ActiveState") == "active"
+    text = m.run("curl", "-sf", "http://127.0.0.1:9464/metrics").stdout
+    status = json.loads(server.operator("queue status --json"))
+    for state in ("pending", "claimed", "done", "failed"):
+        line = re.search(rf'^sftppush_queue_entries{{state="{state}"}} (\S+)$', text, re.M)
+        assert line, text[:2000]
+        assert abs(float(line[1]) - status[state]) <= 5, (state, line[1], status)
+    pid = m.main_pid("sftppush-metrics.service")
+    probe = m.run("nsenter", "-t", str(pid), "-m", "sh", "-c",
+                  "touch /var/lib/sftppush/probe || touch /home/probe || touch /tmp/probe",
+                  check=False)
+    assert probe.returncode != 0, "the metrics unit could write somewhere"
 
 
 def test_watcher_cannot_reach_the_network(server: Server) -> None:
