@@ -421,12 +421,23 @@ def _build_sources(items: Any, userpath: Path, default_target: Target | None,
         source = _build_source(item, f"watch.source[{i}]", userpath, default_target)
         if any(s.name == source.name for s in sources):
             raise ConfigError(f"config: watch.source[{i}].name {source.name!r} is given twice")
-        missing = next((p for p in source.dirs if not p.is_dir()), None)
-        if need_sources and missing:
-            raise ConfigError(f"config: watch.source[{i}] ({source.name}): directory {missing} "
-                              "does not exist")
+        problem = _unusable(source.dirs) if need_sources else None
+        if problem:
+            raise ConfigError(f"config: watch.source[{i}] ({source.name}): {problem}")
         sources.append(source)
     return tuple(sources)
+
+
+def _unusable(dirs: tuple[Path, ...]) -> str | None:
+    """Why one of a source's directories cannot be watched, or None. Commands that only read
+    the queue do not ask (the metrics unit cannot even see /home)."""
+    for path in dirs:
+        try:
+            if not path.is_dir():
+                return f"directory {path} does not exist"
+        except PermissionError:
+            return f"directory {path} is not accessible (permission denied)"
+    return None
 
 
 def _build_source(item: Any, at: str, userpath: Path, default_target: Target | None) -> Source:

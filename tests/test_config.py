@@ -205,3 +205,25 @@ def test_keep_done_from_env(source_tree: SourceTree) -> None:
     assert load(path, env={"SFTPPUSH_QUEUE_KEEP_DONE": "0"}).queue.keep_done == 0
     with pytest.raises(ConfigError, match=r"queue\.keep_done 'nan' is not a duration"):
         load(path, env={"SFTPPUSH_QUEUE_KEEP_DONE": "nan"})
+
+
+def test_queue_only_commands_do_not_look_at_source_directories(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The metrics unit cannot see /home at all (ProtectHome=yes): looking at a source's
+    # directory raises PermissionError there. Root here is never refused, so the refusal is
+    # made up: no look at the sources for a queue-only load, one clear ConfigError otherwise.
+    (tmp_path / "home" / "u" / "upload").mkdir(parents=True)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"defaults: {{userpath: {tmp_path / 'home'}, s3target: bucket1}}\n"
+                   "watch: {source: [{name: u, paths: [/upload]}]}\n")
+    is_dir = Path.is_dir
+
+    def refused(self: Path) -> bool:
+        if self.is_relative_to(tmp_path / "home"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return is_dir(self)
+
+    monkeypatch.setattr(Path, "is_dir", refused)
+    assert load(cfg, env={}, need_sources=False).watch.sources[0].name == "u"
+    with pytest.raises(ConfigError, match=r"directory .*upload is not accessible"):
+        load(cfg, env={})

@@ -321,7 +321,11 @@ def _install_as_the_readme_says(m: Machine) -> None:
     # The endpoint answers once the unit has bound its port: wait for it, then run the block.
     m.sh("for i in $(seq 50); do curl -sf http://127.0.0.1:9464/metrics >/dev/null && break;"
          " [ $i -gt 1 ] || systemctl start sftppush-metrics.service; sleep 0.2; done; true")
-    run("metrics", blocks["metrics"])
+    try:
+        run("metrics", blocks["metrics"])
+    except AssertionError:
+        raise AssertionError(m.run("journalctl", "--no-pager", "-u", "sftppush-metrics.service",
+                                   check=False).stdout[-3000:]) from None
 
 
 @pytest.fixture(scope="session")
