@@ -138,11 +138,15 @@ class Consumer:
         self.breaker = Breaker(tuning.outage_after, tuning.transient_delay,
                                tuning.transient_delay_max)
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="worker")
+        self.finished = False
 
     def loop(self, drain: bool) -> None:
         log.info("consumer started owner=%s workers=%d queue=%s", self.owner, self.workers,
                  self.cfg.queue.path)
         watch = watch_or_none(self.queue.file, self._wake)
+        # The loop sleeps on its outcomes (up to poll_interval): a stop, warm or cold, must
+        # wake it, whoever sets it (a signal handler, which must not block, or a caller).
+        threading.Thread(target=self._wake_on_stop, name="stop-waker", daemon=True).start()
         self.next_renew = time.monotonic() + self.lease / 3
         try:
             while not self.stop.is_set():
@@ -158,6 +162,7 @@ class Consumer:
                 self._settle(wait=self.tuning.poll_interval)
                 self._renew_if_due()
         finally:
+            self.finished = True
             if watch is not None:
                 watch.close()
             self.pool.shutdown(wait=True)
@@ -175,6 +180,13 @@ class Consumer:
                 self._lease_lost(claim.entry, "abandon")
         if self.cancel.is_set():
             log.warning("cold stop: abandoned uploads in flight owner=%s", self.owner)
+
+    def _wake_on_stop(self) -> None:
+        for event in (self.stop, self.cancel):
+            while not event.wait(0.5):
+                if self.finished:
+                    return
+            self.outcomes.put(None)
 
     def _wake(self) -> None:
         if not self.woken:  # one wake-up in the queue is enough
