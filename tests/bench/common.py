@@ -379,3 +379,67 @@ def remaining_files(directory: Path) -> int:
                 else:
                     count += 1
     return count
+
+
+# ---- where a process's time goes -----------------------------------------------------------
+
+# Steps of a small file in the consumer, by the function that does them (inclusive time).
+STEPS = (
+    ("claim", ("claim (sftppush/queue.py",)), ("send_small", ("send_small",)),
+    ("  prepare", ("prepare",)),
+    ("    safe open", ("open_in_root",)), ("    take_key", ("take_key",)),
+    ("    detect, key, metadata", ("detect_fd", "object_key", "metadata")),
+    ("  read + inflate", ("read_small",)), ("  Sink.put", ("put (sftppush/s3.py",)),
+    ("    CrtTransport.put", ("put (sftppush/crt.py",)),
+    ("CRT callbacks", ("on_done", "on_headers", "answered", "delegate")),
+    ("complete (finish)", ("complete",)), ("  log line", ("info (logging",)),
+    ("  unlink", ("unlink (sftppush/safeopen.py",)), ("decide", ("decide",)),
+    ("ack_many", ("ack_many",)), ("renew", ("renew_leases",)),
+    ("has_due", ("has_due",)),
+)
+
+
+class PySpy:
+    """`py-spy record` of one running process into a raw (collapsed stacks) file, while the
+    block runs; `summary()` then says where its sampled time went. Only the thread holding
+    the GIL is sampled (--gil): Python's own CPU, not waits (awscrt's native threads and
+    the kernel's work in syscalls made without the GIL are not seen)."""
+
+    def __init__(self, pid: int, path: Path, rate: int = 500) -> None:
+        self.pid, self.path, self.rate = pid, path, rate
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> PySpy:
+        binary = shutil.which("py-spy") or str(Path(os.sys.executable).with_name("py-spy"))
+        self.proc = subprocess.Popen(
+            [binary, "record", "--pid", str(self.pid), "--format", "raw", "--rate",
+             str(self.rate), "--gil", "--nonblocking", "--output", str(self.path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached before the work starts
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        self.proc.wait(30)
+
+    def summary(self, top: int = 12) -> list[str]:
+        stacks = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack and count.isdigit():
+                stacks.append((stack, int(count)))
+        total = sum(c for _, c in stacks) or 1
+        lines = [f"py-spy: {total} samples of the thread holding the GIL"]
+        for name, needles in STEPS:
+            n = sum(c for s, c in stacks if any(needle in s for needle in needles))
+            lines.append(f"  {name:<28} {100 * n / total:5.1f}%")
+        own: dict[str, int] = {}
+        for s, c in stacks:
+            leaf = s.rsplit(";", 1)[-1]
+            leaf = leaf.rsplit(":", 1)[0] + ")" if ":" in leaf else leaf
+            own[leaf] = own.get(leaf, 0) + c
+        lines.append("  own time, top functions:")
+        for leaf, c in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"    {100 * c / total:5.1f}%  {leaf}")
+        return lines
