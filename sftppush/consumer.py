@@ -16,7 +16,7 @@ import queue as stdqueue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sftppush import memory, pipeline, signals
@@ -46,13 +46,14 @@ EXPECTED = (TransientError, PermanentError, pipeline.Done, pipeline.Held, pipeli
             UploadCancelled)
 
 
-@dataclass
+@dataclass(slots=True)
 class Claim:
-    """One entry this process holds, with its lease as this process last renewed it."""
+    """One entry this process holds, with its lease as this process last renewed it.
+    `lost` is set once, by whichever thread learns it (a plain flag: it only goes to True)."""
 
     entry: Entry
     expires: float
-    lost: threading.Event = field(default_factory=threading.Event)
+    lost: bool = False
 
 
 @dataclass(frozen=True)
@@ -245,13 +246,13 @@ class Consumer:
 
     def _still_ours(self, claim: Claim) -> bool:
         """Checked just before a delete: the lease must be ours with time to spare."""
-        if claim.lost.is_set():
+        if claim.lost:
             return False
         if time.time() < claim.expires - min(5.0, self.lease / 4):
             return True
         lost, expires = self.queue.renew_leases([claim.entry], self.lease)
         if lost:
-            claim.lost.set()
+            claim.lost = True
             return False
         claim.expires = expires
         return True
@@ -262,14 +263,14 @@ class Consumer:
             self.next_renew = time.monotonic() + self.lease / 3
 
     def _renew(self) -> None:
-        claims = [c for c in list(self.inflight.values()) if not c.lost.is_set()]
+        claims = [c for c in list(self.inflight.values()) if not c.lost]
         if not claims:
             return
         renewed, expires = self.queue.renew_leases([c.entry for c in claims], self.lease)
         lost = {e.id for e in renewed}
         for c in claims:
             if c.entry.id in lost:
-                c.lost.set()
+                c.lost = True
             else:
                 c.expires = expires
 
