@@ -48,11 +48,17 @@ def shown(path: bytes) -> str:
 
 
 def _dead_owners(db: sqlite3.Cursor) -> list[str]:
-    """The owner tokens of claims whose process died (see owners.died)."""
+    """The owner tokens of claims whose process died (see owners.died), asking once per
+    process: each claim of a process has a token of its own."""
     host = socket.gethostname()
-    return [owner for (owner,) in
-            db.execute("SELECT DISTINCT owner FROM entries WHERE state = 'claimed'")
-            if died(owner, host)]
+    owners = [o for (o,) in db.execute("SELECT DISTINCT owner FROM entries"
+                                         " WHERE state = 'claimed'")]
+    died_by_process: dict[str, bool] = {}
+    for owner in owners:
+        process = owner.rpartition("/")[0]
+        if process not in died_by_process:
+            died_by_process[process] = died(owner, host)
+    return [o for o in owners if died_by_process[o.rpartition("/")[0]]]
 
 
 @dataclass(frozen=True)
