@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sftppush import memory, pipeline, signals
@@ -35,7 +35,7 @@ from sftppush.policy import (
     Tuning,
     decide,
 )
-from sftppush.queue import Entry, Queue, State
+from sftppush.queue import Entry, KeyTaken, Queue, State
 from sftppush.s3 import Sink
 from sftppush.wake import watch_or_none
 
@@ -47,13 +47,14 @@ EXPECTED = (TransientError, PermanentError, pipeline.Done, pipeline.Held, pipeli
             UploadCancelled)
 
 
-@dataclass
+@dataclass(slots=True)
 class Claim:
-    """One entry this process holds, with its lease as this process last renewed it."""
+    """One entry this process holds, with its lease as this process last renewed it.
+    `lost` is set once, by whichever thread learns it (a plain flag: it only goes to True)."""
 
     entry: Entry
     expires: float
-    lost: threading.Event = field(default_factory=threading.Event)
+    lost: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,38 +212,72 @@ class Consumer:
         entries = self.queue.claim(self.owner, self.lease, limit=room)
         # The lease is the queue's (its clock was read inside the claim), never longer.
         claims = [Claim(entry, entry.due) for entry in entries]
-        # All held before any starts: _start may wait for a fast slot, renewing what we hold.
+        # All held before any starts: _send may wait for a fast slot, renewing what we hold.
         self.inflight.update((c.entry.id, c) for c in claims)
+        opened: list[tuple[Claim, pipeline.Prepared]] = []
         for claim in claims:
-            if self.stop.is_set() or not self._start(claim):
+            if self.stop.is_set() or not self._open(claim, opened):
                 self.pool.submit(self._work, claim)
+        self._send(opened)
         return len(entries)
 
-    def _start(self, claim: Claim) -> bool:
-        """Start a small file's PUT from this loop; False: a worker thread takes the claim."""
+    def _open(self, claim: Claim, opened: list[tuple[Claim, pipeline.Prepared]]) -> bool:
+        """Open a small file for a PUT from this loop (into `opened`, or settled at once);
+        False: a worker thread takes the claim."""
         source = self.cfg.source(claim.entry.source)
         if source is None or not self.sink.takes(source.target.bucket, claim.entry.size):
             return False
-        # All slots busy (a slow or stalled store): wait here, but keep every lease we hold
-        # renewed meanwhile; a stalled PUT times out in the transport, so a slot comes. A cold
-        # stop does not wait: the worker path releases the claim.
-        while not self.sink.wait_room(self.tuning.poll_interval):
-            if self.cancel.is_set():
-                return False
-            self._renew_if_due()
         try:
-            sent = pipeline.send_small(claim.entry, self.cfg, self.sink,
-                                       take_key=lambda key: self.queue.take_key(claim.entry, key),
-                                       nlink_retry_after=self.tuning.nlink_retry_after)
+            result = pipeline.open_small(claim.entry, self.cfg, self.sink,
+                                         nlink_retry_after=self.tuning.nlink_retry_after)
         except Exception as exc:
-            sent = exc
-        if sent is None:
+            result = exc
+        if result is None:
             return False
-        if isinstance(sent, pipeline.Sent):
-            sent.future.add_done_callback(lambda _f: self.outcomes.put((claim, sent)))
+        if isinstance(result, pipeline.Prepared):
+            opened.append((claim, result))
         else:
-            self.outcomes.put((claim, sent))
+            self.outcomes.put((claim, result))
         return True
+
+    def _send(self, opened: list[tuple[Claim, pipeline.Prepared]]) -> None:
+        """Take the keys of the opened files in one queue transaction (SPEC 3's record of
+        keys, before any upload starts), then start their PUTs."""
+        if not opened:
+            return
+        try:
+            taken = self.queue.take_keys([(p.entry, p.key) for _, p in opened])
+        except Exception as exc:
+            for claim, prepared in opened:
+                prepared.close()
+                self.outcomes.put((claim, exc))
+            return
+        for (claim, prepared), answer in zip(opened, taken, strict=True):
+            try:
+                sent = self._put(claim, prepared, answer)
+            except Exception as exc:
+                sent = exc
+            if sent is None:
+                self.pool.submit(self._work, claim)
+            elif isinstance(sent, pipeline.Sent):
+                sent.future.add_done_callback(
+                    lambda _f, claim=claim, sent=sent: self.outcomes.put((claim, sent)))
+            else:
+                self.outcomes.put((claim, sent))
+
+    def _put(self, claim: Claim, prepared: pipeline.Prepared,
+             taken: KeyTaken | None) -> pipeline.Sent | pipeline.Done | None:
+        # All slots busy (a slow or stalled store): wait here, but keep every lease we hold
+        # renewed meanwhile; a stalled PUT times out in the transport, so a slot comes. On a
+        # stop, what has not started goes to the workers, which release it.
+        while not self.stop.is_set() and not self.sink.wait_room(self.tuning.poll_interval):
+            self._renew_if_due()
+        if self.stop.is_set():
+            prepared.close()
+            return None
+        if claim.lost or time.time() >= claim.expires:  # lost while waiting: start nothing
+            taken = None
+        return pipeline.send_opened(prepared, taken, self.cfg, self.sink)
 
     def _work(self, claim: Claim) -> None:
         if self.stop.is_set():
@@ -262,13 +297,13 @@ class Consumer:
 
     def _still_ours(self, claim: Claim) -> bool:
         """Checked just before a delete: the lease must be ours with time to spare."""
-        if claim.lost.is_set():
+        if claim.lost:
             return False
         if time.time() < claim.expires - min(5.0, self.lease / 4):
             return True
         lost, expires = self.queue.renew_leases([claim.entry], self.lease)
         if lost:
-            claim.lost.set()
+            claim.lost = True
             return False
         claim.expires = expires
         return True
@@ -279,14 +314,14 @@ class Consumer:
             self.next_renew = time.monotonic() + self.lease / 3
 
     def _renew(self) -> None:
-        claims = [c for c in list(self.inflight.values()) if not c.lost.is_set()]
+        claims = [c for c in list(self.inflight.values()) if not c.lost]
         if not claims:
             return
         renewed, expires = self.queue.renew_leases([c.entry for c in claims], self.lease)
         lost = {e.id for e in renewed}
         for c in claims:
             if c.entry.id in lost:
-                c.lost.set()
+                c.lost = True
             else:
                 c.expires = expires
 

@@ -13,7 +13,6 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -109,10 +108,11 @@ class CrtTransport:
         """True when buckets are addressed as host names (AWS itself)."""
         return self._host is None
 
-    def put(self, bucket: str, key: str, body: bytes,
-            headers: list[tuple[str, str]]) -> Future[Answer]:
+    def put(self, bucket: str, key: str, body: bytes, headers: list[tuple[str, str]],
+            answered: Callable[[Answer | Failed], None]) -> None:
         """Start one PUT of `body` with `headers` (Host and Content-Length are added); blocks
-        while the in-flight limits are reached. The future raises Failed."""
+        while the in-flight limits are reached. `answered` is called once, from a CRT thread,
+        with the Answer or the Failed; it must not raise."""
         if len(body) > self.max_body:
             raise ValueError(f"body of {len(body)} bytes is too big for one PUT")
         if self._closed:
@@ -120,13 +120,11 @@ class CrtTransport:
         host = self._host or f"{bucket}.s3.{self.region}.amazonaws.com"
         path = f"{self._base}/{bucket}/{quote(key, safe='/~')}" if self._host else \
             f"/{quote(key, safe='/~')}"
-        request = http.HttpRequest("PUT", path, http.HttpHeaders(
-            [("Host", host), ("Content-Length", str(len(body))), *headers]), io.BytesIO(body))
-        future: Future[Answer] = Future()
-        answer: dict[str, Any] = {}
-
-        def on_headers(headers: list[tuple[str, str]], **_: Any) -> None:
-            answer["headers"] = headers
+        headers.append(("Host", host))
+        headers.append(("Content-Length", str(len(body))))
+        request = http.HttpRequest("PUT", path, http.HttpHeaders(headers), io.BytesIO(body))
+        got: list[list[tuple[str, str]]] = []
+        size = len(body)
 
         def on_done(error: BaseException | None = None, status_code: int | None = None,
                     error_body: bytes | None = None, **_: Any) -> None:
@@ -135,29 +133,28 @@ class CrtTransport:
                     overdue = token in self._timed_out
                     self._timed_out.discard(token)
                 if error is None:
-                    future.set_result(Answer({n.lower(): v for n, v in
-                                              answer.get("headers") or ()}))
+                    outcome: Answer | Failed = Answer(
+                        {n.lower(): v for n, v in got[-1]} if got else {})
                 elif overdue:
-                    future.set_exception(Failed(None, None, f"no answer within {self.timeout:g}s"))
+                    outcome = Failed(None, None, f"no answer within {self.timeout:g}s")
                 else:
-                    future.set_exception(_failure(error, status_code, error_body))
+                    outcome = _failure(error, status_code, error_body)
             except BaseException as exc:  # never let an exception escape into CRT's thread
-                future.set_exception(exc)
-            finally:
-                self._finish(token, len(body))
+                outcome = Failed(None, None, f"{type(exc).__name__}: {exc}")
+            self._finish(token, size)
+            answered(outcome)
 
         token = object()
-        self._reserve(len(body))
+        self._reserve(size)
         with self._lock:  # held so on_done cannot run _finish before the request is recorded
             try:
                 self._live[token] = (self._client.make_request(
                     type=s3.S3RequestType.PUT_OBJECT, request=request,
-                    on_headers=on_headers, on_done=on_done),
+                    on_headers=lambda headers, **_: got.append(headers), on_done=on_done),
                     time.monotonic() + self.timeout)
             except BaseException:
-                self._release(len(body))
+                self._release(size)
                 raise
-        return future
 
     def wait_room(self, size: int, timeout: float) -> bool:
         """Wait up to `timeout` seconds until a body of `size` bytes would start at once."""

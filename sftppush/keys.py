@@ -6,6 +6,7 @@ that are not valid UTF-8. It must never touch the filesystem or S3: pure functio
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -46,13 +47,22 @@ def escape_component(raw: bytes) -> str:
 
 def relative_parts(source: Source, path: bytes) -> list[bytes]:
     """The components of `path` below userpath (the source name first); ValueError if outside."""
-    root = os.fsencode(source.root)
     path = os.path.normpath(path)
-    rel = os.path.relpath(path, root)
+    inside = _inside(source.root)
+    # An absolute path below an absolute root: what relpath would say, without its getcwd.
+    rel = path[len(inside):] if inside and path.startswith(inside) and path != inside \
+        else os.path.relpath(path, os.fsencode(source.root))
     parts = rel.split(b"/")
     if os.path.isabs(rel) or b".." in parts or rel == b".":
         raise ValueError(f"{path!r} is not inside source root {source.root}")
     return [os.fsencode(source.name), *parts]
+
+
+@functools.lru_cache(maxsize=256)
+def _inside(root: os.PathLike[str] | str) -> bytes:
+    """`root` normalised with one trailing slash, or b"" for a relative root."""
+    root_b = os.path.normpath(os.fsencode(root))
+    return root_b.rstrip(b"/") + b"/" if root_b.startswith(b"/") else b""
 
 
 def strip_suffix(name: bytes, fmt: str | None) -> bytes:
@@ -86,14 +96,27 @@ def metadata(source: Source, path: bytes, size: int, mtime_ns: int) -> dict[str,
     Values are ASCII (they travel as HTTP headers): the original name is percent-encoded.
     """
     return {
-        "sftppush-source": quote(source.name, safe=" "),
+        "sftppush-source": _quoted_name(source.name),
         "sftppush-original-name": quote(os.path.basename(path), safe=" !$&'()*+,;=@[]~"),
         "sftppush-original-size": str(size),
         "sftppush-mtime": iso8601(mtime_ns),
     }
 
 
+@functools.lru_cache(maxsize=256)
+def _quoted_name(name: str) -> str:
+    return quote(name, safe=" ")
+
+
 def iso8601(mtime_ns: int) -> str:
-    """`mtime_ns` as ISO 8601 in UTC with microseconds, e.g. 2026-01-02T03:04:05.000006+00:00."""
+    """`mtime_ns` as ISO 8601 in UTC with microseconds, e.g. 2026-01-02T03:04:05.000006+00:00
+    (none when they are 0, as datetime.isoformat)."""
     seconds, ns = divmod(mtime_ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=ns // 1000).isoformat()
+    whole = _iso_second(seconds)
+    return f"{whole[:-6]}.{ns // 1000:06d}+00:00" if ns >= 1000 else whole
+
+
+@functools.lru_cache(maxsize=64)
+def _iso_second(seconds: int) -> str:
+    """One second's ISO 8601 text: files of a burst share their mtime's second."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat()

@@ -18,6 +18,21 @@ from sftppush.config import LogConfig
 _FIELD = re.compile(r"(?:^| )([a-z_]+)=(.*?)(?= [a-z_]+=|$)", re.S)
 
 
+class TextFormatter(logging.Formatter):
+    """`time level logger message`, the time as logging's default (2026-01-02 03:04:05,678),
+    its seconds formatted once per second: a consumer logs a line per upload."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self._second = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: ARG002
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+        return f"{self._second[1]},{int(record.msecs):03d}"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; `name=value` pairs of the message are lifted into fields."""
 
@@ -47,12 +62,15 @@ def setup(cfg: LogConfig) -> None:
     if cfg.format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger("sftppush")
     root.handlers[:] = [handler]
     root.setLevel(cfg.level.upper())
     root.propagate = False
+    # No record needs its caller's file and line, thread or process (logging's documented
+    # optimisations): finding the caller walks the stack on every line.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # boto's own chatter at debug would log request headers; keep it at warning.
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

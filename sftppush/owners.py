@@ -6,6 +6,7 @@ host has died (or its pid now names another process). It never touches the queue
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 
@@ -14,8 +15,13 @@ def owner_token() -> str:
     """This process as the owner of its claims: host:pid:start time (clock ticks after boot,
     /proc/self/stat field 22), so that a claim whose process died, or whose pid now names
     another process, can be told from a live one."""
-    _, started = _process(os.getpid()) or ("", -1)
-    return f"{socket.gethostname()}:{os.getpid()}:{started}"
+    return _token(os.getpid())
+
+
+@functools.cache
+def _token(pid: int) -> str:
+    _, started = _process(pid) or ("", -1)
+    return f"{socket.gethostname()}:{pid}:{started}"
 
 
 def _process(pid: int) -> tuple[str, int] | None:
@@ -39,7 +45,10 @@ def _process(pid: int) -> tuple[str, int] | None:
 def died(owner: str, host: str) -> bool:
     """Did the process that made this claim die? Only a token of owner_token()'s form, of
     this host, can tell; any other claim waits for its lease to expire."""
-    name, _, rest = owner.rpartition("/")[0].partition(":")
+    process = owner.rpartition("/")[0]
+    if process == owner_token():  # this process, which runs: no need to ask /proc
+        return False
+    name, _, rest = process.partition(":")
     pid, _, started = rest.partition(":")
     if name != host or not (pid.isdigit() and started.isdigit()):
         return False

@@ -2,9 +2,9 @@
 
 Owns the order of those steps and the checks between them (min age, superseded versions,
 vanished files, lease still ours before the delete), for both of the sink's transports:
-`process()` streams, `send_small()` + `finish()` put a small body without waiting. It raises
-TransientError/PermanentError and never touches the queue: the consumer decides what an
-outcome means for the entry.
+`process()` streams; `open_small()`, `send_opened()` and `complete()` put a small body
+without waiting. It raises TransientError/PermanentError and never touches the queue: the
+consumer decides what an outcome means for the entry.
 """
 
 from __future__ import annotations
@@ -125,21 +125,30 @@ def process(entry: Entry, cfg: Config, sink: Sink, *,
         prepared.close()
 
 
-def send_small(entry: Entry, cfg: Config, sink: Sink, *, take_key: TakeKey | None = None,
-               nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Sent | Done | Held | None:
-    """Start the upload of a small file without waiting for it (the sink's fast transport).
+def open_small(entry: Entry, cfg: Config, sink: Sink, *,
+               nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Prepared | Done | Held | None:
+    """The first half of a small file's upload without waiting (the sink's fast transport):
+    `prepare()` it, its key not yet taken. The caller takes the keys of several opened files
+    in one queue transaction and passes each answer to `send_opened()`.
 
-    None: nothing started, `process()` it instead (a body too big for one fast PUT, or a
-    vanished file, whose HEAD may wait on the store). Done/Held: no upload needed.
+    None: nothing opened, `process()` it instead (a vanished file, whose HEAD may wait on the
+    store). Done/Held: no upload needed.
     """
     try:
-        prepared = prepare(entry, cfg, sink, take_key=take_key,
-                           nlink_retry_after=nlink_retry_after, look_up_vanished=False)
+        return prepare(entry, cfg, sink, nlink_retry_after=nlink_retry_after,
+                       look_up_vanished=False)
     except Vanished:
         return None
-    if not isinstance(prepared, Prepared):
-        return prepared
+
+
+def send_opened(prepared: Prepared, taken: KeyTaken | None, cfg: Config,
+                sink: Sink) -> Sent | Done | None:
+    """The second half: given the queue's answer to taking the key (take_keys), start the
+    PUT. None: the body is too big for one fast PUT, `process()` it instead. Raises
+    LeaseLost or the key collision; `prepared` is closed unless a Sent is returned."""
+    entry = prepared.entry
     try:
+        prepared.if_absent = _first_upload(entry, prepared.key, taken)
         body = read_small(prepared, cfg.consumer.max_decompressed_bytes, sink.max_small)
         if body is None:
             prepared.close()
@@ -196,7 +205,8 @@ def prepare(entry: Entry, cfg: Config, sink: Sink, *, take_key: TakeKey | None =
         key = object_key(source, entry.path, fmt)
         return Prepared(entry, source, safe, fmt, key,
                         metadata(source, entry.path, safe.st.st_size, safe.st.st_mtime_ns),
-                        started, take_key is not None and _first_upload(entry, key, take_key))
+                        started,
+                        take_key is not None and _first_upload(entry, key, take_key(key)))
     except BaseException:
         safe.close()
         raise
@@ -245,9 +255,9 @@ def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool
     return Done(uploaded=uploaded)
 
 
-def _first_upload(entry: Entry, key: str, take_key: TakeKey) -> bool:
-    """Record `key` as this path's; True if no earlier upload of this path went to it."""
-    taken = take_key(key)
+def _first_upload(entry: Entry, key: str, taken: KeyTaken | None) -> bool:
+    """What the queue answered to recording `key` as this path's (None: the lease is lost);
+    True if no earlier upload of this path went to it."""
     if taken is None:
         raise LeaseLost(f"lease lost id={entry.id}")
     if taken.holder is not None:

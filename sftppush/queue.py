@@ -48,11 +48,17 @@ def shown(path: bytes) -> str:
 
 
 def _dead_owners(db: sqlite3.Cursor) -> list[str]:
-    """The owner tokens of claims whose process died (see owners.died)."""
+    """The owner tokens of claims whose process died (see owners.died), asking once per
+    process: each claim of a process has a token of its own."""
     host = socket.gethostname()
-    return [owner for (owner,) in
-            db.execute("SELECT DISTINCT owner FROM entries WHERE state = 'claimed'")
-            if died(owner, host)]
+    owners = [o for (o,) in db.execute("SELECT DISTINCT owner FROM entries"
+                                         " WHERE state = 'claimed'")]
+    died_by_process: dict[str, bool] = {}
+    for owner in owners:
+        process = owner.rpartition("/")[0]
+        if process not in died_by_process:
+            died_by_process[process] = died(owner, host)
+    return [o for o in owners if died_by_process[o.rpartition("/")[0]]]
 
 
 @dataclass(frozen=True)
@@ -469,20 +475,34 @@ class Queue:
         nothing; else records the key on this entry. None means the lease was lost (or
         ran out: an upload must not start on it) and nothing was set.
         """
+        return self.take_keys([(entry, key)], now)[0]
+
+    def take_keys(self, wanted: Sequence[tuple[Entry, str]],
+                  now: float | None = None) -> list[KeyTaken | None]:
+        """take_key for several entries in one transaction, in order: each answer is the one
+        take_key would give after the entries before it (two paths of one batch that map
+        to one key: the second finds the first holding it)."""
+        out: list[KeyTaken | None] = []
         with self._transaction() as db:
             now = _clock(now)
-            if not db.execute(f"SELECT 1 FROM entries WHERE {_FENCE} AND due > ?",
-                              (entry.id, entry.owner, now)).fetchone():
-                return None
-            row = db.execute("SELECT path FROM entries WHERE key = ? AND path <> ?"
-                             " AND state IN ('claimed', 'pending', 'done') ORDER BY id LIMIT 1",
-                             (key, entry.path)).fetchone()
-            if row is not None:
-                return KeyTaken(holder=bytes(row[0]), known=False)
-            known = db.execute("SELECT 1 FROM entries WHERE key = ? AND path = ? AND id <> ?"
-                               " AND state = 'done' LIMIT 1",
-                               (key, entry.path, entry.id)).fetchone() is not None
-            db.execute(f"UPDATE entries SET key = ? WHERE {_FENCE}", (key, entry.id, entry.owner))
+            for entry, key in wanted:
+                out.append(self._take_key(db, entry, key, now))
+        return out
+
+    @staticmethod
+    def _take_key(db: sqlite3.Cursor, entry: Entry, key: str, now: float) -> KeyTaken | None:
+        if not db.execute(f"SELECT 1 FROM entries WHERE {_FENCE} AND due > ?",
+                          (entry.id, entry.owner, now)).fetchone():
+            return None
+        row = db.execute("SELECT path FROM entries WHERE key = ? AND path <> ?"
+                         " AND state IN ('claimed', 'pending', 'done') ORDER BY id LIMIT 1",
+                         (key, entry.path)).fetchone()
+        if row is not None:
+            return KeyTaken(holder=bytes(row[0]), known=False)
+        known = db.execute("SELECT 1 FROM entries WHERE key = ? AND path = ? AND id <> ?"
+                           " AND state = 'done' LIMIT 1",
+                           (key, entry.path, entry.id)).fetchone() is not None
+        db.execute(f"UPDATE entries SET key = ? WHERE {_FENCE}", (key, entry.id, entry.owner))
         return KeyTaken(holder=None, known=known)
 
     # --- a multipart upload in progress, for a resume after a crash -----------------------

@@ -34,6 +34,9 @@ log = logging.getLogger("sftppush.s3")
 SHA256_KEY = "sftppush-sha256"
 SOURCE_KEY = "sftppush-source"
 NAME_KEY = "sftppush-original-name"
+# User metadata as request headers, the names sftppush sends spelled once.
+_META = {name: f"x-amz-meta-{name}" for name in (
+    SOURCE_KEY, NAME_KEY, "sftppush-original-size", "sftppush-mtime", SHA256_KEY)}
 SMALL_BODY = 2**20  # read first; a body that ends within it never gets a part-sized buffer
 # Error codes that mean "try the same request again later"; other 4xx codes are permanent.
 TRANSIENT_CODES = frozenset({
@@ -148,17 +151,18 @@ def classify(exc: BaseException, what: str = "S3") -> TransientError | Permanent
     return PermanentError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def verified_by(checksum: Checksum | None, answered: str | None, etag: str | None,
-                body: bytes | bytearray) -> str | None:
-    """The checksum's name or "etag" when a PUT's answer confirms `body`; None when a HEAD
+def verified_by(checksum: Checksum | None, sent: str | None, answered: str | None,
+                etag: str | None, md5_hex: Callable[[], str]) -> str | None:
+    """The checksum's name or "etag" when a PUT's answer confirms the body whose `checksum`
+    was `sent` and whose MD5 is `md5_hex()` (asked only to compare an ETag); None when a HEAD
     must (an ETag is not the MD5 under SSE-KMS/SSE-C). Raises TransientError for a checksum
     that differs."""
     if checksum and answered:
-        if answered != checksum.of(body):
+        if answered != sent:
             raise TransientError(f"S3 PutObject: store checksum {answered} does not match "
                                  "the body")
         return checksum.name
-    if etag and etag.strip('"') == hashlib.md5(body, usedforsecurity=False).hexdigest():
+    if etag and etag.strip('"') == md5_hex():
         return "etag"
     return None
 
@@ -186,7 +190,11 @@ class Sink:
                              transport.max_body if transport else 0)
         self._credentials = credentials or (lambda: True)
         # The headers every fast PUT carries, built once.
-        self._headers = [(OPTION_HEADERS[name], value) for name, value in self.extra.items()]
+        self._headers = [("Content-Type", "application/octet-stream"),
+                         *((OPTION_HEADERS[name], value) for name, value in self.extra.items())]
+        self._checksum_header = self.checksum.header if self.checksum else ""
+        if self.checksum:
+            self._headers.append(("x-amz-sdk-checksum-algorithm", self.checksum.name.upper()))
         # HEADs that verify fast PUTs run here, never on a CRT thread or the caller's loop.
         self._verify = ThreadPoolExecutor(2, thread_name_prefix="verify")
 
@@ -232,29 +240,27 @@ class Sink:
             out.set_exception(TransientError("S3: no usable AWS credentials yet"))
             return out
         sha = hashlib.sha256(body).hexdigest()
-        md5 = hashlib.md5(body, usedforsecurity=False).digest()
-        headers = [("Content-MD5", base64.b64encode(md5).decode()),
-                   ("Content-Type", "application/octet-stream"), *self._headers]
-        if self.checksum:
-            headers += [("x-amz-sdk-checksum-algorithm", self.checksum.name.upper()),
-                        (self.checksum.header, self.checksum.of(body))]
-        headers += [(f"x-amz-meta-{name}", value)
-                    for name, value in {**metadata, SHA256_KEY: sha}.items()]
+        md5 = hashlib.md5(body, usedforsecurity=False)
+        sent = self.checksum.of(body) if self.checksum else None
+        headers = [("Content-MD5", base64.b64encode(md5.digest()).decode()), *self._headers]
+        if sent:
+            headers.append((self._checksum_header, sent))
+        headers += [(_META.get(name) or f"x-amz-meta-{name}", value)
+                    for name, value in metadata.items()]
+        headers.append((_META[SHA256_KEY], sha))
         if if_absent:
             headers.append(("If-None-Match", "*"))
 
-        def answered(sent: Future[crt.Answer]) -> None:
+        def answered(answer: crt.Answer | crt.Failed) -> None:
             try:
-                answer = sent.result()
-                how = verified_by(self.checksum, answer.headers.get(self.checksum.header)
-                                  if self.checksum else None,
-                                  answer.headers.get("etag"), body)
-            except crt.Failed as exc:
-                if exc.status == 412 and if_absent:  # someone's object is there: whose?
-                    self._verify.submit(self._put_over, out, bucket, key, body, metadata)
-                else:
-                    out.set_exception(classify(exc))
-                return
+                if isinstance(answer, crt.Failed):
+                    if answer.status == 412 and if_absent:  # someone's object is there: whose?
+                        self._verify.submit(self._put_over, out, bucket, key, body, metadata)
+                    else:
+                        out.set_exception(classify(answer))
+                    return
+                how = verified_by(self.checksum, sent, answer.headers.get(self._checksum_header),
+                                  answer.headers.get("etag"), md5.hexdigest)
             except BaseException as exc:
                 out.set_exception(classify(exc))
                 return
@@ -263,7 +269,7 @@ class Sink:
             else:
                 self._verify.submit(self._verified_head, out, bucket, key, len(body), sha)
 
-        self.transport.put(bucket, key, body, headers).add_done_callback(answered)
+        self.transport.put(bucket, key, body, headers, answered)
         return out
 
     def _put_over(self, out: Future[Uploaded], bucket: str, key: str, body: bytes,
@@ -378,9 +384,10 @@ class Sink:
         sha = hashlib.sha256(body).hexdigest()
         args = {"Bucket": bucket, "Key": key, "Metadata": {**metadata, SHA256_KEY: sha},
                 "Body": PartBody(body) if len(body) > SMALL_BODY else body, **self.extra}
+        sent = self.checksum.of(body) if self.checksum else None
         if self.checksum:
             args.update({"ChecksumAlgorithm": self.checksum.name.upper(),
-                         self.checksum.param: self.checksum.of(body)})
+                         self.checksum.param: sent})
         try:
             resp = self.call("put_object", cancel, **args,
                              **({"IfNoneMatch": "*"} if if_absent else {}))
@@ -389,8 +396,10 @@ class Sink:
                 raise
             self.may_replace(bucket, key, metadata)
             resp = self.call("put_object", cancel, **args)
-        how = verified_by(self.checksum, resp.get(self.checksum.param) if self.checksum else None,
-                          resp.get("ETag"), body) or \
+        how = verified_by(self.checksum, sent,
+                          resp.get(self.checksum.param) if self.checksum else None,
+                          resp.get("ETag"),
+                          lambda: hashlib.md5(body, usedforsecurity=False).hexdigest()) or \
             self.verify_head(bucket, key, len(body), sha)
         return Uploaded(bucket, key, len(body), sha, 0, how)
 

@@ -157,7 +157,8 @@ def test_bodies_over_part_size_are_not_taken_by_the_fast_transport(moto_server):
     with closing(uploader(moto_server, S3Config(part_size_mb=5))) as up:
         assert up.takes("b", 5 * 2**20) and not up.takes("b", 5 * 2**20 + 1)
         with pytest.raises(ValueError, match="too big"):
-            up.transport.put("b", "k", b"\0" * (up.transport.max_body + 1), [])
+            up.transport.put("b", "k", b"\0" * (up.transport.max_body + 1), [],
+                             lambda _answer: None)
 
 
 @pytest.mark.parametrize("path", ["boto3", "crt"])

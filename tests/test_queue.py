@@ -559,6 +559,20 @@ def test_one_key_one_local_path_in_either_order(tmp_path: Path, first_is: str) -
         assert q.take_key(second, "u/other.csv", now=1005) == KeyTaken(None, False)
 
 
+def test_keys_taken_in_one_batch_collide_as_if_taken_one_by_one(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        plain, gz = two_paths_one_key(q)
+        other = FileVersion(b"/home/u/b.csv", "u", 1, 1, 1, 9, "close_write")
+        q.enqueue_many([other], now=1000)
+        (third,) = q.claim("w", 60, now=1000)
+        assert q.take_keys([(plain, "u/a.csv"), (gz, "u/a.csv"), (third, "u/b.csv")],
+                           now=1001) == [KeyTaken(holder=None, known=False),
+                                         KeyTaken(holder=plain.path, known=False),
+                                         KeyTaken(holder=None, known=False)]
+        assert [q.get(e.id).key for e in (plain, gz, third)] == ["u/a.csv", None, "u/b.csv"]
+        assert q.take_keys([(plain, "u/a.csv"), (third, "u/b.csv")], now=1061) == [None, None]
+
+
 def test_a_resend_of_the_same_path_may_replace_its_object(tmp_path: Path) -> None:
     with Queue(tmp_path / "q.db") as q:
         (v1,) = versions(1)

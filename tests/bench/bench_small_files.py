@@ -9,6 +9,7 @@ of the same decompressed files to the same loopback `rclone serve s3`, measured 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import resource
 import tempfile
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.bench.common import (
+    PySpy,
     RcloneS3,
     Sftppush,
     Timing,
@@ -31,10 +33,14 @@ from tests.bench.common import (
 
 
 def run_sftppush(server: RcloneS3, root: Path, bucket: str, blobs: list[bytes],
-                 consumers: int, workers: int | None, timeout: float) -> tuple[float, dict]:
-    with Sftppush(server, root, bucket, "sftppush", consumers, workers) as app:
+                 consumers: int, workers: int | None, timeout: float,
+                 profile: Path | None = None) -> tuple[float, dict]:
+    with Sftppush(server, root, bucket, "sftppush", consumers, workers) as app, \
+            contextlib.ExitStack() as spying:
         target = app.upload / "2026"
         target.mkdir()
+        spy = spying.enter_context(PySpy(app.procs["consumer0"].pid, profile)) \
+            if profile else None
         cpu0 = app.cpu()
         started = time.perf_counter()
         for i, blob in enumerate(blobs):
@@ -45,6 +51,9 @@ def run_sftppush(server: RcloneS3, root: Path, bucket: str, blobs: list[bytes],
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
         cpu = {k: v - cpu0.get(k, 0.0) for k, v in app.cpu().items()}
+        spying.close()
+        if spy is not None:
+            print("\n".join(spy.summary()), flush=True)
         if left:
             raise RuntimeError(f"{left} of {len(blobs)} files still on disk after {timeout:.0f} s;"
                                f" queue {app.status()}; logs in {app.logs}")
@@ -76,6 +85,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="threads per consumer")
     parser.add_argument("--repeat", type=int, default=1, help="best of R runs for baselines")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
+                        help="record the first consumer with py-spy (raw stacks to FILE) and"
+                             " print where its time went")
     args = parser.parse_args()
     n = args.files
     bodies = [small_body(i) for i in range(n)]
@@ -95,7 +107,7 @@ def main() -> None:
             server, peers, "rclone", lambda: rclone_copy(server, src, bucket,
                                                          f"rc/{next(runs)}")))
         elapsed, cpu = run_sftppush(server, root / "sftppush", bucket, blobs, args.consumers,
-                                    args.workers, args.timeout)
+                                    args.workers, args.timeout, args.py_spy)
     rate = n / elapsed
     label = f"sftppush {n:,} x 4 KiB gzip, write to verified ({args.consumers} consumer(s))"
     report(label, rate, "files/s", "s5cmd cp", s5.rate)

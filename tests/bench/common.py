@@ -379,3 +379,76 @@ def remaining_files(directory: Path) -> int:
                 else:
                     count += 1
     return count
+
+
+# ---- where a process's time goes -----------------------------------------------------------
+
+# Steps of a small file in the consumer, by the function that does them (inclusive time).
+STEPS = (
+    ("claim", ("claim (sftppush/queue.py",)),
+    ("open (prepare)", ("prepare",)), ("  safe open", ("open_in_root",)),
+    ("  detect, key, metadata", ("detect_fd", "object_key", "metadata")),
+    ("take_keys", ("take_key",)), ("send_opened", ("send_opened",)),
+    ("  read + inflate", ("read_small",)), ("  Sink.put", ("put (sftppush/s3.py",)),
+    ("    CrtTransport.put", ("put (sftppush/crt.py",)),
+    ("complete (finish)", ("complete",)), ("  log line", ("info (logging",)),
+    ("  unlink", ("unlink (sftppush/safeopen.py",)), ("decide", ("decide",)),
+    ("ack_many", ("ack_many",)), ("renew", ("renew_leases",)),
+    ("has_due", ("has_due",)),
+)
+
+
+class PySpy:
+    """`py-spy record` of one running process into a raw (collapsed stacks) file, while the
+    block runs; `summary()` then says where its sampled time went, per thread and, for the
+    main thread (the claim loop), per step. Idle threads are left out by py-spy's heuristic,
+    which takes some waits (Condition.wait) for work: read those as waiting."""
+
+    def __init__(self, pid: int, path: Path, rate: int = 200) -> None:
+        self.pid, self.path, self.rate = pid, path, rate
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> PySpy:
+        binary = shutil.which("py-spy") or str(Path(os.sys.executable).with_name("py-spy"))
+        self.proc = subprocess.Popen(
+            [binary, "record", "--pid", str(self.pid), "--format", "raw", "--rate",
+             str(self.rate), "--threads", "--nonblocking", "--output", str(self.path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached before the work starts
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        self.proc.wait(30)
+
+    def summary(self, top: int = 15) -> list[str]:
+        threads: dict[str, int] = {}
+        main: list[tuple[list[str], int]] = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not (stack and count.isdigit()):
+                continue
+            thread, *frames = stack.split(";")
+            name = thread.partition(": ")[2] or "native (awscrt) threads"
+            threads[name] = threads.get(name, 0) + int(count)
+            if name == "MainThread":
+                main.append((frames, int(count)))
+        total = sum(threads.values()) or 1
+        lines = ["py-spy, samples per thread: " + ", ".join(
+            f"{name} {100 * n / total:.0f}%" for name, n in sorted(
+                threads.items(), key=lambda kv: -kv[1]))]
+        in_main = sum(c for _, c in main) or 1
+        lines.append("  main thread (claim loop), by step:")
+        for name, needles in STEPS:
+            n = sum(c for frames, c in main
+                    if any(needle in f for f in frames for needle in needles))
+            lines.append(f"    {name:<28} {100 * n / in_main:5.1f}%")
+        own: dict[str, int] = {}
+        for frames, c in main:
+            leaf = frames[-1] if frames else "?"
+            own[leaf] = own.get(leaf, 0) + c
+        lines.append("  main thread, own time by line:")
+        for leaf, c in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"    {100 * c / in_main:5.1f}%  {leaf}")
+        return lines
