@@ -202,7 +202,7 @@ def queue_status(ctx: click.Context, as_json: bool, prometheus: bool) -> None:
 def queue_list(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
     """Entries, newest first, with their errors."""
     from sftppush import status
-    from sftppush.queue import State
+    from sftppush.entries import State
 
     with _open_queue(_config(ctx, need_sources=False)) as q:
         entries = q.list(State(state) if state else None, limit)

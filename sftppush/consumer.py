@@ -22,6 +22,7 @@ from typing import Any
 
 from sftppush import memory, pipeline, signals
 from sftppush.config import Config
+from sftppush.entries import Entry, KeyTaken, State
 from sftppush.errors import PermanentError, TransientError
 from sftppush.multipart import Part, Resumable, UploadCancelled
 from sftppush.owners import owner_token
@@ -35,7 +36,7 @@ from sftppush.policy import (
     Tuning,
     decide,
 )
-from sftppush.queue import Entry, KeyTaken, Queue, State
+from sftppush.queue import Queue
 from sftppush.s3 import Sink
 from sftppush.wake import watch_or_none
 

@@ -21,10 +21,10 @@ from typing import Any
 
 from sftppush.config import Config, Source
 from sftppush.decompress import CappedReader, detect_fd, inflate, read_full
+from sftppush.entries import VANISHED, Entry, KeyTaken, shown
 from sftppush.errors import PermanentError
 from sftppush.keys import candidate_keys, metadata, object_key
 from sftppush.multipart import Journal
-from sftppush.queue import VANISHED, Entry, KeyTaken, shown
 from sftppush.s3 import Sink, Uploaded
 from sftppush.safeopen import (
     NLINK_RETRY_SECONDS,

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sftppush import pipeline
+from sftppush.entries import Entry
 from sftppush.errors import PermanentError, TransientError
 from sftppush.multipart import UploadCancelled
-from sftppush.queue import Entry
 from sftppush.s3 import RetryPolicy, Transfer
 
 

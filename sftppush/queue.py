@@ -1,50 +1,35 @@
-"""The durable queue: one SQLite file shared by the watcher, consumers and operator commands.
+"""The durable queue: what happens to entries in the queue file, shared by the watcher,
+consumers and operator commands.
 
-Owns the schema, enqueue with version dedup, atomic leased claims fenced by owner tokens
-(one version of a path at a time), key reservations, ack/retry/fail/release with the
-counters they keep, heartbeats, replay and purge; status.py reads the numbers. It knows
-nothing of S3 or inotify, and it never takes a claim from a live owner:
-only an expired lease, or an owner process of this host that no longer runs, frees it.
+Enqueue with version dedup, atomic leased claims fenced by owner tokens (one version of a
+path at a time), key reservations, ack/retry/fail/release with the counters they keep, a
+multipart upload's record for a resume, heartbeats, replay and purge; status.py reads the
+numbers, queuefile.py keeps the file and its schema. It knows nothing of S3 or inotify, and
+it never takes a claim from a live owner: only an expired lease, or an owner process of
+this host that no longer runs, frees it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
-from enum import StrEnum
-from pathlib import Path
-from typing import Any, ClassVar
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
 
-from persistqueue.sqlbase import SQLiteBase
-
-from sftppush.errors import QueueError
+from sftppush.entries import (
+    COLUMNS,
+    Entry,
+    FileVersion,
+    KeyTaken,
+    State,
+    entry_of,
+    vanished,
+)
 from sftppush.owners import died
-
-
-class State(StrEnum):
-    PENDING = "pending"
-    CLAIMED = "claimed"
-    DONE = "done"
-    FAILED = "failed"
-
-
-# The note of an entry whose file was gone at its turn. Such a version is queued again when
-# it is seen again: whether or not an object exists under its key, that object may be an
-# older version's (a directory renamed away and back, a mount not up yet).
-VANISHED = "vanished"
-
-
-def shown(path: bytes) -> str:
-    """A path for a log line or message: bytes that are not UTF-8 shown as escapes."""
-    return path.decode("utf-8", "backslashreplace")
+from sftppush.queuefile import QueueFile
 
 
 def _dead_owners(db: sqlite3.Cursor) -> list[str]:
@@ -61,72 +46,6 @@ def _dead_owners(db: sqlite3.Cursor) -> list[str]:
     return [o for o in owners if died_by_process[o.rpartition("/")[0]]]
 
 
-@dataclass(frozen=True)
-class FileVersion:
-    """One version of one file: what the watcher and rescan enqueue.
-
-    (path, inode, size, mtime_ns, ctime_ns) tell versions apart: ctime catches a re-send in
-    place that restores the old mtime.
-    """
-
-    path: bytes
-    source: str
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    inode: int
-    found_by: str
-
-    @classmethod
-    def of(cls, path: bytes | str, source: str, st: os.stat_result, found_by: str) -> FileVersion:
-        return cls(os.fsencode(path), source, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                   st.st_ino, found_by)
-
-
-@dataclass(frozen=True)
-class Entry(FileVersion):
-    """A queue row: a file version and where it stands.
-
-    `due` is when the row next needs attention: the next attempt (pending), the lease
-    expiry (claimed), or when it finished (done, failed). `key` is the object key the
-    entry holds (take_key), kept once it is done.
-    """
-
-    id: int
-    state: State
-    owner: str | None
-    due: float
-    attempts: int
-    enqueued_at: float
-    last_error: str | None
-    note: str | None
-    key: str | None = None
-    sha256: str | None = None  # of a multipart upload's object (one PUT's is in its metadata)
-
-    @property
-    def display_path(self) -> str:
-        return shown(self.path)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["path"] = self.display_path
-        data["state"] = self.state.value
-        return data
-
-
-@dataclass(frozen=True)
-class KeyTaken:
-    """The answer of take_key: `holder` is the path of another entry holding the key (then
-    nothing was set), else None; `known`: an earlier entry of this same path is done with
-    this key, so its object is there to be replaced."""
-
-    holder: bytes | None
-    known: bool
-
-
-# Entry's fields are the columns read back: a FileVersion's first, then the queue's.
-_FIELDS = tuple(f.name for f in fields(Entry))
-_COLUMNS = ", ".join(_FIELDS)
 # A pending entry is claimable when due and the oldest pending version of its path, with no
 # version of its path claimed: one version of a path in flight, in the order written.
 _CLAIMABLE = ("state = 'pending' AND due <= ? AND NOT EXISTS (SELECT 1 FROM entries AS other"
@@ -142,176 +61,9 @@ THROUGHPUT_KEPT = 3600
 PURGE_BATCH = 500
 
 
-class _Connection(SQLiteBase):
-    """persist-queue's SQLite set-up and nothing more: one connection, WAL, a busy timeout.
-
-    Its queue (a thread-lock-only get, pickled items, an in-process size counter) is not
-    used; the schema and every statement are Queue's.
-    """
-
-    _SQL_CREATE = ""  # its _init runs this; the schema is Queue._SCHEMA, applied by version
-
-    def __init__(self, file: Path, timeout: float, readonly: bool = False) -> None:
-        self.readonly = readonly
-        super().__init__(str(file.parent), timeout=timeout, db_file_name=file.name)
-
-    def _new_db_connection(self, path: str, _multithreading: bool,
-                           timeout: float) -> sqlite3.Connection:
-        # Shared by the Queue's threads under its lock, so not bound to the opening thread;
-        # autocommit, so that every write is Queue._transaction()'s BEGIN IMMEDIATE.
-        if self.readonly:
-            return _read_only(Path(path, self.db_file_name), timeout)
-        conn = super()._new_db_connection(path, True, timeout)
-        conn.isolation_level = None
-        conn.execute("PRAGMA synchronous=NORMAL")
-        return conn
-
-
-class Queue:
-    """The queue file. One object per process; its threads share it through an internal lock."""
-
-    SCHEMA_VERSION = 3
-    # The (state, due) index serves claim, the expired-lease sweep, purge and throughput;
-    # (path, state) finds the other versions of a path in flight (claim, supersede) without
-    # walking the done versions a path keeps for dedup; (key) finds who holds a key. Counts
-    # are kept by triggers so `queue status` never scans the table.
-    _SCHEMA = (
-        "CREATE TABLE IF NOT EXISTS entries ("
-        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-        " path BLOB NOT NULL, source TEXT NOT NULL, size INTEGER NOT NULL,"
-        " mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL DEFAULT 0,"
-        " inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
-        " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
-        " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT, key TEXT, sha256 TEXT)",
-        "CREATE UNIQUE INDEX IF NOT EXISTS entries_version"
-        " ON entries (path, inode, size, mtime_ns, ctime_ns)",
-        "CREATE INDEX IF NOT EXISTS entries_state_due ON entries (state, due)",
-        "CREATE INDEX IF NOT EXISTS entries_path_state ON entries (path, state)",
-        "CREATE INDEX IF NOT EXISTS entries_key ON entries (key) WHERE key IS NOT NULL",
-        "CREATE TABLE IF NOT EXISTS counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
-        "INSERT OR IGNORE INTO counts VALUES"
-        " ('pending', 0), ('claimed', 0), ('done', 0), ('failed', 0)",
-        "CREATE TRIGGER IF NOT EXISTS entries_counted_in AFTER INSERT ON entries"
-        " BEGIN UPDATE counts SET n = n + 1 WHERE state = new.state; END",
-        "CREATE TRIGGER IF NOT EXISTS entries_counted_move AFTER UPDATE OF state ON entries"
-        " WHEN old.state <> new.state BEGIN"
-        " UPDATE counts SET n = n - 1 WHERE state = old.state;"
-        " UPDATE counts SET n = n + 1 WHERE state = new.state; END",
-        "CREATE TRIGGER IF NOT EXISTS entries_counted_out AFTER DELETE ON entries"
-        " BEGIN UPDATE counts SET n = n - 1 WHERE state = old.state; END",
-        # What happened, kept apart from the entries so that purging forgets none of it:
-        # totals (uploads, bytes, failures and retries by reason), uploads per second for
-        # the trailing windows, and the last sign of life of each long-running role.
-        "CREATE TABLE IF NOT EXISTS counters (name TEXT NOT NULL, label TEXT NOT NULL,"
-        " value REAL NOT NULL, PRIMARY KEY (name, label))",
-        "CREATE TABLE IF NOT EXISTS throughput (second INTEGER PRIMARY KEY,"
-        " uploads INTEGER NOT NULL, bytes INTEGER NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS heartbeats (role TEXT PRIMARY KEY, owner TEXT NOT NULL,"
-        " at REAL NOT NULL)",
-        # A multipart upload in progress, kept by its entry for a resume: the sink's own
-        # JSON (`detail`, and one item per completed part), opaque here.
-        "CREATE TABLE IF NOT EXISTS uploads (entry_id INTEGER PRIMARY KEY, upload_id TEXT"
-        " NOT NULL, key TEXT NOT NULL, detail TEXT NOT NULL, parts TEXT NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS uploads_key ON uploads (key)",
-        "CREATE TRIGGER IF NOT EXISTS entries_upload_out AFTER DELETE ON entries"
-        " BEGIN DELETE FROM uploads WHERE entry_id = old.id; END",
-    )
-    # What takes a file of user_version N to N + 1; _SCHEMA then creates what is missing.
-    _MIGRATIONS: ClassVar[dict[int, tuple[str, ...]]] = {
-        1: ("ALTER TABLE entries ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0",
-            "DROP INDEX entries_version",
-            "ALTER TABLE entries ADD COLUMN key TEXT"),
-        2: ("ALTER TABLE entries ADD COLUMN sha256 TEXT",),  # and new tables; counters at 0
-    }
-
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
-                 timeout: float = 30.0, readonly: bool = False) -> None:
-        """Open (or create) the queue file; `readonly` opens it without any write access
-        (metrics), which neither creates nor upgrades it."""
-        self.file = Path(path).absolute()
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
-        if not self.file.exists():
-            if not create or readonly:
-                raise QueueError(f"queue: {self.file} does not exist")
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            # Created by us with 0600 before SQLite opens it; SQLite gives -wal/-shm the same mode.
-            os.close(os.open(self.file, os.O_CREAT | os.O_WRONLY, 0o600))
-        try:
-            self._sqlite = _Connection(self.file, timeout, readonly)
-            self._conn = self._sqlite._conn
-            # Read-only commands must not wait for the write lock: only an older (or new)
-            # file gets the schema statements.
-            with self._transaction(write=False) as db:
-                (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version != self.SCHEMA_VERSION and readonly:
-                raise QueueError(f"queue: {self.file} has schema {version}, this sftppush"
-                                 f" reads {self.SCHEMA_VERSION}: start the watcher to upgrade")
-            if version != self.SCHEMA_VERSION:
-                with self._transaction() as db:
-                    self._upgrade(db)
-        except sqlite3.DatabaseError as exc:
-            self.close()
-            raise QueueError(f"queue: {self.file} is not a usable queue file: {exc}") from None
-        except BaseException:
-            self.close()
-            raise
-
-    def _upgrade(self, db: sqlite3.Cursor) -> None:
-        # Read again under the write lock: another process may have upgraded meanwhile.
-        (version,) = db.execute("PRAGMA user_version").fetchone()
-        if version > self.SCHEMA_VERSION:
-            raise QueueError(f"queue: {self.file} has schema {version}, newer than this"
-                             f" sftppush knows ({self.SCHEMA_VERSION}): upgrade sftppush")
-        if version == 0 and db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entries'"
-        ).fetchone():
-            version = 1  # made before the schema version was recorded: the same table
-        if version:  # an existing file: brought up to date step by step
-            for step in range(version, self.SCHEMA_VERSION):
-                for statement in self._MIGRATIONS[step]:
-                    db.execute(statement)
-        for statement in self._SCHEMA:
-            db.execute(statement)
-        db.execute(f"PRAGMA user_version = {self.SCHEMA_VERSION}")
-
-    def __enter__(self) -> Queue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._sqlite.close()
-            self._conn = None
-
-    def reading(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
-        """One read transaction: a consistent view, no write lock (status.py's numbers)."""
-        return self._transaction(write=False)
-
-    @contextlib.contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
-            if self._conn is None:
-                raise QueueError(f"queue: {self.file} is closed")
-            cur = self._conn.cursor()
-            try:
-                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                try:
-                    yield cur
-                except BaseException:
-                    cur.execute("ROLLBACK")
-                    raise
-                cur.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
-                if self._conn.in_transaction:
-                    self._conn.rollback()
-                raise QueueError(f"queue: {self.file}: {exc}") from None
-            finally:
-                cur.close()
+class Queue(QueueFile):
+    """The queue file and what happens to its entries. One object per process; its threads
+    share it through the file's lock."""
 
     # --- producers ---------------------------------------------------------------------
 
@@ -340,7 +92,7 @@ class Queue:
                         " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
                         (v.path, v.source, v.size, v.mtime_ns, v.ctime_ns, v.inode,
                          v.found_by, now, now)).fetchone()
-                elif _vanished(*row[1:]):
+                elif vanished(*row[1:]):
                     new = row[0]
                     db.execute("UPDATE entries SET state = 'pending', owner = NULL, due = ?,"
                                " attempts = 0, enqueued_at = ?, found_by = ?, last_error = NULL,"
@@ -362,7 +114,7 @@ class Queue:
             for v in versions:
                 row = db.execute(f"SELECT state, note FROM entries WHERE {_SAME_VERSION}",
                                  _version_key(v)).fetchone()
-                if row is not None and not _vanished(*row):
+                if row is not None and not vanished(*row):
                     found.add(v)
         return found
 
@@ -384,10 +136,10 @@ class Queue:
             db.execute(
                 f"UPDATE entries SET state = 'claimed', owner = ?, due = ? WHERE id IN"
                 f" (SELECT id FROM entries WHERE {_CLAIMABLE} ORDER BY due LIMIT ?)"
-                f" RETURNING {_COLUMNS}",
+                f" RETURNING {COLUMNS}",
                 (token, now + lease_seconds, now, limit))
             rows = db.fetchall()
-        return sorted((_entry(r) for r in rows), key=lambda e: e.id)
+        return sorted((entry_of(r) for r in rows), key=lambda e: e.id)
 
     @staticmethod
     def _take_back(db: sqlite3.Cursor, now: float) -> None:
@@ -448,7 +200,7 @@ class Queue:
         return self._fenced([e for e, _ in done],
                             "state = 'done', owner = NULL, due = ?, note = ?,"
                             " key = CASE WHEN ? THEN NULL ELSE key END",
-                            lambda e, now: (now, notes[e.id], _vanished("done", notes[e.id])),
+                            lambda e, now: (now, notes[e.id], vanished("done", notes[e.id])),
                             now, after=count)[0]
 
     def retry_later(self, entry: Entry, error: str, delay: float, count_attempt: bool,
@@ -626,15 +378,15 @@ class Queue:
         """Entries, newest first, optionally of one state."""
         where, args = ("WHERE state = ?", (State(state).value,)) if state else ("", ())
         with self._transaction(write=False) as db:
-            rows = db.execute(f"SELECT {_COLUMNS} FROM entries {where} ORDER BY id DESC"
+            rows = db.execute(f"SELECT {COLUMNS} FROM entries {where} ORDER BY id DESC"
                               f" LIMIT ?", (*args, limit)).fetchall()
-        return [_entry(r) for r in rows]
+        return [entry_of(r) for r in rows]
 
     def get(self, entry_id: int) -> Entry | None:
         with self._transaction(write=False) as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM entries WHERE id = ?",
+            row = db.execute(f"SELECT {COLUMNS} FROM entries WHERE id = ?",
                              (entry_id,)).fetchone()
-        return _entry(row) if row else None
+        return entry_of(row) if row else None
 
 
 _After = Callable[[sqlite3.Cursor, list[Entry], float], None]
@@ -666,25 +418,6 @@ def _count_uploads(db: sqlite3.Cursor, files: int, size: int, now: float) -> Non
     db.execute("DELETE FROM throughput WHERE second < ?", (int(now) - THROUGHPUT_KEPT,))
 
 
-def _read_only(file: Path, timeout: float) -> sqlite3.Connection:
-    """A connection that cannot write, to a file it may not write either.
-
-    With no -wal file no writer has the queue open, and a reader without write access to
-    the directory could not create the -shm that WAL reading needs: then read the main file
-    as immutable (at worst one stale or failed read, should a writer start meanwhile).
-    """
-    wal = file.with_name(file.name + "-wal")
-    uri = file.as_uri() + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
-    conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
-    conn.isolation_level = None
-    return conn
-
-
-def _vanished(state: str, note: str | None) -> bool:
-    """Was this entry acked because its file vanished without an object?"""
-    return state == State.DONE and (note or "").startswith(VANISHED)
-
-
 def _clock(now: float | None) -> float:
     """The time a write acts at: the caller's, for tests, else the clock read now, which in a
     write is after BEGIN IMMEDIATE (that may have waited for the busy timeout)."""
@@ -694,10 +427,3 @@ def _clock(now: float | None) -> float:
 def _version_key(v: FileVersion) -> tuple[bytes, int, int, int, int]:
     """The values of _SAME_VERSION's placeholders."""
     return (v.path, v.inode, v.size, v.mtime_ns, v.ctime_ns)
-
-
-def _entry(row: Sequence[Any]) -> Entry:
-    data = dict(zip(_FIELDS, row, strict=True))
-    data["path"] = bytes(data["path"])
-    data["state"] = State(data["state"])  # an unknown state is an error, not a guess
-    return Entry(**data)

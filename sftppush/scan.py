@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from sftppush.config import Config, Source
-from sftppush.queue import FileVersion, Queue, shown
+from sftppush.entries import FileVersion, shown
+from sftppush.queue import Queue
 from sftppush.safeopen import DELETING_PREFIX
 
 log = logging.getLogger("sftppush.scan")

@@ -21,8 +21,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sftppush import signals
+from sftppush.entries import Entry
 from sftppush.errors import SftppushError
-from sftppush.queue import Entry, Queue
+from sftppush.queue import Queue
 
 log = logging.getLogger("sftppush.status")
 

@@ -28,9 +28,10 @@ from inotify_simple import flags as F
 
 from sftppush import notify, signals
 from sftppush.config import Config
+from sftppush.entries import FileVersion, shown
 from sftppush.errors import ConfigError
 from sftppush.owners import owner_token
-from sftppush.queue import FileVersion, Queue, shown
+from sftppush.queue import Queue
 from sftppush.scan import ignore_matcher, walk
 from sftppush.upkeep import Upkeep
 from sftppush.watches import Root, Watches

@@ -18,8 +18,8 @@ from inotify_simple import INotify
 from inotify_simple import flags as F
 
 from sftppush.config import Source
+from sftppush.entries import shown
 from sftppush.errors import SftppushError
-from sftppush.queue import shown
 
 log = logging.getLogger("sftppush.watcher")  # the watcher's own lines, as before the split
 

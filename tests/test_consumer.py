@@ -15,7 +15,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from sftppush import consumer
-from sftppush.queue import FileVersion, Queue, State
+from sftppush.entries import FileVersion, State
+from sftppush.queue import Queue
 from sftppush.s3 import RetryPolicy
 from tests.conftest import REPO, consumer_thread, wait_until
 

@@ -18,9 +18,10 @@ import pytest
 import zstandard
 
 from sftppush import pipeline
+from sftppush.entries import FileVersion, State
 from sftppush.errors import PermanentError
 from sftppush.keys import iso8601
-from sftppush.queue import FileVersion, Queue, State
+from sftppush.queue import Queue
 from sftppush.s3 import RetryPolicy, Sink, Transfer
 
 MB = 2**20

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sftppush import pipeline
+from sftppush.entries import Entry, State
 from sftppush.errors import PermanentError, TransientError
 from sftppush.multipart import UploadCancelled, Uploaded
 from sftppush.policy import (
@@ -18,7 +19,6 @@ from sftppush.policy import (
     backoff,
     decide,
 )
-from sftppush.queue import Entry, State
 
 TUNING = Tuning(transient_delay=5, transient_delay_max=300, permanent_delay=30,
                 permanent_delay_max=3600)

@@ -15,16 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from sftppush.entries import VANISHED, Entry, FileVersion, KeyTaken, State
 from sftppush.errors import QueueError
 from sftppush.owners import owner_token
-from sftppush.queue import (
-    VANISHED,
-    Entry,
-    FileVersion,
-    KeyTaken,
-    Queue,
-    State,
-)
+from sftppush.queue import Queue
 from sftppush.status import read as read_stats
 
 from .conftest import REPO

@@ -8,7 +8,8 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sftppush.queue import FileVersion, Queue, State
+from sftppush.entries import FileVersion, State
+from sftppush.queue import Queue
 from sftppush.status import read as read_stats
 
 from .conftest import SourceTree

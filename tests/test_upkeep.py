@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from sftppush.queue import PURGE_BATCH, FileVersion, Queue
+from sftppush.entries import FileVersion
+from sftppush.queue import PURGE_BATCH, Queue
 from sftppush.status import read
 from sftppush.upkeep import PURGE_PAUSE, Upkeep
 
@@ -55,7 +56,8 @@ def test_keep_done_0_keeps_them_forever(tmp_path: Path) -> None:
 
 CLAIMER = """
 import json, sys, time
-from sftppush.queue import Queue, FileVersion
+from sftppush.entries import FileVersion
+from sftppush.queue import Queue
 q = Queue(sys.argv[1])
 longest, n, end = 0.0, 0, time.monotonic() + float(sys.argv[2])
 while time.monotonic() < end:

@@ -27,7 +27,8 @@ from tests.conftest import child_env
 # printed as a line (ms), so the parent reads every one of them.
 CLAIMER = """
 import os, sys, time
-from sftppush.queue import FileVersion, Queue
+from sftppush.entries import FileVersion
+from sftppush.queue import Queue
 q = Queue(sys.argv[1])
 n, me = 0, os.getpid()
 while True:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sftppush.queue import FileVersion, Queue
+from sftppush.entries import FileVersion
+from sftppush.queue import Queue
 
 
 def _populated_queue(path: Path, count: int = 3000) -> None:
