@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue as stdqueue
 import signal
 import threading
@@ -111,6 +112,12 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
                 Consumer(cfg, q, sink, workers, tuning, stop, cancel).loop(drain)
         finally:
             sink.close(abandon=cancel.is_set())
+    if own_signals and cancel.is_set():
+        # A cold stop: the claims are handed back, but a worker thread still waiting on the
+        # store would hold the interpreter's exit (executors join their threads) until its
+        # read timeout. Its upload dies with the process.
+        logging.shutdown()
+        os._exit(0)
 
 
 class Consumer:
@@ -167,7 +174,8 @@ class Consumer:
             self.finished = True
             if watch is not None:
                 watch.close()
-            self.pool.shutdown(wait=True)
+            cold = self.cancel.is_set()  # a worker waiting on the store is not waited for
+            self.pool.shutdown(wait=not cold, cancel_futures=cold)
             self._settle(wait=0)
             self._flush_acks()
             self._abandon()

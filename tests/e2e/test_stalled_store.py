@@ -162,3 +162,38 @@ def test_a_second_sigterm_while_every_fast_slot_is_held_by_a_stalled_store_exits
         assert len(q.claim("after", 60, limit=100)) == 80
     assert states(cfg)[State.FAILED] == 0
     assert len(list(source_tree.upload.iterdir())) == 80
+
+
+def test_a_second_sigterm_while_a_streaming_upload_is_stalled_exits_at_once(
+        source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
+    # The same for the boto3 path: a file too big for a fast PUT streams from a worker
+    # thread, which no cancel reaches; its request (60 s read timeout) is left to die with
+    # the process, and the claim is handed back first.
+    cfg, proxy, _bucket = stalled_setup(pipeline_config, rclone_s3, fault_proxy, 300)
+    proxy.stall()
+    write_and_enqueue(cfg, source_tree.upload, range(1), 12 * 2**20)
+    with restored(proxy):
+        env = rclone_s3.env()
+        env.pop("SFTPPUSH_DEFAULTS_ENDPOINT_URL")  # the config's: the proxy
+        proc = consumer_process(cfg.file, env)
+        try:
+            wait_until(lambda: states(cfg)[State.CLAIMED] == 1, 60, "the file claimed")
+            wait_until(lambda: proxy.open_connections >= 1, 30, "its upload started",
+                       detail=lambda: proxy.open_connections)
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert proc.poll() is None, "a warm stop does not abandon an upload in flight"
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            _, stderr = proc.communicate(timeout=90)
+            took = time.monotonic() - started
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert took < 5.0, f"the cold stop took {took:.1f}s"
+    assert "cold stop: abandoned uploads in flight" in stderr
+    with Queue(cfg.queue.path) as q:  # handed back, not left to a lease that runs 300 s
+        assert q.counts()[State.PENDING] == 1
+    assert len(list(source_tree.upload.iterdir())) == 1
