@@ -126,35 +126,44 @@ def test_a_vanished_file_looked_up_in_a_stalled_store_does_not_stop_the_claim_lo
         assert (rclone_s3.root / bucket / key).read_bytes() == body
 
 
-def test_a_second_sigterm_while_every_fast_slot_is_held_by_a_stalled_store_exits_at_once(
-        source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
-    # A real consumer process at its default settings (32 fast PUTs in flight, a 60 s request
-    # timeout), all of its PUTs stalled: the first SIGTERM waits for them (a warm stop),
-    # the second abandons them and the process is gone at once, not a timeout later.
-    cfg, proxy, _bucket = stalled_setup(pipeline_config, rclone_s3, fault_proxy, 300)
-    proxy.stall()
-    write_and_enqueue(cfg, source_tree.upload, range(80), 1000)
+def stopped_twice(cfg: Any, proxy: Any, rclone_s3: Any, busy: int, connections: int
+                  ) -> tuple[str, float]:
+    """Start a consumer process on the stalled store, wait for `busy` claims and
+    `connections` open upstream, SIGTERM it twice: (its stderr, seconds the second took).
+    The first SIGTERM (a warm stop) must not end it while its uploads hang."""
     with restored(proxy):
         env = rclone_s3.env()
         env.pop("SFTPPUSH_DEFAULTS_ENDPOINT_URL")  # the config's: the proxy
         proc = consumer_process(cfg.file, env)
         try:
-            wait_until(lambda: states(cfg)[State.CLAIMED] == 64, 60, "a full batch claimed")
-            # 32 PUTs started (CRT opens some 25 connections for them), the 33rd waits.
-            wait_until(lambda: proxy.open_connections >= 16, 30, "the fast slots in use",
+            wait_until(lambda: states(cfg)[State.CLAIMED] == busy, 60, "the claims made")
+            wait_until(lambda: proxy.open_connections >= connections, 30, "uploads started",
                        detail=lambda: proxy.open_connections)
             time.sleep(1.0)
             proc.send_signal(signal.SIGTERM)
             time.sleep(1.0)
-            assert proc.poll() is None, "a warm stop does not abandon PUTs in flight"
+            assert proc.poll() is None, "a warm stop does not abandon uploads in flight"
             proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
-            _, stderr = proc.communicate(timeout=60)
+            _, stderr = proc.communicate(timeout=90)
             took = time.monotonic() - started
         finally:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, stderr
+    return stderr, took
+
+
+def test_a_second_sigterm_while_every_fast_slot_is_held_by_a_stalled_store_exits_at_once(
+        source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
+    # A real consumer process at its default settings (32 fast PUTs in flight, a 60 s request
+    # timeout), all of its PUTs stalled: the first SIGTERM waits for them (a warm stop),
+    # the second abandons them and the process is gone at once, not a timeout later.
+    # 64 claimed (a full batch), 32 PUTs started (CRT opens some 25 connections), the 33rd waits.
+    cfg, proxy, _bucket = stalled_setup(pipeline_config, rclone_s3, fault_proxy, 300)
+    proxy.stall()
+    write_and_enqueue(cfg, source_tree.upload, range(80), 1000)
+    _, took = stopped_twice(cfg, proxy, rclone_s3, busy=64, connections=16)
     assert took < 5.0, f"the cold stop took {took:.1f}s"
     # Nothing was lost: the abandoned claims come back (their owner is gone), no file left
     # its disk unverified, nothing failed.
@@ -167,31 +176,12 @@ def test_a_second_sigterm_while_every_fast_slot_is_held_by_a_stalled_store_exits
 def test_a_second_sigterm_while_a_streaming_upload_is_stalled_exits_at_once(
         source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
     # The same for the boto3 path: a file too big for a fast PUT streams from a worker
-    # thread, which no cancel reaches; its request (60 s read timeout) is left to die with
-    # the process, and the claim is handed back first.
+    # thread, which no cancel reaches; its request (60 s read timeout, then retries) is left
+    # to die with the process, and the claim is handed back first.
     cfg, proxy, _bucket = stalled_setup(pipeline_config, rclone_s3, fault_proxy, 300)
     proxy.stall()
     write_and_enqueue(cfg, source_tree.upload, range(1), 12 * 2**20)
-    with restored(proxy):
-        env = rclone_s3.env()
-        env.pop("SFTPPUSH_DEFAULTS_ENDPOINT_URL")  # the config's: the proxy
-        proc = consumer_process(cfg.file, env)
-        try:
-            wait_until(lambda: states(cfg)[State.CLAIMED] == 1, 60, "the file claimed")
-            wait_until(lambda: proxy.open_connections >= 1, 30, "its upload started",
-                       detail=lambda: proxy.open_connections)
-            time.sleep(1.0)
-            proc.send_signal(signal.SIGTERM)
-            time.sleep(1.0)
-            assert proc.poll() is None, "a warm stop does not abandon an upload in flight"
-            proc.send_signal(signal.SIGTERM)
-            started = time.monotonic()
-            _, stderr = proc.communicate(timeout=90)
-            took = time.monotonic() - started
-        finally:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, stderr
+    stderr, took = stopped_twice(cfg, proxy, rclone_s3, busy=1, connections=1)
     assert took < 5.0, f"the cold stop took {took:.1f}s"
     assert "cold stop: abandoned uploads in flight" in stderr
     with Queue(cfg.queue.path) as q:  # handed back, not left to a lease that runs 300 s
