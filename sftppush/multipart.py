@@ -164,8 +164,7 @@ class Multipart:
         upload = self._resume(resume, stream, done, cancel, journal) if resume else None
         if upload is None:
             upload = self._create(bucket, key, metadata, cancel, journal)
-        for data in parts:
-            stream.feed(data)
+        stream.parts_fed = len(done)  # re-read (and so fed) by the resume
         try:
             self._send(upload, parts, stream, done, cancel, journal)
             ck = self.checksum
@@ -221,12 +220,13 @@ class Multipart:
                 size = part_size(upload.part_size, number + 1, upload.every)
                 cost = min(size, self.spool_above)
                 budget.take(cost)
-                body = parts.pop(0) if parts else self._read(stream, size)
+                body = parts.pop(0) if parts else self._read(stream.reader, size)
                 if body is None:
                     budget.give(cost)
                     break
                 number += 1
-                fut = pool.submit(self._upload_part, upload, number, body, cancel, journal)
+                fut = pool.submit(self._upload_part, upload, number, body, stream, cancel,
+                                  journal)
                 fut.add_done_callback(lambda _f, cost=cost: budget.give(cost))
                 futures.append(fut)
                 del body  # only the part thread may keep it alive
@@ -281,8 +281,9 @@ class Multipart:
                 return parts
             kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
 
-    def _read(self, stream: Tally, size: int) -> Body | None:
-        """The next part, None at the end of the stream: in memory, or spooled to disk."""
+    def _read(self, stream: Reader, size: int) -> Body | None:
+        """The next part, None at the end of the stream: in memory, or spooled to disk; its
+        part thread tallies it."""
         if size <= self.spool_above:
             return read_part(stream, size) or None
         spool = tempfile.TemporaryFile()  # noqa: SIM115  # closed by the part thread
@@ -319,11 +320,12 @@ class Multipart:
             raise TransientError(f"S3 verify {key}: stored size {stored} != sent {size}")
         return "size"
 
-    def _upload_part(self, upload: Resumable, number: int, body: Body,
+    def _upload_part(self, upload: Resumable, number: int, body: Body, stream: Tally,
                      cancel: threading.Event | None, journal: Journal | None) -> Sent:
-        """One part sent, checked and recorded."""
+        """One part tallied, sent, checked and recorded."""
         ck = self.checksum
         try:
+            stream.feed_part(number, body)  # first: the next part's thread waits for it
             md5, crc, size = digests(body, ck)
             extra = {"ChecksumAlgorithm": ck.name.upper(), ck.param: ck.b64(crc)} if ck else {}
             if isinstance(body, bytearray):

@@ -336,6 +336,36 @@ def test_parts_grow_as_the_stream_goes_on_in_flat_memory(moto_server: S3Server,
     assert peak < 16 * MB, f"peak {peak / MB:.1f} MB"
 
 
+def test_parts_tallied_on_their_threads_give_the_sha256_and_crc_of_the_stream(
+        moto_server: S3Server, s3_bucket: str) -> None:
+    # Each part thread adds its part to the whole-object digests, in part order: buffers and
+    # spooled parts alike (5 and 5 MB buffers, then 10, 10 and 6 MB in temporary files).
+    up = uploader(moto_server.endpoint_url, part_memory=10 * MB, spool_above=5 * MB)
+    up.multipart.every = 2
+    sent = requests_sent(up)
+    body = os.urandom(36 * MB)
+    done = up.upload(s3_bucket, "mixed", io.BytesIO(body), {})
+    assert (done.parts, done.bytes_out) == (5, len(body))
+    assert done.sha256 == hashlib.sha256(body).hexdigest()
+    complete = next(h for m, u, h in sent if m == "POST" and "uploadId=" in u)
+    assert complete["x-amz-checksum-crc64nvme"] == crc64(body)
+
+
+def test_a_tally_takes_parts_in_order_whichever_thread_comes_first() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sftppush.parts import CRC32, Tally
+
+    parts = [os.urandom(1000 + n) for n in range(6)]
+    tally = Tally(io.BytesIO(), CRC32)
+    with ThreadPoolExecutor(6) as pool:
+        for n in reversed(range(1, 7)):  # the last part's thread starts first
+            pool.submit(tally.feed_part, n, bytearray(parts[n - 1]))
+    whole = b"".join(parts)
+    assert (tally.sha256.hexdigest(), tally.crc, tally.total, tally.parts_fed) == \
+        (hashlib.sha256(whole).hexdigest(), CRC32.update(whole, 0), len(whole), 6)
+
+
 class Crash(Exception):
     """The consumer dies here (kill -9): nothing after this point runs."""
 
