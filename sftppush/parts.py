@@ -83,9 +83,9 @@ def store_checksum(mode: str) -> Checksum | None:
 
 
 class Tally:
-    """The decompressed stream's sha256, full-object checksum and size, fed in stream order:
-    as `readinto` reads it, or part by part from the part threads (`feed_part`), so that the
-    reading thread only decompresses while a part thread hashes (hashlib drops the GIL)."""
+    """The decompressed stream (`reader`) and its sha256, full-object checksum and size, fed
+    part by part in stream order from the part threads (`feed_part`), so that the reading
+    thread only decompresses while a part thread hashes (hashlib drops the GIL)."""
 
     def __init__(self, reader: Reader, checksum: Checksum | None) -> None:
         self.reader = reader
@@ -95,12 +95,6 @@ class Tally:
         self.total = 0
         self.parts_fed = 0  # feed_part(n) waits until parts 1..n-1 are in
         self._turn = threading.Condition()
-
-    def readinto(self, view: Any) -> int:
-        n = self.reader.readinto(view)
-        with memoryview(view) as got:
-            self.feed(got[:n])
-        return n
 
     def feed(self, data: Any) -> None:
         self.sha256.update(data)
@@ -164,28 +158,6 @@ def digests(body: Any, checksum: Checksum | None) -> tuple[Any, int, int]:
         crc = checksum.update(data, crc) if checksum else 0
         size += len(data)
     return md5, crc, size
-
-
-def reread(stream: Tally, size: int, checksum: Checksum | None) -> tuple[str, str | None]:
-    """The MD5 and checksum (as a Part records them) of the next `size` bytes of `stream`,
-    read and not kept; a stream that ends sooner gives values no part has."""
-    md5, crc, got = digests(Cut(stream, size), checksum)
-    if got != size:
-        return "", None
-    return md5.hexdigest(), checksum.b64(crc) if checksum else None
-
-
-class Cut:
-    """The next `size` bytes of a stream, as a stream."""
-
-    def __init__(self, stream: Tally, size: int) -> None:
-        self.stream, self.left = stream, size
-
-    def readinto(self, buffer: Any) -> int:
-        with memoryview(buffer) as view:
-            n = self.stream.readinto(view[: self.left]) if self.left else 0
-        self.left -= n
-        return n
 
 
 class PartBody(io.RawIOBase):
