@@ -4,6 +4,7 @@ import base64
 import hashlib
 import io
 import os
+import time
 from typing import Any
 
 import pytest
@@ -172,6 +173,30 @@ def test_orphaned_multipart_upload_of_the_key_is_aborted_on_retry(
     s3_client.create_multipart_upload(Bucket=s3_bucket, Key="big-other")  # not ours
     uploader(moto_server.endpoint_url).upload(s3_bucket, "big", io.BytesIO(b"y" * 11 * MB), {})
     assert [u["Key"] for u in open_uploads(s3_client, s3_bucket)] == ["big-other"]
+
+
+def test_a_part_retried_in_place_is_sent_whole_again(moto_server: S3Server, s3_client: Any,
+                                                     s3_bucket: str) -> None:
+    # The first attempt dies after reading part of the body (a reset mid-send); the retry
+    # must send it from its start, not the rest of it under the whole part's Content-Length
+    # (the store would wait for bytes that never come, up to the read timeout).
+    up = uploader(moto_server.endpoint_url)  # read timeout 10 s
+    real = up.client.upload_part
+    failed: list[int] = []
+
+    def reset_once(**kwargs: Any) -> Any:
+        if kwargs["PartNumber"] == 2 and not failed:
+            failed.append(len(kwargs["Body"].read(100_000)))
+            raise ConnectionResetError("reset by peer mid-body")
+        return real(**kwargs)
+
+    up.client.upload_part = reset_once
+    body = os.urandom(11 * MB)
+    t = time.monotonic()
+    done = up.upload(s3_bucket, "retried", io.BytesIO(body), {})
+    assert failed == [100_000] and time.monotonic() - t < 5
+    assert done.sha256 == hashlib.sha256(body).hexdigest()
+    assert s3_client.get_object(Bucket=s3_bucket, Key="retried")["Body"].read() == body
 
 
 def test_missing_bucket_is_permanent(moto_server: S3Server) -> None:
