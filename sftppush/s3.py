@@ -85,14 +85,6 @@ def make_session(defaults: Defaults) -> boto3.session.Session:
 def make_client(session: boto3.session.Session, defaults: Defaults, s3: S3Config,
                 transfer: Transfer) -> Any:
     """The process's one boto3 S3 client (thread-safe)."""
-    s3_options: dict[str, Any] = {}
-    if defaults.endpoint_url:  # S3-compatible stores on an endpoint URL rarely do
-        s3_options["addressing_style"] = "path"  # virtual-hosted buckets
-    if body_checked(s3):
-        # botocore signs a body's SHA-256 only over http (over https it sends a streaming
-        # body with a checksum unsigned, as here): a second SHA-256 pass over every part,
-        # 0.6 s of CPU per GiB, for what the checksum or the ETag already checks.
-        s3_options["payload_signing_enabled"] = False
     config = botocore.config.Config(
         max_pool_connections=transfer.pool_size,
         retries={"total_max_attempts": 1},  # tenacity retries, with waits we control
@@ -101,22 +93,10 @@ def make_client(session: boto3.session.Session, defaults: Defaults, s3: S3Config
         tcp_keepalive=True,
         request_checksum_calculation=s3.checksum,
         response_checksum_validation=s3.checksum,
-        s3=s3_options or None,
+        # S3-compatible stores on an endpoint URL rarely do virtual-hosted buckets.
+        s3={"addressing_style": "path"} if defaults.endpoint_url else None,
     )
     return session.client("s3", endpoint_url=defaults.endpoint_url, config=config)
-
-
-def opaque_etags(s3: S3Config) -> bool:
-    """Under SSE-KMS (and SSE-C) an ETag is not an MD5 of the body."""
-    return str(s3.sse).startswith("aws:kms")
-
-
-def body_checked(s3: S3Config) -> bool:
-    """Every upload's body is checked whole without SigV4's payload hash: the store verifies
-    the checksum sent with it, or, if it ignores checksums, answers the body's MD5 as its
-    ETag, which is compared (SPEC 3). Not so under `when_required` (no checksum is sent)
-    with ETags that are not MD5s."""
-    return store_checksum(s3.checksum) is not None and not opaque_etags(s3)
 
 
 def options(s3: S3Config) -> dict[str, str]:
@@ -201,8 +181,10 @@ class Sink:
         self.retry = transfer.retry
         self.checksum = store_checksum(s3.checksum)
         self.extra = options(s3)
+        # Under SSE-KMS (and SSE-C) an ETag is not an MD5 of the body.
         self.multipart = Multipart(self.call, self.part_size, self.checksum, self.extra,
-                                   opaque_etags(s3), transfer.part_memory, transfer.spool_above)
+                                   str(s3.sse).startswith("aws:kms"), transfer.part_memory,
+                                   transfer.spool_above)
         self.transport = transport
         self.max_small = min(transfer.max_small, self.part_size,
                              transport.max_body if transport else 0)

@@ -118,32 +118,6 @@ def test_when_required_sends_no_checksum_headers(moto_server: S3Server, s3_bucke
                 or k == "x-amz-sdk-checksum-algorithm" or k == "x-amz-trailer"]
 
 
-@pytest.mark.parametrize(("checksum", "sse", "signed"), [
-    ("when_supported", None, False), ("when_required", None, True),
-    ("when_supported", "aws:kms", True)])
-def test_bodies_go_unsigned_over_http_only_where_a_checksum_or_etag_checks_them(
-        moto_server: S3Server, s3_bucket: str, checksum: str, sse: str | None,
-        signed: bool) -> None:
-    # Over https botocore sends a streaming body with a checksum unsigned; over http it hashes
-    # every body once more for SigV4. Where the store checks the checksum sent, or answers
-    # the MD5 we compare, that pass is skipped; under when_required with SSE-KMS (ETags that
-    # are not MD5s) the signature is the only check of the bytes in flight, so it stays.
-    s3 = S3Config(part_size_mb=5, checksum=checksum, sse=sse)
-    defaults = Defaults(userpath=None, s3target=None, awsprofile=None, awsregion=FAKE_REGION,
-                        endpoint_url=moto_server.endpoint_url, log=LogConfig())
-    up = Sink.from_config(defaults, s3, Transfer(retry=FAST, fast=False))
-    sent = requests_sent(up)
-    body = os.urandom(11 * MB)
-    up.upload(s3_bucket, "big", io.BytesIO(body), {})
-    parts = [h["x-amz-content-sha256"] for m, u, h in sent if m == "PUT" and "partNumber=" in u]
-    assert len(parts) == 3
-    if signed:
-        assert set(parts) == {hashlib.sha256(body[i: i + 5 * MB]).hexdigest()
-                              for i in range(0, len(body), 5 * MB)}
-    else:
-        assert set(parts) == {"UNSIGNED-PAYLOAD"}
-
-
 def test_large_body_is_multipart_verified_by_its_etag_with_no_copy_in_place(
         moto_server: S3Server, s3_client: Any, s3_bucket: str) -> None:
     s3_client.put_bucket_versioning(Bucket=s3_bucket,
