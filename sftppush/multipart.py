@@ -1,11 +1,12 @@
 """Multipart uploads: parts sent in parallel, a resume after a crash, the object verified.
 
 Owns creating the upload, sending parts (sizes, checksums and buffers come from parts.py),
-recording each completed part in a Journal and resuming from it (re-reading the stream up to
-there, checked part by part), aborting what cannot be resumed and verifying the completed
-object (its full-object checksum, else the ETag of the parts' MD5s, else its size). It reaches
-the store only through the `call` it is given (s3.Sink's, retried and classified there) and
-never opens the source files or the queue (the Journal is the caller's).
+recording each completed part in a Journal and resuming from it (re-reading the whole stream,
+sending only the parts not recorded, checking the others), aborting what cannot be resumed
+and verifying the completed object (its full-object checksum, else the ETag of the parts'
+MD5s, else its size). It reaches the store only through the `call` it is given (s3.Sink's,
+retried and classified there) and never opens the source files or the queue (the Journal is
+the caller's).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from sftppush.parts import (
     grow_every,
     part_size,
     read_part,
-    reread,
 )
 
 log = logging.getLogger("sftppush.s3")
@@ -108,14 +108,6 @@ class Resumable:
         return cls(upload_id, d["bucket"], key, d["part_size"], d["every"],
                    tuple(Part(**json.loads(p)) for p in parts))
 
-    def prefix(self) -> list[Part]:
-        """The recorded parts 1..n without a gap: where a resume can continue from."""
-        by_number = {p.number: p for p in self.parts}
-        out: list[Part] = []
-        while (part := by_number.get(len(out) + 1)) is not None:
-            out.append(part)
-        return out
-
 
 class Journal(Protocol):
     """Where an upload's progress is kept between attempts (the queue entry, see consumer)."""
@@ -128,6 +120,7 @@ class Journal(Protocol):
 
 
 Sent = tuple[dict[str, Any], bytes]  # a part's entry for CompleteMultipartUpload, and its MD5
+Kept = dict[int, tuple[Part, dict[str, Any]]]  # a resume's recorded parts, with the listing's
 
 
 class Multipart:
@@ -157,17 +150,15 @@ class Multipart:
 
         With a `journal`, each completed part is recorded, and an upload that fails for any
         reason but a PermanentError or a BadPart is kept for a resume: `resume` (that record;
-        then nothing may have been read) continues it, or aborts it and raises TransientError
-        when the stream is not what was sent before."""
+        then nothing may have been read) continues it, sending only the parts not recorded,
+        or aborts it and raises TransientError when the stream is not what was sent before."""
         stream = Tally(reader, self.checksum)
         done: list[Sent] = []
-        upload = self._resume(resume, stream, done, cancel, journal) if resume else None
-        if upload is None:
-            upload = self._create(bucket, key, metadata, cancel, journal)
-        for data in parts:
-            stream.feed(data)
+        kept = self._resume(resume, journal) if resume else None
+        upload = resume if resume and kept is not None else \
+            self._create(bucket, key, metadata, cancel, journal)
         try:
-            self._send(upload, parts, stream, done, cancel, journal)
+            self._send(upload, parts, stream, done, cancel, journal, kept or {})
             ck = self.checksum
             whole = {ck.param: ck.b64(stream.crc), "ChecksumType": "FULL_OBJECT"} if ck else {}
             resp = self.call("complete_multipart_upload", cancel, Bucket=bucket, Key=key,
@@ -206,9 +197,10 @@ class Multipart:
         return upload
 
     def _send(self, upload: Resumable, parts: list[bytearray], stream: Tally, done: list[Sent],
-              cancel: threading.Event | None, journal: Journal | None) -> None:
-        """Read and send the parts after `done`, appending them to it; raises the first
-        failure once every part in flight has ended."""
+              cancel: threading.Event | None, journal: Journal | None, kept: Kept) -> None:
+        """Read the stream and send its parts, those `kept` (a resume's) checked instead,
+        appending them to `done`; raises the first failure once every part in flight has
+        ended."""
         budget = Budget(self.part_memory)
         futures: list[Future[Sent]] = []
         pool = ThreadPoolExecutor(max(1, self.part_memory // upload.part_size),
@@ -221,48 +213,67 @@ class Multipart:
                 size = part_size(upload.part_size, number + 1, upload.every)
                 cost = min(size, self.spool_above)
                 budget.take(cost)
-                body = parts.pop(0) if parts else self._read(stream, size)
+                body = parts.pop(0) if parts else self._read(stream.reader, size)
                 if body is None:
                     budget.give(cost)
                     break
                 number += 1
-                fut = pool.submit(self._upload_part, upload, number, body, cancel, journal)
+                fut = pool.submit(self._check_part, upload, number, body, stream, kept[number]) \
+                    if number in kept else \
+                    pool.submit(self._upload_part, upload, number, body, stream, cancel, journal)
                 fut.add_done_callback(lambda _f, cost=cost: budget.give(cost))
                 futures.append(fut)
                 del body  # only the part thread may keep it alive
             wait(futures, return_when=FIRST_EXCEPTION)
             done.extend(f.result() for f in futures)  # raises the first part's error
+            if kept and max(kept) > number:
+                raise BadPart(f"resume {upload.key}: the stream ends before part {max(kept)}; "
+                              "upload aborted, starting over")
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _resume(self, upload: Resumable, stream: Tally, done: list[Sent],
-                cancel: threading.Event | None, journal: Journal | None) -> Resumable | None:
-        """Re-read the stream to the end of the recorded parts, without sending it, checking
-        each part against the record and the store's listing; appends them to `done`. None:
-        there was nothing to resume (nothing read; start afresh)."""
+    def _resume(self, upload: Resumable, journal: Journal | None) -> Kept | None:
+        """The recorded parts the store's listing confirms, which the resume re-reads and
+        checks instead of sending them (every one, not only those before the first gap: a
+        part that was slow when the consumer died costs itself, not all that followed it).
+        None: there is nothing to resume (start afresh). Aborts the upload and raises
+        TransientError when the store holds other parts than the record."""
         listed = self._list_parts(upload)
         if listed is None:
             if journal is not None:
                 journal.ended(None)
             return None
-        for part in upload.prefix():
-            if cancel is not None and cancel.is_set():
-                raise UploadCancelled(upload.key)
+        kept: Kept = {}
+        for part in upload.parts:
             theirs = listed.get(part.number, {})
             if (theirs.get("Size"), str(theirs.get("ETag", "")).strip('"')) != \
-                    (part.size, part.etag.strip('"')) or \
-                    reread(stream, part.size, self.checksum) != (part.md5, part.checksum):
+                    (part.size, part.etag.strip('"')):
                 self._abort(upload.bucket, upload.key, upload.upload_id)
                 if journal is not None:
                     journal.ended(None)
                 raise TransientError(f"resume {upload.key}: part {part.number} differs from "
                                      "the one recorded; upload aborted, starting over")
-            done.append(({"PartNumber": part.number, "ETag": theirs["ETag"],
-                          **{k: v for k, v in theirs.items() if k in CHECKSUM_FIELDS}},
-                         bytes.fromhex(part.md5)))
+            kept[part.number] = (part, theirs)
         log.info("resuming upload key=%s upload_id=%s parts=%d bytes=%d", upload.key,
-                 upload.upload_id, len(done), stream.total)
-        return upload
+                 upload.upload_id, len(kept), sum(part.size for part, _ in kept.values()))
+        return kept
+
+    def _check_part(self, upload: Resumable, number: int, body: Body, stream: Tally,
+                    kept: tuple[Part, dict[str, Any]]) -> Sent:
+        """A part a resume re-read: tallied and compared with the one the store holds."""
+        part, theirs = kept
+        try:
+            stream.feed_part(number, body)
+            md5, crc, size = digests(body, self.checksum)
+        finally:
+            if not isinstance(body, bytearray):
+                body.close()
+        if (size, md5.hexdigest(), self.checksum.b64(crc) if self.checksum else None) != \
+                (part.size, part.md5, part.checksum):
+            raise BadPart(f"resume {upload.key}: part {number} differs from the one recorded; "
+                          "upload aborted, starting over")
+        return ({"PartNumber": number, "ETag": theirs["ETag"],
+                 **{k: v for k, v in theirs.items() if k in CHECKSUM_FIELDS}}, md5.digest())
 
     def _list_parts(self, upload: Resumable) -> dict[int, dict[str, Any]] | None:
         """The parts the store holds for the upload; None when the upload is gone."""
@@ -281,8 +292,9 @@ class Multipart:
                 return parts
             kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
 
-    def _read(self, stream: Tally, size: int) -> Body | None:
-        """The next part, None at the end of the stream: in memory, or spooled to disk."""
+    def _read(self, stream: Reader, size: int) -> Body | None:
+        """The next part, None at the end of the stream: in memory, or spooled to disk; its
+        part thread tallies it."""
         if size <= self.spool_above:
             return read_part(stream, size) or None
         spool = tempfile.TemporaryFile()  # noqa: SIM115  # closed by the part thread
@@ -319,11 +331,12 @@ class Multipart:
             raise TransientError(f"S3 verify {key}: stored size {stored} != sent {size}")
         return "size"
 
-    def _upload_part(self, upload: Resumable, number: int, body: Body,
+    def _upload_part(self, upload: Resumable, number: int, body: Body, stream: Tally,
                      cancel: threading.Event | None, journal: Journal | None) -> Sent:
-        """One part sent, checked and recorded."""
+        """One part tallied, sent, checked and recorded."""
         ck = self.checksum
         try:
+            stream.feed_part(number, body)  # first: the next part's thread waits for it
             md5, crc, size = digests(body, ck)
             extra = {"ChecksumAlgorithm": ck.name.upper(), ck.param: ck.b64(crc)} if ck else {}
             if isinstance(body, bytearray):

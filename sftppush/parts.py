@@ -14,7 +14,7 @@ import hashlib
 import io
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +83,9 @@ def store_checksum(mode: str) -> Checksum | None:
 
 
 class Tally:
-    """The decompressed stream as it is read, with its sha256, full-object checksum and size."""
+    """The decompressed stream (`reader`) and its sha256, full-object checksum and size, fed
+    part by part in stream order from the part threads (`feed_part`), so that the reading
+    thread only decompresses while a part thread hashes (hashlib drops the GIL)."""
 
     def __init__(self, reader: Reader, checksum: Checksum | None) -> None:
         self.reader = reader
@@ -91,18 +93,27 @@ class Tally:
         self.sha256 = hashlib.sha256()
         self.crc = 0
         self.total = 0
-
-    def readinto(self, view: Any) -> int:
-        n = self.reader.readinto(view)
-        with memoryview(view) as got:
-            self.feed(got[:n])
-        return n
+        self.parts_fed = 0  # feed_part(n) waits until parts 1..n-1 are in
+        self._turn = threading.Condition()
 
     def feed(self, data: Any) -> None:
         self.sha256.update(data)
         if self.checksum:
             self.crc = self.checksum.update(data, self.crc)
         self.total += len(data)
+
+    def feed_part(self, number: int, body: Body) -> None:
+        """Feed part `number` once the parts before it are in. Parts start in number order
+        (one pool, FIFO), so the one waited for is always running or done."""
+        with self._turn:
+            self._turn.wait_for(lambda: self.parts_fed == number - 1)
+        try:
+            for data in chunks(body):
+                self.feed(data)
+        finally:  # a part that failed fails the upload; the rest must not wait for it
+            with self._turn:
+                self.parts_fed = number
+                self._turn.notify_all()
 
 
 class Budget:
@@ -124,44 +135,29 @@ class Budget:
             self._room.notify_all()
 
 
-def digests(body: Any, checksum: Checksum | None) -> tuple[Any, int, int]:
-    """A part's MD5 (the ETag a store answers), its own checksum (0 without one) and size;
-    `body` is a buffer, or a file or stream read to its end."""
+def chunks(body: Any) -> Iterator[Any]:
+    """The bytes of a part: a buffer whole, or a file (from its start) or stream read to its
+    end in 1 MiB views of one reused buffer."""
     if isinstance(body, bytearray):
-        return hashlib.md5(body, usedforsecurity=False), \
-            checksum.update(body, 0) if checksum else 0, len(body)
-    md5, crc, size = hashlib.md5(usedforsecurity=False), 0, 0
+        yield body
+        return
     if hasattr(body, "seek"):
         body.seek(0)
     chunk = bytearray(2**20)
     with memoryview(chunk) as view:
         while n := body.readinto(chunk):
-            md5.update(view[:n])
-            crc = checksum.update(view[:n], crc) if checksum else 0
-            size += n
+            yield view[:n]
+
+
+def digests(body: Any, checksum: Checksum | None) -> tuple[Any, int, int]:
+    """A part's MD5 (the ETag a store answers), its own checksum (0 without one) and size;
+    `body` is a buffer, or a file or stream read to its end."""
+    md5, crc, size = hashlib.md5(usedforsecurity=False), 0, 0
+    for data in chunks(body):
+        md5.update(data)
+        crc = checksum.update(data, crc) if checksum else 0
+        size += len(data)
     return md5, crc, size
-
-
-def reread(stream: Tally, size: int, checksum: Checksum | None) -> tuple[str, str | None]:
-    """The MD5 and checksum (as a Part records them) of the next `size` bytes of `stream`,
-    read and not kept; a stream that ends sooner gives values no part has."""
-    md5, crc, got = digests(Cut(stream, size), checksum)
-    if got != size:
-        return "", None
-    return md5.hexdigest(), checksum.b64(crc) if checksum else None
-
-
-class Cut:
-    """The next `size` bytes of a stream, as a stream."""
-
-    def __init__(self, stream: Tally, size: int) -> None:
-        self.stream, self.left = stream, size
-
-    def readinto(self, buffer: Any) -> int:
-        with memoryview(buffer) as view:
-            n = self.stream.readinto(view[: self.left]) if self.left else 0
-        self.left -= n
-        return n
 
 
 class PartBody(io.RawIOBase):

@@ -320,7 +320,15 @@ class Sink:
         if cancel is not None:
             stop = stop | tenacity.stop_when_event_set(cancel)
 
+        body = kwargs.get("Body")
+
         def once() -> Any:
+            if hasattr(body, "seek"):
+                # An attempt that failed mid-body left the stream there, and botocore sends
+                # the rest under the whole length (the store then waits for the missing
+                # bytes until the read timeout). Only its payload signing (awscrt's signer
+                # reads the body from its start) used to hide that.
+                body.seek(0)
             try:
                 return fn(**kwargs)
             except Exception as exc:

@@ -9,8 +9,10 @@ Measures, on a local `rclone serve s3` (127.0.0.1, objects under a temp dir):
   sftppush       `sftppush consume --drain --workers 1` on the queued .gz file, with the
                  consumer process's peak RSS (wait4 ru_maxrss)
 and prints MB/s (decompressed MiB per second) and the SPEC 11 ratios: sftppush must reach
-0.9x the slower baseline with peak RSS <= 128 MB. `--sparse` makes a gzip of zeros (fast to
-make, ~1000:1) and measures the consumer's peak RSS only. Not part of the default test run.
+0.9x the slower baseline with peak RSS <= 128 MB; then the CPU seconds per GiB of each side
+(the client, and the S3 server), which tell what bounds the ratio on a small host. `--sparse`
+makes a gzip of zeros (fast to make, ~1000:1) and measures the consumer's peak RSS only.
+Not part of the default test run.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from sftppush.queue import FileVersion, Queue  # noqa: E402
-from tests.bench.common import report  # noqa: E402
+from tests.bench.common import proc_cpu_seconds, report  # noqa: E402
 from tests.conftest import RcloneS3  # noqa: E402
 
 MiB = 2**20
@@ -64,25 +66,34 @@ def make_sparse_gzip(path: Path, size_mib: int) -> None:
             f.write(member)
 
 
-def zlib_alone(path: Path) -> tuple[float, int]:
-    t = time.perf_counter()
+def zlib_alone(path: Path) -> tuple[float, int, float]:
+    """Seconds, decompressed bytes and CPU seconds of this process."""
+    t, cpu = time.perf_counter(), time.process_time()
     total = 0
     with gzip.open(path, "rb") as f:
         while chunk := f.read(MiB):
             total += len(chunk)
-    return time.perf_counter() - t, total
+    return time.perf_counter() - t, total, time.process_time() - cpu
 
 
-def upload_alone(server: RcloneS3, plain: Path, part_mb: int) -> float:
+def upload_alone(server: RcloneS3, plain: Path, part_mb: int) -> tuple[float, float, float]:
+    """Seconds, CPU seconds of this process (boto3's threads) and of the S3 server."""
     client = server.client()
     cfg = boto3.s3.transfer.TransferConfig(multipart_chunksize=part_mb * MiB,
                                            multipart_threshold=part_mb * MiB)
-    t = time.perf_counter()
+    t, cpu, srv = time.perf_counter(), time.process_time(), server_cpu(server)
     client.upload_file(str(plain), "baseline", "plain.bin", Config=cfg)
-    return time.perf_counter() - t
+    return (time.perf_counter() - t, time.process_time() - cpu, server_cpu(server) - srv)
 
 
-def sftppush_run(server: RcloneS3, work: Path, gz: Path, part_mb: int) -> tuple[float, int, str]:
+def server_cpu(server: RcloneS3) -> float:
+    assert server.process is not None
+    return proc_cpu_seconds(server.process.pid)
+
+
+def sftppush_run(server: RcloneS3, work: Path, gz: Path,
+                 part_mb: int) -> tuple[float, int, str, float, float]:
+    """Seconds, the consumer's peak RSS, its log, its CPU seconds and the S3 server's."""
     home = work / "home"
     upload = home / "sftpuser1" / "upload"
     upload.mkdir(parents=True)
@@ -99,16 +110,17 @@ def sftppush_run(server: RcloneS3, work: Path, gz: Path, part_mb: int) -> tuple[
     with Queue(work / "queue.db") as q:
         q.enqueue_many([FileVersion.of(target, "sftpuser1", target.stat(), "rescan")])
     env = {**server.env(), "PYTHONPATH": str(REPO)}
-    t = time.perf_counter()
+    t, srv = time.perf_counter(), server_cpu(server)
     proc = subprocess.Popen([sys.executable, "-m", "sftppush", "--config", str(config),
                              "consume", "--drain"], env=env, stderr=subprocess.PIPE, text=True)
     stderr = proc.stderr.read() if proc.stderr else ""
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t
+    srv = server_cpu(server) - srv
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"consumer exited {proc.returncode}:\n{stderr}")
-    return elapsed, usage.ru_maxrss * 1024, stderr
+    return elapsed, usage.ru_maxrss * 1024, stderr, usage.ru_utime + usage.ru_stime, srv
 
 
 def report_rss(size_mib: int, rss: int, log: str) -> None:
@@ -140,17 +152,17 @@ def main() -> None:
               f"in {time.perf_counter() - t:.1f}s")
         server.start()
         if args.sparse:
-            st, rss, log = sftppush_run(server, work / "run", gz, args.part_size_mb)
+            st, rss, log, _, _ = sftppush_run(server, work / "run", gz, args.part_size_mb)
             report_rss(args.size_mib, rss, log)
             return
         plain = work / "big.csv"
         with gzip.open(gz, "rb") as src, plain.open("wb") as dst:
             shutil.copyfileobj(src, dst, MiB)
-        zt, total = zlib_alone(gz)
-        ut = upload_alone(server, plain, args.part_size_mb or 8)
+        zt, total, zcpu = zlib_alone(gz)
+        ut, ucpu, usrv = upload_alone(server, plain, args.part_size_mb or 8)
         plain.unlink()
         (work / "s3" / "baseline" / "plain.bin").unlink()
-        st, rss, log = sftppush_run(server, work / "run", gz, args.part_size_mb)
+        st, rss, log, scpu, ssrv = sftppush_run(server, work / "run", gz, args.part_size_mb)
         stored = work / "s3" / "bench" / "sftpuser1" / "upload" / "big.csv"
         assert stored.stat().st_size == total, "object size differs from the decompressed size"
         mbs = {name: total / MiB / sec for name, sec in
@@ -163,6 +175,11 @@ def main() -> None:
                "MiB/s", f"slower of the two ({slower[0]}), target ratio 0.90", slower[1])
         report(f"large 1 file {args.size_mib} MiB: sftppush vs upload alone", mbs["sftppush"],
                "MiB/s", "upload alone", mbs["upload alone"])
+        gib = total / 2**30
+        print(f"  # CPU s per GiB: zlib alone {zcpu / gib:.2f}; upload alone: client "
+              f"{ucpu / gib:.2f}, s3 server {usrv / gib:.2f}; sftppush: consumer "
+              f"{scpu / gib:.2f}, s3 server {ssrv / gib:.2f} ({os.cpu_count()} CPUs "
+              "here)", flush=True)
         report_rss(args.size_mib, rss, log)
     finally:
         server.stop()
