@@ -199,6 +199,23 @@ def test_an_idle_consumer_wakes_when_the_queue_is_written(
     assert list(source_tree.upload.iterdir()) == []
 
 
+def test_a_consumer_that_worked_through_a_backlog_wakes_again_when_idle(
+        source_tree: Any, pipeline_config: Any, s3_client: Any, s3_bucket: str,
+        upload_path: str) -> None:
+    # Full claims pause the queue watch (outcomes bring the loop back); once the backlog is
+    # gone it must watch again, or the next file would wait the poll interval (here: for ever).
+    cfg = pipeline_config()
+    tuning = consumer.Tuning(poll_interval=3600, claim_batch=4, crt=upload_path == "crt")
+    bodies = write_and_enqueue(cfg, source_tree.upload, range(20), 1000)
+    with consumer_thread(cfg, tuning, workers=2):
+        wait_until(lambda: states(cfg)[State.DONE] == 20, 30, "the backlog of 20")
+        bodies.update(write_and_enqueue(cfg, source_tree.upload, range(20, 23), 1000))
+        wait_until(lambda: states(cfg)[State.DONE] == 23, 20, "the consumer woken again")
+    for key, body in bodies.items():
+        assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body
+    assert list(source_tree.upload.iterdir()) == []
+
+
 def test_a_fast_upload_whose_etag_is_not_the_md5_is_verified_by_head_off_the_loop(
         source_tree: Any, pipeline_config: Any, s3_client: Any, s3_bucket: str,
         monkeypatch: Any, caplog: Any) -> None:
