@@ -8,6 +8,7 @@ never reads files, never touches the queue and never does multipart.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import re
 import threading
@@ -128,6 +129,7 @@ class CrtTransport:
 
         def on_done(error: BaseException | None = None, status_code: int | None = None,
                     error_body: bytes | None = None, **_: Any) -> None:
+            _keep_thread_state()
             try:
                 with self._lock:
                     overdue = token in self._timed_out
@@ -219,6 +221,24 @@ class CrtTransport:
         with self._lock:
             self._live.pop(token, None)
         self._release(size)
+
+
+_kept_thread_states: set[int] = set()
+
+
+def _keep_thread_state() -> None:
+    """Give the CRT thread running this callback a Python thread state for its whole life.
+
+    awscrt enters Python from its own threads with PyGILState_Ensure, which makes a thread
+    state (and maps a 16 KiB frame stack) when the thread has none, and frees it all again
+    at the matching Release: four times per PUT (body read, headers, done, shutdown), each
+    munmap costing the other core an interrupt. One Ensure that is never released keeps the
+    state: later callbacks only take the GIL. Runs with the GIL held; a thread is kept once.
+    """
+    ident = threading.get_ident()
+    if ident not in _kept_thread_states:
+        _kept_thread_states.add(ident)
+        ctypes.pythonapi.PyGILState_Ensure()
 
 
 def _provider(credentials: Callable[[], Credentials] | Credentials) -> Any:
