@@ -123,7 +123,7 @@ class CrtTransport:
             f"/{quote(key, safe='/~')}"
         headers.append(("Host", host))
         headers.append(("Content-Length", str(len(body))))
-        request = http.HttpRequest("PUT", path, http.HttpHeaders(headers), io.BytesIO(body))
+        request = http.HttpRequest("PUT", path, http.HttpHeaders(headers), _Body(body))
         got: list[list[tuple[str, str]]] = []
         size = len(body)
 
@@ -234,11 +234,21 @@ def _keep_thread_state() -> None:
     at the matching Release: four times per PUT (body read, headers, done, shutdown), each
     munmap costing the other core an interrupt. One Ensure that is never released keeps the
     state: later callbacks only take the GIL. Runs with the GIL held; a thread is kept once.
+    Called where a PUT first enters Python on each of CRT's threads: the body's read (the
+    thread that prepares requests) and on_done (the one that answers them).
     """
     ident = threading.get_ident()
     if ident not in _kept_thread_states:
         _kept_thread_states.add(ident)
         ctypes.pythonapi.PyGILState_Ensure()
+
+
+class _Body(io.BytesIO):
+    """A PUT's body as awscrt reads it (readinto1, from a CRT thread)."""
+
+    def readinto1(self, buffer: Any) -> int:
+        _keep_thread_state()
+        return super().readinto1(buffer)
 
 
 def _provider(credentials: Callable[[], Credentials] | Credentials) -> Any:
