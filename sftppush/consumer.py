@@ -282,8 +282,11 @@ class Consumer:
             if sent is None:
                 self.pool.submit(self._work, claim)
             elif isinstance(sent, pipeline.Sent):
+                # Not `sent` itself: the future keeps its callbacks, and a callback holding
+                # the Sent that holds the future is a cycle per file for the collector.
                 sent.future.add_done_callback(
-                    lambda _f, claim=claim, sent=sent: self.outcomes.put((claim, sent)))
+                    lambda f, claim=claim, prepared=sent.prepared: self.outcomes.put(
+                        (claim, pipeline.Sent(prepared, f))))
             else:
                 self.outcomes.put((claim, sent))
 
