@@ -216,6 +216,33 @@ def test_a_consumer_that_worked_through_a_backlog_wakes_again_when_idle(
     assert list(source_tree.upload.iterdir()) == []
 
 
+def test_uploads_leave_no_reference_cycles_behind(
+        source_tree: Any, pipeline_config: Any, rclone_s3: Any) -> None:
+    # The consumer process collects young garbage rarely (memory.calm_collector): what a file
+    # leaves behind (its claim, opened file, PUT's future) must go with its last reference,
+    # not wait for the collector. The store runs in a process of its own (moto, in this one,
+    # makes garbage of its own per request); start-up and stop make some (botocore's client).
+    import gc
+    from concurrent.futures import Future
+
+    cfg = pipeline_config(server=rclone_s3, bucket=rclone_s3.make_bucket("cycles"))
+    write_and_enqueue(cfg, source_tree.upload, range(200), 1000)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        with consumer_thread(cfg, consumer.Tuning(crt=True), workers=2):
+            wait_until(lambda: states(cfg)[State.DONE] == 200, 30, "200 files")
+        gc.collect()
+        per_file = [o for o in gc.garbage
+                    if isinstance(o, Future) or type(o).__module__.startswith("sftppush.")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert len(per_file) < 10, per_file[:10]
+
+
 def test_a_fast_upload_whose_etag_is_not_the_md5_is_verified_by_head_off_the_loop(
         source_tree: Any, pipeline_config: Any, s3_client: Any, s3_bucket: str,
         monkeypatch: Any, caplog: Any) -> None:
