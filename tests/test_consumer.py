@@ -234,13 +234,16 @@ def test_uploads_leave_no_reference_cycles_behind(
         with consumer_thread(cfg, consumer.Tuning(crt=True), workers=2):
             wait_until(lambda: states(cfg)[State.DONE] == 200, 30, "200 files")
         gc.collect()
-        per_file = [o for o in gc.garbage
-                    if isinstance(o, Future) or type(o).__module__.startswith("sftppush.")]
+        # type(), not isinstance(): the garbage may hold weak proxies to objects now gone.
+        per_file = [o for o in gc.garbage if issubclass(type(o), Future)
+                    or type(o).__module__.startswith("sftppush.")]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
-    assert len(per_file) < 10, per_file[:10]
+    # A consumer's own objects (this run's, or an earlier test's let go meanwhile) make a few
+    # dozen; a cycle per file would make 200 times some.
+    assert len(per_file) < 100, per_file[:10]
 
 
 def test_a_fast_upload_whose_etag_is_not_the_md5_is_verified_by_head_off_the_loop(
