@@ -107,8 +107,6 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
             # opens that file for writing meanwhile; its default action would end us.
             signal.signal(signal.SIGIO, signal.SIG_IGN)
         memory.release_free_memory()
-        if own_signals:  # a process of its own (the CLI); a caller's collector is left alone
-            memory.calm_collector()
         try:
             with Queue(cfg.queue.path) as q:
                 Consumer(cfg, q, sink, workers, tuning, stop, cancel).loop(drain)

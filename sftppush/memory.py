@@ -1,9 +1,8 @@
-"""Process memory of a consumer: glibc malloc settings, giving freed memory back, and the
-cyclic garbage collector.
+"""Process memory of a consumer: glibc malloc settings and giving freed memory back.
 
 Owns the two calls that keep a consumer's peak RSS at "idle + part buffers" (SPEC 11): a fixed
-mmap threshold, and a trim once the start-up garbage is freed (on a libc other than glibc both
-are no-ops); and the collector's settings after start-up. Never changes what is allocated.
+mmap threshold, and a trim once the start-up garbage is freed. Never changes what is allocated;
+on a libc other than glibc both are no-ops.
 """
 
 from __future__ import annotations
@@ -37,21 +36,6 @@ def fix_mmap_threshold() -> None:
     """Keep glibc from raising its mmap threshold (call before threads start)."""
     if _LIBC is not None:
         _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-
-
-# Container objects allocated (net) between two young collections. Python's 700 means one
-# every few files, each walking the objects of every entry in flight again; at this many, one
-# every few hundred files, the cycles it frees (a PUT's future and its callback) a few MB at
-# most meanwhile.
-YOUNG_COLLECTION_AFTER = 20_000
-
-
-def calm_collector() -> None:
-    """After start-up: freeze what exists (boto3's and botocore's models live as long as the
-    process, and a full collection would walk them all again), and collect young garbage
-    less often (see YOUNG_COLLECTION_AFTER)."""
-    gc.freeze()
-    gc.set_threshold(YOUNG_COLLECTION_AFTER, *gc.get_threshold()[1:])
 
 
 def release_free_memory() -> None:

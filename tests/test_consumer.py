@@ -218,10 +218,11 @@ def test_a_consumer_that_worked_through_a_backlog_wakes_again_when_idle(
 
 def test_uploads_leave_no_reference_cycles_behind(
         source_tree: Any, pipeline_config: Any, rclone_s3: Any) -> None:
-    # The consumer process collects young garbage rarely (memory.calm_collector): what a file
-    # leaves behind (its claim, opened file, PUT's future) must go with its last reference,
-    # not wait for the collector. The store runs in a process of its own (moto, in this one,
-    # makes garbage of its own per request); start-up and stop make some (botocore's client).
+    # What a file leaves behind (its claim, opened file, PUT's future) must go with its last
+    # reference: a cycle per file keeps memory until the collector runs, and makes it run
+    # every few dozen files, walking every entry in flight. The store runs in a process of
+    # its own (moto, in this one, makes garbage of its own per request); start-up and stop
+    # make some (botocore's client).
     import gc
     from concurrent.futures import Future
 
