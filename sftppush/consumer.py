@@ -39,7 +39,7 @@ from sftppush.policy import (
 )
 from sftppush.queue import Queue
 from sftppush.s3 import Sink
-from sftppush.wake import watch_or_none
+from sftppush.wake import QueueWatch, watch_or_none
 
 log = logging.getLogger("sftppush.consumer")
 
@@ -140,6 +140,8 @@ class Consumer:
         self.outcomes: stdqueue.SimpleQueue[tuple[Claim, Any] | None] = stdqueue.SimpleQueue()
         self.woken = False
         self.woken_at = 0.0
+        self.watch: QueueWatch | None = None
+        self.watching = True
         self.acks: list[tuple[Claim, Ack]] = []
         self.acks_since = 0.0
         self.transient_streak: dict[int, int] = {}  # entry id -> transient outcomes in a row
@@ -152,7 +154,7 @@ class Consumer:
     def loop(self, drain: bool) -> None:
         log.info("consumer started owner=%s workers=%d queue=%s", self.owner, self.workers,
                  self.cfg.queue.path)
-        watch = watch_or_none(self.queue.file, self._wake)
+        self.watch = watch_or_none(self.queue.file, self._wake)
         # The loop sleeps on its outcomes (up to poll_interval): a stop, warm or cold, must
         # wake it, whoever sets it (a signal handler, which must not block, or a caller).
         threading.Thread(target=self._wake_on_stop, name="stop-waker", daemon=True).start()
@@ -172,8 +174,8 @@ class Consumer:
                 self._renew_if_due()
         finally:
             self.finished = True
-            if watch is not None:
-                watch.close()
+            if self.watch is not None:
+                self.watch.close()
             cold = self.cancel.is_set()  # a worker waiting on the store is not waited for
             self.pool.shutdown(wait=not cold, cancel_futures=cold)
             self._settle(wait=0)
@@ -198,6 +200,11 @@ class Consumer:
                     return
             self.outcomes.put(None)
 
+    def _watch_queue(self, on: bool) -> None:
+        if self.watch is not None and on != self.watching:
+            self.watching = on
+            (self.watch.resume if on else self.watch.pause)()
+
     def _wake(self) -> None:
         if not self.woken:  # one wake-up in the queue is enough
             self.woken = True
@@ -216,9 +223,15 @@ class Consumer:
         room = self.batch - len(self.inflight)
         # Claim in batches: wait until half the batch is free (or nothing is held), and ask
         # the read-only "anything due?" first, so an idle consumer writes nothing.
-        if room <= 0 or (self.inflight and room < self.batch // 2) or not self.queue.has_due():
+        if room <= 0 or (self.inflight and room < self.batch // 2):
+            return 0
+        if not self.queue.has_due():
+            self._watch_queue(True)
             return 0
         entries = self.queue.claim(self.owner, self.lease, limit=room)
+        # A full claim: more is waiting, and outcomes bring this loop back for it; wake-ups
+        # by queue writes (its own among them) matter again once a claim finds less.
+        self._watch_queue(len(entries) < room)
         # The lease is the queue's (its clock was read inside the claim), never longer.
         claims = [Claim(entry, entry.due) for entry in entries]
         # All held before any starts: _send may wait for a fast slot, renewing what we hold.
@@ -269,8 +282,11 @@ class Consumer:
             if sent is None:
                 self.pool.submit(self._work, claim)
             elif isinstance(sent, pipeline.Sent):
+                # Not `sent` itself: the future keeps its callbacks, and a callback holding
+                # the Sent that holds the future is a cycle per file for the collector.
                 sent.future.add_done_callback(
-                    lambda _f, claim=claim, sent=sent: self.outcomes.put((claim, sent)))
+                    lambda f, claim=claim, prepared=sent.prepared: self.outcomes.put(
+                        (claim, pipeline.Sent(prepared, f))))
             else:
                 self.outcomes.put((claim, sent))
 

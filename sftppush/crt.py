@@ -8,6 +8,7 @@ never reads files, never touches the queue and never does multipart.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import re
 import threading
@@ -122,12 +123,13 @@ class CrtTransport:
             f"/{quote(key, safe='/~')}"
         headers.append(("Host", host))
         headers.append(("Content-Length", str(len(body))))
-        request = http.HttpRequest("PUT", path, http.HttpHeaders(headers), io.BytesIO(body))
+        request = http.HttpRequest("PUT", path, http.HttpHeaders(headers), _Body(body))
         got: list[list[tuple[str, str]]] = []
         size = len(body)
 
         def on_done(error: BaseException | None = None, status_code: int | None = None,
                     error_body: bytes | None = None, **_: Any) -> None:
+            _keep_thread_state()
             try:
                 with self._lock:
                     overdue = token in self._timed_out
@@ -219,6 +221,34 @@ class CrtTransport:
         with self._lock:
             self._live.pop(token, None)
         self._release(size)
+
+
+_kept_thread_states: set[int] = set()
+
+
+def _keep_thread_state() -> None:
+    """Give the CRT thread running this callback a Python thread state for its whole life.
+
+    awscrt enters Python from its own threads with PyGILState_Ensure, which makes a thread
+    state (and maps a 16 KiB frame stack) when the thread has none, and frees it all again
+    at the matching Release: four times per PUT (body read, headers, done, shutdown), each
+    munmap costing the other core an interrupt. One Ensure that is never released keeps the
+    state: later callbacks only take the GIL. Runs with the GIL held; a thread is kept once.
+    Called where a PUT first enters Python on each of CRT's threads: the body's read (the
+    thread that prepares requests) and on_done (the one that answers them).
+    """
+    ident = threading.get_ident()
+    if ident not in _kept_thread_states:
+        _kept_thread_states.add(ident)
+        ctypes.pythonapi.PyGILState_Ensure()
+
+
+class _Body(io.BytesIO):
+    """A PUT's body as awscrt reads it (readinto1, from a CRT thread)."""
+
+    def readinto1(self, buffer: Any) -> int:
+        _keep_thread_state()
+        return super().readinto1(buffer)
 
 
 def _provider(credentials: Callable[[], Credentials] | Credentials) -> Any:

@@ -191,17 +191,25 @@ class Queue(QueueFile):
         time of the last one). An entry keeps its key, unless its note starts with
         VANISHED: it wrote no object.
         """
-        notes = {e.id: n for e, n in done}
-
-        def count(db: sqlite3.Cursor, acked: list[Entry], now: float) -> None:
-            if up := [e for e in acked if e.id in uploaded]:
+        if not done:
+            return []
+        # One statement for the batch, fenced row by row all the same (_FENCE's state and
+        # owner); the rows it does not return had lost their lease. json_each keeps the SQL
+        # fixed whatever the batch size; the plan looks each id up by rowid.
+        batch = json.dumps([[e.id, e.owner, note, vanished("done", note)] for e, note in done])
+        with self._transaction() as db:
+            now = _clock(now)
+            acked = {r[0] for r in db.execute(
+                "UPDATE entries SET state = 'done', owner = NULL, due = ?, note = j.note,"
+                " key = CASE WHEN j.vanished THEN NULL ELSE key END"
+                " FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]')"
+                " AS owner, json_extract(value, '$[2]') AS note, json_extract(value, '$[3]')"
+                " AS vanished FROM json_each(?)) AS j"
+                " WHERE entries.id = j.id AND +entries.state = 'claimed'"
+                " AND entries.owner = j.owner RETURNING entries.id", (now, batch))}
+            if up := [e for e, _ in done if e.id in acked and e.id in uploaded]:
                 _count_uploads(db, len(up), sum(e.size for e in up), now)
-
-        return self._fenced([e for e, _ in done],
-                            "state = 'done', owner = NULL, due = ?, note = ?,"
-                            " key = CASE WHEN ? THEN NULL ELSE key END",
-                            lambda e, now: (now, notes[e.id], vanished("done", notes[e.id])),
-                            now, after=count)[0]
+        return [e for e, _ in done if e.id not in acked]
 
     def retry_later(self, entry: Entry, error: str, delay: float, count_attempt: bool,
                     now: float | None = None, reason: str | None = None) -> bool:

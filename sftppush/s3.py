@@ -19,6 +19,7 @@ from typing import Any
 
 import boto3
 import botocore.config
+import botocore.credentials
 import botocore.exceptions
 import tenacity
 
@@ -207,7 +208,7 @@ class Sink:
         transport = None
         if transfer.fast and crt.available():
             transport = crt.CrtTransport(
-                region=session.region_name or "us-east-1", credentials=_frozen(session),
+                region=session.region_name or "us-east-1", credentials=_crt_credentials(session),
                 endpoint_url=defaults.endpoint_url, max_body=s3.part_size_mb * 2**20,
                 max_in_flight=transfer.in_flight,
                 connect_timeout_ms=int(transfer.connect_timeout * 1000),
@@ -419,6 +420,19 @@ class Sink:
                 f"S3 verify {key}: stored size {head.get('ContentLength')} sha256 "
                 f"{meta.get(SHA256_KEY)} != sent {size} {sha}")
         return "head"
+
+
+def _crt_credentials(session: boto3.session.Session
+                     ) -> crt.Credentials | Callable[[], crt.Credentials]:
+    """The session's credentials for awscrt. Keys that never change (environment, shared
+    files, explicit) are handed over as they are, so that signing a PUT never calls back into
+    Python from a CRT thread; refreshable ones (roles, SSO) and none yet go through `_frozen`.
+    The session caches what it resolved, so this is what `_frozen` would return every time."""
+    creds = session.get_credentials()
+    if creds is None or isinstance(creds, botocore.credentials.RefreshableCredentials):
+        return _frozen(session)
+    frozen = creds.get_frozen_credentials()
+    return crt.Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
 
 def _frozen(session: boto3.session.Session) -> Callable[[], crt.Credentials]:

@@ -3,7 +3,8 @@
 Owns one inotify watch on the queue's directory (IN_MODIFY/IN_CREATE of its `-wal` file,
 which every committed write appends to) and a thread that turns those events into a call.
 It never reads or writes the queue: a wake-up is only a hint, the caller's timer stays the
-fallback (and the only clock for retries that come due by time alone).
+fallback (and the only clock for retries that come due by time alone). A caller with work
+enough pauses it: events wait in the kernel (coalesced) and wake it at once on resume.
 """
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ class QueueWatch:
         # and go, and a watch on the directory survives that.
         self._inotify.add_watch(queue_file.parent, F.MODIFY | F.CREATE | F.MOVED_TO)
         self._stop_r, self._stop_w = os.pipe()
+        self._armed = threading.Event()
+        self._armed.set()
         self._thread = threading.Thread(target=self._run, name="queue-watch", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         fds = [self._inotify.fileno(), self._stop_r]
         while True:
+            self._armed.wait()
             ready, _, _ = select.select(fds, [], [])
             if self._stop_r in ready:
                 return
@@ -50,8 +54,18 @@ class QueueWatch:
                 # the kernel, so a short pause turns thousands of reads a second into a few.
                 time.sleep(COALESCE_SECONDS)
 
+    def pause(self) -> None:
+        """No wake-ups until resume(): the caller has work enough (a deep backlog), and each
+        of its own commits would otherwise wake it and this thread for nothing."""
+        self._armed.clear()
+
+    def resume(self) -> None:
+        """Wake-ups again; a write made while paused wakes the caller at once."""
+        self._armed.set()
+
     def close(self) -> None:
         os.write(self._stop_w, b"x")
+        self._armed.set()
         self._thread.join(5)
         for fd in (self._stop_r, self._stop_w):
             os.close(fd)

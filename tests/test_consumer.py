@@ -199,6 +199,54 @@ def test_an_idle_consumer_wakes_when_the_queue_is_written(
     assert list(source_tree.upload.iterdir()) == []
 
 
+def test_a_consumer_that_worked_through_a_backlog_wakes_again_when_idle(
+        source_tree: Any, pipeline_config: Any, s3_client: Any, s3_bucket: str,
+        upload_path: str) -> None:
+    # Full claims pause the queue watch (outcomes bring the loop back); once the backlog is
+    # gone it must watch again, or the next file would wait the poll interval (here: for ever).
+    cfg = pipeline_config()
+    tuning = consumer.Tuning(poll_interval=3600, claim_batch=4, crt=upload_path == "crt")
+    bodies = write_and_enqueue(cfg, source_tree.upload, range(20), 1000)
+    with consumer_thread(cfg, tuning, workers=2):
+        wait_until(lambda: states(cfg)[State.DONE] == 20, 30, "the backlog of 20")
+        bodies.update(write_and_enqueue(cfg, source_tree.upload, range(20, 23), 1000))
+        wait_until(lambda: states(cfg)[State.DONE] == 23, 20, "the consumer woken again")
+    for key, body in bodies.items():
+        assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body
+    assert list(source_tree.upload.iterdir()) == []
+
+
+def test_uploads_leave_no_reference_cycles_behind(
+        source_tree: Any, pipeline_config: Any, rclone_s3: Any) -> None:
+    # What a file leaves behind (its claim, opened file, PUT's future) must go with its last
+    # reference: a cycle per file keeps memory until the collector runs, and makes it run
+    # every few dozen files, walking every entry in flight. The store runs in a process of
+    # its own (moto, in this one, makes garbage of its own per request); start-up and stop
+    # make some (botocore's client).
+    import gc
+    from concurrent.futures import Future
+
+    cfg = pipeline_config(server=rclone_s3, bucket=rclone_s3.make_bucket("cycles"))
+    write_and_enqueue(cfg, source_tree.upload, range(200), 1000)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        with consumer_thread(cfg, consumer.Tuning(crt=True), workers=2):
+            wait_until(lambda: states(cfg)[State.DONE] == 200, 30, "200 files")
+        gc.collect()
+        # type(), not isinstance(): the garbage may hold weak proxies to objects now gone.
+        per_file = [o for o in gc.garbage if issubclass(type(o), Future)
+                    or type(o).__module__.startswith("sftppush.")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    # A consumer's own objects (this run's, or an earlier test's let go meanwhile) make a few
+    # dozen; a cycle per file would make 200 times some.
+    assert len(per_file) < 100, per_file[:10]
+
+
 def test_a_fast_upload_whose_etag_is_not_the_md5_is_verified_by_head_off_the_loop(
         source_tree: Any, pipeline_config: Any, s3_client: Any, s3_bucket: str,
         monkeypatch: Any, caplog: Any) -> None:

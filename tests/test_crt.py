@@ -8,6 +8,7 @@ import hashlib
 import io
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -177,3 +178,28 @@ def test_both_upload_paths_classify_the_same_answer_the_same_way(path, status, c
     error = classify(failure)
     assert isinstance(error, TransientError if transient else PermanentError), error
     assert str(status) in str(error)
+
+
+@needs_crt
+def test_crt_threads_keep_their_python_thread_state_from_one_put_to_the_next(rclone_s3):
+    # awscrt enters Python from its own threads; a thread state made for one callback and
+    # freed after it (with its frame stack: an mmap and a munmap) cost every PUT four times.
+    # A threading.local lives in the thread state: it survives only if the state is kept.
+    bucket = rclone_s3.make_bucket("tstate")
+    local = threading.local()
+    seen: list[tuple[int, bool]] = []
+
+    def answered(answer: crt.Answer | crt.Failed, done: threading.Event) -> None:
+        assert isinstance(answer, crt.Answer), answer  # else `done` stays unset
+        seen.append((threading.get_ident(), getattr(local, "here", False)))
+        local.here = True
+        done.set()
+
+    with closing(uploader(rclone_s3)) as up:
+        for i in range(20):
+            done = threading.Event()
+            up.transport.put(bucket, f"k{i}", b"x", [], lambda a, done=done: answered(a, done))
+            assert done.wait(30)
+    threads = {ident for ident, _ in seen}
+    assert len(seen) == 20 and threading.get_ident() not in threads
+    assert [kept for _, kept in seen].count(False) == len(threads), seen

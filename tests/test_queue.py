@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -247,6 +248,25 @@ def test_has_due_answers_without_writing_and_sees_expired_leases(tmp_path: Path)
         q.ack(b, now=1010.0)
         assert not q.has_due(now=1050.0)  # one waits out its delay, one is done
         assert q.has_due(now=1111.0)
+
+
+def test_a_batch_of_acks_reports_each_lost_lease_and_settles_only_the_held_ones(
+        tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(4), now=999)
+        a, b, c, d = q.claim("mine", 60, limit=4, now=1000)
+        assert q.release(c, now=1001)               # handed back: pending
+        (c_again,) = q.claim("theirs", 60, limit=1, now=1002)  # and taken by another owner
+        assert c_again.id == c.id
+        stale = replace(d, owner="mine/old-token")  # a claim made before, under another token
+        lost = q.ack_many([(a, "superseded"), (b, None), (c, None), (stale, None)], now=1003,
+                          uploaded={a.id, b.id, c.id, d.id})
+        assert lost == [c, stale]
+        assert (q.get(a.id).state, q.get(a.id).note) == (State.DONE, "superseded")
+        assert (q.get(b.id).state, q.get(b.id).note) == (State.DONE, None)
+        assert (q.get(c.id).state, q.get(c.id).owner) == (State.CLAIMED, c_again.owner)
+        assert (q.get(d.id).state, q.get(d.id).owner) == (State.CLAIMED, d.owner)
+        assert read_stats(q).uploads_total == 2
 
 
 def test_queue_holds_persist_queue_and_does_not_pretend_to_be_one(tmp_path: Path) -> None:

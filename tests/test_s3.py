@@ -475,3 +475,29 @@ def test_a_permanent_error_aborts_a_recorded_upload_and_forgets_it(
         uploader(moto_server.endpoint_url).upload(
             s3_bucket, "broken", Exploding(b"z" * 20 * MB, after=16 * MB), {}, journal=journal)
     assert journal.upload is None and open_uploads(s3_client, s3_bucket) == []
+
+
+def test_fixed_keys_reach_awscrt_as_they_are_refreshable_ones_are_asked_each_time():
+    import datetime
+
+    import boto3
+    import botocore.credentials
+
+    from sftppush import crt
+    from sftppush.s3 import _crt_credentials
+
+    fixed = boto3.session.Session(aws_access_key_id="AKIAFIXED", aws_secret_access_key="s",
+                                  aws_session_token="t", region_name=FAKE_REGION)
+    assert _crt_credentials(fixed) == crt.Credentials("AKIAFIXED", "s", "t")
+    # A role's keys expire: botocore refreshes them (these within a minute, so at every
+    # ask), and awscrt must ask the session each time, never keep the first keys.
+    keys = iter(["AKIAFIRST", "AKIASECOND"])
+    soon = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=1)).isoformat()
+    rotating = boto3.session.Session(region_name=FAKE_REGION)
+    rotating._session._credentials = botocore.credentials.RefreshableCredentials(
+        "AKIAOLD", "s", None, datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC),
+        lambda: {"access_key": next(keys), "secret_key": "s", "token": None,
+                 "expiry_time": soon}, "test")
+    ask = _crt_credentials(rotating)
+    assert callable(ask)
+    assert [ask().access_key, ask().access_key] == ["AKIAFIRST", "AKIASECOND"]

@@ -23,12 +23,14 @@ from tests.bench.common import (
     Sftppush,
     Timing,
     best_of,
+    by_thread_name,
     proc_cpu_seconds,
     rclone_copy,
     remaining_files,
     report,
     s5cmd_cp,
     small_body,
+    thread_cpu_seconds,
 )
 
 
@@ -42,6 +44,7 @@ def run_sftppush(server: RcloneS3, root: Path, bucket: str, blobs: list[bytes],
         spy = spying.enter_context(PySpy(app.procs["consumer0"].pid, profile)) \
             if profile else None
         cpu0 = app.cpu()
+        threads0 = thread_cpu_seconds(app.procs["consumer0"].pid)
         started = time.perf_counter()
         for i, blob in enumerate(blobs):
             (target / f"f{i:06d}.csv.gz").write_bytes(blob)
@@ -51,6 +54,7 @@ def run_sftppush(server: RcloneS3, root: Path, bucket: str, blobs: list[bytes],
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
         cpu = {k: v - cpu0.get(k, 0.0) for k, v in app.cpu().items()}
+        threads = by_thread_name(threads0, thread_cpu_seconds(app.procs["consumer0"].pid))
         spying.close()
         if spy is not None:
             print("\n".join(spy.summary()), flush=True)
@@ -62,6 +66,10 @@ def run_sftppush(server: RcloneS3, root: Path, bucket: str, blobs: list[bytes],
     if objects != len(blobs) or status.get("done") != len(blobs):
         raise RuntimeError(f"{objects} objects and queue {status} for {len(blobs)} files")
     cpu["writer (this process)"] = written
+    # Python's threads share the interpreter's name; awscrt's event loops have their own.
+    print("  # consumer0 CPU ms per file by thread name: " + ", ".join(
+        f"{name} {seconds / len(blobs) * 1000:.2f}" for name, seconds in sorted(
+            threads.items(), key=lambda kv: -kv[1]) if seconds > 0), flush=True)
     return elapsed, cpu
 
 

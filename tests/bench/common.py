@@ -6,6 +6,7 @@ timing. Servers listen on 127.0.0.1 only and are stopped by whoever started them
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import secrets
@@ -257,6 +258,28 @@ def proc_cpu_seconds(pid: int) -> float:
     """CPU used so far by a running process (e.g. the S3 server or a consumer)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU used so far by each thread of a running process: tid -> (its name, seconds).
+    Python threads are all named after the interpreter; awscrt names its own."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            comm, _, rest = (task / "stat").read_text().partition(" (")[2].rpartition(") ")
+            fields = rest.split()
+            out[int(task.name)] = (comm, (int(fields[11]) + int(fields[12]))
+                                   / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+def by_thread_name(before: dict[int, tuple[str, float]],
+                   after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds between two thread_cpu_seconds() readings, summed per thread name."""
+    out: dict[str, float] = {}
+    for tid, (name, cpu) in after.items():
+        out[name] = out.get(name, 0.0) + cpu - before.get(tid, (name, 0.0))[1]
+    return out
 
 
 # ---- sftppush as real processes ------------------------------------------------------------
