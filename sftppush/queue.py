@@ -46,6 +46,20 @@ def _dead_owners(db: sqlite3.Cursor) -> list[str]:
     return [o for o in owners if died_by_process[o.rpartition("/")[0]]]
 
 
+def _key_answer(holders: dict[int, tuple[bytes, str]], entry: Entry,
+                leased: bool) -> KeyTaken | None:
+    """take_key's answer for `entry` from the rows holding its key (id -> path, state):
+    None without a lease; the oldest holder of another path; else whether an earlier
+    version of the path, done, wrote the key before."""
+    if not leased:
+        return None
+    others = [i for i, (path, _) in holders.items() if path != entry.path]
+    if others:
+        return KeyTaken(holder=holders[min(others)][0], known=False)
+    # The entry itself is claimed: a "done" holder is an earlier version.
+    return KeyTaken(holder=None, known=any(state == "done" for _, state in holders.values()))
+
+
 # A pending entry is claimable when due and the oldest pending version of its path, with no
 # version of its path claimed: one version of a path in flight, in the order written.
 _CLAIMABLE = ("state = 'pending' AND due <= ? AND NOT EXISTS (SELECT 1 FROM entries AS other"
@@ -241,29 +255,47 @@ class Queue(QueueFile):
                   now: float | None = None) -> list[KeyTaken | None]:
         """take_key for several entries in one transaction, in order: each answer is the one
         take_key would give after the entries before it (two paths of one batch that map
-        to one key: the second finds the first holding it)."""
+        to one key: the second finds the first holding it).
+
+        Three statements whatever the batch's size: the leases, the rows that hold any of
+        the keys, the keys written; the answers are worked out in between, entry by entry,
+        on those rows as the earlier entries of the batch leave them.
+        """
+        if not wanted:
+            return []
         out: list[KeyTaken | None] = []
+        taken: list[tuple[Entry, str]] = []
         with self._transaction() as db:
             now = _clock(now)
+            leased = {r[0] for r in db.execute(
+                "SELECT id FROM entries, (SELECT json_extract(value, '$[0]') AS jid,"
+                " json_extract(value, '$[1]') AS jowner FROM json_each(?))"
+                " WHERE id = jid AND +state = 'claimed' AND owner = jowner AND due > ?",
+                (json.dumps([[e.id, e.owner] for e, _ in wanted]), now))}
+            holders: dict[str, dict[int, tuple[bytes, str]]] = {key: {} for _, key in wanted}
+            key_of: dict[int, str] = {}
+            for i, key, path, state in db.execute(
+                    "SELECT id, key, path, state FROM entries WHERE key IN"
+                    " (SELECT value FROM json_each(?))"
+                    " AND +state IN ('claimed', 'pending', 'done')",  # by key, not state
+                    (json.dumps(list(holders)),)):
+                holders[key][i] = (bytes(path), state)
+                key_of[i] = key
             for entry, key in wanted:
-                out.append(self._take_key(db, entry, key, now))
+                answer = _key_answer(holders[key], entry, entry.id in leased)
+                if answer is not None and answer.holder is None:
+                    if entry.id in key_of:  # an entry holds one key at a time
+                        del holders[key_of[entry.id]][entry.id]
+                    holders[key][entry.id] = (entry.path, "claimed")
+                    key_of[entry.id] = key
+                    taken.append((entry, key))
+                out.append(answer)
+            if taken:
+                db.execute("UPDATE entries SET key = j.key FROM (SELECT json_extract(value,"
+                           " '$[0]') AS id, json_extract(value, '$[1]') AS key"
+                           " FROM json_each(?)) AS j WHERE entries.id = j.id",
+                           (json.dumps([[e.id, key] for e, key in taken]),))
         return out
-
-    @staticmethod
-    def _take_key(db: sqlite3.Cursor, entry: Entry, key: str, now: float) -> KeyTaken | None:
-        if not db.execute(f"SELECT 1 FROM entries WHERE {_FENCE} AND due > ?",
-                          (entry.id, entry.owner, now)).fetchone():
-            return None
-        row = db.execute("SELECT path FROM entries WHERE key = ? AND path <> ?"
-                         " AND state IN ('claimed', 'pending', 'done') ORDER BY id LIMIT 1",
-                         (key, entry.path)).fetchone()
-        if row is not None:
-            return KeyTaken(holder=bytes(row[0]), known=False)
-        known = db.execute("SELECT 1 FROM entries WHERE key = ? AND path = ? AND id <> ?"
-                           " AND state = 'done' LIMIT 1",
-                           (key, entry.path, entry.id)).fetchone() is not None
-        db.execute(f"UPDATE entries SET key = ? WHERE {_FENCE}", (key, entry.id, entry.owner))
-        return KeyTaken(holder=None, known=known)
 
     # --- a multipart upload in progress, for a resume after a crash -----------------------
 

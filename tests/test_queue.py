@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -650,3 +652,71 @@ def test_an_upload_in_progress_is_kept_by_its_entry_for_a_resume(tmp_path: Path)
         assert q.fail(b, "boom") and q.resumable_uploads("u/f1") == set()
         q._conn.execute("DELETE FROM entries WHERE id = ?", (b.id,))
         assert q._conn.execute("SELECT count(*) FROM uploads").fetchone() == (0,)
+
+
+def test_a_key_given_up_in_a_batch_is_free_for_the_entries_after_it(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(2), now=1000)
+        first, second = q.claim("w", 60, limit=2, now=1000)
+        assert q.take_key(first, "u/old", now=1001) == KeyTaken(holder=None, known=False)
+        # Its key changed since (say a new key mapping): the old one is free from then on.
+        assert q.take_keys([(first, "u/new"), (second, "u/old")], now=1002) == [
+            KeyTaken(holder=None, known=False), KeyTaken(holder=None, known=False)]
+        assert [q.get(e.id).key for e in (first, second)] == ["u/new", "u/old"]
+
+
+def _take_key_one_by_one(db: sqlite3.Cursor, entry: Entry, key: str, now: float
+                         ) -> KeyTaken | None:
+    """take_key as the queue answered it before take_keys worked on sets: four statements
+    per entry, each on the rows as the entries before it left them. The oracle below."""
+    if not db.execute("SELECT 1 FROM entries WHERE id = ? AND state = 'claimed' AND owner = ?"
+                      " AND due > ?", (entry.id, entry.owner, now)).fetchone():
+        return None
+    row = db.execute("SELECT path FROM entries WHERE key = ? AND path <> ?"
+                     " AND state IN ('claimed', 'pending', 'done') ORDER BY id LIMIT 1",
+                     (key, entry.path)).fetchone()
+    if row is not None:
+        return KeyTaken(holder=bytes(row[0]), known=False)
+    known = db.execute("SELECT 1 FROM entries WHERE key = ? AND path = ? AND id <> ?"
+                       " AND state = 'done' LIMIT 1", (key, entry.path, entry.id)).fetchone()
+    db.execute("UPDATE entries SET key = ? WHERE id = ?", (key, entry.id))
+    return KeyTaken(holder=None, known=known is not None)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_a_batch_of_keys_is_answered_as_one_by_one_statements_would(tmp_path: Path,
+                                                                    seed: int) -> None:
+    """Random queues (a few paths and keys, entries in every state holding keys, leases
+    expired or lost) and random batches: take_keys gives the answers and leaves the keys
+    that the one-by-one statements give on a copy of the same file."""
+    rnd = random.Random(seed)
+    paths = [f"/home/u/p{i}".encode() for i in range(3)]
+    keys = [f"u/k{i}" for i in range(3)]
+    with Queue(tmp_path / "new.db") as q:
+        q.enqueue_many([FileVersion(rnd.choice(paths), "u", n, n, n, n, "rescan")
+                        for n in range(rnd.randint(4, 14))], now=1000)
+        with q._transaction() as db:
+            for (i,) in db.execute("SELECT id FROM entries").fetchall():
+                db.execute("UPDATE entries SET state = ?, key = ?, owner = 'x', due = 2000"
+                           " WHERE id = ?", (rnd.choice(["pending", "done", "failed",
+                                                         "claimed"]),
+                                             rnd.choice([*keys, None]), i))
+            ids = [i for (i,) in db.execute("SELECT id FROM entries WHERE state = 'claimed'")
+                   .fetchall()]
+            # Some leases expired, some lost to another owner.
+            for i in ids:
+                db.execute("UPDATE entries SET due = ?, owner = ? WHERE id = ?",
+                           (rnd.choice([2000, 1500, 900]), rnd.choice(["x", "x", "y"]), i))
+        wanted = [(replace(q.get(i), owner="x"), rnd.choice(keys)) for i in ids
+                  for _ in range(rnd.choice([1, 1, 2]))]
+        rnd.shuffle(wanted)
+    shutil.copy(tmp_path / "new.db", tmp_path / "old.db")  # closed: nothing left in a WAL
+    with Queue(tmp_path / "new.db") as q:
+        got = q.take_keys(wanted, now=1000)
+        with q.reading() as db:
+            got_keys = db.execute("SELECT id, key FROM entries ORDER BY id").fetchall()
+    with Queue(tmp_path / "old.db") as old, old._transaction() as db:
+        expected = [_take_key_one_by_one(db, e, key, 1000) for e, key in wanted]
+        expected_keys = db.execute("SELECT id, key FROM entries ORDER BY id").fetchall()
+    assert got == expected
+    assert got_keys == expected_keys
