@@ -82,9 +82,9 @@ class SafeFile:
         is checked there, deleted if it is our inode, else put back.
         """
         with _writers_held_off(self.fd) as free:
-            # ctime can be checked only here: the rename below sets the inode's ctime.
-            if not free or not same_version(os.fstat(self.fd), self.st) or \
-                    not self.unchanged():
+            # ctime can be checked only here: the rename below sets the inode's ctime. The
+            # name's stat is our inode's when it names our file, so it checks both at once.
+            if not free or not self.unchanged():
                 return False
             return self._delete_set_aside()
 
