@@ -107,7 +107,7 @@ class Watcher:
         self.wakeup = wakeup  # readable when a signal arrived
         if wakeup is not None:
             self.poller.register(wakeup, select.POLLIN)
-        self.upkeep = Upkeep(queue, cfg.queue.keep_done, owner_token(), clock)
+        self.upkeep = Upkeep(queue, cfg.queue.keep_done, owner_token())
         self.ping_every = notify.watchdog_interval()
         self.next_ping = 0.0
         self.enqueued = 0
@@ -147,8 +147,7 @@ class Watcher:
         data = self._read()
         self.busy = bool(data)
         batch = _Batch()
-        if data:
-            self._handle(data, now, batch)
+        self._handle(data, now, batch)
         if not (stop is not None and stop.is_set()):
             self._advance_scans(now, batch)
             self._check_roots(now)
@@ -164,9 +163,7 @@ class Watcher:
         """Commit what was read and decided so far; what was not, the next start-up scan finds."""
         notify.notify("STOPPING=1")
         batch = _Batch()
-        data = self._read()
-        if data:
-            self._handle(data, self.clock(), batch)
+        self._handle(self._read(), self.clock(), batch)
         self._decide(self.clock(), batch, everything=True)
         self._commit(batch)
         for scan in self.scans:  # the next start-up rescan makes up for these
