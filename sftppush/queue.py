@@ -38,12 +38,9 @@ def _dead_owners(db: sqlite3.Cursor) -> list[str]:
     host = socket.gethostname()
     owners = [o for (o,) in db.execute("SELECT DISTINCT owner FROM entries"
                                          " WHERE state = 'claimed'")]
-    died_by_process: dict[str, bool] = {}
-    for owner in owners:
-        process = owner.rpartition("/")[0]
-        if process not in died_by_process:
-            died_by_process[process] = died(owner, host)
-    return [o for o in owners if died_by_process[o.rpartition("/")[0]]]
+    by_process = {o.rpartition("/")[0]: o for o in owners}
+    dead = {process for process, owner in by_process.items() if died(owner, host)}
+    return [o for o in owners if o.rpartition("/")[0] in dead]
 
 
 # A pending entry is claimable when due and the oldest pending version of its path, with no
@@ -172,11 +169,6 @@ class Queue(QueueFile):
         lost, now = self._fenced(entries, "due = ?", lambda _e, now: (now + lease_seconds,),
                                  now)
         return lost, now + lease_seconds
-
-    def renew(self, entries: Sequence[Entry], lease_seconds: float,
-              now: float | None = None) -> list[Entry]:
-        """Extend leases; returns the entries whose lease was lost meanwhile."""
-        return self.renew_leases(entries, lease_seconds, now)[0]
 
     def ack(self, entry: Entry, note: str | None = None, now: float | None = None,
             uploaded: bool = False) -> bool:
@@ -341,12 +333,9 @@ class Queue(QueueFile):
             now = _clock(now)
             if failed:
                 db.execute(sql, (now,))
-                return db.rowcount
-            count = 0
-            for i in ids or ():
-                db.execute(sql + " AND id = ?", (now, i))
-                count += db.rowcount
-            return count
+            else:  # executemany sums the rows each id changed
+                db.executemany(sql + " AND id = ?", [(now, i) for i in ids or ()])
+            return db.rowcount
 
     def purge_done(self, older_than: float, now: float | None = None,
                    batch: int = PURGE_BATCH, pause: float = 0.0) -> int:
