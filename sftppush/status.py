@@ -7,6 +7,7 @@ it shows are those the queue keeps with each ack, never derived from done entrie
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -99,10 +100,8 @@ def file_bytes(path: Path) -> int:
     """The queue file's size on disk with its WAL: what keep_done keeps bounded."""
     size = 0
     for name in (path, path.with_name(path.name + "-wal")):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             size += name.stat().st_size
-        except FileNotFoundError:
-            pass
     return size
 
 

@@ -8,6 +8,7 @@ watcher's business.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -108,10 +109,8 @@ class Watches:
         for path in [p for p in self.wds if p == top or p.startswith(prefix)]:
             wd = self.wds.pop(path)
             self.dirs.pop(wd, None)
-            try:
+            with contextlib.suppress(OSError):  # already gone with its directory
                 self.inotify.rm_watch(wd)
-            except OSError:
-                pass  # already gone with its directory
             for root in self.roots:
                 if root.wd == wd:  # a source dir inside another source dir, moved away
                     self._lose_root(root, "moved away")
