@@ -185,9 +185,6 @@ class PartBody(io.RawIOBase):
         self._pos = base + offset
         return self._pos
 
-    def tell(self) -> int:
-        return self._pos
-
     def __len__(self) -> int:
         return len(self._view)
 
@@ -202,10 +199,7 @@ def read_part(reader: Reader, size: int, head: bytes = b"") -> bytearray:
     buf[: len(head)] = head
     pos = len(head)
     with memoryview(buf) as view:
-        while pos < size:
-            n = reader.readinto(view[pos: pos + READ_CHUNK])
-            if not n:
-                break
+        while pos < size and (n := reader.readinto(view[pos: pos + READ_CHUNK])):
             pos += n
     del buf[pos:]
     return buf
