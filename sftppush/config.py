@@ -179,13 +179,10 @@ class Config:
 
 def config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
     """The YAML file to read: --config, else $SFTPPUSH_CONFIG, else the first that exists."""
-    if explicit:
-        path = Path(explicit).expanduser()
-    elif env.get("SFTPPUSH_CONFIG"):
-        path = Path(env["SFTPPUSH_CONFIG"]).expanduser()
-    else:
-        return next((p for p in map(lambda s: Path(s).expanduser(), SEARCH_PATH) if p.is_file()),
-                    None)
+    given = explicit or env.get("SFTPPUSH_CONFIG")
+    if not given:
+        return next((p for s in SEARCH_PATH if (p := Path(s).expanduser()).is_file()), None)
+    path = Path(given).expanduser()
     if not path.is_file():
         raise ConfigError(f"config: file {path} does not exist")
     return path

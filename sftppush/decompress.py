@@ -394,10 +394,7 @@ def read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
         return data
     chunks = [data]
     got = len(data)
-    while got < size:
-        more = read(size - got)
-        if not more:
-            break
+    while got < size and (more := read(size - got)):
         chunks.append(more)
         got += len(more)
     return b"".join(chunks)

@@ -189,7 +189,6 @@ class QueueFile:
                 cur.close()
 
 
-
 def _read_only(file: Path, timeout: float) -> sqlite3.Connection:
     """A connection that cannot write, to a file it may not write either.
 
