@@ -123,14 +123,12 @@ def scan_source(source: Source, ignore: tuple[str, ...], *,
 
 
 def rescan(cfg: Config, queue: Queue, source_name: str | None = None, dry_run: bool = False,
-           progress: bool | Callable[[int], None] | None = None) -> RescanSummary:
-    """Backfill: enqueue the files on disk that have no entry yet, in batched transactions.
-
-    `progress` is True for a counter on stderr, or a callable given the files found so far.
-    """
-    report = _stderr_counter() if progress is True else (progress or None)
+           progress: bool = False) -> RescanSummary:
+    """Backfill: enqueue the files on disk that have no entry yet, in batched transactions;
+    `progress` keeps a counter on stderr."""
     found = enqueued = 0
     counts = Counts()
+    shown_at = 0.0
     for source in cfg.watch.sources:
         if source_name is not None and source.name != source_name:
             continue
@@ -140,23 +138,12 @@ def rescan(cfg: Config, queue: Queue, source_name: str | None = None, dry_run: b
             new = len(batch) - len(queue.known(batch)) if dry_run else queue.enqueue_many(batch)
             found += len(batch)
             enqueued += new
-            if report:
-                report(found)
+            if progress and time.monotonic() - shown_at >= 0.2:
+                shown_at = time.monotonic()
+                sys.stderr.write(f"\rscanning: {found} files")
+                sys.stderr.flush()
         log.info("rescan source=%s found=%d enqueued=%d dry_run=%s", source.name,
                  found - found_before, enqueued - enqueued_before, str(dry_run).lower())
-    if progress is True:
+    if progress:
         sys.stderr.write(f"\rscanning: {found} files\n")
     return RescanSummary(found, enqueued, found - enqueued, counts.ignored)
-
-
-def _stderr_counter() -> Callable[[int], None]:
-    last = [0.0]
-
-    def report(found: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.2:
-            last[0] = now
-            sys.stderr.write(f"\rscanning: {found} files")
-            sys.stderr.flush()
-
-    return report
