@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
 
@@ -46,7 +46,6 @@ class Counts:
     """What a walk skipped, for summaries; a walk only adds to it."""
 
     ignored: int = 0
-    unreadable: list[bytes] = field(default_factory=list)
 
 
 @lru_cache(maxsize=16)
@@ -88,7 +87,6 @@ def walk(top: bytes, source: str, ignore: tuple[str, ...], *,
         except OSError as exc:
             log.warning("scan cannot list dir=%s error=%s", shown(directory),
                         exc.strerror)
-            counts.unreadable.append(directory)
             continue
         with entries:
             for entry in entries:
