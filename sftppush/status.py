@@ -135,15 +135,14 @@ class QueueCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            stats = self.read_stats()
+            stats: Stats | None = self.read_stats()
         except SftppushError as exc:  # missing, locked out, or being replaced: say so
             log.warning("queue unreadable error=%s", exc)
-            yield GaugeMetricFamily("sftppush_queue_up", "1 if the queue file could be read.",
-                                    value=0)
-            return
+            stats = None
         yield GaugeMetricFamily("sftppush_queue_up", "1 if the queue file could be read.",
-                                value=1)
-        yield from metrics(stats)
+                                value=int(stats is not None))
+        if stats is not None:
+            yield from metrics(stats)
 
 
 def metrics(stats: Stats) -> Iterator[Metric]:

@@ -308,11 +308,8 @@ class Watcher:
     def _add_scan(self, root: Root, top: bytes, why: str, first: bool = False) -> None:
         if any(s.top == top and s.steps is None for s in self.scans):
             return  # the same walk is queued and not started: it will see everything
-        scan = _Scan(root, top, why)
-        if first:  # a new dir goes before a long rescan, which resumes where it paused
-            self.scans.appendleft(scan)
-        else:
-            self.scans.append(scan)
+        # A new dir goes before a long rescan, which resumes where it paused.
+        (self.scans.appendleft if first else self.scans.append)(_Scan(root, top, why))
 
     def _advance_scans(self, now: float, batch: _Batch) -> None:
         """Walk queued scans for a short slice, so events keep being read during a long one."""

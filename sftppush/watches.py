@@ -111,18 +111,16 @@ class Watches:
             self.dirs.pop(wd, None)
             with contextlib.suppress(OSError):  # already gone with its directory
                 self.inotify.rm_watch(wd)
-            for root in self.roots:
-                if root.wd == wd:  # a source dir inside another source dir, moved away
-                    self._lose_root(root, "moved away")
+            for root in self.roots_at(wd):  # a source dir inside another one, moved away
+                self._lose_root(root, "moved away")
 
     def gone(self, wd: int) -> None:
         """IN_IGNORED: the directory was deleted (or unmounted), the kernel dropped its watch."""
         path, _ = self.dirs.pop(wd)
         if self.wds.get(path) == wd:
             del self.wds[path]
-        for root in self.roots:
-            if root.wd == wd:
-                self._lose_root(root, "deleted")
+        for root in self.roots_at(wd):
+            self._lose_root(root, "deleted")
 
     def roots_at(self, wd: int) -> list[Root]:
         """The source dirs this watch is on (IN_MOVE_SELF: renamed away, no longer the source)."""
