@@ -58,9 +58,7 @@ def detect(head: bytes) -> str | None:
     """The compression format whose magic `head` starts with, or None (upload as it is)."""
     for magic, fmt in MAGIC:
         if head.startswith(magic):
-            if fmt == "zstd" and zstandard is None:
-                return None
-            return fmt
+            return None if fmt == "zstd" and zstandard is None else fmt
     return None
 
 

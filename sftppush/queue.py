@@ -234,12 +234,9 @@ class Queue(QueueFile):
         """take_key for several entries in one transaction, in order: each answer is the one
         take_key would give after the entries before it (two paths of one batch that map
         to one key: the second finds the first holding it)."""
-        out: list[KeyTaken | None] = []
         with self._transaction() as db:
             now = _clock(now)
-            for entry, key in wanted:
-                out.append(self._take_key(db, entry, key, now))
-        return out
+            return [self._take_key(db, entry, key, now) for entry, key in wanted]
 
     @staticmethod
     def _take_key(db: sqlite3.Cursor, entry: Entry, key: str, now: float) -> KeyTaken | None:
