@@ -85,10 +85,9 @@ class CappedReader:
 
     def readinto(self, buffer: memoryview | bytearray) -> int:
         """Fill (part of) `buffer` without an intermediate copy of the whole request."""
-        view = memoryview(buffer)
-        n = self._guarded(lambda size: self._stream.readinto(view[:size]), self._room(len(view)))
-        view.release()
-        return n
+        with memoryview(buffer) as view:
+            return self._guarded(lambda size: self._stream.readinto(view[:size]),
+                                 self._room(len(view)))
 
     def _room(self, size: int) -> int:
         if self.fmt is None:

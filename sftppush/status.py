@@ -78,7 +78,6 @@ def read(q: Queue, now: float | None = None) -> Stats:
         for name, label, value in db.execute("SELECT name, label, value FROM counters"):
             counters.setdefault(name, {})[label] = value
         beat = db.execute("SELECT at FROM heartbeats WHERE role = 'watcher'").fetchone()
-    total = counters.get("uploads", {}).get("", 0)
     return Stats(
         pending=counts.get("pending", 0), claimed=counts.get("claimed", 0),
         done=counts.get("done", 0), failed=counts.get("failed", 0),
@@ -86,7 +85,7 @@ def read(q: Queue, now: float | None = None) -> Stats:
         uploaded_last_minute=window["minute"][0], uploaded_last_hour=window["hour"][0],
         bytes_last_minute=window["minute"][1], bytes_last_hour=window["hour"][1],
         top_errors=[(e, n) for e, n in top],
-        uploads_total=int(total),
+        uploads_total=int(counters.get("uploads", {}).get("", 0)),
         uploaded_bytes_total=int(counters.get("uploaded_bytes", {}).get("", 0)),
         last_upload_at=counters.get("last_upload_at", {}).get(""),
         failures={k: int(v) for k, v in counters.get("failures", {}).items()},
