@@ -188,13 +188,9 @@ def config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str])
     return path
 
 
-def load(
-    path: str | os.PathLike[str] | None = None,
-    env: Mapping[str, str] | None = None,
-    flags: Mapping[str, Any] | None = None,
-    sources: list[str] | tuple[str, ...] | None = None,
-    need_sources: bool = True,
-) -> Config:
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+         flags: Mapping[str, Any] | None = None,
+         sources: list[str] | tuple[str, ...] | None = None, need_sources: bool = True) -> Config:
     """Build and validate the effective config.
 
     `flags` maps dotted keys (`consumer.workers`) to values given on the command line;

@@ -185,7 +185,7 @@ class Watcher:
             return b""
 
     def _handle(self, data: bytes, now: float, batch: _Batch) -> None:
-        where_is, ignored = self.watches.where, self.ignored
+        where_is, ignored = self.watches.dirs.get, self.ignored
         for wd, mask, name in _events(data):
             if mask & F.Q_OVERFLOW:
                 self._overflow()

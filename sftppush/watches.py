@@ -60,10 +60,6 @@ class Watches:
     def __len__(self) -> int:
         return len(self.dirs)
 
-    def where(self, wd: int) -> tuple[bytes, Root] | None:
-        """The directory and root of a watch; None for the last events of a dropped one."""
-        return self.dirs.get(wd)
-
     def watch(self, path: bytes, root: Root, strict: bool = False) -> bool:
         """Put a watch on one directory before it is listed; False to skip listing it."""
         try:
