@@ -390,5 +390,3 @@ class Multipart:
                         bucket, key, upload_id, exc)
         if journal is not None:
             journal.ended(None)
-
-
