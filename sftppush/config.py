@@ -113,7 +113,7 @@ class Source:
 
     @property
     def dirs(self) -> tuple[Path, ...]:
-        return tuple(self.root / p.strip("/") if p.strip("/") else self.root for p in self.paths)
+        return tuple(self.root / p.strip("/") for p in self.paths)  # "/" is the root itself
 
 
 @dataclass(frozen=True)
