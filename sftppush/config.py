@@ -242,9 +242,7 @@ def parse_duration(text: str, name: str = "duration") -> float:
 
 def _put(into: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
-    for part in parents:
-        into = into.setdefault(part, {})
-    into[leaf] = value
+    reduce(lambda node, part: node.setdefault(part, {}), parents, into)[leaf] = value
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
