@@ -209,7 +209,7 @@ class Queue(QueueFile):
         return not self._fenced(
             [entry], "state = 'pending', owner = NULL, due = ?, attempts = attempts + ?,"
             " last_error = ?", lambda _e, now: (now + delay, int(count_attempt), error), now,
-            after=_counting("retries", reason))[0]
+            count=None if reason is None else ("retries", reason))[0]
 
     def fail(self, entry: Entry, error: str, now: float | None = None,
              reason: str = "other") -> bool:
@@ -217,7 +217,7 @@ class Queue(QueueFile):
         return not self._fenced(
             [entry], "state = 'failed', owner = NULL, due = ?, attempts = attempts + 1,"
             " last_error = ?, key = NULL", lambda _e, now: (now, error), now,
-            after=_counting("failures", reason))[0]
+            count=("failures", reason))[0]
 
     def take_key(self, entry: Entry, key: str, now: float | None = None) -> KeyTaken | None:
         """Reserve `key` for this entry's upload: one key, one local path (SPEC 3).
@@ -304,10 +304,10 @@ class Queue(QueueFile):
                                 lambda _e, now: (now,), now)[0]
 
     def _fenced(self, entries: Sequence[Entry], assignments: str,
-                values: Callable[[Entry, float], tuple[Any, ...]],
-                now: float | None, after: _After | None = None) -> tuple[list[Entry], float]:
+                values: Callable[[Entry, float], tuple[Any, ...]], now: float | None,
+                count: tuple[str, str] | None = None) -> tuple[list[Entry], float]:
         """One fenced UPDATE per entry: (the entries whose lease was lost, the clock used).
-        `after` is given the entries updated, in the same transaction (counters)."""
+        `count` = (counter, label) counts the entries updated, in the same transaction."""
         lost, updated = [], []
         with self._transaction() as db:
             now = _clock(now)
@@ -315,8 +315,8 @@ class Queue(QueueFile):
                 db.execute(f"UPDATE entries SET {assignments} WHERE {_FENCE}",
                            (*values(e, now), e.id, e.owner))
                 (updated if db.rowcount else lost).append(e)
-            if after is not None and updated:
-                after(db, updated, now)
+            if count is not None and updated:
+                _add(db, *count, len(updated))
         return lost, now
 
     # --- operators ----------------------------------------------------------------------
@@ -383,20 +383,10 @@ class Queue(QueueFile):
         return entry_of(row) if row else None
 
 
-_After = Callable[[sqlite3.Cursor, list[Entry], float], None]
-
-
 def _add(db: sqlite3.Cursor, name: str, label: str, amount: float) -> None:
     db.execute("INSERT INTO counters (name, label, value) VALUES (?, ?, ?) ON CONFLICT"
                " (name, label) DO UPDATE SET value = value + excluded.value",
                (name, label, amount))
-
-
-def _counting(name: str, reason: str | None) -> _After | None:
-    """An `after` for _fenced that counts each entry updated under `name`{reason}."""
-    if reason is None:
-        return None
-    return lambda db, updated, _now: _add(db, name, reason, len(updated))
 
 
 def _count_uploads(db: sqlite3.Cursor, files: int, size: int, now: float) -> None:
