@@ -109,7 +109,7 @@ class Watcher:
             self.poller.register(wakeup, select.POLLIN)
         self.upkeep = Upkeep(queue, cfg.queue.keep_done, owner_token())
         self.ping_every = notify.watchdog_interval()
-        self.next_ping = 0.0
+        self.next_ping = 0.0 if self.ping_every else float("inf")
         self.enqueued = 0
         self.busy = False  # the last read found events
 
@@ -352,15 +352,10 @@ class Watcher:
         if self.scans:
             return 0.0
         now = self.clock()
-        until = [now + MAX_WAIT, self.upkeep.due()]
+        until = [now + MAX_WAIT, self.upkeep.due(), self.next_ping, self.watches.next_check()]
         for waiting in (self.created, self.fresh):
             if waiting:
                 until.append(next(iter(waiting.values()))[0] + GRACE)
-        if self.ping_every:
-            until.append(self.next_ping)
-        root_check = self.watches.next_check()
-        if root_check is not None:
-            until.append(root_check)
         return max(0.001, min(until) - now)
 
 

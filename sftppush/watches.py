@@ -131,9 +131,9 @@ class Watches:
     def watched_roots(self) -> Iterator[Root]:
         return (r for r in self.roots if r.wd is not None)
 
-    def next_check(self) -> float | None:
-        """When to look again for a missing source dir; None while none is missing."""
-        return self.next_root_check if any(r.wd is None for r in self.roots) else None
+    def next_check(self) -> float:
+        """When to look again for a missing source dir; never (inf) while none is missing."""
+        return self.next_root_check if any(r.wd is None for r in self.roots) else float("inf")
 
     def roots_back(self, now: float) -> list[Root]:
         """The missing source dirs that exist again (looked for once per ROOT_CHECK)."""
