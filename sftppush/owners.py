@@ -6,6 +6,7 @@ host has died (or its pid now names another process). It never touches the queue
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -26,13 +27,11 @@ def _token(pid: int) -> str:
 
 def _process(pid: int) -> tuple[str, int] | None:
     """(state, start time) of a process of this host, or None if there is none."""
-    try:
+    with contextlib.suppress(OSError):  # gone, or hidden from us (hidepid): ask the kernel
         with open(f"/proc/{pid}/stat", "rb") as f:
             # After the command name, which may hold spaces and parentheses, come fields 3...
             after = f.read().rpartition(b")")[2].split()
         return after[0].decode(), int(after[19])
-    except OSError:  # gone, or hidden from us (hidepid): ask the kernel below
-        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -136,13 +136,12 @@ class Budget:
 
 
 def chunks(body: Any) -> Iterator[Any]:
-    """The bytes of a part: a buffer whole, or a file (from its start) or stream read to its
-    end in 1 MiB views of one reused buffer."""
+    """The bytes of a part: a buffer whole, or a file read from its start in 1 MiB views of
+    one reused buffer."""
     if isinstance(body, bytearray):
         yield body
         return
-    if hasattr(body, "seek"):
-        body.seek(0)
+    body.seek(0)
     chunk = bytearray(2**20)
     with memoryview(chunk) as view:
         while n := body.readinto(chunk):
@@ -151,7 +150,7 @@ def chunks(body: Any) -> Iterator[Any]:
 
 def digests(body: Any, checksum: Checksum | None) -> tuple[Any, int, int]:
     """A part's MD5 (the ETag a store answers), its own checksum (0 without one) and size;
-    `body` is a buffer, or a file or stream read to its end."""
+    `body` is a buffer, or a file read to its end."""
     md5, crc, size = hashlib.md5(usedforsecurity=False), 0, 0
     for data in chunks(body):
         md5.update(data)
@@ -185,9 +184,6 @@ class PartBody(io.RawIOBase):
         self._pos = base + offset
         return self._pos
 
-    def tell(self) -> int:
-        return self._pos
-
     def __len__(self) -> int:
         return len(self._view)
 
@@ -202,10 +198,7 @@ def read_part(reader: Reader, size: int, head: bytes = b"") -> bytearray:
     buf[: len(head)] = head
     pos = len(head)
     with memoryview(buf) as view:
-        while pos < size:
-            n = reader.readinto(view[pos: pos + READ_CHUNK])
-            if not n:
-                break
+        while pos < size and (n := reader.readinto(view[pos: pos + READ_CHUNK])):
             pos += n
     del buf[pos:]
     return buf

@@ -38,12 +38,9 @@ def _dead_owners(db: sqlite3.Cursor) -> list[str]:
     host = socket.gethostname()
     owners = [o for (o,) in db.execute("SELECT DISTINCT owner FROM entries"
                                          " WHERE state = 'claimed'")]
-    died_by_process: dict[str, bool] = {}
-    for owner in owners:
-        process = owner.rpartition("/")[0]
-        if process not in died_by_process:
-            died_by_process[process] = died(owner, host)
-    return [o for o in owners if died_by_process[o.rpartition("/")[0]]]
+    by_process = {o.rpartition("/")[0]: o for o in owners}
+    dead = {process for process, owner in by_process.items() if died(owner, host)}
+    return [o for o in owners if o.rpartition("/")[0] in dead]
 
 
 def _key_answer(holders: dict[int, tuple[bytes, str]], entry: Entry,
@@ -187,11 +184,6 @@ class Queue(QueueFile):
                                  now)
         return lost, now + lease_seconds
 
-    def renew(self, entries: Sequence[Entry], lease_seconds: float,
-              now: float | None = None) -> list[Entry]:
-        """Extend leases; returns the entries whose lease was lost meanwhile."""
-        return self.renew_leases(entries, lease_seconds, now)[0]
-
     def ack(self, entry: Entry, note: str | None = None, now: float | None = None,
             uploaded: bool = False) -> bool:
         """Mark done; False means the lease was lost and someone else owns the entry."""
@@ -231,7 +223,7 @@ class Queue(QueueFile):
         return not self._fenced(
             [entry], "state = 'pending', owner = NULL, due = ?, attempts = attempts + ?,"
             " last_error = ?", lambda _e, now: (now + delay, int(count_attempt), error), now,
-            after=_counting("retries", reason))[0]
+            count=None if reason is None else ("retries", reason))[0]
 
     def fail(self, entry: Entry, error: str, now: float | None = None,
              reason: str = "other") -> bool:
@@ -239,7 +231,7 @@ class Queue(QueueFile):
         return not self._fenced(
             [entry], "state = 'failed', owner = NULL, due = ?, attempts = attempts + 1,"
             " last_error = ?, key = NULL", lambda _e, now: (now, error), now,
-            after=_counting("failures", reason))[0]
+            count=("failures", reason))[0]
 
     def take_key(self, entry: Entry, key: str, now: float | None = None) -> KeyTaken | None:
         """Reserve `key` for this entry's upload: one key, one local path (SPEC 3).
@@ -347,10 +339,10 @@ class Queue(QueueFile):
                                 lambda _e, now: (now,), now)[0]
 
     def _fenced(self, entries: Sequence[Entry], assignments: str,
-                values: Callable[[Entry, float], tuple[Any, ...]],
-                now: float | None, after: _After | None = None) -> tuple[list[Entry], float]:
+                values: Callable[[Entry, float], tuple[Any, ...]], now: float | None,
+                count: tuple[str, str] | None = None) -> tuple[list[Entry], float]:
         """One fenced UPDATE per entry: (the entries whose lease was lost, the clock used).
-        `after` is given the entries updated, in the same transaction (counters)."""
+        `count` = (counter, label) counts the entries updated, in the same transaction."""
         lost, updated = [], []
         with self._transaction() as db:
             now = _clock(now)
@@ -358,8 +350,8 @@ class Queue(QueueFile):
                 db.execute(f"UPDATE entries SET {assignments} WHERE {_FENCE}",
                            (*values(e, now), e.id, e.owner))
                 (updated if db.rowcount else lost).append(e)
-            if after is not None and updated:
-                after(db, updated, now)
+            if count is not None and updated:
+                _add(db, *count, len(updated))
         return lost, now
 
     # --- operators ----------------------------------------------------------------------
@@ -373,12 +365,9 @@ class Queue(QueueFile):
             now = _clock(now)
             if failed:
                 db.execute(sql, (now,))
-                return db.rowcount
-            count = 0
-            for i in ids or ():
-                db.execute(sql + " AND id = ?", (now, i))
-                count += db.rowcount
-            return count
+            else:  # executemany sums the rows each id changed
+                db.executemany(sql + " AND id = ?", [(now, i) for i in ids or ()])
+            return db.rowcount
 
     def purge_done(self, older_than: float, now: float | None = None,
                    batch: int = PURGE_BATCH, pause: float = 0.0) -> int:
@@ -429,20 +418,10 @@ class Queue(QueueFile):
         return entry_of(row) if row else None
 
 
-_After = Callable[[sqlite3.Cursor, list[Entry], float], None]
-
-
 def _add(db: sqlite3.Cursor, name: str, label: str, amount: float) -> None:
     db.execute("INSERT INTO counters (name, label, value) VALUES (?, ?, ?) ON CONFLICT"
                " (name, label) DO UPDATE SET value = value + excluded.value",
                (name, label, amount))
-
-
-def _counting(name: str, reason: str | None) -> _After | None:
-    """An `after` for _fenced that counts each entry updated under `name`{reason}."""
-    if reason is None:
-        return None
-    return lambda db, updated, _now: _add(db, name, reason, len(updated))
 
 
 def _count_uploads(db: sqlite3.Cursor, files: int, size: int, now: float) -> None:

@@ -189,7 +189,6 @@ class QueueFile:
                 cur.close()
 
 
-
 def _read_only(file: Path, timeout: float) -> sqlite3.Connection:
     """A connection that cannot write, to a file it may not write either.
 
@@ -202,4 +201,3 @@ def _read_only(file: Path, timeout: float) -> sqlite3.Connection:
     conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
     conn.isolation_level = None
     return conn
-

@@ -13,8 +13,9 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
+from itertools import islice
 
 from sftppush.config import Config, Source
 from sftppush.entries import FileVersion, shown
@@ -45,7 +46,6 @@ class Counts:
     """What a walk skipped, for summaries; a walk only adds to it."""
 
     ignored: int = 0
-    unreadable: list[bytes] = field(default_factory=list)
 
 
 @lru_cache(maxsize=16)
@@ -56,14 +56,9 @@ def _ignore_regex(ignore: tuple[str, ...]) -> re.Pattern[bytes]:
                                 + [os.fsencode(fnmatch.translate(g)) for g in ignore]))
 
 
-def is_ignored(name: bytes | str, ignore: tuple[str, ...]) -> bool:
-    """True if a basename matches one of the ignore globs (case-sensitive, `*` matches dots)
-    or is a consumer's private name of a file it is deleting."""
-    return _ignore_regex(tuple(ignore)).match(os.fsencode(name)) is not None
-
-
 def ignore_matcher(ignore: tuple[str, ...]) -> Callable[[bytes], object]:
-    """A fast `is_ignored` for one ignore list and bytes basenames (truthy = ignored)."""
+    """Truthy for a bytes basename that matches one of the ignore globs (case-sensitive, `*`
+    matches dots) or is a consumer's private name of a file it is deleting."""
     return _ignore_regex(tuple(ignore)).match
 
 
@@ -92,7 +87,6 @@ def walk(top: bytes, source: str, ignore: tuple[str, ...], *,
         except OSError as exc:
             log.warning("scan cannot list dir=%s error=%s", shown(directory),
                         exc.strerror)
-            counts.unreadable.append(directory)
             continue
         with entries:
             for entry in entries:
@@ -123,57 +117,31 @@ def scan_source(source: Source, ignore: tuple[str, ...], *,
         if not os.path.isdir(top_b):
             log.warning("scan missing source=%s dir=%s", source.name, top)
             continue
-        for version in walk(top_b, source.name, ignore, counts=counts):
-            if version is not None:
-                yield version
+        yield from filter(None, walk(top_b, source.name, ignore, counts=counts))
 
 
 def rescan(cfg: Config, queue: Queue, source_name: str | None = None, dry_run: bool = False,
-           progress: bool | Callable[[int], None] | None = None) -> RescanSummary:
-    """Backfill: enqueue the files on disk that have no entry yet, in batched transactions.
-
-    `progress` is True for a counter on stderr, or a callable given the files found so far.
-    """
-    report = _stderr_counter() if progress is True else (progress or None)
-    total = {"found": 0, "enqueued": 0}
+           progress: bool = False) -> RescanSummary:
+    """Backfill: enqueue the files on disk that have no entry yet, in batched transactions;
+    `progress` keeps a counter on stderr."""
+    found = enqueued = 0
     counts = Counts()
-
-    def put(batch: list[FileVersion]) -> None:
-        new = len(batch) - len(queue.known(batch)) if dry_run else queue.enqueue_many(batch)
-        total["found"] += len(batch)
-        total["enqueued"] += new
-        batch.clear()
-        if report:
-            report(total["found"])
-
+    shown_at = 0.0
     for source in cfg.watch.sources:
         if source_name is not None and source.name != source_name:
             continue
-        before = dict(total)
-        batch: list[FileVersion] = []
-        for version in scan_source(source, cfg.watch.ignore, counts=counts):
-            batch.append(version)
-            if len(batch) >= BATCH:
-                put(batch)
-        if batch:
-            put(batch)
+        found_before, enqueued_before = found, enqueued
+        versions = scan_source(source, cfg.watch.ignore, counts=counts)
+        while batch := list(islice(versions, BATCH)):
+            new = len(batch) - len(queue.known(batch)) if dry_run else queue.enqueue_many(batch)
+            found += len(batch)
+            enqueued += new
+            if progress and time.monotonic() - shown_at >= 0.2:
+                shown_at = time.monotonic()
+                sys.stderr.write(f"\rscanning: {found} files")
+                sys.stderr.flush()
         log.info("rescan source=%s found=%d enqueued=%d dry_run=%s", source.name,
-                 total["found"] - before["found"], total["enqueued"] - before["enqueued"],
-                 str(dry_run).lower())
-    if progress is True:
-        sys.stderr.write(f"\rscanning: {total['found']} files\n")
-    return RescanSummary(total["found"], total["enqueued"], total["found"] - total["enqueued"],
-                         counts.ignored)
-
-
-def _stderr_counter() -> Callable[[int], None]:
-    last = [0.0]
-
-    def report(found: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.2:
-            last[0] = now
-            sys.stderr.write(f"\rscanning: {found} files")
-            sys.stderr.flush()
-
-    return report
+                 found - found_before, enqueued - enqueued_before, str(dry_run).lower())
+    if progress:
+        sys.stderr.write(f"\rscanning: {found} files\n")
+    return RescanSummary(found, enqueued, found - enqueued, counts.ignored)

@@ -14,7 +14,7 @@ import select
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -125,8 +125,6 @@ def blocked() -> Iterator[None]:
 
 def drain(fd: int) -> None:
     """Empty a non-blocking wake-up pipe, so that a poll() on it waits again."""
-    try:
+    with suppress(BlockingIOError):
         while os.read(fd, 512):
             pass
-    except BlockingIOError:
-        pass

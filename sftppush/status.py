@@ -7,6 +7,7 @@ it shows are those the queue keeps with each ack, never derived from done entrie
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -77,7 +78,6 @@ def read(q: Queue, now: float | None = None) -> Stats:
         for name, label, value in db.execute("SELECT name, label, value FROM counters"):
             counters.setdefault(name, {})[label] = value
         beat = db.execute("SELECT at FROM heartbeats WHERE role = 'watcher'").fetchone()
-    total = counters.get("uploads", {}).get("", 0)
     return Stats(
         pending=counts.get("pending", 0), claimed=counts.get("claimed", 0),
         done=counts.get("done", 0), failed=counts.get("failed", 0),
@@ -85,7 +85,7 @@ def read(q: Queue, now: float | None = None) -> Stats:
         uploaded_last_minute=window["minute"][0], uploaded_last_hour=window["hour"][0],
         bytes_last_minute=window["minute"][1], bytes_last_hour=window["hour"][1],
         top_errors=[(e, n) for e, n in top],
-        uploads_total=int(total),
+        uploads_total=int(counters.get("uploads", {}).get("", 0)),
         uploaded_bytes_total=int(counters.get("uploaded_bytes", {}).get("", 0)),
         last_upload_at=counters.get("last_upload_at", {}).get(""),
         failures={k: int(v) for k, v in counters.get("failures", {}).items()},
@@ -99,10 +99,8 @@ def file_bytes(path: Path) -> int:
     """The queue file's size on disk with its WAL: what keep_done keeps bounded."""
     size = 0
     for name in (path, path.with_name(path.name + "-wal")):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             size += name.stat().st_size
-        except FileNotFoundError:
-            pass
     return size
 
 
@@ -136,15 +134,14 @@ class QueueCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            stats = self.read_stats()
+            stats: Stats | None = self.read_stats()
         except SftppushError as exc:  # missing, locked out, or being replaced: say so
             log.warning("queue unreadable error=%s", exc)
-            yield GaugeMetricFamily("sftppush_queue_up", "1 if the queue file could be read.",
-                                    value=0)
-            return
+            stats = None
         yield GaugeMetricFamily("sftppush_queue_up", "1 if the queue file could be read.",
-                                value=1)
-        yield from metrics(stats)
+                                value=int(stats is not None))
+        if stats is not None:
+            yield from metrics(stats)
 
 
 def metrics(stats: Stats) -> Iterator[Metric]:

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sftppush import signals
@@ -37,14 +37,13 @@ class Child:
     started: float = 0.0
     backoff: float = 0.0
     restart_at: float = 0.0
-    extra: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         # The child starts with SIGTERM/SIGINT blocked and unblocks them once its handlers
         # are in place (signals.on_stop): a stop sent while it is still importing is held,
         # not fatal, so it too ends in a clean exit.
         with signals.blocked():
-            self.process = subprocess.Popen(self.argv, env={**self.env, **self.extra})
+            self.process = subprocess.Popen(self.argv, env=self.env)
         self.started = time.monotonic()
         log.info("started child=%s pid=%d", self.name, self.process.pid)
 
@@ -69,7 +68,7 @@ def run(cfg: Config, *, global_args: Sequence[str], sources: Sequence[str] = (),
     with signals.on_stop(stop) as stopping, \
             tempfile.TemporaryDirectory(prefix="sftppush-run-") as tmp:
         ready = _ReadySocket(Path(tmp) / "notify")
-        children[0].extra["NOTIFY_SOCKET"] = str(ready.path)
+        children[0].env = {**env, "NOTIFY_SOCKET": str(ready.path)}
         try:
             for child in children:
                 child.start()

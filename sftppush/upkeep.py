@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from time import monotonic
 
 from sftppush.errors import QueueError
 from sftppush.queue import PURGE_BATCH, Queue
@@ -22,12 +21,10 @@ PURGE_PAUSE = 0.02      # s between two batches: writers waiting for the lock ge
 class Upkeep:
     """Called from the watcher's loop: `run(now)` whenever `due()` has come."""
 
-    def __init__(self, queue: Queue, keep_done: float, owner: str,
-                 clock: Callable[[], float] = monotonic) -> None:
+    def __init__(self, queue: Queue, keep_done: float, owner: str) -> None:
         self.queue = queue
         self.keep_done = keep_done  # 0: done entries are kept forever
         self.owner = owner
-        self.clock = clock
         # A short keep (tests, a small disk) is looked at more often than once a minute.
         self.purge_every = min(PURGE_EVERY, max(1.0, keep_done / 4))
         self.next_beat = 0.0

@@ -107,9 +107,9 @@ class Watcher:
         self.wakeup = wakeup  # readable when a signal arrived
         if wakeup is not None:
             self.poller.register(wakeup, select.POLLIN)
-        self.upkeep = Upkeep(queue, cfg.queue.keep_done, owner_token(), clock)
+        self.upkeep = Upkeep(queue, cfg.queue.keep_done, owner_token())
         self.ping_every = notify.watchdog_interval()
-        self.next_ping = 0.0
+        self.next_ping = 0.0 if self.ping_every else float("inf")
         self.enqueued = 0
         self.busy = False  # the last read found events
 
@@ -147,8 +147,7 @@ class Watcher:
         data = self._read()
         self.busy = bool(data)
         batch = _Batch()
-        if data:
-            self._handle(data, now, batch)
+        self._handle(data, now, batch)
         if not (stop is not None and stop.is_set()):
             self._advance_scans(now, batch)
             self._check_roots(now)
@@ -164,9 +163,7 @@ class Watcher:
         """Commit what was read and decided so far; what was not, the next start-up scan finds."""
         notify.notify("STOPPING=1")
         batch = _Batch()
-        data = self._read()
-        if data:
-            self._handle(data, self.clock(), batch)
+        self._handle(self._read(), self.clock(), batch)
         self._decide(self.clock(), batch, everything=True)
         self._commit(batch)
         for scan in self.scans:  # the next start-up rescan makes up for these
@@ -188,7 +185,7 @@ class Watcher:
             return b""
 
     def _handle(self, data: bytes, now: float, batch: _Batch) -> None:
-        where_is, ignored = self.watches.where, self.ignored
+        where_is, ignored = self.watches.dirs.get, self.ignored
         for wd, mask, name in _events(data):
             if mask & F.Q_OVERFLOW:
                 self._overflow()
@@ -311,11 +308,8 @@ class Watcher:
     def _add_scan(self, root: Root, top: bytes, why: str, first: bool = False) -> None:
         if any(s.top == top and s.steps is None for s in self.scans):
             return  # the same walk is queued and not started: it will see everything
-        scan = _Scan(root, top, why)
-        if first:  # a new dir goes before a long rescan, which resumes where it paused
-            self.scans.appendleft(scan)
-        else:
-            self.scans.append(scan)
+        # A new dir goes before a long rescan, which resumes where it paused.
+        (self.scans.appendleft if first else self.scans.append)(_Scan(root, top, why))
 
     def _advance_scans(self, now: float, batch: _Batch) -> None:
         """Walk queued scans for a short slice, so events keep being read during a long one."""
@@ -358,15 +352,10 @@ class Watcher:
         if self.scans:
             return 0.0
         now = self.clock()
-        until = [now + MAX_WAIT, self.upkeep.due()]
+        until = [now + MAX_WAIT, self.upkeep.due(), self.next_ping, self.watches.next_check()]
         for waiting in (self.created, self.fresh):
             if waiting:
                 until.append(next(iter(waiting.values()))[0] + GRACE)
-        if self.ping_every:
-            until.append(self.next_ping)
-        root_check = self.watches.next_check()
-        if root_check is not None:
-            until.append(root_check)
         return max(0.001, min(until) - now)
 
 

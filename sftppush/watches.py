@@ -8,6 +8,7 @@ watcher's business.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -59,10 +60,6 @@ class Watches:
     def __len__(self) -> int:
         return len(self.dirs)
 
-    def where(self, wd: int) -> tuple[bytes, Root] | None:
-        """The directory and root of a watch; None for the last events of a dropped one."""
-        return self.dirs.get(wd)
-
     def watch(self, path: bytes, root: Root, strict: bool = False) -> bool:
         """Put a watch on one directory before it is listed; False to skip listing it."""
         try:
@@ -108,22 +105,18 @@ class Watches:
         for path in [p for p in self.wds if p == top or p.startswith(prefix)]:
             wd = self.wds.pop(path)
             self.dirs.pop(wd, None)
-            try:
+            with contextlib.suppress(OSError):  # already gone with its directory
                 self.inotify.rm_watch(wd)
-            except OSError:
-                pass  # already gone with its directory
-            for root in self.roots:
-                if root.wd == wd:  # a source dir inside another source dir, moved away
-                    self._lose_root(root, "moved away")
+            for root in self.roots_at(wd):  # a source dir inside another one, moved away
+                self._lose_root(root, "moved away")
 
     def gone(self, wd: int) -> None:
         """IN_IGNORED: the directory was deleted (or unmounted), the kernel dropped its watch."""
         path, _ = self.dirs.pop(wd)
         if self.wds.get(path) == wd:
             del self.wds[path]
-        for root in self.roots:
-            if root.wd == wd:
-                self._lose_root(root, "deleted")
+        for root in self.roots_at(wd):
+            self._lose_root(root, "deleted")
 
     def roots_at(self, wd: int) -> list[Root]:
         """The source dirs this watch is on (IN_MOVE_SELF: renamed away, no longer the source)."""
@@ -138,9 +131,9 @@ class Watches:
     def watched_roots(self) -> Iterator[Root]:
         return (r for r in self.roots if r.wd is not None)
 
-    def next_check(self) -> float | None:
-        """When to look again for a missing source dir; None while none is missing."""
-        return self.next_root_check if any(r.wd is None for r in self.roots) else None
+    def next_check(self) -> float:
+        """When to look again for a missing source dir; never (inf) while none is missing."""
+        return self.next_root_check if any(r.wd is None for r in self.roots) else float("inf")
 
     def roots_back(self, now: float) -> list[Root]:
         """The missing source dirs that exist again (looked for once per ROOT_CHECK)."""

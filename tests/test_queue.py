@@ -120,9 +120,9 @@ def test_only_the_lease_holder_may_ack_retry_fail_or_renew(tmp_path: Path) -> No
         assert q.retry_later(stale, "x", 1, count_attempt=True) is False
         assert q.fail(stale, "x") is False
         assert q.release(stale) is False
-        assert q.renew([stale], 60) == [stale]
+        assert q.renew_leases([stale], 60)[0] == [stale]
         assert q.get(fresh.id).owner == fresh.owner
-        assert q.renew([fresh], 60) == []
+        assert q.renew_leases([fresh], 60)[0] == []
         assert q.ack(fresh, note="ok") is True
         assert q.get(fresh.id).state == State.DONE
 
@@ -386,7 +386,7 @@ def test_lease_is_counted_from_inside_the_write_transaction(tmp_path: Path) -> N
         waiter.join()
         assert lost == [] and expires >= released[-1] + 10
         assert q.get(e.id).due == expires
-        assert q.renew([e], 10) == []
+        assert q.renew_leases([e], 10)[0] == []
     other.close()
 
 

@@ -33,7 +33,7 @@ def test_purges_only_done_entries_past_their_keep_a_batch_at_a_time(tmp_path: Pa
         q.enqueue_many([FileVersion(b"/home/u/new", "u", 1, 1, 1, 1, "rescan")])
         (young,) = q.claim("w", 60)
         q.ack(young)
-        upkeep = Upkeep(q, keep_done=60, owner="host/1/2", clock=lambda: clock[0])
+        upkeep = Upkeep(q, keep_done=60, owner="host/1/2")
         upkeep.run(clock[0])
         assert read(q).done == PURGE_BATCH + 11, "one batch per turn"
         assert upkeep.due() == clock[0] + PURGE_PAUSE
