@@ -32,10 +32,14 @@ def test_demo_uploads_samples_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         def uploaded() -> list[Path]:
-            found = [p for p in stored.rglob("*") if p.is_file()] if stored.exists() else []
-            return found if len(found) == 3 else []
+            # The store writes an object under a temporary name first (".rclone_temp..."),
+            # and the local file goes only after its object is verified: wait for both.
+            found = [p for p in stored.rglob("*") if p.is_file() and "rclone" not in p.name
+                     and not p.name.endswith(".partial")] if stored.exists() else []
+            left = [p for p in (home / "home").rglob("*") if p.is_file()]
+            return found if len(found) == 3 and not left else []
 
-        files = wait_until(uploaded, 60, "the three sample objects")
+        files = wait_until(uploaded, 60, "the three sample objects, their local files deleted")
         names = sorted(p.name for p in files)
         assert [n.split("-")[0] for n in names] == ["events", "notes", "readings"]
         events = next(p for p in files if p.name.startswith("events"))
@@ -44,7 +48,6 @@ def test_demo_uploads_samples_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         readings = next(p for p in files if p.name.startswith("readings"))
         assert readings.name.endswith(".csv")
         assert readings.read_text().startswith("time,device,watts\n")
-        assert not [p for p in (home / "home").rglob("*") if p.is_file()], "local files remain"
         text = log.read_text()
         assert "local S3 at http://127.0.0.1:" in text and "uploaded id=" in text
 
