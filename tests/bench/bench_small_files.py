@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import os
 import resource
 import tempfile
 import time
@@ -41,6 +42,7 @@ def run_sftppush(server: RcloneS3, root: Path, bucket: str, blobs: list[bytes],
             contextlib.ExitStack() as spying:
         target = app.upload / "2026"
         target.mkdir()
+        os.sync()  # as before each baseline: no writeback of earlier writes in this run
         spy = spying.enter_context(PySpy(app.procs["consumer0"].pid, profile)) \
             if profile else None
         cpu0 = app.cpu()
@@ -80,6 +82,7 @@ def with_cpu(server: RcloneS3, cpu: dict[str, tuple[float, float]], name: str,
         r = resource.getrusage(resource.RUSAGE_CHILDREN)
         return r.ru_utime + r.ru_stime
 
+    os.sync()  # the writes before it (the source files, another side's objects) land first
     tool0, server0 = children(), proc_cpu_seconds(server.process.pid)
     timing = measure()
     cpu[name] = (children() - tool0, proc_cpu_seconds(server.process.pid) - server0)
