@@ -25,6 +25,7 @@ from tests.bench.common import (
     Timing,
     best_of,
     by_thread_name,
+    filesystem_of,
     proc_cpu_seconds,
     rclone_copy,
     remaining_files,
@@ -125,7 +126,9 @@ def main() -> None:
     report(label, rate, "files/s", "rclone copy --transfers 16", rc.rate)
     print("  # CPU ms per file: " + ", ".join(f"{k} {v / n * 1000:.2f}" for k, v in cpu.items()
                                              if not k.startswith("writer")), flush=True)
-    print(f"  # writing the {n:,} files took {cpu['writer (this process)']:.2f} s", flush=True)
+    print(f"  # writing the {n:,} files took {cpu['writer (this process)']:.2f} s, on"
+          f" {filesystem_of(tempfile.gettempdir())} ({tempfile.gettempdir()}; set TMPDIR to"
+          " move it)", flush=True)
     # What bounds the ratio on a small box: CPU per file of each side, S3 server included.
     for name, (tool, srv) in peers.items():
         print(f"  # CPU ms per file (last run): {name} {tool / n * 1000:.2f}, s3 server"

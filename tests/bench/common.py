@@ -227,6 +227,18 @@ def zlib_decompress_stream(path: Path, chunk: int = 1 << 20) -> Timing:
 
 # ---- output --------------------------------------------------------------------------------
 
+def filesystem_of(path: str | os.PathLike[str]) -> str:
+    """The type of the file system `path` is on ("ext4", "tmpfs", ...): results depend on it.
+    On ext4, creating files soon after many were deleted costs far more CPU (its inode
+    allocator skips inodes deleted in the last 60-300 s, reading their table blocks)."""
+    path, best, kind = os.path.realpath(path), "", "?"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mount, fstype, *_ = line.split()
+        if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+            best, kind = mount, fstype
+    return kind
+
+
 def report(name: str, value: float, unit: str,
            baseline_name: str | None = None, baseline: float | None = None,
            higher_is_better: bool = True) -> str:
