@@ -256,7 +256,7 @@ class Queue(QueueFile):
         if not wanted:
             return []
         out: list[KeyTaken | None] = []
-        taken: list[tuple[Entry, str]] = []
+        taken: dict[int, str] = {}  # id -> key; an entry asked twice keeps the later key
         with self._transaction() as db:
             now = _clock(now)
             leased = {r[0] for r in db.execute(
@@ -280,13 +280,13 @@ class Queue(QueueFile):
                         del holders[key_of[entry.id]][entry.id]
                     holders[key][entry.id] = (entry.path, "claimed")
                     key_of[entry.id] = key
-                    taken.append((entry, key))
+                    taken[entry.id] = key
                 out.append(answer)
             if taken:
                 db.execute("UPDATE entries SET key = j.key FROM (SELECT json_extract(value,"
                            " '$[0]') AS id, json_extract(value, '$[1]') AS key"
                            " FROM json_each(?)) AS j WHERE entries.id = j.id",
-                           (json.dumps([[e.id, key] for e, key in taken]),))
+                           (json.dumps(list(taken.items())),))
         return out
 
     # --- a multipart upload in progress, for a resume after a crash -----------------------

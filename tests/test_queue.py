@@ -665,6 +665,15 @@ def test_a_key_given_up_in_a_batch_is_free_for_the_entries_after_it(tmp_path: Pa
         assert [q.get(e.id).key for e in (first, second)] == ["u/new", "u/old"]
 
 
+def test_an_entry_asked_twice_in_a_batch_keeps_the_later_key(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(1), now=1000)
+        (entry,) = q.claim("w", 60, now=1000)
+        assert q.take_keys([(entry, "u/b"), (entry, "u/a")], now=1001) == [
+            KeyTaken(holder=None, known=False)] * 2
+        assert q.get(entry.id).key == "u/a"
+
+
 def _take_key_one_by_one(db: sqlite3.Cursor, entry: Entry, key: str, now: float
                          ) -> KeyTaken | None:
     """take_key as the queue answered it before take_keys worked on sets: four statements
