@@ -186,12 +186,14 @@ class Consumer:
     def _abandon(self) -> None:
         """A cold stop: hand back the claims whose upload still runs. Their files stay; an
         upload that lands anyway is made again by the next claimant (at-least-once)."""
-        for claim in list(self.inflight.values()):
+        abandoned = list(self.inflight.values())
+        for claim in abandoned:
             del self.inflight[claim.entry.id]
             if not self.queue.release(claim.entry):
                 self._lease_lost(claim.entry, "abandon")
-        if self.cancel.is_set():
-            log.warning("cold stop: abandoned uploads in flight owner=%s", self.owner)
+        if abandoned and self.cancel.is_set():
+            log.warning("cold stop: abandoned uploads in flight count=%d owner=%s",
+                        len(abandoned), self.owner)
 
     def _wake_on_stop(self) -> None:
         for event in (self.stop, self.cancel):

@@ -341,6 +341,31 @@ def test_transient_streaks_are_forgotten_whatever_the_next_outcome(source_tree: 
     assert loop.transient_streak == {}
 
 
+def test_a_cold_stop_says_it_abandoned_uploads_only_when_some_were_in_flight(
+        source_tree: Any, pipeline_config: Any, caplog: Any) -> None:
+    # Ctrl-C in a terminal reaches every process of the group, and the supervisor passes it
+    # on: an idle consumer gets a second signal, a cold stop with nothing to abandon.
+    cfg = pipeline_config()
+    write_and_enqueue(cfg, source_tree.upload, range(1), 10)
+    stop, cancel = threading.Event(), threading.Event()
+    cancel.set()
+    with Queue(cfg.queue.path) as q:
+        loop = consumer.Consumer(cfg, q, SimpleNamespace(fast=False), 1, consumer.Tuning(),
+                                 stop, cancel)
+        try:
+            with caplog.at_level("WARNING", logger="sftppush.consumer"):
+                loop._abandon()
+                assert not [r for r in caplog.records if "abandoned" in r.getMessage()]
+                (entry,) = q.claim(loop.owner, 60)
+                loop.inflight[entry.id] = consumer.Claim(entry, entry.due)
+                loop._abandon()
+            assert [r.getMessage().split(" owner=")[0] for r in caplog.records] == [
+                "cold stop: abandoned uploads in flight count=1"]
+            assert q.counts()[State.PENDING] == 1 and not loop.inflight
+        finally:
+            loop.pool.shutdown()
+
+
 def _make_due(q: Queue) -> None:
     """Every pending entry due now (their retry delays skipped)."""
     with q._transaction() as db:
