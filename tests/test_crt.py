@@ -6,6 +6,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -21,7 +22,9 @@ from sftppush.locals3 import free_port
 from sftppush.s3 import RetryPolicy, Sink, Transfer, classify
 from tests.conftest import REPO
 
-needs_crt = pytest.mark.skipif(not crt.available(), reason="awscrt not installed")
+# The test extra installs awscrt: under CI a missing one fails these tests, it never skips them.
+needs_crt = pytest.mark.skipif(not crt.available() and os.environ.get("CI") != "true",
+                               reason="awscrt not installed")
 
 
 def test_without_awscrt_the_module_imports_and_says_so():
