@@ -78,7 +78,7 @@ class CrtTransport:
                  endpoint_url: str | None = None, max_body: int = MAX_BODY,
                  max_in_flight: int = 32, max_in_flight_bytes: int = 64 * 2**20,
                  max_retries: int = 2, connect_timeout_ms: int = 3000,
-                 request_timeout: float = 60.0) -> None:
+                 request_timeout: float = 60.0, ca_file: str | None = None) -> None:
         if not available():
             raise RuntimeError("awscrt is not installed (pip install 'sftppush[crt]')")
         self.region = region
@@ -88,7 +88,12 @@ class CrtTransport:
         self._base = url.path.rstrip("/") if url else ""
         secure = not (url and url.scheme == "http")
         self._port = (url.port if url and url.port else None) or (443 if secure else 80)
-        self._tls = io.ClientTlsContext(io.TlsContextOptions()) if secure else None
+        self._tls = None
+        if secure:  # the system's trust store, or the CA bundle boto3 is given too
+            options = io.TlsContextOptions()
+            if ca_file:
+                options.override_default_trust_store_from_path(ca_filepath=ca_file)
+            self._tls = io.ClientTlsContext(options)
         # awscrt's shared event loops: they live as long as the process, as the thread
         # states that _keep_thread_state gives them do.
         self._bootstrap = io.ClientBootstrap.get_or_create_static_default()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -212,7 +213,8 @@ class Sink:
                 endpoint_url=defaults.endpoint_url, max_body=s3.part_size_mb * 2**20,
                 max_in_flight=transfer.in_flight,
                 connect_timeout_ms=int(transfer.connect_timeout * 1000),
-                request_timeout=transfer.read_timeout)
+                request_timeout=transfer.read_timeout,
+                ca_file=os.environ.get("AWS_CA_BUNDLE") or None)  # as boto3 takes it
         return cls(make_client(session, defaults, s3, transfer), s3, transfer, transport,
                    session.get_credentials)
 
