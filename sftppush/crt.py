@@ -1,7 +1,7 @@
 """awscrt as a transport for the sink: many concurrent single-request PUTs from one process.
 
 Owns awscrt's HTTP connections (kept alive, per host), request signing, in-flight limits,
-the request timeout and quick resends on a failed connection or a 5xx. It sends the headers
+the request timeout and quick resends on a failed connection. It sends the headers
 it is given and hands back the store's raw answer: what the headers mean, whether an answer
 verifies a body and whether a failure is worth retrying are decided in s3.py. It never reads
 files, never touches the queue and never does multipart.
@@ -70,8 +70,8 @@ class CrtTransport:
     running (one body alone may exceed the latter), so callers get backpressure and flat
     memory (`wait_room()` waits for that in slices, without starting anything). A request with
     no outcome after `request_timeout` seconds has its connection closed and fails with status
-    None, as does one whose connection failed `max_retries` + 1 times; a 5xx is sent again up
-    to `max_retries` times.
+    None, as does one whose connection failed `max_retries` + 1 times. An answer, 5xx included,
+    is handed back as it came.
     """
 
     def __init__(self, *, region: str, credentials: Callable[[], Credentials] | Credentials,
@@ -239,12 +239,10 @@ class CrtTransport:
         connection, status = job.detach(), job.status
         if completion.exception() is None and status is not None:
             self._give_back(job.host, connection)
-            if 200 <= status < 300:
-                self._end(job, Answer({n.lower(): v for n, v in job.response}))
-            elif status >= 500:
-                self._again_or_end(job, _failure(status, bytes(job.error_body)))
-            else:
-                self._end(job, _failure(status, bytes(job.error_body)))
+            # An answer is never sent again from here: a 503 SlowDown asks for a backoff,
+            # which the queue's retry delays and the consumer's outage pause give.
+            self._end(job, Answer({n.lower(): v for n, v in job.response})
+                      if 200 <= status < 300 else _failure(status, bytes(job.error_body)))
             return
         connection.close()
         if job.stopped:

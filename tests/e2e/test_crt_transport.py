@@ -160,3 +160,37 @@ def test_https_endpoints_are_verified_against_the_ca_bundle_boto3_is_given(
     finally:
         terminator.close()
     assert count(moto_server, s3_bucket) == 1
+
+
+@needs_crt
+def test_a_store_asking_to_slow_down_gets_no_immediate_resend():
+    # 503 SlowDown asks for a backoff: the PUT fails as transient at once and the queue's
+    # retry delays space the next attempt; the transport must not send it again meanwhile.
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    puts: list[str] = []
+
+    class SlowDown(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            puts.append(self.path)
+            body = b"<Error><Code>SlowDown</Code></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowDown)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = SimpleNamespace(endpoint_url=f"http://127.0.0.1:{server.server_port}")
+    try:
+        with closing(uploader(endpoint)) as up, \
+                pytest.raises(TransientError, match="SlowDown"):
+            up.put("bucket", "k", b"x" * 100, {}).result(30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert puts == ["/bucket/k"]
