@@ -17,7 +17,8 @@ import queue as stdqueue
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +125,9 @@ class Consumer:
     """The loop of one process: claim → start (fast PUT or worker thread) → settle outcomes."""
 
     def __init__(self, cfg: Config, q: Queue, sink: Sink, workers: int, tuning: Tuning,
-                 stop: threading.Event, cancel: threading.Event) -> None:
+                 stop: threading.Event, cancel: threading.Event, *, owner: str | None = None,
+                 pool: Executor | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.queue = q
         self.sink = sink
@@ -132,7 +135,8 @@ class Consumer:
         self.tuning = tuning
         self.stop = stop
         self.cancel = cancel
-        self.owner = owner_token()
+        self.owner = owner or owner_token()
+        self.monotonic = monotonic
         self.lease = cfg.queue.lease_seconds
         self.batch = tuning.claim_batch or (64 if sink.fast else 2 * workers)
         self.inflight: dict[int, Claim] = {}
@@ -148,7 +152,7 @@ class Consumer:
         self.next_renew = 0.0
         self.breaker = Breaker(tuning.outage_after, tuning.transient_delay,
                                tuning.transient_delay_max)
-        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="worker")
+        self.pool = pool or ThreadPoolExecutor(self.workers, thread_name_prefix="worker")
         self.finished = False
 
     def loop(self, drain: bool) -> None:
@@ -158,7 +162,7 @@ class Consumer:
         # The loop sleeps on its outcomes (up to poll_interval): a stop, warm or cold, must
         # wake it, whoever sets it (a signal handler, which must not block, or a caller).
         threading.Thread(target=self._wake_on_stop, name="stop-waker", daemon=True).start()
-        self.next_renew = time.monotonic() + self.lease / 3
+        self.next_renew = self.monotonic() + self.lease / 3
         try:
             while not self.stop.is_set():
                 claimed = self._claim()
@@ -215,12 +219,12 @@ class Consumer:
     def _idle_wait(self) -> float:
         # The WAL is written a moment before the commit is visible to readers: just after a
         # wake-up, look again shortly rather than a whole poll interval later.
-        if time.monotonic() - self.woken_at < WAKE_RECHECK * 3:
+        if self.monotonic() - self.woken_at < WAKE_RECHECK * 3:
             return WAKE_RECHECK
         return self.tuning.poll_interval
 
     def _claim(self) -> int:
-        if not self.breaker.closed(time.monotonic()):
+        if not self.breaker.closed(self.monotonic()):
             return 0  # the store seems down: the backlog waits in the queue, untouched
         room = self.batch - len(self.inflight)
         # Claim in batches: wait until half the batch is free (or nothing is held), and ask
@@ -302,7 +306,7 @@ class Consumer:
         if self.stop.is_set():
             prepared.close()
             return None
-        if claim.lost or time.time() >= claim.expires:  # lost while waiting: start nothing
+        if claim.lost or self.queue.clock() >= claim.expires:  # lost while waiting: start nothing
             taken = None
         return pipeline.send_opened(prepared, taken, self.cfg, self.sink)
 
@@ -326,7 +330,7 @@ class Consumer:
         """Checked just before a delete: the lease must be ours with time to spare."""
         if claim.lost:
             return False
-        if time.time() < claim.expires - min(5.0, self.lease / 4):
+        if self.queue.clock() < claim.expires - min(5.0, self.lease / 4):
             return True
         lost, expires = self.queue.renew_leases([claim.entry], self.lease)
         if lost:
@@ -336,9 +340,9 @@ class Consumer:
         return True
 
     def _renew_if_due(self) -> None:
-        if time.monotonic() >= self.next_renew:
+        if self.monotonic() >= self.next_renew:
             self._renew()
-            self.next_renew = time.monotonic() + self.lease / 3
+            self.next_renew = self.monotonic() + self.lease / 3
 
     def _renew(self) -> None:
         claims = [c for c in list(self.inflight.values()) if not c.lost]
@@ -360,7 +364,7 @@ class Consumer:
     def _settle(self, wait: float) -> None:
         """Apply every outcome that is ready (waiting up to `wait` for the first)."""
         if self.acks:  # acks wait at most ack_delay for company
-            wait = max(0.0, min(wait, self.acks_since + self.tuning.ack_delay - time.monotonic()))
+            wait = max(0.0, min(wait, self.acks_since + self.tuning.ack_delay - self.monotonic()))
         ready: list[tuple[Claim, Any] | None] = []
         try:
             ready.append(self.outcomes.get(timeout=wait) if wait > 0 else
@@ -372,11 +376,11 @@ class Consumer:
         for item in ready:
             if item is None:
                 self.woken = False
-                self.woken_at = time.monotonic()
+                self.woken_at = self.monotonic()
             else:
                 self._apply(*item)
         if len(self.acks) >= self.tuning.ack_batch or (
-                self.acks and time.monotonic() >= self.acks_since + self.tuning.ack_delay):
+                self.acks and self.monotonic() >= self.acks_since + self.tuning.ack_delay):
             self._flush_acks()
 
     def _apply(self, claim: Claim, outcome: Any) -> None:
@@ -406,7 +410,7 @@ class Consumer:
         entry = claim.entry
         if isinstance(action, Ack):
             if not self.acks:
-                self.acks_since = time.monotonic()
+                self.acks_since = self.monotonic()
             self.acks.append((claim, action))
             return
         if isinstance(action, Drop):
@@ -431,7 +435,7 @@ class Consumer:
 
     def _breaker(self, outcome: object, action: Action) -> None:
         if isinstance(outcome, TransientError):
-            pause = self.breaker.failed(time.monotonic())
+            pause = self.breaker.failed(self.monotonic())
             if pause is not None:
                 log.warning("store failing: no new claims for %.1fs (transient errors in a"
                             " row=%d) error=%s", pause, self.breaker.failing, outcome)

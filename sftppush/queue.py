@@ -92,7 +92,7 @@ class Queue(QueueFile):
             return 0
         added = 0
         with self._transaction() as db:
-            now = _clock(now)
+            now = self._now(now)
             for v in versions:
                 row = db.execute(f"SELECT id, state, note FROM entries WHERE {_SAME_VERSION}",
                                  _version_key(v)).fetchone()
@@ -142,7 +142,7 @@ class Queue(QueueFile):
         """
         token = f"{owner}/{uuid.uuid4().hex[:12]}"
         with self._transaction() as db:
-            now = _clock(now)
+            now = self._now(now)
             self._take_back(db, now)
             db.execute(
                 f"UPDATE entries SET state = 'claimed', owner = ?, due = ? WHERE id IN"
@@ -168,7 +168,7 @@ class Queue(QueueFile):
         """Read-only: is anything claimable (pending, due and first of its path; or a claim
         whose lease expired or whose owner died)? Cheap enough to ask often; a claim is a
         write transaction."""
-        now = _clock(now)
+        now = self._now(now)
         with self._transaction(write=False) as db:
             for sql in (f"SELECT 1 FROM entries WHERE {_CLAIMABLE} LIMIT 1",
                         "SELECT 1 FROM entries WHERE state = 'claimed' AND due <= ? LIMIT 1"):
@@ -204,7 +204,7 @@ class Queue(QueueFile):
         # fixed whatever the batch size; the plan looks each id up by rowid.
         batch = json.dumps([[e.id, e.owner, note, vanished("done", note)] for e, note in done])
         with self._transaction() as db:
-            now = _clock(now)
+            now = self._now(now)
             acked = {r[0] for r in db.execute(
                 "UPDATE entries SET state = 'done', owner = NULL, due = ?, note = j.note,"
                 " key = CASE WHEN j.vanished THEN NULL ELSE key END"
@@ -258,7 +258,7 @@ class Queue(QueueFile):
         out: list[KeyTaken | None] = []
         taken: dict[int, str] = {}  # id -> key; an entry asked twice keeps the later key
         with self._transaction() as db:
-            now = _clock(now)
+            now = self._now(now)
             leased = {r[0] for r in db.execute(
                 "SELECT id FROM entries, (SELECT json_extract(value, '$[0]') AS jid,"
                 " json_extract(value, '$[1]') AS jowner FROM json_each(?))"
@@ -345,7 +345,7 @@ class Queue(QueueFile):
         `count` = (counter, label) counts the entries updated, in the same transaction."""
         lost, updated = [], []
         with self._transaction() as db:
-            now = _clock(now)
+            now = self._now(now)
             for e in entries:
                 db.execute(f"UPDATE entries SET {assignments} WHERE {_FENCE}",
                            (*values(e, now), e.id, e.owner))
@@ -362,7 +362,7 @@ class Queue(QueueFile):
         sql = ("UPDATE entries SET state = 'pending', owner = NULL, due = ?, attempts = 0"
                " WHERE state = 'failed'")
         with self._transaction() as db:
-            now = _clock(now)
+            now = self._now(now)
             if failed:
                 db.execute(sql, (now,))
             else:  # executemany sums the rows each id changed
@@ -386,7 +386,7 @@ class Queue(QueueFile):
         """Drop up to `batch` done entries finished more than `older_than` s ago, in one
         short transaction; returns how many."""
         with self._transaction() as db:
-            cutoff = _clock(now) - older_than
+            cutoff = self._now(now) - older_than
             db.execute("DELETE FROM entries WHERE id IN (SELECT id FROM entries"
                        " WHERE state = 'done' AND due < ? LIMIT ?)", (cutoff, batch))
             return db.rowcount
@@ -395,7 +395,7 @@ class Queue(QueueFile):
         """A sign of life of a long-running role (the watcher), for metrics to show."""
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO heartbeats (role, owner, at) VALUES (?, ?, ?)",
-                       (role, owner, _clock(now)))
+                       (role, owner, self._now(now)))
 
     def counts(self) -> dict[State, int]:
         """Entries per state, from the counts the triggers keep (no table scan)."""
@@ -435,12 +435,6 @@ def _count_uploads(db: sqlite3.Cursor, files: int, size: int, now: float) -> Non
                " (second) DO UPDATE SET uploads = uploads + excluded.uploads,"
                " bytes = bytes + excluded.bytes", (int(now), files, size))
     db.execute("DELETE FROM throughput WHERE second < ?", (int(now) - THROUGHPUT_KEPT,))
-
-
-def _clock(now: float | None) -> float:
-    """The time a write acts at: the caller's, for tests, else the clock read now, which in a
-    write is after BEGIN IMMEDIATE (that may have waited for the busy timeout)."""
-    return time.time() if now is None else now
 
 
 def _version_key(v: FileVersion) -> tuple[bytes, int, int, int, int]:

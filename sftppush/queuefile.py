@@ -8,7 +8,8 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -101,10 +102,12 @@ class QueueFile:
     }
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
-                 timeout: float = 30.0, readonly: bool = False) -> None:
+                 timeout: float = 30.0, readonly: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         """Open (or create) the queue file; `readonly` opens it without any write access
         (metrics), which neither creates nor upgrades it."""
         self.file = Path(path).absolute()
+        self.clock = clock
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         if not self.file.exists():
@@ -162,6 +165,9 @@ class QueueFile:
             if self._conn is not None:
                 self._sqlite.close()
             self._conn = None
+
+    def _now(self, now: float | None) -> float:
+        return self.clock() if now is None else now
 
     def reading(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
         """One read transaction: a consistent view, no write lock (status.py's numbers)."""

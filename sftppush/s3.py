@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,7 +176,8 @@ class Sink:
 
     def __init__(self, client: Any, s3: S3Config, transfer: Transfer | None = None,
                  transport: crt.CrtTransport | None = None,
-                 credentials: Callable[[], Any] | None = None) -> None:
+                 credentials: Callable[[], Any] | None = None,
+                 verify_pool: Executor | None = None) -> None:
         transfer = transfer or Transfer()
         self.client = client
         self.part_size = s3.part_size_mb * 2**20
@@ -198,7 +199,7 @@ class Sink:
         if self.checksum:
             self._headers.append(("x-amz-sdk-checksum-algorithm", self.checksum.name.upper()))
         # HEADs that verify fast PUTs run here, never on a CRT thread or the caller's loop.
-        self._verify = ThreadPoolExecutor(2, thread_name_prefix="verify")
+        self._verify = verify_pool or ThreadPoolExecutor(2, thread_name_prefix="verify")
 
     @classmethod
     def from_config(cls, defaults: Defaults, s3: S3Config,
