@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import boto3
 import botocore.config
@@ -299,7 +300,7 @@ class Sink:
             log.warning("replacing an object sftppush did not write bucket=%s key=%s",
                         bucket, key)
             return
-        if any(theirs.get(k) != metadata.get(k) for k in (SOURCE_KEY, NAME_KEY)):
+        if not all(same_name(theirs.get(k), metadata[k]) for k in (SOURCE_KEY, NAME_KEY)):
             raise PermanentError(f"key collision: {key} holds {theirs.get(SOURCE_KEY)}:"
                                  f"{theirs.get(NAME_KEY)}", final=True)
 
@@ -423,6 +424,16 @@ class Sink:
                 f"S3 verify {key}: stored size {head.get('ContentLength')} sha256 "
                 f"{meta.get(SHA256_KEY)} != sent {size} {sha}")
         return "head"
+
+
+def same_name(theirs: str | None, ours: str) -> bool:
+    """Does a metadata value read back from the store name what `ours` (keys.metadata()) names?
+    Compared as the bytes they encode; an object written before its name's edge spaces
+    were kept came back trimmed, and is the same name too."""
+    if theirs is None:
+        return False
+    stored, sent = unquote_to_bytes(theirs), unquote_to_bytes(ours)
+    return stored in (sent, sent.strip(b" "))
 
 
 def _crt_credentials(session: boto3.session.Session
