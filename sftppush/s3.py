@@ -155,17 +155,22 @@ def classify(exc: BaseException, what: str = "S3") -> TransientError | Permanent
 
 
 def verified_by(checksum: Checksum | None, sent: str | None, answered: str | None,
-                etag: str | None, md5_hex: Callable[[], str]) -> str | None:
+                etag: str | None, md5_hex: Callable[[], str], opaque: bool) -> str | None:
     """The checksum's name or "etag" when a PUT's answer confirms the body whose `checksum`
     was `sent` and whose MD5 is `md5_hex()` (asked only to compare an ETag); None when a HEAD
-    must (an ETag is not the MD5 under SSE-KMS/SSE-C). Raises TransientError for a checksum
-    that differs."""
+    must: the store answered no checksum, and its ETags are `opaque` (not the MD5 of the
+    body, as under SSE-KMS). Raises TransientError for a checksum or an MD5 ETag that
+    differs: the store holds other bytes than were sent."""
     if checksum and answered:
         if answered != sent:
             raise TransientError(f"S3 PutObject: store checksum {answered} does not match "
-                                 "the body")
+                                 "the body sent")
         return checksum.name
-    if etag and etag.strip('"') == md5_hex():
+    if etag and not opaque:
+        if etag.strip('"') != md5_hex():
+            raise TransientError(f"S3 PutObject: store ETag {etag} is not the MD5 of the body"
+                                 " sent: it holds other bytes (a store whose ETags are not"
+                                 " MD5s encrypts: set consumer.s3.sse to say so)")
         return "etag"
     return None
 
@@ -186,9 +191,9 @@ class Sink:
         self.checksum = store_checksum(s3.checksum)
         self.extra = options(s3)
         # Under SSE-KMS (and SSE-C) an ETag is not an MD5 of the body.
+        self.opaque = str(s3.sse).startswith("aws:kms")
         self.multipart = Multipart(self.call, self.part_size, self.checksum, self.extra,
-                                   str(s3.sse).startswith("aws:kms"), transfer.part_memory,
-                                   transfer.spool_above)
+                                   self.opaque, transfer.part_memory, transfer.spool_above)
         self.transport = transport
         self.max_small = min(transfer.max_small, self.part_size,
                              transport.max_body if transport else 0)
@@ -265,7 +270,7 @@ class Sink:
                         out.set_exception(classify(answer))
                     return
                 how = verified_by(self.checksum, sent, answer.headers.get(self._checksum_header),
-                                  answer.headers.get("etag"), md5.hexdigest)
+                                  answer.headers.get("etag"), md5.hexdigest, self.opaque)
             except BaseException as exc:
                 out.set_exception(classify(exc))
                 return
@@ -412,7 +417,8 @@ class Sink:
         how = verified_by(self.checksum, sent,
                           resp.get(self.checksum.param) if self.checksum else None,
                           resp.get("ETag"),
-                          lambda: hashlib.md5(body, usedforsecurity=False).hexdigest()) or \
+                          lambda: hashlib.md5(body, usedforsecurity=False).hexdigest(),
+                          self.opaque) or \
             self.verify_head(bucket, key, len(body), sha)
         return Uploaded(bucket, key, len(body), sha, 0, how)
 
