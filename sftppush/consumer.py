@@ -46,8 +46,8 @@ log = logging.getLogger("sftppush.consumer")
 
 WAKE_RECHECK = 0.005
 # Outcomes the pipeline means to give; anything else is a bug, logged with its traceback.
-EXPECTED = (TransientError, PermanentError, pipeline.Done, pipeline.Held, pipeline.LeaseLost,
-            UploadCancelled)
+EXPECTED = (TransientError, PermanentError, pipeline.Done, pipeline.Held, pipeline.Undeleted,
+            pipeline.LeaseLost, UploadCancelled)
 
 
 @dataclass(slots=True)
@@ -96,6 +96,10 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
     tuning = tuning or Tuning()
     workers = workers or cfg.consumer.workers
     memory.fix_mmap_threshold()
+    if cfg.consumer.delete_without_lease:
+        log.warning("consumer.delete_without_lease is on: a file is deleted where the kernel"
+                    " cannot tell whether a client still writes it, and what a client writes"
+                    " after the delete is lost")
     sink = Sink.from_config(cfg.defaults, cfg.consumer.s3, tuning.transfer(workers))
     cancel = threading.Event()
     own_signals = stop is None
@@ -128,6 +132,9 @@ class Consumer:
                  stop: threading.Event, cancel: threading.Event, *, owner: str | None = None,
                  pool: Executor | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
+        """`owner`, `pool` (where streams run) and `monotonic` (the clock of its own timers;
+        leases follow the queue's clock) default to this process's; a test that steps the
+        consumer passes its own."""
         self.cfg = cfg
         self.queue = q
         self.sink = sink
@@ -387,7 +394,7 @@ class Consumer:
         if isinstance(outcome, pipeline.Sent):
             try:
                 outcome = pipeline.complete(outcome, lambda: self._still_ours(claim),
-                                            self.cfg.consumer.delete_after_upload)
+                                            self.cfg.consumer)
             except Exception as exc:
                 outcome = exc
         # A claim this process took again after its lease ran out (e.g. while stopped) has
@@ -404,7 +411,9 @@ class Consumer:
         self._breaker(outcome, action)
         if isinstance(outcome, TransientError):
             self.transient_streak[entry.id] = streak + 1
-        self._act(claim, action, logged=not isinstance(outcome, pipeline.Held))
+        # A held entry (young, or open for writing) is no failure: it waits without a line.
+        self._act(claim, action,
+                  logged=not isinstance(outcome, (pipeline.Held, pipeline.Undeleted)))
 
     def _act(self, claim: Claim, action: Action, logged: bool) -> None:
         entry = claim.entry
@@ -420,12 +429,13 @@ class Consumer:
             ok = self.queue.release(entry)
             log.info("released id=%d path=%s", entry.id, entry.display_path)
         elif isinstance(action, Fail):
-            ok = self.queue.fail(entry, action.error, reason=action.reason)
+            ok = self.queue.fail(entry, action.error, reason=action.reason,
+                                 stored=action.stored)
             log.error("failed id=%d path=%s attempts=%d error=%s", entry.id,
                       entry.display_path, entry.attempts + 1, action.error)
         else:
             ok = self.queue.retry_later(entry, action.error, action.delay, action.count_attempt,
-                                        reason=action.reason)
+                                        reason=action.reason, stored=action.stored)
             if logged:
                 log.warning("retry later id=%d path=%s attempts=%d delay=%.1f error=%s",
                             entry.id, entry.display_path,
@@ -447,7 +457,8 @@ class Consumer:
             return
         done, self.acks = self.acks, []
         for entry in self.queue.ack_many([(c.entry, ack.note) for c, ack in done],
-                                         uploaded={c.entry.id for c, ack in done if ack.uploaded}):
+                                         uploaded={c.entry.id: ack.uploaded for c, ack in done
+                                                   if ack.uploaded}):
             self._lease_lost(entry, "ack")
 
     def _lease_lost(self, entry: Entry, at: str) -> None:

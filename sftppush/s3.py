@@ -41,6 +41,7 @@ NAME_KEY = "sftppush-original-name"
 _META = {name: f"x-amz-meta-{name}" for name in (
     SOURCE_KEY, NAME_KEY, "sftppush-original-size", "sftppush-mtime", SHA256_KEY)}
 SMALL_BODY = 2**20  # read first; a body that ends within it never gets a part-sized buffer
+NOT_FOUND = ("404", "NoSuchKey", "NotFound")  # a HEAD's answer for no object
 # Error codes that mean "try the same request again later"; other 4xx codes are permanent.
 TRANSIENT_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
@@ -269,13 +270,14 @@ class Sink:
                     else:
                         out.set_exception(classify(answer))
                     return
+                etag = answer.headers.get("etag", "")
                 how = verified_by(self.checksum, sent, answer.headers.get(self._checksum_header),
-                                  answer.headers.get("etag"), md5.hexdigest, self.opaque)
+                                  etag, md5.hexdigest, self.opaque)
             except BaseException as exc:
                 out.set_exception(classify(exc))
                 return
             if how:
-                out.set_result(Uploaded(bucket, key, len(body), sha, 0, how))
+                out.set_result(Uploaded(bucket, key, len(body), sha, 0, how, etag.strip('"')))
             else:
                 self._verify.submit(self._verified_head, out, bucket, key, len(body), sha)
 
@@ -297,7 +299,7 @@ class Sink:
         try:
             head = self.call("head_object", Bucket=bucket, Key=key)
         except PermanentError as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(exc) in NOT_FOUND:
                 return
             raise
         theirs = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
@@ -312,7 +314,7 @@ class Sink:
     def _verified_head(self, out: Future[Uploaded], bucket: str, key: str, size: int,
                        sha: str) -> None:
         try:
-            out.set_result(Uploaded(bucket, key, size, sha, 0,
+            out.set_result(Uploaded(bucket, key, size, sha, 0, "head",
                                     self.verify_head(bucket, key, size, sha)))
         except BaseException as exc:
             out.set_exception(classify(exc))
@@ -392,7 +394,7 @@ class Sink:
         try:
             self.call("head_object", Bucket=bucket, Key=key)
         except PermanentError as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(exc) in NOT_FOUND:
                 return False
             raise
         return True
@@ -414,22 +416,36 @@ class Sink:
                 raise
             self.may_replace(bucket, key, metadata)
             resp = self.call("put_object", cancel, **args)
+        etag = str(resp.get("ETag", ""))
         how = verified_by(self.checksum, sent,
-                          resp.get(self.checksum.param) if self.checksum else None,
-                          resp.get("ETag"),
+                          resp.get(self.checksum.param) if self.checksum else None, etag,
                           lambda: hashlib.md5(body, usedforsecurity=False).hexdigest(),
-                          self.opaque) or \
-            self.verify_head(bucket, key, len(body), sha)
-        return Uploaded(bucket, key, len(body), sha, 0, how)
+                          self.opaque)
+        if how is None:
+            how, etag = "head", self.verify_head(bucket, key, len(body), sha)
+        return Uploaded(bucket, key, len(body), sha, 0, how, etag.strip('"'))
 
     def verify_head(self, bucket: str, key: str, size: int, sha: str) -> str:
+        """Check the object's size and `sftppush-sha256` through HEAD; its ETag."""
         head = self.call("head_object", Bucket=bucket, Key=key)
         meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
         if head.get("ContentLength") != size or meta.get(SHA256_KEY) != sha:
             raise TransientError(
                 f"S3 verify {key}: stored size {head.get('ContentLength')} sha256 "
                 f"{meta.get(SHA256_KEY)} != sent {size} {sha}")
-        return "head"
+        return str(head.get("ETag", "")).strip('"')
+
+    def holds(self, bucket: str, key: str, etag: str) -> int | None:
+        """The size of the object at `key` if it is still the one whose ETag an upload
+        recorded (a retry that only has a file to delete), else None."""
+        try:
+            head = self.call("head_object", Bucket=bucket, Key=key)
+        except PermanentError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return None
+            raise
+        return head.get("ContentLength") if str(head.get("ETag", "")).strip('"') == etag \
+            else None
 
 
 def same_name(theirs: str | None, ours: str) -> bool:

@@ -135,7 +135,8 @@ class Watcher:
                 self._add_scan(root, root.path, "start")
 
     def step(self, stop: threading.Event | None = None, wait: bool = True) -> None:
-        """Wait for events (or a deadline), read them all, enqueue what they mean at once."""
+        """Wait for events (or a deadline), read them all, enqueue what they mean at once;
+        `wait=False` takes what is there now (a test stepping the watcher)."""
         timeout = self._timeout() if wait else 0.0
         if timeout:
             for fd, _ in self.poller.poll(timeout * 1000):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sftppush import pipeline
-from sftppush.entries import Entry, State
+from sftppush.entries import Entry, State, Stored
 from sftppush.errors import PermanentError, TransientError
 from sftppush.multipart import UploadCancelled, Uploaded
 from sftppush.policy import (
@@ -38,10 +38,24 @@ def test_backoff_doubles_from_the_first_delay_up_to_the_cap() -> None:
     assert [backoff(n, 5, 300) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
 
 
-def test_an_upload_is_acked_and_says_so() -> None:
-    up = Uploaded("b", "k", 1, "s", 0, "etag")
-    assert decide(entry(), pipeline.Done(None, up), 0, TUNING, 5) == Ack(None, True)
-    assert decide(entry(), pipeline.Done("superseded"), 0, TUNING, 5) == Ack("superseded", False)
+def test_an_upload_is_acked_and_says_what_it_stored() -> None:
+    up = Uploaded("b", "k", 1, "s", 0, "etag", "e1")
+    assert decide(entry(), pipeline.Done(None, up), 0, TUNING, 5) == Ack(None, Stored("e1", "s"))
+    assert decide(entry(), pipeline.Done("superseded"), 0, TUNING, 5) == Ack("superseded", None)
+
+
+@pytest.mark.parametrize(("reason", "retry_after"), [("writing", 5.0), ("no_lease", None),
+                                                     ("cannot_delete", None)])
+def test_an_uploaded_file_left_on_disk_is_held_or_failed_and_keeps_its_upload(
+        reason: str, retry_after: float | None) -> None:
+    up = Uploaded("b", "k", 1, "s", 0, "etag", "e1")
+    outcome = pipeline.Undeleted(up, f"{reason}: why", reason, retry_after)
+    action = decide(entry(4), outcome, 0, TUNING, 5)
+    if retry_after is None:
+        assert action == Fail(f"{reason}: why", reason, Stored("e1", "s"))
+    else:  # held: no attempt counted, no retry counted, however many attempts came before
+        assert action == RetryLater(f"{reason}: why", retry_after, False, None,
+                                    Stored("e1", "s"))
 
 
 def test_a_held_entry_waits_without_counting_an_attempt() -> None:

@@ -503,8 +503,9 @@ class Model(RuleBasedStateMachine):
         writes = self.store.writes[self.seen_writes:]
         self.seen_writes = len(self.store.writes)
         for w in writes:
-            if w.writer != "sftppush":
-                self.owner[w.key] = "someone else"
+            if w.writer == "someone else":
+                self.owner[w.key] = w.writer
+            if w.writer != "sftppush":  # a lie: sftppush must not take it as verified
                 continue
             v = self._version_of(w.body, w.key)
             if v is None:

@@ -72,7 +72,7 @@ class Write:
     key: str
     body: bytes
     meta: dict[str, str]
-    writer: str
+    writer: str  # "sftppush", "someone else", or "the store, corrupting" what it got
 
 
 def _md5(data: bytes) -> str:
@@ -118,6 +118,7 @@ class Store:
         self.writes: list[Write] = []
         self.faults = Faults()
         self.requests = 0
+        self.lied = False  # the object being stored is not what was received
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
 
@@ -163,6 +164,7 @@ class Store:
         if not f.lie_next or not body:
             return body
         f.lie_next -= 1
+        self.lied = True
         if f.lie == "truncate":
             return body[:-1]
         return body[:-1] + bytes([body[-1] ^ 0x01])
@@ -189,7 +191,9 @@ class Store:
 
     def _keep(self, bucket: str, key: str, obj: Obj) -> None:
         self.objects[(bucket, key)] = obj
-        self.writes.append(Write(bucket, key, obj.body, obj.meta, obj.writer))
+        writer = "the store, corrupting" if self.lied else obj.writer
+        self.lied = False
+        self.writes.append(Write(bucket, key, obj.body, obj.meta, writer))
 
     def _after_write(self, bucket: str, key: str, obj: Obj) -> None:
         f = self.faults
