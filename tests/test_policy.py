@@ -128,3 +128,9 @@ def test_the_breaker_pauses_after_failures_in_a_row_for_growing_delays() -> None
     assert breaker.answered() is True and breaker.closed(7.1)
     assert breaker.answered() is False
     assert breaker.failed(8.0) is None  # the count starts again after a success
+
+
+def test_a_final_permanent_error_fails_at_its_first_attempt() -> None:
+    """A key collision: no attempt helps until an operator acts, so none is made again."""
+    error = PermanentError("key collision: u/a.csv holds /home/u/a.csv.gz", final=True)
+    assert decide(entry(0), error, 0, TUNING, 5) == Fail(str(error), "key_collision")

@@ -130,8 +130,7 @@ class Consumer:
         self.verify = Inline()
         self.transport = Transport(model.store, model.clock, REQUEST_TIMEOUT) \
             if model.crt else None
-        sink = Sink(Client(model.store), model.cfg.consumer.s3, model.transfer,
-                    self.transport, verify_pool=self.verify)  # type: ignore[arg-type]
+        sink = model.sink(self.transport, self.verify)
         self.c = consumer_mod.Consumer(
             model.cfg, model.queue, sink, 1, model.tuning, model.stop, model.cancel,
             owner=f"model-consumer-{n}", pool=self.pool, monotonic=model.clock)
@@ -165,8 +164,12 @@ class Consumer:
 class Model(RuleBasedStateMachine):
     """See the module docstring."""
 
+    part_mb = 1  # a real S3 API refuses parts under 5 MiB but the last
+    sequences = steps = 0  # how much a profile ran (tests/model/test_model.py says)
+
     def __init__(self) -> None:
         super().__init__()
+        Model.sequences += 1
         self.base = Path(tempfile.mkdtemp(prefix="sftppush-model-", dir=TMP_ROOT))
         self.world: World = new_world(self.base)
         self.clock = Clock()
@@ -199,16 +202,28 @@ class Model(RuleBasedStateMachine):
                 opaque=st.booleans(), delete=st.booleans())
     def setup(self, crt: bool, conditional: bool, checksums: str, opaque: bool,
               delete: bool) -> None:
+        self.start(Store(conditional=conditional, checksums=checksums, opaque_etags=opaque),
+                   crt, opaque, delete, "http://store.invalid")
+
+    def sink(self, transport: Transport | None, verify: Inline) -> Sink:
+        """A consumer's sink, on the model's store."""
+        return Sink(Client(self.store), self.cfg.consumer.s3, self.transfer,
+                    transport, verify_pool=verify)  # type: ignore[arg-type]
+
+    def start(self, store: Any, crt: bool, opaque: bool, delete: bool, endpoint: str,
+              bucket: str = BUCKET) -> None:
+        """The tree, the config, the queue, the watcher and a first consumer."""
+        self.bucket = bucket
         self.crt = crt
         self.ever_kept = not delete
-        self.store = Store(conditional=conditional, checksums=checksums, opaque_etags=opaque)
+        self.store = store
         cfg_file = self.base / "config.yaml"
         consumer = {"delete_after_upload": delete, "max_attempts": 3}
         if opaque:
             consumer["s3"] = {"sse": "aws:kms"}
         cfg_file.write_text(yaml.safe_dump({
-            "defaults": {"userpath": str(self.base / "home"), "s3target": BUCKET,
-                         "endpoint_url": "http://store.invalid", "awsregion": "us-east-1"},
+            "defaults": {"userpath": str(self.base / "home"), "s3target": self.bucket,
+                         "endpoint_url": endpoint, "awsregion": "us-east-1"},
             "watch": {"source": [{"name": SOURCE, "paths": ["/up"]}]},
             "queue": {"path": str(self.base / "queue.db"), "lease_seconds": LEASE,
                       "keep_done": 0},
@@ -216,7 +231,7 @@ class Model(RuleBasedStateMachine):
         cfg = load(cfg_file, env={})
         # Parts of 1 MiB (S3 wants 5): big.bin goes multipart without writing 5 MiB files.
         self.cfg = replace(cfg, consumer=replace(
-            cfg.consumer, s3=replace(cfg.consumer.s3, part_size_mb=1)))
+            cfg.consumer, s3=replace(cfg.consumer.s3, part_size_mb=self.part_mb)))
         self.transfer = Transfer(retry=RetryPolicy(attempts=2, initial=0.0, maximum=0.0),
                                  part_memory=2**20, fast=crt, max_small=2**20)
         self.tuning = consumer_mod.Tuning(
@@ -336,7 +351,7 @@ class Model(RuleBasedStateMachine):
     @rule(d=st.sampled_from(DIRS), name=st.sampled_from(NAMES))
     def someone_else_writes_the_key(self, d: bytes, name: bytes) -> None:
         key = self._key(os.path.join(self.world.dir(d), name), name.endswith(b".gz"))
-        self.store.someone_writes(BUCKET, key, b"the Go tool was here\n")
+        self.store.someone_writes(self.bucket, key, b"the Go tool was here\n")
 
     @rule(lie=st.sampled_from(("corrupt", "truncate", "clobber")))
     def store_lies_next(self, lie: str) -> None:
@@ -500,6 +515,7 @@ class Model(RuleBasedStateMachine):
 
     @invariant()
     def objects_hold_whole_versions_of_their_own_path(self) -> None:
+        self.store.sync()
         writes = self.store.writes[self.seen_writes:]
         self.seen_writes = len(self.store.writes)
         for w in writes:
@@ -536,11 +552,12 @@ class Model(RuleBasedStateMachine):
 
     @invariant()
     def files_are_deleted_only_once_their_content_is_stored(self) -> None:
+        self.store.sync()
         for path, v in self.world.vanished():
             if any(w.path == path for w in self.world.writers):
                 raise Violation(f"{path!r} deleted while a client had it open for writing")
             key = self._key(path, v.gz)
-            obj = self.store.objects.get((BUCKET, key))
+            obj = self.store.objects.get((self.bucket, key))
             if obj is None or obj.body != v.content:
                 raise Violation(f"{path!r} (version {v.n}) deleted, but the store holds"
                                 f" {'nothing' if obj is None else len(obj.body)} at {key!r}")
@@ -558,6 +575,10 @@ class Model(RuleBasedStateMachine):
             raise Violation(f"queue counts {counted} != entries {real}")
         if claimed:
             raise Violation(f"two versions of one path claimed at once: {claimed}")
+
+    @invariant()
+    def steps_are_counted(self) -> None:
+        Model.steps += 1
 
     @invariant()
     def log_lines_are_single_events(self) -> None:

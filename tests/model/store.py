@@ -204,6 +204,9 @@ class Store:
             f.lose_next -= 1
             raise AnswerLost("connection reset after the request was applied")
 
+    def sync(self) -> None:
+        """Nothing to read: every write is logged as it happens (see MotoStore)."""
+
     # --- what the model does to the store directly --------------------------------------
 
     def someone_writes(self, bucket: str, key: str, body: bytes,
@@ -511,3 +514,37 @@ class Inline:
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:  # noqa: ARG002
         self.waiting.clear()
+
+
+class MotoStore:
+    """A real S3 API over HTTP (moto's server), seen the way the model sees Store: its
+    objects and a log of writes, read back with boto3 after each step (`sync`). Faults and
+    lies are Store's alone; this one is honest, conditional and echoes checksums, as moto is."""
+
+    conditional, checksums, opaque_etags = True, "echo", False
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self.client, self.bucket = client, bucket
+        self.faults = Faults()  # never set: only Store plays faults
+        self.objects: dict[tuple[str, str], Obj] = {}
+        self.writes: list[Write] = []
+        self._seen: dict[str, tuple[str, Any]] = {}  # key -> ETag, LastModified
+
+    def sync(self) -> None:
+        """Every object whose ETag or time changed since the last look is a new write."""
+        seen = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            for o in page.get("Contents", []):
+                seen[o["Key"]] = (o["ETag"].strip('"'), o["LastModified"])
+        for key, stamp in seen.items():
+            if self._seen.get(key) == stamp:
+                continue
+            self._seen[key] = stamp
+            got = self.client.get_object(Bucket=self.bucket, Key=key)
+            meta = _trimmed(got.get("Metadata") or {})
+            obj = Obj(got["Body"].read(), meta, stamp[0],
+                      writer="sftppush" if "sftppush-source" in meta else "someone else")
+            self.objects[(self.bucket, key)] = obj
+            self.writes.append(Write(self.bucket, key, obj.body, obj.meta, obj.writer))
+        for gone in [k for k in self._seen if k not in seen]:
+            del self._seen[gone], self.objects[(self.bucket, gone)]
