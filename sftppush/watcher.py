@@ -32,6 +32,7 @@ from sftppush.entries import FileVersion, shown
 from sftppush.errors import ConfigError
 from sftppush.owners import owner_token
 from sftppush.queue import Queue
+from sftppush.safeopen import DELETING_PREFIX
 from sftppush.scan import ignore_matcher, walk
 from sftppush.upkeep import Upkeep
 from sftppush.watches import Root, Watches
@@ -51,6 +52,7 @@ MAX_WAIT = 1.0            # s; an external `stop` event is noticed at least this
 # measured here), in the loop that must keep up with a burst. And its read() waits on the
 # inotify fd alone, where we also wait on the signal wake-up fd.
 _EVENT = struct.Struct("iIII")
+_OPENED = F.OPEN | F.CLOSE_NOWRITE
 
 
 @dataclass(eq=False)
@@ -116,17 +118,28 @@ class Watcher:
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self, rescan: bool) -> None:
-        """Watch every directory of every root, report READY=1, then queue the start-up scans."""
+        """Watch every directory of every root, report READY=1, then queue the start-up scans.
+
+        The events the walk itself causes are read (and dropped) as it goes; the others,
+        files finished meanwhile, are queued with the first commit.
+        """
+        batch = _Batch()
+
+        def drain() -> None:
+            self._handle(self._read(), self.clock(), batch)
+
         for root in self.roots:
             try:
                 os.scandir(root.path).close()
             except OSError as exc:
                 raise ConfigError(f"watch: source {root.source.name}: cannot read directory "
                                   f"{shown(root.path)}: {exc.strerror}") from None
-            self.watches.watch_tree(root)
+            self.watches.watch_tree(root, drain)
             if root.wd is None:
                 raise ConfigError(f"watch: source {root.source.name}: cannot watch directory "
                                   f"{shown(root.path)}")
+        drain()
+        self._commit(batch)
         notify.notify(f"READY=1\nSTATUS=watching {len(self.watches)} directories")
         log.info("watching sources=%d dirs=%d rescan=%s", len({r.source.name for r in self.roots}),
                  len(self.watches), str(rescan).lower())
@@ -361,9 +374,16 @@ class Watcher:
 
 
 def _events(data: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """(wd, mask, name) of each event in one read of the inotify fd; the cookie is unused."""
+    """(wd, mask, name) of each event in one read of the inotify fd; the cookie is unused.
+
+    Dropped here, before any other work: a directory opened or closed (our own walks list
+    each directory, which queues 4 such events; consumers open directories too) and the
+    consumer's private names while it deletes a file (set aside, then unlinked).
+    """
     unpack, pos, end = _EVENT.unpack_from, 0, len(data)
     while pos < end:
         wd, mask, _cookie, size = unpack(data, pos)
-        yield wd, mask, data[pos + 16:pos + 16 + size].rstrip(b"\0")
-        pos += 16 + size
+        start, pos = pos + 16, pos + 16 + size
+        if (mask & F.ISDIR and mask & _OPENED) or data.startswith(DELETING_PREFIX, start, pos):
+            continue
+        yield wd, mask, data[start:pos].rstrip(b"\0")

@@ -33,6 +33,7 @@ ROOT_MASK = _EVENTS                    # a configured dir may be a symlink the a
 SUBDIR_MASK = _EVENTS | F.DONT_FOLLOW  # below it, a symlink is never followed
 
 ROOT_CHECK = 1.0  # s between looks for a missing source dir
+DRAIN_DIRS = 200  # directories listed between two reads of the event queue (4 events each)
 
 
 @dataclass(eq=False)
@@ -85,13 +86,22 @@ class Watches:
             root.wd = wd
         return True
 
-    def watch_tree(self, root: Root) -> None:
-        """Watches on a whole root, directories only: what start-up needs before READY=1."""
+    def watch_tree(self, root: Root, drain: Callable[[], None]) -> None:
+        """Watches on a whole root, directories only: what start-up needs before READY=1.
+
+        Listing a watched directory queues 4 events of our own (open and close, on it and on
+        its parent): `drain()` runs every DRAIN_DIRS directories to read them out, so a large
+        tree cannot fill the kernel's queue and overflow it.
+        """
         stack = [root.path]
+        listed = 0
         while stack:
             directory = stack.pop()
             if not self.watch(directory, root, strict=True):
                 continue
+            listed += 1
+            if listed % DRAIN_DIRS == 0:
+                drain()
             try:
                 with os.scandir(directory) as entries:
                     stack.extend(e.path for e in entries

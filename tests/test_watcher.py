@@ -14,7 +14,9 @@ from inotify_simple import INotify
 
 from sftppush import config, signals
 from sftppush.queue import Queue
-from sftppush.watcher import Watcher
+from sftppush.safeopen import set_aside_name
+from sftppush.watcher import Watcher, _events
+from sftppush.watches import SUBDIR_MASK
 
 from .conftest import WatcherProcess, WatchTree, cli_argv, stopped_after
 
@@ -211,6 +213,50 @@ def test_overflow_while_stopped_loses_nothing(watch_tree: WatchTree, watcher: Wa
     counts = stopped_counts(watch_tree, watcher, burst | {later})
     assert "inotify queue overflowed" in watcher.log_text()
     assert counts == {p: 1 for p in burst | {later}}
+
+
+def test_start_up_walk_of_a_large_tree_overflows_nothing_and_no_rescan_queues_nothing(
+        watch_tree: WatchTree, tmp_path: Path):
+    # Listing a watched directory queues 4 events (open and close, on it and on its
+    # parent): a tree of more directories than a quarter of the kernel's queue overflowed it
+    # at every start, and the overflow's rescan queued everything even with --no-rescan.
+    up = watch_tree.upload
+    present = set()
+    for d in range(max(5000, MAX_QUEUED_EVENTS // 3)):
+        (up / f"d{d}").mkdir()
+        present.add(write(up / f"d{d}" / "old.csv"))
+    quiet = WatcherProcess(watch_tree.config, tmp_path / "no-rescan.log", "--no-rescan")
+    quiet.start(timeout=120)
+    after = write(up / "d0" / "after.csv")  # READY=1 came: every directory is watched
+    assert stopped_counts(watch_tree, quiet, {after}) == {after: 1}
+    assert "overflowed" not in quiet.log_text()
+
+    full = WatcherProcess(watch_tree.config, tmp_path / "rescan.log").start(timeout=120)
+    counts = stopped_counts(watch_tree, full, present | {after})
+    assert counts == {p: 1 for p in present | {after}}
+    assert "overflowed" not in full.log_text()
+
+
+def test_directory_listings_and_private_names_are_dropped_as_events_are_read(tmp_path: Path):
+    # Our own walks list directories, and consumers open them and set a file aside under a
+    # private name before they unlink it: none of that is worth a moment of the watcher's.
+    (tmp_path / "sub").mkdir()
+    kept = tmp_path / "sub" / "kept.csv"
+    with INotify(nonblocking=True) as inotify:
+        for d in (tmp_path, tmp_path / "sub"):
+            inotify.add_watch(d, SUBDIR_MASK)
+        os.scandir(tmp_path / "sub").close()
+        uploaded = write(tmp_path / "sub" / "uploaded.csv")
+        aside = uploaded.with_name(os.fsdecode(set_aside_name(uploaded.stat().st_ino)))
+        os.rename(uploaded, aside)
+        os.unlink(aside)
+        write(kept)
+        events = [(mask, name) for _, mask, name in _events(os.read(inotify.fileno(), 1 << 16))]
+    names = [name for _, name in events]
+    assert not [name for name in names if name.startswith(b".sftppush-deleting.")]
+    assert b"" not in names and b"sub" not in names, "a directory opened or closed"
+    assert names.count(b"uploaded.csv") == 4  # created, opened, closed, moved away
+    assert names[-3:] == [b"kept.csv"] * 3
 
 
 def test_kill_9_mid_burst_then_restart_loses_nothing(watch_tree: WatchTree, tmp_path: Path):
