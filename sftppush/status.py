@@ -51,6 +51,7 @@ class Stats:
     retries: dict[str, int] = field(default_factory=dict)   # by reason class
     watcher_heartbeat_at: float | None = None
     file_bytes: int = 0  # the queue file with its WAL
+    watcher_unwatched_dirs: int = 0  # no watch (watch limit reached): scanned on a timer
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -92,6 +93,7 @@ def read(q: Queue, now: float | None = None) -> Stats:
         retries={k: int(v) for k, v in counters.get("retries", {}).items()},
         watcher_heartbeat_at=beat[0] if beat else None,
         file_bytes=file_bytes(q.file),
+        watcher_unwatched_dirs=int(counters.get("watcher_unwatched_dirs", {}).get("", 0)),
     )
 
 
@@ -115,7 +117,8 @@ def text(stats: Stats, path: Path) -> str:
         f"  uploaded last minute {stats.uploaded_last_minute} ({stats.bytes_last_minute} bytes)"
         f"  last hour {stats.uploaded_last_hour} ({stats.bytes_last_hour} bytes)",
         f"  uploaded in all {stats.uploads_total} ({stats.uploaded_bytes_total} bytes)"
-        f"  last upload {_when(stats.last_upload_at)}  watcher heartbeat {beat}",
+        f"  last upload {_when(stats.last_upload_at)}  watcher heartbeat {beat}"
+        f"  unwatched dirs {stats.watcher_unwatched_dirs}",
     ]
     if stats.failures:
         lines.append("  failed by reason: " + "  ".join(
@@ -186,6 +189,10 @@ def metrics(stats: Stats) -> Iterator[Metric]:
                             value=stats.watcher_heartbeat_at or 0)
     yield GaugeMetricFamily("sftppush_queue_file_bytes",
                             "Size of the queue file with its WAL.", value=stats.file_bytes)
+    yield GaugeMetricFamily("sftppush_watcher_unwatched_dirs",
+                            "Directories without an inotify watch (the watch limit was"
+                            " reached), scanned every few seconds instead.",
+                            value=stats.watcher_unwatched_dirs)
 
 
 def prometheus(stats: Stats) -> str:

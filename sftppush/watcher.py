@@ -60,6 +60,7 @@ class _Scan:
     root: Root
     top: bytes
     why: str
+    shallow: bool = False  # `top` only, and the directories below it not known yet
     steps: Iterator[FileVersion | None] | None = None
     files: int = 0
 
@@ -135,14 +136,17 @@ class Watcher:
                 raise ConfigError(f"watch: source {root.source.name}: cannot read directory "
                                   f"{shown(root.path)}: {exc.strerror}") from None
             self.watches.watch_tree(root, drain)
-            if root.wd is None:
+            if root.wd is None and root.path not in self.watches.unwatched.dirs:
                 raise ConfigError(f"watch: source {root.source.name}: cannot watch directory "
                                   f"{shown(root.path)}")
         drain()
         self._commit(batch)
-        notify.notify(f"READY=1\nSTATUS=watching {len(self.watches)} directories")
-        log.info("watching sources=%d dirs=%d rescan=%s", len({r.source.name for r in self.roots}),
-                 len(self.watches), str(rescan).lower())
+        self._sum_up_unwatched(self.clock())
+        notify.notify(f"READY=1\nSTATUS=watching {len(self.watches)} directories"
+                      f" ({len(self.watches.unwatched)} unwatched)")
+        log.info("watching sources=%d dirs=%d unwatched=%d rescan=%s",
+                 len({r.source.name for r in self.roots}), len(self.watches),
+                 len(self.watches.unwatched), str(rescan).lower())
         if rescan:
             for root in self.roots:
                 self._add_scan(root, root.path, "start")
@@ -165,6 +169,7 @@ class Watcher:
         if not (stop is not None and stop.is_set()):
             self._advance_scans(now, batch)
             self._check_roots(now)
+            self._tick_unwatched(now)
         self._decide(now, batch, everything=False)
         self._commit(batch)
         if now >= self.upkeep.due() and not (stop is not None and stop.is_set()):
@@ -285,7 +290,7 @@ class Watcher:
         log.warning("inotify queue overflowed: rescanning roots=%d", len(self.roots))
         self.opens.clear()
         self.linked.clear()
-        for root in self.watches.watched_roots():
+        for root in self.watches.present_roots():
             self._add_scan(root, root.path, "overflow")
 
     def _decide(self, now: float, batch: _Batch, everything: bool) -> None:
@@ -319,11 +324,16 @@ class Watcher:
 
     # --- scans ---------------------------------------------------------------------------
 
-    def _add_scan(self, root: Root, top: bytes, why: str, first: bool = False) -> None:
-        if any(s.top == top and s.steps is None for s in self.scans):
-            return  # the same walk is queued and not started: it will see everything
+    def _add_scan(self, root: Root, top: bytes, why: str, first: bool = False,
+                  shallow: bool = False) -> bool:
+        """Queue a walk of `top`; False if the same walk is queued and not started (it will
+        see everything)."""
+        if any(s.top == top and s.steps is None and s.shallow <= shallow for s in self.scans):
+            return False
         # A new dir goes before a long rescan, which resumes where it paused.
-        (self.scans.appendleft if first else self.scans.append)(_Scan(root, top, why))
+        (self.scans.appendleft if first else self.scans.append)(
+            _Scan(root, top, why, shallow))
+        return True
 
     def _advance_scans(self, now: float, batch: _Batch) -> None:
         """Walk queued scans for a short slice, so events keep being read during a long one."""
@@ -334,7 +344,7 @@ class Watcher:
             scan = self.scans[0]
             if scan.steps is None:
                 scan.steps = walk(scan.top, scan.root.source.name, self.ignore,
-                                  on_dir=lambda d, r=scan.root: self.watches.watch(d, r))
+                                  on_dir=self._on_dir(scan))
             for version in scan.steps:
                 if version is None:
                     listed += 1
@@ -351,9 +361,27 @@ class Watcher:
                 else:
                     batch.scanned.append(version)
             self.scans.popleft()
-            (log.debug if scan.why == "new dir" else log.info)(
+            if scan.shallow:
+                self.watches.unwatched.scanned(now)
+            (log.info if scan.why in ("start", "overflow", "dir back") else log.debug)(
                 "scan done source=%s dir=%s files=%d why=%s", scan.root.source.name,
                 shown(scan.top), scan.files, scan.why.replace(" ", "_"))
+
+    def _on_dir(self, scan: _Scan) -> Callable[[bytes], bool]:
+        """What a walk does with each directory before listing it: watch it. A shallow
+        walk lists its top and the directories it finds that are new (no event told of
+        them: its top has no watch); the known ones have their own watch, or scan."""
+        watches, root = self.watches, scan.root
+        if not scan.shallow:
+            return lambda d: watches.watch(d, root)
+
+        def on_dir(d: bytes) -> bool:
+            if d == scan.top:
+                return True
+            known = d in watches.wds or d in watches.unwatched.dirs
+            return not known and watches.watch(d, root)
+
+        return on_dir
 
     def _check_roots(self, now: float) -> None:
         for root in self.watches.roots_back(now):
@@ -362,11 +390,27 @@ class Watcher:
                          shown(root.path))
                 self._add_scan(root, root.path, "dir back")
 
+    def _tick_unwatched(self, now: float) -> None:
+        """Scan the directories that have no watch (the watch limit was reached), after
+        trying again to watch them; say how many there are when that changes."""
+        unwatched = self.watches.unwatched
+        if now >= unwatched.due():
+            unwatched.tick(now, sum(self._add_scan(root, path, "unwatched", shallow=True)
+                                    for path, root in self.watches.retry_unwatched()))
+        self._sum_up_unwatched(now)
+
+    def _sum_up_unwatched(self, now: float) -> None:
+        line = self.watches.unwatched.summary(now, len(self.watches))
+        if line is not None:
+            (log.warning if self.watches.unwatched else log.info)(line)
+        self.upkeep.gauge("watcher_unwatched_dirs", len(self.watches.unwatched))
+
     def _timeout(self) -> float:
         if self.scans:
             return 0.0
         now = self.clock()
-        until = [now + MAX_WAIT, self.upkeep.due(), self.next_ping, self.watches.next_check()]
+        until = [now + MAX_WAIT, self.upkeep.due(), self.next_ping, self.watches.next_check(),
+                 self.watches.unwatched.due()]
         for waiting in (self.created, self.fresh):
             if waiting:
                 until.append(next(iter(waiting.values()))[0] + GRACE)
