@@ -30,6 +30,7 @@ from sftppush import notify, signals
 from sftppush.config import Config
 from sftppush.entries import FileVersion, shown
 from sftppush.errors import ConfigError
+from sftppush.mounts import below, mount_table
 from sftppush.owners import owner_token
 from sftppush.queue import Queue
 from sftppush.safeopen import DELETING_PREFIX
@@ -110,6 +111,9 @@ class Watcher:
         self.wakeup = wakeup  # readable when a signal arrived
         if wakeup is not None:
             self.poller.register(wakeup, select.POLLIN)
+        self.mounts = mount_table()  # POLLPRI when something is mounted or unmounted
+        if self.mounts is not None:
+            self.poller.register(self.mounts.fileno(), select.POLLPRI)
         self.upkeep = Upkeep(queue, cfg.queue.keep_done, owner_token())
         self.ping_every = notify.watchdog_interval()
         self.next_ping = 0.0 if self.ping_every else float("inf")
@@ -155,17 +159,21 @@ class Watcher:
         """Wait for events (or a deadline), read them all, enqueue what they mean at once;
         `wait=False` takes what is there now (a test stepping the watcher)."""
         timeout = self._timeout() if wait else 0.0
-        if timeout:
-            for fd, _ in self.poller.poll(timeout * 1000):
-                if fd == self.wakeup:
-                    signals.drain(fd)
-                elif self.busy:  # a burst: one commit per few ms, not per file
-                    time.sleep(BUSY_DELAY)
+        remounted = False
+        for fd, _ in self.poller.poll(timeout * 1000):
+            if fd == self.wakeup:
+                signals.drain(fd)
+            elif self.mounts is not None and fd == self.mounts.fileno():
+                remounted = True
+            elif self.busy and timeout:  # a burst: one commit per few ms, not per file
+                time.sleep(BUSY_DELAY)
         now = self.clock()
         data = self._read()
         self.busy = bool(data)
         batch = _Batch()
         self._handle(data, now, batch)
+        if remounted:
+            self._remount()
         if not (stop is not None and stop.is_set()):
             self._advance_scans(now, batch)
             self._check_roots(now)
@@ -188,6 +196,8 @@ class Watcher:
         for scan in self.scans:  # the next start-up rescan makes up for these
             log.warning("scan unfinished source=%s dir=%s why=%s", scan.root.source.name,
                         shown(scan.top), scan.why.replace(" ", "_"))
+        if self.mounts is not None:
+            self.mounts.close()
         log.info("watcher stopped enqueued=%d", self.enqueued)
 
     # --- events --------------------------------------------------------------------------
@@ -275,9 +285,28 @@ class Watcher:
             for root in self.watches.roots_at(wd):  # a source dir renamed away
                 self._unwatch_tree(root.path)
 
-    def _unwatch_tree(self, top: bytes) -> None:
+    def _remount(self) -> None:
+        """Something was mounted or unmounted. Inside a source's tree, the directory at the
+        mount point is another one now (the mounted one, or the one it covered): watch and
+        scan it afresh. A source dir, or a dir above it, mounted over is looked for again."""
+        assert self.mounts is not None
+        added, removed = self.mounts.changed()
+        for point in sorted(added | removed):
+            why = "mount" if point in added else "unmount"
+            for root in list(self.watches.present_roots()):
+                if below(root.path, point):
+                    self._unwatch_tree(root.path, why)
+                    if not root.missing:
+                        self.watches.lose_root(root, why)
+                elif below(point, root.path):
+                    log.info("mount changed source=%s dir=%s why=%s", root.source.name,
+                             shown(point), why)
+                    self._unwatch_tree(point, why)
+                    self._add_scan(root, point, why, first=True)
+
+    def _unwatch_tree(self, top: bytes, why: str = "moved away") -> None:
         """A directory left the tree: drop its watches, and every wait on a name below it."""
-        self.watches.unwatch_tree(top)
+        self.watches.unwatch_tree(top, why)
         prefix = top + b"/"
         for waiting in (self.created, self.fresh, self.opens):
             for path in [p for p in waiting if p.startswith(prefix)]:
@@ -363,7 +392,7 @@ class Watcher:
             self.scans.popleft()
             if scan.shallow:
                 self.watches.unwatched.scanned(now)
-            (log.info if scan.why in ("start", "overflow", "dir back") else log.debug)(
+            (log.debug if scan.why in ("new dir", "unwatched") else log.info)(
                 "scan done source=%s dir=%s files=%d why=%s", scan.root.source.name,
                 shown(scan.top), scan.files, scan.why.replace(" ", "_"))
 

@@ -112,8 +112,9 @@ class Watches:
             except OSError as exc:
                 log.warning("cannot list dir=%s error=%s", shown(directory), exc.strerror)
 
-    def unwatch_tree(self, top: bytes) -> None:
-        """Drop the watches of `top` and below: renamed away, their paths mean nothing now."""
+    def unwatch_tree(self, top: bytes, why: str = "moved away") -> None:
+        """Drop the watches of `top` and below: renamed away (or mounted over), their paths
+        mean nothing now."""
         prefix = top + b"/"
         for path in [p for p in self.unwatched.dirs if p == top or p.startswith(prefix)]:
             del self.unwatched.dirs[path]
@@ -123,7 +124,7 @@ class Watches:
             with contextlib.suppress(OSError):  # already gone with its directory
                 self.inotify.rm_watch(wd)
             for root in self.roots_at(wd):  # a source dir inside another one, moved away
-                self._lose_root(root, "moved away")
+                self.lose_root(root, why)
 
     def gone(self, wd: int) -> None:
         """IN_IGNORED: the directory was deleted (or unmounted), the kernel dropped its watch."""
@@ -131,13 +132,14 @@ class Watches:
         if self.wds.get(path) == wd:
             del self.wds[path]
         for root in self.roots_at(wd):
-            self._lose_root(root, "deleted")
+            self.lose_root(root, "deleted")
 
     def roots_at(self, wd: int) -> list[Root]:
         """The source dirs this watch is on (IN_MOVE_SELF: renamed away, no longer the source)."""
         return [r for r in self.roots if r.wd == wd]
 
-    def _lose_root(self, root: Root, why: str) -> None:
+    def lose_root(self, root: Root, why: str) -> None:
+        """The source dir is gone: look for it every ROOT_CHECK until it is back."""
         root.wd = None
         root.missing = True
         self.next_root_check = self.clock() + ROOT_CHECK

@@ -486,6 +486,25 @@ def set_watch_limit(pid: int, watches: int) -> None:
                    timeout=30)
 
 
+def own_mounts(*first: str) -> tuple[str, ...]:
+    """A command prefix: what follows it runs in a mount namespace of its own, after the
+    shell command `first` (if any) ran there: what it mounts stays in the namespace and goes
+    away with its processes."""
+    return ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            f'{" ".join(first) or ":"} && exec "$@"', "sh")
+
+
+def in_mounts_of(pid: int, *command: str) -> None:
+    """Run `command` (mount, umount) in the mount namespace of process `pid`."""
+    subprocess.run(["nsenter", "--target", str(pid), "--mount", "--", *command], check=True,
+                   timeout=30)
+
+
+def seen_by(pid: int, path: Path) -> Path:
+    """`path` as process `pid` sees it, through its own mounts (/proc/PID/root)."""
+    return Path(f"/proc/{pid}/root") / path.relative_to("/")
+
+
 def inotify_budget(where: Path) -> None:
     """Fail, saying so, when this machine's inotify budget is spent (other processes of the
     same user hold every watch or instance): a test that needs watches would otherwise fail
