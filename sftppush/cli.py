@@ -273,7 +273,14 @@ def config_group() -> None:
 @click.pass_context
 def config_check(ctx: click.Context, sources: tuple[str, ...]) -> None:
     """Validate the configuration; exit 2 with one line naming the problem."""
+    from sftppush import scan
+
     cfg = _config(ctx, sources=sources)
+    trees = scan.check_sources(cfg)
+    for line in [f"warning: {w}" for w in trees.warnings] + trees.problems[:-1]:
+        click.echo(f"sftppush: {line}", err=True)
+    if trees.problems:
+        raise ConfigError(trees.problems[-1])
     names = ", ".join(s.name for s in cfg.watch.sources)
     click.echo(f"config ok: {cfg.file or 'no file'}; sources: {names}; queue: {cfg.queue.path}")
 

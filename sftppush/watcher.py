@@ -34,7 +34,7 @@ from sftppush.mounts import below, mount_table
 from sftppush.owners import owner_token
 from sftppush.queue import Queue
 from sftppush.safeopen import DELETING_PREFIX
-from sftppush.scan import ignore_matcher, walk
+from sftppush.scan import ignore_matcher, symlink_on_the_way, walk
 from sftppush.upkeep import Upkeep
 from sftppush.watches import Root, Watches
 
@@ -100,6 +100,12 @@ class Watcher:
         self.ignored = ignore_matcher(cfg.watch.ignore)
         self.ignore = cfg.watch.ignore
         self.roots = [Root(s, os.fsencode(d)) for s in cfg.watch.sources for d in s.dirs]
+        for source in cfg.watch.sources:
+            for link in filter(None, (symlink_on_the_way(source, d) for d in source.dirs)):
+                log.error("source dir reached through a symlink source=%s symlink=%s: consumers"
+                          " follow none below %s, so every file there fails: configure a"
+                          " real directory (config check refuses this)", source.name, link,
+                          source.root)
         self.watches = Watches(inotify, self.roots, self.ignored, clock)
         self.scans: deque[_Scan] = deque()
         self.created: dict[bytes, tuple[float, str]] = {}  # IN_CREATE seen, no IN_OPEN yet
@@ -140,7 +146,8 @@ class Watcher:
                 raise ConfigError(f"watch: source {root.source.name}: cannot read directory "
                                   f"{shown(root.path)}: {exc.strerror}") from None
             self.watches.watch_tree(root, drain)
-            if root.wd is None and root.path not in self.watches.unwatched.dirs:
+            if root.wd is None and not root.missing and \
+                    root.path not in self.watches.unwatched.dirs:
                 raise ConfigError(f"watch: source {root.source.name}: cannot watch directory "
                                   f"{shown(root.path)}")
         drain()

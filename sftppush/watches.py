@@ -1,10 +1,11 @@
 """The watcher's inotify watches: which directory each watch descriptor stands for.
 
 Owns adding and removing watches over whole trees, the wd <-> path maps, the directories
-that have no watch because the watch limit was reached (until one fits), and the source
-dirs that went missing (deleted, moved away) until they are back. It never reads events,
-never lists a file for the queue and never touches the queue: what an event means is the
-watcher's business.
+that have no watch because the watch limit was reached (until one fits), the source dirs
+that went missing (deleted, moved away) until they are back, and the refusal of a second
+path to a directory already watched (a bind mount into another source's tree): one
+directory, one path, the first watched. It never reads events, never lists a file for the
+queue and never touches the queue: what an event means is the watcher's business.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Watches:
         self.dirs: dict[int, tuple[bytes, Root]] = {}  # wd -> watched path, its root
         self.wds: dict[bytes, int] = {}
         self.unwatched = Unwatched()
+        self.refused: set[tuple[bytes, bytes]] = set()  # (first path, alias) logged once
         self.next_root_check = 0.0
 
     def __len__(self) -> int:
@@ -72,6 +74,10 @@ class Watches:
             wd = self.inotify.add_watch(path, ROOT_MASK if path == root.path else SUBDIR_MASK)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
+                twin = self._unwatched_twin(path, root)
+                if twin is not None:
+                    self._refuse(path, root, twin, self.unwatched.dirs[twin])
+                    return False
                 # No line per directory: the watcher sums them up (unwatched) and scans them.
                 self.unwatched.dirs[path] = root
                 return True
@@ -81,8 +87,12 @@ class Watches:
             return False
         self.unwatched.dirs.pop(path, None)
         old = self.dirs.get(wd)
-        if old is not None and old[0] != path and self.wds.get(old[0]) == wd:
-            del self.wds[old[0]]  # the same directory under a new name (renamed in the tree)
+        if old is not None and old[0] != path:
+            if self._same_dir(old[0], path, root):
+                self._refuse(path, root, *old)
+                return False
+            if self.wds.get(old[0]) == wd:
+                del self.wds[old[0]]  # the same directory under a new name (renamed in the tree)
         self.dirs[wd] = (path, root)
         self.wds[path] = wd
         if path == root.path:
@@ -111,6 +121,42 @@ class Watches:
                                  if not self.ignored(e.name) and e.is_dir(follow_symlinks=False))
             except OSError as exc:
                 log.warning("cannot list dir=%s error=%s", shown(directory), exc.strerror)
+
+    def _same_dir(self, first: bytes, path: bytes, root: Root) -> bool:
+        """`first` still names the directory at `path`: two ways to one directory (a bind
+        mount, a symlinked source dir), not a rename. A source dir may be a symlink."""
+        try:
+            a = os.stat(first) if any(r.path == first for r in self.roots) else os.lstat(first)
+            b = os.stat(path) if path == root.path else os.lstat(path)
+        except OSError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+    def _unwatched_twin(self, path: bytes, root: Root) -> bytes | None:
+        """Another directory without a watch that is this one (the kernel's wd, which tells
+        the watched ones apart, is missing here); None if there is none."""
+        try:
+            st = os.stat(path) if path == root.path else os.lstat(path)
+        except OSError:
+            return None
+        twin = self.unwatched.ids.setdefault((st.st_dev, st.st_ino), path)
+        if twin != path and twin in self.unwatched.dirs and self._same_dir(twin, path, root):
+            return twin
+        self.unwatched.ids[(st.st_dev, st.st_ino)] = path
+        return None
+
+    def _refuse(self, path: bytes, root: Root, first: bytes, first_root: Root) -> None:
+        """A second path to a watched directory: not watched, not scanned, so that each of
+        its files is queued once, for the source that reached it first. Said once."""
+        if (first, path) not in self.refused:
+            self.refused.add((first, path))
+            log.error("same directory reached twice, its files are queued for the first"
+                      " source only: refused source=%s dir=%s same_as=%s first_source=%s"
+                      " fix=keep the directory in one source (config check refuses this)",
+                      root.source.name, shown(path), shown(first), first_root.source.name)
+        if path == root.path and not root.missing:
+            root.missing = True  # looked for again: the alias may go (an unmount)
+            self.next_root_check = self.clock() + ROOT_CHECK
 
     def unwatch_tree(self, top: bytes, why: str = "moved away") -> None:
         """Drop the watches of `top` and below: renamed away (or mounted over), their paths
@@ -169,6 +215,7 @@ class Watches:
         """Try again to watch every directory that has none; each of them, watched now or
         not, is to be listed once more (what arrived before its watch)."""
         todo = list(self.unwatched.dirs.items())
+        self.unwatched.ids.clear()  # each one left without a watch is put back
         for path, root in todo:
             self.watch(path, root)
         return todo
@@ -184,6 +231,7 @@ class Unwatched:
 
     def __init__(self) -> None:
         self.dirs: dict[bytes, Root] = {}
+        self.ids: dict[tuple[int, int], bytes] = {}  # (st_dev, st_ino) -> path, of dirs
         self.next_tick = 0.0
         self.tick_started: float | None = None
         self.scans_left = 0

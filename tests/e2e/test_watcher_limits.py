@@ -8,9 +8,10 @@ no other process of the machine loses a watch while these tests run.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
-from tests.conftest import own_watch_limit, set_watch_limit, wait_until
+from tests.conftest import child_env, cli_argv, own_watch_limit, set_watch_limit, wait_until
 from tests.e2e.system import Product, files_under
 
 LIMIT = 40  # watches for the watcher and the consumer's queue watch together
@@ -79,3 +80,18 @@ def test_past_the_watch_limit_at_start_and_while_running_nothing_stays_on_disk(
     assert not [e for e in product.events() if "cannot watch" in e["message"]]
     assert [e for e in product.events() if "no longer reached" in e["message"]], "all clear"
 
+
+def test_config_check_warns_when_the_tree_nears_the_watch_limit(source_tree):
+    for i in range(8):
+        (source_tree.upload / f"d{i}").mkdir()
+    config = source_tree.write_config()
+    argv = cli_argv("--config", config, "config", "check")
+    near = subprocess.run([*own_watch_limit(10), *argv], capture_output=True, text=True,
+                          timeout=60, env=child_env())
+    assert near.returncode == 0, near.stderr
+    assert "warning: 9 directories to watch, 90% of the inotify watch limit (10," \
+        in near.stderr
+    assert "raise fs.inotify.max_user_watches" in near.stderr
+    far = subprocess.run([*own_watch_limit(100), *argv], capture_output=True, text=True,
+                         timeout=60, env=child_env())
+    assert far.returncode == 0 and "warning" not in far.stderr, far.stderr
