@@ -47,14 +47,15 @@ def _fail(ctx: click.Context, exc: BaseException, code: int, prefix: str = "") -
 
 
 def _config(ctx: click.Context, *, sources: tuple[str, ...] = (), need_sources: bool = True,
-            **flags: Any) -> Config:
+            check_dirs: bool = False, **flags: Any) -> Config:
     """Load the effective config with this invocation's flags, and set up logging."""
     from sftppush import logs
 
     obj = ctx.obj
     flags = {"defaults.log.level": obj["log_level"], "defaults.log.format": obj["log_format"],
              **flags}
-    cfg = load(obj["config"], flags=flags, sources=list(sources), need_sources=need_sources)
+    cfg = load(obj["config"], flags=flags, sources=list(sources), need_sources=need_sources,
+               check_dirs=check_dirs)
     logs.setup(cfg.defaults.log)
     return cfg
 
@@ -275,7 +276,7 @@ def config_check(ctx: click.Context, sources: tuple[str, ...]) -> None:
     """Validate the configuration; exit 2 with one line naming the problem."""
     from sftppush import scan
 
-    cfg = _config(ctx, sources=sources)
+    cfg = _config(ctx, sources=sources, check_dirs=True)
     trees = scan.check_sources(cfg)
     for line in [f"warning: {w}" for w in trees.warnings] + trees.problems[:-1]:
         click.echo(f"sftppush: {line}", err=True)

@@ -29,7 +29,6 @@ from inotify_simple import flags as F
 from sftppush import notify, signals
 from sftppush.config import Config
 from sftppush.entries import FileVersion, shown
-from sftppush.errors import ConfigError
 from sftppush.mounts import below, mount_table
 from sftppush.owners import owner_token
 from sftppush.queue import Queue
@@ -140,16 +139,13 @@ class Watcher:
             self._handle(self._read(), self.clock(), batch)
 
         for root in self.roots:
-            try:
-                os.scandir(root.path).close()
-            except OSError as exc:
-                raise ConfigError(f"watch: source {root.source.name}: cannot read directory "
-                                  f"{shown(root.path)}: {exc.strerror}") from None
             self.watches.watch_tree(root, drain)
             if root.wd is None and not root.missing and \
                     root.path not in self.watches.unwatched.dirs:
-                raise ConfigError(f"watch: source {root.source.name}: cannot watch directory "
-                                  f"{shown(root.path)}")
+                # Missing, or unreadable: like one that goes at run time, a warning, and
+                # looked for until it is there; the other sources go on.
+                self.watches.lose_root(root, "missing at start" if not os.path.isdir(
+                    root.path) else "cannot watch")
         drain()
         self._commit(batch)
         self._sum_up_unwatched(self.clock())

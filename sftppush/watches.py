@@ -63,6 +63,7 @@ class Watches:
         self.wds: dict[bytes, int] = {}
         self.unwatched = Unwatched()
         self.refused: set[tuple[bytes, bytes]] = set()  # (first path, alias) logged once
+        self.failed: set[bytes] = set()  # could not be watched (EACCES...), logged once
         self.next_root_check = 0.0
 
     def __len__(self) -> int:
@@ -82,9 +83,13 @@ class Watches:
                 self.unwatched.dirs[path] = root
                 return True
             self.unwatched.dirs.pop(path, None)
-            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # else gone, or a symlink now
+            # ENOENT, ENOTDIR: gone, or a symlink now. Else said once per directory: a
+            # missing source dir is tried every second.
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and path not in self.failed:
+                self.failed.add(path)
                 log.warning("cannot watch dir=%s error=%s", shown(path), exc.strerror)
             return False
+        self.failed.discard(path)
         self.unwatched.dirs.pop(path, None)
         old = self.dirs.get(wd)
         if old is not None and old[0] != path:
@@ -189,8 +194,8 @@ class Watches:
         root.wd = None
         root.missing = True
         self.next_root_check = self.clock() + ROOT_CHECK
-        log.warning("source dir gone source=%s dir=%s why=%s", root.source.name,
-                    shown(root.path), why.replace(" ", "_"))
+        log.warning("source dir gone source=%s dir=%s why=%s looked_for_every_s=%g",
+                    root.source.name, shown(root.path), why.replace(" ", "_"), ROOT_CHECK)
 
     def present_roots(self) -> Iterator[Root]:
         return (r for r in self.roots if not r.missing)

@@ -10,6 +10,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+import yaml
 from inotify_simple import INotify
 
 from sftppush import config, signals
@@ -314,12 +315,27 @@ def test_source_dir_deleted_and_recreated_is_rescanned(watch_tree: WatchTree,
     assert "source dir gone" in watcher.log_text() and "source dir back" in watcher.log_text()
 
 
-def test_missing_source_dir_at_start_is_one_line_and_exit_2(watch_tree: WatchTree, run_cli):
-    shutil.rmtree(watch_tree.upload)
-    result = run_cli("--config", watch_tree.config, "watch", timeout=30)
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert str(watch_tree.upload) in result.stderr
+def test_missing_source_dir_at_start_is_a_warning_and_its_arrival_is_noticed(
+        watch_tree: WatchTree, tmp_path: Path, run_cli):
+    # One user's missing directory used to stop the watcher (exit 2) for every user.
+    late = watch_tree.userpath / "late" / "upload"
+    data = yaml.safe_load(watch_tree.config.read_text())
+    data["watch"]["source"].append({"name": "late", "paths": ["/upload"]})
+    config = tmp_path / "two-sources.yaml"
+    config.write_text(yaml.safe_dump(data))
+    check = run_cli("--config", config, "config", "check")
+    assert check.returncode == 2 and str(late) in check.stderr, check
+    proc = WatcherProcess(config, tmp_path / "w.log").start()
+    first = write(watch_tree.upload / "first.csv")
+    watch_tree.wait_for({first})
+    late.mkdir(parents=True)
+    arrived = {write(late / "arrived.csv"), first}
+    watch_tree.wait_for(arrived)
+    after = write(late / "after.csv")  # and it is watched
+    assert stopped_counts(watch_tree, proc, arrived | {after}) == {p: 1 for p in arrived | {after}}
+    log = proc.log_text()
+    assert f"source dir gone source=late dir={late} why=missing_at_start" in log
+    assert f"source dir back source=late dir={late}" in log
 
 
 def test_sd_notify_ready_watchdog_stopping(watch_tree: WatchTree, tmp_path: Path):
