@@ -20,6 +20,7 @@ from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 
+from sftppush import longpaths
 from sftppush.config import Config, Source
 from sftppush.entries import FileVersion, shown
 from sftppush.queue import Queue
@@ -84,7 +85,7 @@ class Reached:
         """True the first time the directory at `path` is reached: walk it. `follow`: `path`
         is a source dir, which may be a symlink the administrator made."""
         try:
-            st = os.stat(path) if follow else os.lstat(path)
+            st = os.stat(path) if follow else longpaths.lstat(path)
         except OSError:
             return True  # the listing says why, or skips what vanished
         key = (st.st_dev, st.st_ino)
@@ -131,7 +132,7 @@ def walk(top: bytes, source: str, ignore: tuple[str, ...], *,
         if on_dir is not None and not on_dir(directory):
             continue
         try:
-            entries = os.scandir(directory)
+            entries = longpaths.scandir(directory)
         except FileNotFoundError:
             continue  # removed while we walked; its events are gone with it
         except OSError as exc:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from sftppush import notify, signals
+from sftppush import longpaths, notify, signals
 from sftppush.config import Config
 from sftppush.entries import FileVersion, shown
 from sftppush.mounts import below, mount_table
@@ -340,7 +340,7 @@ class Watcher:
         versions = batch.scanned
         for path, (source, how) in batch.names.items():
             try:
-                st = os.lstat(path)
+                st = longpaths.lstat(path)
             except OSError:
                 continue  # gone again (renamed, deleted): its own event tells the rest
             if not stat.S_ISDIR(st.st_mode):

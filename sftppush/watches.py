@@ -21,6 +21,7 @@ from pathlib import Path
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
+from sftppush import longpaths
 from sftppush.config import Source
 from sftppush.entries import shown
 
@@ -72,7 +73,7 @@ class Watches:
     def watch(self, path: bytes, root: Root) -> bool:
         """Put a watch on one directory before it is listed; False to skip listing it."""
         try:
-            wd = self.inotify.add_watch(path, ROOT_MASK if path == root.path else SUBDIR_MASK)
+            wd = self._add_watch(path, ROOT_MASK if path == root.path else SUBDIR_MASK)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 twin = self._unwatched_twin(path, root)
@@ -121,18 +122,32 @@ class Watches:
             if listed % DRAIN_DIRS == 0:
                 drain()
             try:
-                with os.scandir(directory) as entries:
+                with longpaths.scandir(directory) as entries:
                     stack.extend(e.path for e in entries
                                  if not self.ignored(e.name) and e.is_dir(follow_symlinks=False))
             except OSError as exc:
                 log.warning("cannot list dir=%s error=%s", shown(directory), exc.strerror)
 
+    def _add_watch(self, path: bytes, mask: int) -> int:
+        try:
+            return self.inotify.add_watch(path, mask)
+        except OSError as exc:
+            if not longpaths.too_long(exc):
+                raise
+        # Longer than PATH_MAX: watched through its fd's /proc link, which must be followed.
+        fd = longpaths.open_dir(path)
+        try:
+            return self.inotify.add_watch(f"/proc/self/fd/{fd}", mask & ~F.DONT_FOLLOW)
+        finally:
+            os.close(fd)
+
     def _same_dir(self, first: bytes, path: bytes, root: Root) -> bool:
         """`first` still names the directory at `path`: two ways to one directory (a bind
         mount, a symlinked source dir), not a rename. A source dir may be a symlink."""
         try:
-            a = os.stat(first) if any(r.path == first for r in self.roots) else os.lstat(first)
-            b = os.stat(path) if path == root.path else os.lstat(path)
+            a = os.stat(first) if any(r.path == first for r in self.roots) \
+                else longpaths.lstat(first)
+            b = os.stat(path) if path == root.path else longpaths.lstat(path)
         except OSError:
             return False
         return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
@@ -141,7 +156,7 @@ class Watches:
         """Another directory without a watch that is this one (the kernel's wd, which tells
         the watched ones apart, is missing here); None if there is none."""
         try:
-            st = os.stat(path) if path == root.path else os.lstat(path)
+            st = os.stat(path) if path == root.path else longpaths.lstat(path)
         except OSError:
             return None
         twin = self.unwatched.ids.setdefault((st.st_dev, st.st_ino), path)

@@ -9,17 +9,11 @@ itself, and whatever a failed test left mounted goes away with its processes.
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
 from tests.conftest import in_mounts_of, own_mounts, seen_by, wait_until
 from tests.e2e.system import Product
-
-
-def watching(product: Product) -> bool:
-    status = product.cli("queue", "status", "--json")
-    return status.returncode == 0 and json.loads(status.stdout)["watcher_heartbeat_at"]
 
 
 def test_mounts_made_and_unmounted_under_a_watched_source_have_their_files_uploaded(
@@ -45,7 +39,7 @@ def test_mounts_made_and_unmounted_under_a_watched_source_have_their_files_uploa
     try:
         run = product.start("run", "run", "--consumers", "1", wrap=own_mounts(
             f"mount -t tmpfs tmpfs {shlex.quote(str(up / 'covered'))}"))
-        wait_until(lambda: watching(product), 30, "the watcher's first heartbeat")
+        product.wait_watching()
 
         def uploaded(keys: set[str]) -> bool:
             product.assert_alive()
