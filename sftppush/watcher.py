@@ -1,26 +1,22 @@
 """The watcher: inotify events on the source trees become file versions in the queue.
 
 Owns what each event means (close-write, rename, link+unlink rename, new and removed
-directories), the scans of new dirs, overflow recovery by rescan, and sd_notify; the watch
-descriptors are watches.py's, the queue's upkeep (heartbeat, purge) upkeep.py's. It must
-never open a data file (one lstat per name, nothing more) and never talk to S3, so an outage
-cannot slow it.
+directories, mounts that change), which walks to queue (new dirs, overflow recovery, the
+directories without a watch), and sd_notify; the watch descriptors are watches.py's, the
+walks scans.py's, the raw reads events.py's, the queue's upkeep (heartbeat, gauges, purge)
+upkeep.py's. It must never open a data file (one lstat per name, nothing more) and never
+talk to S3, so an outage cannot slow it.
 """
 
 from __future__ import annotations
 
-import array
-import fcntl
 import logging
 import os
 import select
 import stat
-import struct
-import termios
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from inotify_simple import INotify
@@ -29,11 +25,12 @@ from inotify_simple import flags as F
 from sftppush import longpaths, notify, signals
 from sftppush.config import Config
 from sftppush.entries import FileVersion, shown
+from sftppush.events import events, read_all
 from sftppush.mounts import below, mount_table
 from sftppush.owners import owner_token
 from sftppush.queue import Queue
-from sftppush.safeopen import DELETING_PREFIX
-from sftppush.scan import ignore_matcher, symlink_on_the_way, walk
+from sftppush.scan import ignore_matcher, symlink_on_the_way
+from sftppush.scans import Scans
 from sftppush.upkeep import Upkeep
 from sftppush.watches import Root, Watches
 
@@ -42,27 +39,7 @@ log = logging.getLogger("sftppush.watcher")
 GRACE = 0.2               # s an IN_CREATE waits for its IN_OPEN; a fresh scanned file, its close
 FRESH_NS = 2_000_000_000  # a scanned file younger than this may still be open for writing
 BUSY_DELAY = 0.005        # s to let a burst's events gather, so one transaction takes many
-SCAN_SLICE = 0.05         # s of scanning between two reads of the event queue
-SCAN_SLICE_DIRS = 200     # listing a directory queues 4 events of our own; keep under the limit
 MAX_WAIT = 1.0            # s; an external `stop` event is noticed at least this often
-
-# The raw read() is parsed here, not by inotify_simple's read()/parse_events(): those build a
-# namedtuple per event and decode each name to str, which we would only encode back (paths
-# stay bytes, undecodable names included): 3.5x the time (122 vs 33 ms per 100,000 events,
-# measured here), in the loop that must keep up with a burst. And its read() waits on the
-# inotify fd alone, where we also wait on the signal wake-up fd.
-_EVENT = struct.Struct("iIII")
-_OPENED = F.OPEN | F.CLOSE_NOWRITE
-
-
-@dataclass(eq=False)
-class _Scan:
-    root: Root
-    top: bytes
-    why: str
-    shallow: bool = False  # `top` only, and the directories below it not known yet
-    steps: Iterator[FileVersion | None] | None = None
-    files: int = 0
 
 
 @dataclass
@@ -97,7 +74,6 @@ class Watcher:
         self.inotify = inotify
         self.clock = clock
         self.ignored = ignore_matcher(cfg.watch.ignore)
-        self.ignore = cfg.watch.ignore
         self.roots = [Root(s, os.fsencode(d)) for s in cfg.watch.sources for d in s.dirs]
         for source in cfg.watch.sources:
             for link in filter(None, (symlink_on_the_way(source, d) for d in source.dirs)):
@@ -106,7 +82,7 @@ class Watcher:
                           " real directory (config check refuses this)", source.name, link,
                           source.root)
         self.watches = Watches(inotify, self.roots, self.ignored, clock)
-        self.scans: deque[_Scan] = deque()
+        self.scans = Scans(self.watches, cfg.watch.ignore, clock)
         self.created: dict[bytes, tuple[float, str]] = {}  # IN_CREATE seen, no IN_OPEN yet
         self.linked: set[bytes] = set()                    # created, then opened: await close
         self.opens: dict[bytes, int] = {}                  # names open as far as we saw
@@ -136,7 +112,7 @@ class Watcher:
         batch = _Batch()
 
         def drain() -> None:
-            self._handle(self._read(), self.clock(), batch)
+            self._handle(read_all(self.inotify.fileno()), self.clock(), batch)
 
         for root in self.roots:
             self.watches.watch_tree(root, drain)
@@ -156,7 +132,7 @@ class Watcher:
                  len(self.watches.unwatched), str(rescan).lower())
         if rescan:
             for root in self.roots:
-                self._add_scan(root, root.path, "start")
+                self.scans.add(root, root.path, "start")
 
     def step(self, stop: threading.Event | None = None, wait: bool = True) -> None:
         """Wait for events (or a deadline), read them all, enqueue what they mean at once;
@@ -171,7 +147,7 @@ class Watcher:
             elif self.busy and timeout:  # a burst: one commit per few ms, not per file
                 time.sleep(BUSY_DELAY)
         now = self.clock()
-        data = self._read()
+        data = read_all(self.inotify.fileno())
         self.busy = bool(data)
         batch = _Batch()
         self._handle(data, now, batch)
@@ -180,7 +156,8 @@ class Watcher:
         if not (stop is not None and stop.is_set()):
             self._advance_scans(now, batch)
             self._check_roots(now)
-            self._tick_unwatched(now)
+            self.scans.tick_unwatched(now)
+            self._sum_up_unwatched(now)
         self._decide(now, batch, everything=False)
         self._commit(batch)
         if now >= self.upkeep.due() and not (stop is not None and stop.is_set()):
@@ -193,7 +170,7 @@ class Watcher:
         """Commit what was read and decided so far; what was not, the next start-up scan finds."""
         notify.notify("STOPPING=1")
         batch = _Batch()
-        self._handle(self._read(), self.clock(), batch)
+        self._handle(read_all(self.inotify.fileno()), self.clock(), batch)
         self._decide(self.clock(), batch, everything=True)
         self._commit(batch)
         for scan in self.scans:  # the next start-up rescan makes up for these
@@ -205,20 +182,9 @@ class Watcher:
 
     # --- events --------------------------------------------------------------------------
 
-    def _read(self) -> bytes:
-        # Read everything queued right now in one read(): one batch, one transaction.
-        size = array.array("i", [0])
-        fcntl.ioctl(self.inotify.fileno(), termios.FIONREAD, size)
-        if not size[0]:
-            return b""
-        try:
-            return os.read(self.inotify.fileno(), size[0])
-        except BlockingIOError:
-            return b""
-
     def _handle(self, data: bytes, now: float, batch: _Batch) -> None:
         where_is, ignored = self.watches.dirs.get, self.ignored
-        for wd, mask, name in _events(data):
+        for wd, mask, name in events(data):
             if mask & F.Q_OVERFLOW:
                 self._overflow()
                 continue
@@ -277,7 +243,7 @@ class Watcher:
 
     def _dir_event(self, mask: int, path: bytes, root: Root) -> None:
         if mask & (F.CREATE | F.MOVED_TO):
-            self._add_scan(root, path, "new dir", first=True)
+            self.scans.add(root, path, "new dir", first=True)
         elif mask & F.MOVED_FROM:
             self._unwatch_tree(path)
 
@@ -305,7 +271,7 @@ class Watcher:
                     log.info("mount changed source=%s dir=%s why=%s", root.source.name,
                              shown(point), why)
                     self._unwatch_tree(point, why)
-                    self._add_scan(root, point, why, first=True)
+                    self.scans.add(root, point, why, first=True)
 
     def _unwatch_tree(self, top: bytes, why: str = "moved away") -> None:
         """A directory left the tree: drop its watches, and every wait on a name below it."""
@@ -323,7 +289,7 @@ class Watcher:
         self.opens.clear()
         self.linked.clear()
         for root in self.watches.present_roots():
-            self._add_scan(root, root.path, "overflow")
+            self.scans.add(root, root.path, "overflow")
 
     def _decide(self, now: float, batch: _Batch, everything: bool) -> None:
         """Take the waiting names whose grace is over (all of them when stopping)."""
@@ -356,80 +322,26 @@ class Watcher:
 
     # --- scans ---------------------------------------------------------------------------
 
-    def _add_scan(self, root: Root, top: bytes, why: str, first: bool = False,
-                  shallow: bool = False) -> bool:
-        """Queue a walk of `top`; False if the same walk is queued and not started (it will
-        see everything)."""
-        if any(s.top == top and s.steps is None and s.shallow <= shallow for s in self.scans):
-            return False
-        # A new dir goes before a long rescan, which resumes where it paused.
-        (self.scans.appendleft if first else self.scans.append)(
-            _Scan(root, top, why, shallow))
-        return True
-
     def _advance_scans(self, now: float, batch: _Batch) -> None:
-        """Walk queued scans for a short slice, so events keep being read during a long one."""
-        deadline = self.clock() + SCAN_SLICE
-        listed = 0
+        """What the queued walks find in a slice: queued, or held while it may still be
+        written (fresh), or left to the event that enqueues it."""
         fresh_after = time.time_ns() - FRESH_NS
-        while self.scans:
-            scan = self.scans[0]
-            if scan.steps is None:
-                scan.steps = walk(scan.top, scan.root.source.name, self.ignore,
-                                  on_dir=self._on_dir(scan))
-            for version in scan.steps:
-                if version is None:
-                    listed += 1
-                    if listed >= SCAN_SLICE_DIRS or self.clock() >= deadline:
-                        return
-                    continue
-                scan.files += 1
-                path = version.path
-                if path in self.opens or path in batch.names:
-                    continue  # its close-write (or the event just read) enqueues it
-                if version.mtime_ns >= fresh_after:
-                    self.fresh.pop(path, None)
-                    self.fresh[path] = (now, version.source)
-                else:
-                    batch.scanned.append(version)
-            self.scans.popleft()
-            if scan.shallow:
-                self.watches.unwatched.scanned(now)
-            (log.debug if scan.why in ("new dir", "unwatched") else log.info)(
-                "scan done source=%s dir=%s files=%d why=%s", scan.root.source.name,
-                shown(scan.top), scan.files, scan.why.replace(" ", "_"))
-
-    def _on_dir(self, scan: _Scan) -> Callable[[bytes], bool]:
-        """What a walk does with each directory before listing it: watch it. A shallow
-        walk lists its top and the directories it finds that are new (no event told of
-        them: its top has no watch); the known ones have their own watch, or scan."""
-        watches, root = self.watches, scan.root
-        if not scan.shallow:
-            return lambda d: watches.watch(d, root)
-
-        def on_dir(d: bytes) -> bool:
-            if d == scan.top:
-                return True
-            known = d in watches.wds or d in watches.unwatched.dirs
-            return not known and watches.watch(d, root)
-
-        return on_dir
+        for version in self.scans.advance(now):
+            path = version.path
+            if path in self.opens or path in batch.names:
+                continue  # its close-write (or the event just read) enqueues it
+            if version.mtime_ns >= fresh_after:
+                self.fresh.pop(path, None)
+                self.fresh[path] = (now, version.source)
+            else:
+                batch.scanned.append(version)
 
     def _check_roots(self, now: float) -> None:
         for root in self.watches.roots_back(now):
-            if not any(s.top == root.path for s in self.scans):
+            if not self.scans.has(root.path):
                 log.info("source dir back source=%s dir=%s", root.source.name,
                          shown(root.path))
-                self._add_scan(root, root.path, "dir back")
-
-    def _tick_unwatched(self, now: float) -> None:
-        """Scan the directories that have no watch (the watch limit was reached), after
-        trying again to watch them; say how many there are when that changes."""
-        unwatched = self.watches.unwatched
-        if now >= unwatched.due():
-            unwatched.tick(now, sum(self._add_scan(root, path, "unwatched", shallow=True)
-                                    for path, root in self.watches.retry_unwatched()))
-        self._sum_up_unwatched(now)
+                self.scans.add(root, root.path, "dir back")
 
     def _sum_up_unwatched(self, now: float) -> None:
         line = self.watches.unwatched.summary(now, len(self.watches))
@@ -448,18 +360,3 @@ class Watcher:
                 until.append(next(iter(waiting.values()))[0] + GRACE)
         return max(0.001, min(until) - now)
 
-
-def _events(data: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """(wd, mask, name) of each event in one read of the inotify fd; the cookie is unused.
-
-    Dropped here, before any other work: a directory opened or closed (our own walks list
-    each directory, which queues 4 such events; consumers open directories too) and the
-    consumer's private names while it deletes a file (set aside, then unlinked).
-    """
-    unpack, pos, end = _EVENT.unpack_from, 0, len(data)
-    while pos < end:
-        wd, mask, _cookie, size = unpack(data, pos)
-        start, pos = pos + 16, pos + 16 + size
-        if (mask & F.ISDIR and mask & _OPENED) or data.startswith(DELETING_PREFIX, start, pos):
-            continue
-        yield wd, mask, data[start:pos].rstrip(b"\0")

@@ -14,9 +14,10 @@ import yaml
 from inotify_simple import INotify
 
 from sftppush import config, signals
+from sftppush.events import events
 from sftppush.queue import Queue
 from sftppush.safeopen import set_aside_name
-from sftppush.watcher import Watcher, _events
+from sftppush.watcher import Watcher
 from sftppush.watches import SUBDIR_MASK
 
 from .conftest import WatcherProcess, WatchTree, cli_argv, stopped_after
@@ -252,8 +253,7 @@ def test_directory_listings_and_private_names_are_dropped_as_events_are_read(tmp
         os.rename(uploaded, aside)
         os.unlink(aside)
         write(kept)
-        events = [(mask, name) for _, mask, name in _events(os.read(inotify.fileno(), 1 << 16))]
-    names = [name for _, name in events]
+        names = [name for _, _, name in events(os.read(inotify.fileno(), 1 << 16))]
     assert not [name for name in names if name.startswith(b".sftppush-deleting.")]
     assert b"" not in names and b"sub" not in names, "a directory opened or closed"
     assert names.count(b"uploaded.csv") == 4  # created, opened, closed, moved away
