@@ -44,6 +44,7 @@ class Scans:
         self.ignore = ignore
         self.clock = clock
         self.queued: deque[Scan] = deque()
+        self.waiting: set[tuple[bytes, bool]] = set()  # (top, shallow) of those not started
 
     def __bool__(self) -> bool:
         return bool(self.queued)
@@ -56,8 +57,9 @@ class Scans:
         """Queue a walk of `top`; False if the same walk is queued and not started (it will
         see everything). A new dir goes `first`, before a long rescan, which resumes where
         it paused."""
-        if any(s.top == top and s.steps is None and s.shallow <= shallow for s in self.queued):
-            return False
+        if (top, False) in self.waiting or (top, shallow) in self.waiting:
+            return False  # a full walk covers a shallow one, not the other way round
+        self.waiting.add((top, shallow))
         (self.queued.appendleft if first else self.queued.append)(
             Scan(root, top, why, shallow))
         return True
@@ -73,6 +75,7 @@ class Scans:
         while self.queued:
             scan = self.queued[0]
             if scan.steps is None:
+                self.waiting.discard((scan.top, scan.shallow))
                 scan.steps = walk(scan.top, scan.root.source.name, self.ignore,
                                   on_dir=self._on_dir(scan))
             for version in scan.steps:
