@@ -85,6 +85,7 @@ class Watcher:
         self.scans = Scans(self.watches, cfg.watch.ignore, clock)
         self.created: dict[bytes, tuple[float, str]] = {}  # IN_CREATE seen, no IN_OPEN yet
         self.linked: set[bytes] = set()                    # created, then opened: await close
+        self.touched: set[bytes] = set()                   # attributes changed while open
         self.opens: dict[bytes, int] = {}                  # names open as far as we saw
         self.fresh: dict[bytes, tuple[float, str]] = {}    # scanned, maybe still being written
         self.poller = select.poll()
@@ -217,16 +218,28 @@ class Watcher:
             if self.created.pop(path, None) is not None:
                 self.linked.add(path)
         elif mask & F.CLOSE_NOWRITE:
-            if not self._closed(path) and path in self.linked:
-                self.linked.discard(path)  # created, opened only to read, closed: a link
-                names[path] = (source, "created")
+            self._closed_reading(path, source, names)
         elif mask & F.ATTRIB:
-            if path not in self.opens and path not in self.created and path not in self.linked:
+            if path in self.opens:  # a writer's close-write takes it; a reader's, below
+                self.touched.add(path)
+            elif path not in self.created and path not in self.linked:
                 names.setdefault(path, (source, "attrib"))
         elif mask & (F.MOVED_FROM | F.DELETE):
             self._settled(path)
             self.opens.pop(path, None)
             names.pop(path, None)
+
+    def _closed_reading(self, path: bytes, source: str,
+                        names: dict[bytes, tuple[str, str]]) -> None:
+        """A close of a name opened to read: a link seen whole, or a change made meanwhile."""
+        if self._closed(path):
+            return
+        if path in self.linked:
+            self.linked.discard(path)  # created, opened only to read, closed: a link
+            names[path] = (source, "created")
+        elif path in self.touched:  # changed while a reader (a consumer) had it open
+            self.touched.discard(path)
+            names.setdefault(path, (source, "attrib"))
 
     def _closed(self, path: bytes) -> bool:
         """One close of `path`; True while it is still open elsewhere."""
@@ -239,6 +252,7 @@ class Watcher:
         """An event that enqueues `path` itself ends every wait on it."""
         self.created.pop(path, None)
         self.linked.discard(path)
+        self.touched.discard(path)
         self.fresh.pop(path, None)
 
     def _dir_event(self, mask: int, path: bytes, root: Root) -> None:
@@ -281,6 +295,7 @@ class Watcher:
             for path in [p for p in waiting if p.startswith(prefix)]:
                 del waiting[path]
         self.linked = {p for p in self.linked if not p.startswith(prefix)}
+        self.touched = {p for p in self.touched if not p.startswith(prefix)}
 
     def _overflow(self) -> None:
         # Events were dropped: what we knew of open files is unreliable, and any directory
@@ -288,6 +303,7 @@ class Watcher:
         log.warning("inotify queue overflowed: rescanning roots=%d", len(self.roots))
         self.opens.clear()
         self.linked.clear()
+        self.touched.clear()
         for root in self.watches.present_roots():
             self.scans.add(root, root.path, "overflow")
 

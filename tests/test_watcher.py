@@ -8,6 +8,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -174,6 +175,34 @@ def test_mtime_set_after_close_is_a_new_version(watch_tree: WatchTree, watcher: 
     entries = [e for e in watch_tree.entries() if e.path == os.fsencode(path)]
     assert [(e.found_by, e.mtime_ns) for e in entries][-1] == ("attrib", 1_600_000_000 * 10**9)
     assert len(entries) == 2
+
+
+def test_mtime_restored_while_a_reader_has_the_file_open_is_a_new_version(
+        watch_tree: WatchTree):
+    """`sftp put -p` over a file a consumer is reading: the client's close-write is read
+    with the new mtime, then its utime restores the old one while the consumer still has
+    the file open. That change (only ctime tells the version) is queued at the reader's
+    close. In-process, to hold the order of the reads still."""
+    cfg = config.load(watch_tree.config, env={})
+    path = watch_tree.upload / "resent.csv"
+    with Queue(watch_tree.queue_path) as queue, INotify(nonblocking=True) as inotify:
+        watcher = Watcher(cfg, queue, inotify)
+        watcher.start(rescan=False)
+        path.write_bytes(b"the first send\n")
+        old = path.stat()
+        reader = os.open(path, os.O_RDONLY)  # the consumer, uploading the first send
+        watcher.step()  # reads the reader's open (two opens in a row are one event)
+        path.write_bytes(b"the re-send, in place\n")
+        watcher.step()  # reads the re-send's close-write
+        time.sleep(0.05)  # ctime ticks with the kernel's coarse clock
+        os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+        watcher.step()  # reads the change while the file is still open
+        os.close(reader)
+        watcher.step()  # reads the reader's close
+        watcher.shutdown()
+    final = path.stat()
+    last = watch_tree.entries()[-1]
+    assert (last.mtime_ns, last.ctime_ns) == (old.st_mtime_ns, final.st_ctime_ns)
 
 
 def test_sigterm_commits_what_was_read_and_exits_0(watch_tree: WatchTree,
