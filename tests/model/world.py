@@ -160,6 +160,7 @@ class World:
             if where is not None and before is not None:
                 before.fate = "superseded"
                 w.version.paths.add(w.path)
+                w.version.fate = "on disk" if where is self.files else "away"
                 where[w.path] = (w.inode, w.version.n)
         w.version.states.append(w.version.content + chunk)
         return os.fstat(w.fd).st_nlink > 0
