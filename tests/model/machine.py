@@ -473,12 +473,18 @@ class Model(RuleBasedStateMachine):
         """Time passes: PUTs past the request timeout end (each reached the store or not),
         and leases run out (another consumer may then upload a version again)."""
         self.clock.now += seconds
-        for c in self.consumers:
+        for c in list(self.consumers):
             if c.transport is not None:
                 if reached and any(self.clock.now - p.started >= REQUEST_TIMEOUT
                                    for p in c.transport.pending):
                     self.dup_ok = True
-                c.transport.time_out(reached)
+                try:
+                    c.transport.time_out(reached)
+                except Killed:
+                    self._died(c, reached=False)
+                    continue
+                if self.store.faults.killed:
+                    self._died(c, reached=False)
         if seconds >= LEASE and any(c.c.inflight for c in self.consumers):
             self.dup_ok = True
 
