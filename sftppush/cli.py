@@ -8,6 +8,7 @@ Commands stay short; the work lives in the rooms, imported inside each command s
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,10 +40,12 @@ class _Group(click.Group):
 
 
 def _fail(ctx: click.Context, exc: BaseException, code: int, prefix: str = "") -> None:
+    from sftppush import logs
+
     if (ctx.obj or {}).get("log_level") == "debug":
         raise exc
     message = " ".join(str(exc).split()) or type(exc).__name__
-    click.echo(f"sftppush: {prefix}{message}", err=True)
+    logs.line(f"sftppush: {prefix}{message}")
     ctx.exit(code)
 
 
@@ -268,12 +271,30 @@ def config_group() -> None:
 
 @config_group.command("check")
 @_source_option
+@click.option("--no-environment", is_flag=True,
+              help="Check the configuration's syntax only, not the buckets, directories, "
+                   "leases and modules it names.")
 @click.pass_context
-def config_check(ctx: click.Context, sources: tuple[str, ...]) -> None:
-    """Validate the configuration; exit 2 with one line naming the problem."""
+def config_check(ctx: click.Context, sources: tuple[str, ...], no_environment: bool) -> None:
+    """Validate the configuration (exit 2 with one line naming the problem), then check the
+    environment as the running user: each bucket with the credentials, each source directory,
+    leases, the queue directory and the optional modules (exit 1, one line per problem)."""
+    from sftppush import checks, logs
+
     cfg = _config(ctx, sources=sources)
     names = ", ".join(s.name for s in cfg.watch.sources)
     click.echo(f"config ok: {cfg.file or 'no file'}; sources: {names}; queue: {cfg.queue.path}")
+    if no_environment:
+        return
+    findings, fine = checks.environment(cfg)
+    for finding in findings:
+        logs.line(f"sftppush: {'problem' if finding.problem else 'note'}: {finding.text}",
+                  logging.ERROR if finding.problem else logging.WARNING)
+    problems = sum(f.problem for f in findings)
+    if problems:
+        raise SftppushError(f"config check: {problems} problem{'s' * (problems > 1)} in the"
+                            f" environment of user {checks.user()}")
+    click.echo(f"environment ok for user {checks.user()}: {'; '.join(fine)}")
 
 
 @config_group.command("show")

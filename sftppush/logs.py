@@ -8,14 +8,53 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
+from typing import TextIO
 
 from sftppush.config import LogConfig
 
 # A field's value runs to the next ` name=`: paths and errors may hold spaces.
 _FIELD = re.compile(r"(?:^| )([a-z_]+)=(.*?)(?= [a-z_]+=|$)", re.S)
+# C0, DEL, C1 and the Unicode line and paragraph separators: each can end or fake a line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# sd-daemon(3): what journald reads from the start of a line it gets on a stream.
+PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+            logging.CRITICAL: 2}
+
+
+def escape(text: str) -> str:
+    """`text` with every control character shown as an escape (`\\n`, `\\x1b`, `\\u2028`)."""
+    return _CONTROL.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match[0]
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100
+                                else f"\\u{ord(char):04x}")
+
+
+def is_journal(stream: TextIO) -> bool:
+    """True when `stream` is connected to the journal: $JOURNAL_STREAM names its device and
+    inode (systemd sets it for a service's stdout and stderr)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # closed, or not a real file (a test's)
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+def line(text: str, level: int = logging.ERROR, stream: TextIO | None = None) -> None:
+    """Write one line that is not a log record (the CLI's error and check lines): escaped,
+    with its priority when `stream` (stderr by default) is the journal."""
+    stream = stream or sys.stderr
+    priority = f"<{PRIORITY.get(level, 6)}>" if is_journal(stream) else ""
+    stream.write(f"{priority}{escape(text)}\n")
+    stream.flush()
 
 
 class TextFormatter(logging.Formatter):
