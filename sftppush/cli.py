@@ -2,7 +2,8 @@
 
 Commands stay short; the work lives in the rooms, imported inside each command so that
 `sftppush --help` and `config check` stay fast. Exit status: 0 ok, 1 runtime failure,
-2 usage or configuration error — always one line on stderr, a traceback only at debug.
+2 usage or configuration error — always one line on stderr, a traceback (folded into one more
+line) only at debug.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ class _Group(click.Group):
 
 
 def _fail(ctx: click.Context, exc: BaseException, code: int, prefix: str = "") -> None:
+    import traceback
+
     from sftppush import logs
 
-    if (ctx.obj or {}).get("log_level") == "debug":
-        raise exc
+    if (ctx.obj or {}).get("log_level") == "debug":  # folded into one line, as logs.py does
+        logs.line("sftppush: " + "".join(traceback.format_exception(exc)).strip(),
+                  logging.DEBUG)
     message = " ".join(str(exc).split()) or type(exc).__name__
     logs.line(f"sftppush: {prefix}{message}")
     ctx.exit(code)

@@ -214,8 +214,8 @@ def classify(exc: BaseException, what: str = "S3",
     if isinstance(exc, crt.Failed):
         if exc.status is None:
             return verdict(None, None, f"PutObject {exc}", where)
-        return verdict(exc.status, exc.code,
-                       f"{what} PutObject{where}: {exc.code} ({exc.status}) {exc}", where)
+        said = f"{exc.code} ({exc.status}) {exc}" if exc.code else str(exc)  # "HTTP 404"
+        return verdict(exc.status, exc.code, f"{what} PutObject{where}: {said}", where)
     if isinstance(exc, (botocore.exceptions.NoCredentialsError,
                         botocore.exceptions.PartialCredentialsError)):
         # The instance metadata service may be unreachable at boot: wait for it, never fail.
