@@ -142,8 +142,7 @@ HINTS = {
                                     " bucket's region",
     "PermanentRedirect": "bucket {bucket} is in another region: set defaults.awsregion to it",
     "301": "bucket {bucket} is in another region: set defaults.awsregion to it",
-    "403": "forbidden: wrong credentials, or no permission on bucket {bucket}; "
-           + _CREDENTIALS,
+    "403": "wrong credentials, or no permission on bucket {bucket}; " + _CREDENTIALS,
     "BadDigest": _CORRUPTED,
     "XAmzContentSHA256Mismatch": _CORRUPTED,
     "InvalidStorageClass": "the store does not offer this storage class: change"
@@ -192,8 +191,9 @@ def verdict(status: int | None, code: str | None, message: str,
                               + (_hint(hint, where) if hint else ""))
     if code in HINTS:
         message += _hint(HINTS[code], where)
-    if code in CORRUPTED_CODES:
-        log.warning("store refused a damaged body%s code=%s", where, code)
+    if code in CORRUPTED_CODES:  # worth knowing even when the next attempt succeeds
+        log.warning("store refused a body damaged on the way, sent again bucket=%s"
+                    " endpoint=%s code=%s", where.bucket, where.endpoint, code)
     if is_transient(code, status):
         return TransientError(message)
     return PermanentError(message)

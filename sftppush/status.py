@@ -8,6 +8,7 @@ it shows are those the queue keeps with each ack, never derived from done entrie
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import threading
 import time
@@ -208,7 +209,15 @@ def serve(queue_path: Path, host: str, port: int, stop: threading.Event | None =
     registry.register(QueueCollector(read_now))
     stop = stop or threading.Event()
     with signals.on_stop(stop) as stopping:
-        server, thread = start_http_server(port, host, registry)
+        try:
+            server, thread = start_http_server(port, host, registry)
+        except OSError as exc:
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            fix = (f"another process holds it (ss -ltnp 'sport = :{port}'), or give another"
+                   " with --listen" if exc.errno == errno.EADDRINUSE else
+                   "give an address of this host with --listen")
+            raise SftppushError(f"metrics: cannot listen on {address}: {exc.strerror}:"
+                                f" {fix}") from None
         bound = server.server_address[1]
         log.info("serving metrics address=%s port=%d queue=%s", host, bound, queue_path)
         try:

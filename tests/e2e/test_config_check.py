@@ -10,21 +10,10 @@ problem is one line naming where it is and what to do; the exit status is 1.
 
 from __future__ import annotations
 
-import datetime
 import os
 import shutil
-import socket
-import ssl
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sftppush.locals3 import free_port
 from tests.conftest import FAKE_REGION, RcloneS3, SourceTree, child_env, cli_argv
@@ -105,48 +94,6 @@ def test_a_store_that_does_not_answer_names_the_endpoint(source_tree) -> None:
     assert result.returncode == 1, result
     (line,) = problems(result)
     assert f"nothing answers at {endpoint}" in line and "endpoint_url" in line
-
-
-@pytest.fixture
-def tls_listener(tmp_path: Path) -> Iterator[str]:
-    """An https endpoint on loopback whose certificate no one trusts (self-signed)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    pem = tmp_path / "tls.pem"
-    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pem)
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            try:
-                with context.wrap_socket(conn, server_side=True):
-                    pass
-            except (ssl.SSLError, OSError):
-                pass  # the client gave up on our certificate: that is the point
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
 
 
 def test_an_untrusted_certificate_points_at_aws_ca_bundle(source_tree, tls_listener) -> None:
