@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -205,14 +206,17 @@ def queue_status(ctx: click.Context, as_json: bool, prometheus: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def queue_list(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
-    """Entries, newest first, with their errors."""
+    """Entries, newest first: state, attempts, when a pending one is tried again, path, key,
+    and the error while it stands."""
     from sftppush import status
     from sftppush.entries import State
 
     with _open_queue(_config(ctx, need_sources=False)) as q:
         entries = q.list(State(state) if state else None, limit)
+    now = time.time()
     for entry in entries:
-        click.echo(json.dumps(entry.to_json()) if as_json else status.entry_line(entry))
+        click.echo(json.dumps(status.entry_json(entry, now)) if as_json
+                   else status.entry_line(entry, now))
 
 
 @queue.command("replay")

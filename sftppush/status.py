@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sftppush import signals
-from sftppush.entries import Entry
+from sftppush import __version__, signals
+from sftppush.entries import Entry, State
 from sftppush.errors import SftppushError
 from sftppush.queue import Queue
 
@@ -119,8 +119,9 @@ def text(stats: Stats, path: Path) -> str:
         f"  last upload {_when(stats.last_upload_at)}  watcher heartbeat {beat}",
     ]
     if stats.failures:
-        lines.append("  failed by reason: " + "  ".join(
-            f"{reason} {n}" for reason, n in sorted(stats.failures.items())))
+        lines.append("  failures ever (since the queue file was made), by reason: " + "  ".join(
+            f"{reason} {n}" for reason, n in sorted(stats.failures.items()))
+            + f"  (failed now: {stats.failed}, see queue list --state failed)")
     if stats.top_errors:
         lines.append("  top errors:")
         lines += [f"    {count:>6}  {error}" for error, count in stats.top_errors]
@@ -139,6 +140,10 @@ class QueueCollector(Collector):
         except SftppushError as exc:  # missing, locked out, or being replaced: say so
             log.warning("queue unreadable error=%s", exc)
             stats = None
+        info = GaugeMetricFamily("sftppush_build_info", "The sftppush serving these metrics.",
+                                 labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
         yield GaugeMetricFamily("sftppush_queue_up", "1 if the queue file could be read.",
                                 value=int(stats is not None))
         if stats is not None:
@@ -237,9 +242,32 @@ def _when(at: float | None) -> str:
         "%Y-%m-%dT%H:%M:%SZ")
 
 
-def entry_line(entry: Entry) -> str:
-    when = _when(entry.enqueued_at)
-    extra = "".join(f" {k}={v!r}" for k, v in (("error", entry.last_error),
+def current_error(entry: Entry) -> str | None:
+    """The entry's last error while it still stands: not once the entry is done (an upload
+    that succeeded after an outage keeps the outage's message in the queue)."""
+    return None if entry.state == State.DONE else entry.last_error
+
+
+def retry_in(entry: Entry, now: float) -> float | None:
+    """Seconds until a pending entry is tried again (None when it is due, or not pending)."""
+    if entry.state != State.PENDING or entry.due <= now:
+        return None
+    return entry.due - now
+
+
+def entry_json(entry: Entry, now: float) -> dict[str, Any]:
+    """`queue list --json`'s object: the entry as stored (`last_error` as it was last seen),
+    with `error` (the current one) and `retry_in_s`."""
+    return {**entry.to_json(), "error": current_error(entry), "retry_in_s": retry_in(entry, now)}
+
+
+def entry_line(entry: Entry, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    wait = retry_in(entry, now)
+    extra = "".join(f" {k}={v!r}" for k, v in (("key", entry.key),
+                                               ("error", current_error(entry)),
                                                ("note", entry.note)) if v)
-    return (f"{entry.id:>8} {entry.state.value:<8} attempts={entry.attempts} {when}"
-            f" source={entry.source} path={entry.display_path!r}{extra}")
+    retry = f" retry_in={wait:.0f}s" if wait is not None else ""
+    return (f"{entry.id:>8} {entry.state.value:<8} attempts={entry.attempts}{retry}"
+            f" {_when(entry.enqueued_at)} source={entry.source} path={entry.display_path!r}"
+            f"{extra}")
