@@ -115,9 +115,12 @@ def watch(ctx: click.Context, sources: tuple[str, ...], no_rescan: bool) -> None
 def consume(ctx: click.Context, workers: int | None, drain: bool,
             sources: tuple[str, ...]) -> None:
     """Run a consumer: claim entries, upload them, delete the local files."""
-    from sftppush import consumer
+    from sftppush import consumer, progress
+    from sftppush.owners import owner_token
 
-    consumer.run(_config(ctx, sources=sources, **{"consumer.workers": workers}), drain=drain)
+    cfg = _config(ctx, sources=sources, **{"consumer.workers": workers})
+    with progress.Reporter(cfg.queue.path, owner_token()):  # a line per large upload / 30 s
+        consumer.run(cfg, drain=drain)
 
 
 @cli.command()
@@ -210,13 +213,17 @@ def queue_list(ctx: click.Context, state: str | None, limit: int, as_json: bool)
     and the error while it stands."""
     from sftppush import status
     from sftppush.entries import State
+    from sftppush.progress import in_flight
 
+    now = time.time()
     with _open_queue(_config(ctx, need_sources=False)) as q:
         entries = q.list(State(state) if state else None, limit)
-    now = time.time()
+        with q.reading() as db:
+            going = {p.id: p for p in in_flight(db, now)}
     for entry in entries:
-        click.echo(json.dumps(status.entry_json(entry, now)) if as_json
-                   else status.entry_line(entry, now))
+        shown = going.get(entry.id)
+        click.echo(json.dumps(status.entry_json(entry, now, shown)) if as_json
+                   else status.entry_line(entry, now, shown))
 
 
 @queue.command("replay")

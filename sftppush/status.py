@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from sftppush import __version__, signals
 from sftppush.entries import Entry, State
 from sftppush.errors import SftppushError
+from sftppush.progress import Progress, in_flight
 from sftppush.queue import Queue
 
 log = logging.getLogger("sftppush.status")
@@ -52,10 +53,12 @@ class Stats:
     retries: dict[str, int] = field(default_factory=dict)   # by reason class
     watcher_heartbeat_at: float | None = None
     file_bytes: int = 0  # the queue file with its WAL
+    in_flight: list[Progress] = field(default_factory=list)  # multipart uploads under way
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["top_errors"] = [{"error": e, "count": n} for e, n in self.top_errors]
+        data["in_flight"] = [p.to_json() for p in self.in_flight]
         return data
 
 
@@ -79,6 +82,7 @@ def read(q: Queue, now: float | None = None) -> Stats:
         for name, label, value in db.execute("SELECT name, label, value FROM counters"):
             counters.setdefault(name, {})[label] = value
         beat = db.execute("SELECT at FROM heartbeats WHERE role = 'watcher'").fetchone()
+        going = in_flight(db, now)
     return Stats(
         pending=counts.get("pending", 0), claimed=counts.get("claimed", 0),
         done=counts.get("done", 0), failed=counts.get("failed", 0),
@@ -93,6 +97,7 @@ def read(q: Queue, now: float | None = None) -> Stats:
         retries={k: int(v) for k, v in counters.get("retries", {}).items()},
         watcher_heartbeat_at=beat[0] if beat else None,
         file_bytes=file_bytes(q.file),
+        in_flight=going,
     )
 
 
@@ -122,6 +127,9 @@ def text(stats: Stats, path: Path) -> str:
         lines.append("  failures ever (since the queue file was made), by reason: " + "  ".join(
             f"{reason} {n}" for reason, n in sorted(stats.failures.items()))
             + f"  (failed now: {stats.failed}, see queue list --state failed)")
+    if stats.in_flight:
+        lines.append("  uploads in flight:")
+        lines += [f"    id {p.id}: {p.text()}  {p.path}" for p in stats.in_flight]
     if stats.top_errors:
         lines.append("  top errors:")
         lines += [f"    {count:>6}  {error}" for error, count in stats.top_errors]
@@ -192,6 +200,12 @@ def metrics(stats: Stats) -> Iterator[Metric]:
                             value=stats.watcher_heartbeat_at or 0)
     yield GaugeMetricFamily("sftppush_queue_file_bytes",
                             "Size of the queue file with its WAL.", value=stats.file_bytes)
+    yield GaugeMetricFamily("sftppush_uploads_in_flight",
+                            "Multipart uploads under way (a single PUT is not counted).",
+                            value=len(stats.in_flight))
+    yield GaugeMetricFamily("sftppush_in_flight_sent_bytes",
+                            "Bytes the store took so far of the multipart uploads under way.",
+                            value=sum(p.bytes_sent for p in stats.in_flight))
 
 
 def prometheus(stats: Stats) -> str:
@@ -255,16 +269,18 @@ def retry_in(entry: Entry, now: float) -> float | None:
     return entry.due - now
 
 
-def entry_json(entry: Entry, now: float) -> dict[str, Any]:
+def entry_json(entry: Entry, now: float, going: Progress | None = None) -> dict[str, Any]:
     """`queue list --json`'s object: the entry as stored (`last_error` as it was last seen),
-    with `error` (the current one) and `retry_in_s`."""
-    return {**entry.to_json(), "error": current_error(entry), "retry_in_s": retry_in(entry, now)}
+    with `error` (the current one), `retry_in_s` and `progress` (a multipart upload's)."""
+    return {**entry.to_json(), "error": current_error(entry), "retry_in_s": retry_in(entry, now),
+            "progress": going.to_json() if going else None}
 
 
-def entry_line(entry: Entry, now: float | None = None) -> str:
+def entry_line(entry: Entry, now: float | None = None, going: Progress | None = None) -> str:
     now = time.time() if now is None else now
     wait = retry_in(entry, now)
-    extra = "".join(f" {k}={v!r}" for k, v in (("key", entry.key),
+    extra = "".join(f" {k}={v!r}" for k, v in (("progress", going.text() if going else None),
+                                               ("key", entry.key),
                                                ("error", current_error(entry)),
                                                ("note", entry.note)) if v)
     retry = f" retry_in={wait:.0f}s" if wait is not None else ""
