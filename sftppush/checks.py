@@ -169,16 +169,16 @@ def _directory(directory: Path, who: str) -> str | None:
         return f"directory {directory} does not exist"
     except OSError as exc:
         return (f"directory {directory} is not readable by user {who} ({exc.strerror}):"
-                f" give {who} read and execute on it (group or ACL, as the README's install"
-                " step 4 shows)")
+                f" give {who} read and execute on it (group or ACL: docs/operations.md,"
+                " install step 4)")
     try:
         with _probe(directory) as fd:
             return _lease(directory, fd, who)
     except OSError as exc:
         return (f"directory {directory} is not writable by user {who} ({exc.strerror}):"
                 f" each file is deleted once uploaded, so without it every file is uploaded"
-                f" and kept (failed, cannot delete); give {who} write on it (group or ACL,"
-                " as the README's install step 4 shows; under systemd, check the unit's"
+                f" and kept (failed, cannot delete); give {who} write on it (group or ACL:"
+                " docs/operations.md, install step 4; under systemd, check the unit's"
                 " ReadWritePaths=)")
 
 

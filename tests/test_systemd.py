@@ -173,6 +173,20 @@ def test_the_consumer_checks_its_environment_before_each_start(entry_point: Path
             assert "ExecStartPre=" not in (UNITS / name).read_text(), name
 
 
+def test_documentation_points_at_the_projects_own_docs_as_installed() -> None:
+    """Documentation= names this project's docs where the install copies them, not the Go
+    tool's repository."""
+    install = (REPO / "docs" / "operations.md").read_text()
+    assert "sudo cp README.md docs/*.md /usr/share/doc/sftppush/" in install
+    for name in ALL_UNITS:
+        (line,) = [line for line in (UNITS / name).read_text().splitlines()
+                   if line.startswith("Documentation=")]
+        for uri in line.split("=", 1)[1].split():
+            assert uri.startswith("file:/usr/share/doc/sftppush/"), (name, uri)
+            shipped = uri.rsplit("/", 1)[1]
+            assert (REPO / shipped).is_file() or (REPO / "docs" / shipped).is_file(), uri
+
+
 def test_enabling_the_target_pulls_in_watcher_timer_and_consumers(tmp_path: Path) -> None:
     root = tmp_path / "root"
     system = install_units(root / "etc" / "systemd" / "system", {})
