@@ -214,7 +214,9 @@ def classify(exc: BaseException, what: str = "S3",
     if isinstance(exc, crt.Failed):
         if exc.status is None:
             return verdict(None, None, f"PutObject {exc}", where)
-        said = f"{exc.code} ({exc.status}) {exc}" if exc.code else str(exc)  # "HTTP 404"
+        detail = str(exc)  # the store's <Message>, else "HTTP 404"
+        said = detail if not exc.code and detail == f"HTTP {exc.status}" else \
+            f"{exc.code or 'HTTP'} ({exc.status}) {detail}"
         return verdict(exc.status, exc.code, f"{what} PutObject{where}: {said}", where)
     if isinstance(exc, (botocore.exceptions.NoCredentialsError,
                         botocore.exceptions.PartialCredentialsError)):
