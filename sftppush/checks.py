@@ -30,9 +30,11 @@ PROBE = ".sftppush-check"  # a dot name: the watcher's default ignore globs skip
 # What a check may wait for: an endpoint that does not answer is a finding, not a hang.
 TRANSFER = Transfer(connect_timeout=5.0, read_timeout=15.0, retry=RetryPolicy(attempts=1),
                     fast=False)
-OPTIONAL = (("awscrt", "crt", "small files go through boto3 alone, several times slower"),
-            ("isal", None, "gzip is inflated by zlib, about 3x slower"),
-            ("zstandard", "zstd", "zstd files are uploaded as they are, still compressed"))
+# (module, extra, what its absence costs, whether that is a problem or a note)
+MODULES = (("awscrt", "crt", "small files go through boto3 alone, several times slower", False),
+           ("isal", None, "gzip is inflated by zlib, about 3x slower", False),
+           ("zstandard", None, "zstd files are refused (a broken install: it is a dependency)",
+            True))
 
 
 @dataclass(frozen=True)
@@ -273,14 +275,14 @@ def _queue_dir(queue: Path) -> Iterator[Finding | str]:
     yield f"queue directory {directory} (write)"
 
 
-# --- optional modules ----------------------------------------------------------------------
+# --- modules ----------------------------------------------------------------------------
 
 def _modules() -> Iterator[Finding | str]:
-    for module, extra, without in OPTIONAL:
+    for module, extra, without, needed in MODULES:
         try:
             version = importlib.metadata.version(module)
         except importlib.metadata.PackageNotFoundError:
             fix = f"pip install 'sftppush[{extra}]'" if extra else f"pip install {module}"
-            yield Finding(f"module {module} is not installed: {without}; {fix}", problem=False)
+            yield Finding(f"module {module} is not installed: {without}; {fix}", problem=needed)
         else:
             yield f"{module} {version}"
