@@ -10,11 +10,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sftppush import __version__
-from sftppush.entries import FileVersion, State
+from sftppush.entries import FileVersion, State, Stored
 from sftppush.queue import Queue
 from sftppush.status import read as read_stats
 
 from .conftest import SourceTree
+
+STORED = Stored("0123abcd", "sha256-of-the-body")  # what an upload recorded
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def filled(source_tree: SourceTree) -> SourceTree:
         a, b, c, d, e = q.claim("test", 300, limit=5)
         q.ack(a, now=time.time() - 30 * 86400)
         q.take_key(b, "sftpuser1/upload/f1")
-        q.ack(b, uploaded=True)
+        q.ack(b, uploaded=STORED)
         q.fail(c, "corrupt gzip: unexpected end of stream", reason="corrupt")
         q.fail(d, "corrupt gzip: unexpected end of stream", reason="corrupt")
         q.retry_later(e, "could not connect to the endpoint", 3600, count_attempt=False)
@@ -79,7 +81,7 @@ def test_list_shows_the_key_when_a_pending_entry_retries_and_only_current_errors
         q.retry_later(late, "S3 unreachable: connection refused", 0, count_attempt=False)
         (late,) = q.claim("test", 300)
         q.take_key(late, "sftpuser1/upload/late")
-        q.ack(late, uploaded=True)
+        q.ack(late, uploaded=STORED)
     text = run_cli("--config", filled.config_path, "queue", "list").stdout
     lines = {line.split("path=")[1].split()[0].strip("'").rsplit("/", 1)[1]: line
              for line in text.splitlines()}
