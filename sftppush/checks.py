@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sftppush.config import Config, Target
 from sftppush.errors import ConfigError, PermanentError, TransientError
+from sftppush.owners import user_name
 from sftppush.s3 import HINTS, RetryPolicy, Sink, Transfer, make_client, make_session, options
 
 CAP_LEASE = 28  # linux/capability.h
@@ -46,14 +47,6 @@ class Finding:
 
 
 DENIED = Finding("HeadBucket forbidden")  # see _head_bucket
-
-
-def user() -> str:
-    uid = os.geteuid()
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
 
 
 def environment(cfg: Config, transfer: Transfer = TRANSFER) -> tuple[list[Finding], list[str]]:
@@ -152,7 +145,7 @@ def _code(exc: BaseException) -> str | None:
 # --- directories and leases ----------------------------------------------------------------
 
 def _sources(cfg: Config) -> Iterator[Finding | str]:
-    who = user()
+    who = user_name()
     for source in cfg.watch.sources:
         for directory in source.dirs:
             problem = _directory(directory, who)
@@ -241,7 +234,7 @@ def _name(uid: int) -> str:
 # --- the queue -----------------------------------------------------------------------------
 
 def _queue_dir(queue: Path) -> Iterator[Finding | str]:
-    who = user()
+    who = user_name()
     directory = queue.parent
     if not directory.exists():
         parent = next(p for p in directory.parents if p.exists())

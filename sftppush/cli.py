@@ -297,6 +297,7 @@ def config_check(ctx: click.Context, sources: tuple[str, ...], no_environment: b
     environment as the running user: each bucket with the credentials, each source directory,
     leases, the queue directory and the optional modules (exit 1, one line per problem)."""
     from sftppush import checks, logs
+    from sftppush.owners import user_name
 
     cfg = _config(ctx, sources=sources)
     names = ", ".join(s.name for s in cfg.watch.sources)
@@ -310,8 +311,8 @@ def config_check(ctx: click.Context, sources: tuple[str, ...], no_environment: b
     problems = sum(f.problem for f in findings)
     if problems:
         raise SftppushError(f"config check: {problems} problem{'s' * (problems > 1)} in the"
-                            f" environment of user {checks.user()}")
-    click.echo(f"environment ok for user {checks.user()}: {'; '.join(fine)}")
+                            f" environment of user {user_name()}")
+    click.echo(f"environment ok for user {user_name()}: {'; '.join(fine)}")
 
 
 @config_group.command("show")
