@@ -55,14 +55,15 @@ def _fail(ctx: click.Context, exc: BaseException, code: int, prefix: str = "") -
 
 
 def _config(ctx: click.Context, *, sources: tuple[str, ...] = (), need_sources: bool = True,
-            **flags: Any) -> Config:
+            check_dirs: bool = False, **flags: Any) -> Config:
     """Load the effective config with this invocation's flags, and set up logging."""
     from sftppush import logs
 
     obj = ctx.obj
     flags = {"defaults.log.level": obj["log_level"], "defaults.log.format": obj["log_format"],
              **flags}
-    cfg = load(obj["config"], flags=flags, sources=list(sources), need_sources=need_sources)
+    cfg = load(obj["config"], flags=flags, sources=list(sources), need_sources=need_sources,
+               check_dirs=check_dirs)
     logs.setup(cfg.defaults.log)
     return cfg
 
@@ -289,17 +290,25 @@ def config_group() -> None:
 @config_group.command("check")
 @_source_option
 @click.option("--no-environment", is_flag=True,
-              help="Check the configuration's syntax only, not the buckets, directories, "
-                   "leases and modules it names.")
+              help="Validate the configuration only: do not check the buckets, "
+                   "permissions, leases and modules as the running user.")
 @click.pass_context
 def config_check(ctx: click.Context, sources: tuple[str, ...], no_environment: bool) -> None:
-    """Validate the configuration (exit 2 with one line naming the problem), then check the
-    environment as the running user: each bucket with the credentials, each source directory,
-    leases, the queue directory and the optional modules (exit 1, one line per problem)."""
-    from sftppush import checks, logs
+    """Validate the configuration, its source trees included (exit 2 with one line naming the
+    problem), then check the environment as the running user: each bucket with the
+    credentials, each source directory's permissions and leases, the queue directory and the
+    modules (exit 1, one line per problem)."""
+    from sftppush import checks, logs, scan
     from sftppush.owners import user_name
 
-    cfg = _config(ctx, sources=sources)
+    cfg = _config(ctx, sources=sources, check_dirs=True)
+    trees = scan.check_sources(cfg)
+    for warning in trees.warnings:
+        logs.line(f"sftppush: warning: {warning}", logging.WARNING)
+    for problem in trees.problems[:-1]:
+        logs.line(f"sftppush: {problem}")
+    if trees.problems:
+        raise ConfigError(trees.problems[-1])
     names = ", ".join(s.name for s in cfg.watch.sources)
     click.echo(f"config ok: {cfg.file or 'no file'}; sources: {names}; queue: {cfg.queue.path}")
     if no_environment:

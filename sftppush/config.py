@@ -194,12 +194,15 @@ def config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str])
 
 def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
          flags: Mapping[str, Any] | None = None,
-         sources: list[str] | tuple[str, ...] | None = None, need_sources: bool = True) -> Config:
+         sources: list[str] | tuple[str, ...] | None = None, need_sources: bool = True,
+         check_dirs: bool = False) -> Config:
     """Build and validate the effective config.
 
     `flags` maps dotted keys (`consumer.workers`) to values given on the command line;
     `sources` are `--source` strings, which replace the file's sources when given.
-    `need_sources` is False for commands that only read the queue.
+    `need_sources` is False for commands that only read the queue. `check_dirs`: each source
+    dir must exist and be accessible (config check); a daemon starts without it, and the
+    watcher waits for a missing dir.
     """
     env = os.environ if env is None else env
     file = config_file(path, env)
@@ -216,7 +219,7 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
             _put(raw, dotted, value)
     if sources:
         raw["watch"]["source"] = [_parse_source_flag(s) for s in sources]
-    return _build(raw, file, env, need_sources)
+    return _build(raw, file, env, need_sources, check_dirs)
 
 
 def redacted(cfg: Config) -> dict[str, Any]:
@@ -380,7 +383,7 @@ def _section(values: dict[str, Any], section: str) -> dict[str, Any]:
 
 
 def _build(raw: dict[str, Any], file: Path | None, env: Mapping[str, str],
-           need_sources: bool) -> Config:
+           need_sources: bool, check_dirs: bool) -> Config:
     v = {key.name: _value(key, raw) for key in KEYS}
     userpath = Path(v["defaults.userpath"]).expanduser()
     s3target = v["defaults.s3target"]
@@ -396,7 +399,7 @@ def _build(raw: dict[str, Any], file: Path | None, env: Mapping[str, str],
     return Config(
         defaults=Defaults(**defaults, log=LogConfig(**_section(v, "defaults.log"))),
         watch=WatchConfig(_build_sources(v["watch.source"], userpath, default_target,
-                                         need_sources), v["watch.ignore"]),
+                                         need_sources, check_dirs), v["watch.ignore"]),
         queue=QueueConfig(**{**_section(v, "queue"), "path": queue_path.absolute()}),
         consumer=ConsumerConfig(**_section(v, "consumer"),
                                 s3=S3Config(**_section(v, "consumer.s3"))),
@@ -405,7 +408,7 @@ def _build(raw: dict[str, Any], file: Path | None, env: Mapping[str, str],
 
 
 def _build_sources(items: Any, userpath: Path, default_target: Target | None,
-                   need_sources: bool) -> tuple[Source, ...]:
+                   need_sources: bool, check_dirs: bool) -> tuple[Source, ...]:
     if not isinstance(items, list):
         raise ConfigError("config: watch.source must be a list of sources")
     if need_sources and not items:
@@ -416,7 +419,7 @@ def _build_sources(items: Any, userpath: Path, default_target: Target | None,
         source = _build_source(item, f"watch.source[{i}]", userpath, default_target)
         if any(s.name == source.name for s in sources):
             raise ConfigError(f"config: watch.source[{i}].name {source.name!r} is given twice")
-        problem = _unusable(source.dirs) if need_sources else None
+        problem = _unusable(source.dirs) if check_dirs else None
         if problem:
             raise ConfigError(f"config: watch.source[{i}] ({source.name}): {problem}")
         sources.append(source)

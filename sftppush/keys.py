@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 from sftppush.config import Source
+from sftppush.errors import PermanentError
 
 # The suffixes a detected format removes from the key (one of them, matched case-insensitively).
 SUFFIXES: dict[str, tuple[bytes, ...]] = {
@@ -22,6 +23,8 @@ SUFFIXES: dict[str, tuple[bytes, ...]] = {
     "zstd": (b".zst",),
 }
 _ESCAPED = re.compile("[%\udc80-\udcff]")
+MAX_KEY_BYTES = 1024  # S3's limit on an object key, in UTF-8 bytes (else KeyTooLongError)
+PATH_MAX = 4096       # linux/limits.h: a longer path is refused in one call
 
 
 def escape_component(raw: bytes) -> str:
@@ -68,10 +71,18 @@ def strip_suffix(name: bytes, fmt: str | None) -> bytes:
 
 
 def object_key(source: Source, path: bytes, fmt: str | None) -> str:
-    """The object key for the file at `path` of `source`, uploaded as format `fmt` detected."""
+    """The object key for the file at `path` of `source`, uploaded as format `fmt` detected.
+    A key over S3's 1,024 bytes is a PermanentError (final: no attempt can help)."""
     parts = relative_parts(source, path)
     parts[-1] = strip_suffix(parts[-1], fmt)
-    return source.target.key_for("/".join(escape_component(p) for p in parts))
+    key = source.target.key_for("/".join(escape_component(p) for p in parts))
+    if len(key.encode()) > MAX_KEY_BYTES:
+        over = f"; the path is {len(path)} bytes, over PATH_MAX ({PATH_MAX})" \
+            if len(path) >= PATH_MAX else ""
+        raise PermanentError(f"key too long: {len(key.encode())} bytes, S3 allows at most"
+                             f" {MAX_KEY_BYTES}{over}: shorten the file's name or"
+                             " directories", final=True)
+    return key
 
 
 def candidate_keys(source: Source, path: bytes) -> list[str]:

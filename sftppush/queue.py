@@ -440,6 +440,15 @@ class Queue(QueueFile):
             db.execute("INSERT OR REPLACE INTO heartbeats (role, owner, at) VALUES (?, ?, ?)",
                        (role, owner, self._now(now)))
 
+    def set_gauges(self, values: Mapping[str, float]) -> int:
+        """Gauges of a long-running role (the watcher's unwatched directories), kept with
+        the counters for read-only status and metrics to show; returns how many."""
+        with self._transaction() as db:
+            db.executemany("INSERT INTO counters (name, label, value) VALUES (?, '', ?)"
+                           " ON CONFLICT (name, label) DO UPDATE SET value = excluded.value",
+                           values.items())
+        return len(values)
+
     def counts(self) -> dict[State, int]:
         """Entries per state, from the counts the triggers keep (no table scan)."""
         with self._transaction(write=False) as db:

@@ -1,7 +1,9 @@
 """Walk a source's directories into file versions: the backfill (`rescan`) and the watcher's scans.
 
-Owns the ignore rules and the walk. It only lists directories and lstat()s names: it never
-opens a data file, never follows a symlink, and never talks to S3.
+Owns the ignore rules, the walk, and what `config check` says of the source trees (the same
+directory reached by two sources, a symlink on the way to a source dir, how close the tree
+is to the inotify watch limit). It only lists directories and stat()s names: it never
+opens a data file, never follows a symlink below a source dir, and never talks to S3.
 """
 
 from __future__ import annotations
@@ -13,18 +15,22 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import islice
+from pathlib import Path
 
+from sftppush import longpaths
 from sftppush.config import Config, Source
 from sftppush.entries import FileVersion, shown
 from sftppush.queue import Queue
 from sftppush.safeopen import DELETING_PREFIX
+from sftppush.watches import watch_limit
 
 log = logging.getLogger("sftppush.scan")
 
 BATCH = 2000  # versions per enqueue transaction during a rescan
+NEAR_LIMIT = 0.8  # config check warns past this share of the inotify watch limit
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,50 @@ class Counts:
     ignored: int = 0
 
 
+@dataclass(frozen=True)
+class Alias:
+    """One directory reached under two paths (a bind mount, or a symlinked source dir)."""
+
+    path: bytes
+    source: str
+    first_path: bytes
+    first_source: str
+
+    def __str__(self) -> str:
+        whose = (f"source {self.first_source} reaches the same directory twice"
+                 if self.source == self.first_source else
+                 f"sources {self.first_source} and {self.source} reach the same directory")
+        return (f"{whose}: {shown(self.path)} is {shown(self.first_path)} (same device and"
+                " inode: a bind mount?); its files would be uploaded twice, or under the"
+                " wrong prefix: keep it in one source")
+
+
+class Reached:
+    """The directories walks reached, by (st_dev, st_ino), each with the path and source that
+    reached it first. A directory reached again under another path is an alias, walked once:
+    its files belong to the first (the first source in the config's order)."""
+
+    def __init__(self) -> None:
+        self.first: dict[tuple[int, int], tuple[bytes, str]] = {}
+        self.aliases: list[Alias] = []
+
+    def reach(self, path: bytes, source: str, follow: bool = False) -> bool:
+        """True the first time the directory at `path` is reached: walk it. `follow`: `path`
+        is a source dir, which may be a symlink the administrator made."""
+        try:
+            st = os.stat(path) if follow else longpaths.lstat(path)
+        except OSError:
+            return True  # the listing says why, or skips what vanished
+        key = (st.st_dev, st.st_ino)
+        if key not in self.first:
+            self.first[key] = (path, source)
+            return True
+        first_path, first_source = self.first[key]
+        if first_path != path:
+            self.aliases.append(Alias(path, source, first_path, first_source))
+        return False
+
+
 @lru_cache(maxsize=16)
 def _ignore_regex(ignore: tuple[str, ...]) -> re.Pattern[bytes]:
     # Built in, whatever the configuration: the private name a consumer gives a file while
@@ -64,7 +114,7 @@ def ignore_matcher(ignore: tuple[str, ...]) -> Callable[[bytes], object]:
 
 def walk(top: bytes, source: str, ignore: tuple[str, ...], *,
          on_dir: Callable[[bytes], bool] | None = None,
-         counts: Counts | None = None) -> Iterator[FileVersion | None]:
+         counts: Counts | None = None, files: bool = True) -> Iterator[FileVersion | None]:
     """Every non-directory below `top` as a `rescan` FileVersion, from one lstat each.
 
     Yields None after each directory so a caller can interleave other work. `on_dir(path)`
@@ -72,6 +122,7 @@ def walk(top: bytes, source: str, ignore: tuple[str, ...], *,
     either listed or reported by an event); it returns False to skip the directory.
     Ignored names are skipped, directories included. Symlinks, FIFOs and other non-regular
     files are yielded: the consumer refuses them with a clear reason an operator can see.
+    `files=False` walks the directories only.
     """
     regex = _ignore_regex(tuple(ignore))
     counts = Counts() if counts is None else counts
@@ -81,7 +132,7 @@ def walk(top: bytes, source: str, ignore: tuple[str, ...], *,
         if on_dir is not None and not on_dir(directory):
             continue
         try:
-            entries = os.scandir(directory)
+            entries = longpaths.scandir(directory)
         except FileNotFoundError:
             continue  # removed while we walked; its events are gone with it
         except OSError as exc:
@@ -96,6 +147,8 @@ def walk(top: bytes, source: str, ignore: tuple[str, ...], *,
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
+                        continue
+                    if not files:
                         continue
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
@@ -114,34 +167,43 @@ def still_on_disk(v: FileVersion) -> bool:
         v.ctime_ns in (0, st.st_ctime_ns)
 
 
-def scan_source(source: Source, ignore: tuple[str, ...], *,
-                counts: Counts | None = None) -> Iterator[FileVersion]:
-    """Every non-ignored, non-directory file version in the source's watched dirs."""
-    seen: set[bytes] = set()
+def scan_source(source: Source, ignore: tuple[str, ...], *, counts: Counts | None = None,
+                reached: Reached | None = None, files: bool = True) -> Iterator[FileVersion]:
+    """Every non-ignored, non-directory file version in the source's watched dirs.
+
+    Each directory is listed once (overlapping paths, e.g. "/" and "/upload"); one that
+    `reached` knows under another path, maybe another source's, is skipped (an alias)."""
+    reached = Reached() if reached is None else reached
     for top in source.dirs:
         top_b = os.fsencode(top)
-        # Overlapping paths (e.g. "/" and "/upload") must not list a tree twice.
-        if any(top_b == s or top_b.startswith(s + b"/") for s in seen):
-            continue
-        seen.add(top_b)
         if not os.path.isdir(top_b):
             log.warning("scan missing source=%s dir=%s", source.name, top)
             continue
-        yield from filter(None, walk(top_b, source.name, ignore, counts=counts))
+        yield from filter(None, walk(
+            top_b, source.name, ignore, counts=counts, files=files,
+            on_dir=lambda d, t=top_b: reached.reach(d, source.name, follow=d == t)))
 
 
 def rescan(cfg: Config, queue: Queue, source_name: str | None = None, dry_run: bool = False,
            progress: bool = False) -> RescanSummary:
     """Backfill: enqueue the files on disk that have no entry yet, in batched transactions;
-    `progress` keeps a counter on stderr."""
+    `progress` keeps a counter on stderr. A directory two sources reach is scanned for the
+    first in the config's order, as the watcher does (the sources before `source_name` are
+    walked for their directories only, to know which)."""
     found = enqueued = 0
     counts = Counts()
+    reached = Reached()
     shown_at = 0.0
-    for source in cfg.watch.sources:
-        if source_name is not None and source.name != source_name:
-            continue
+    sources = cfg.watch.sources
+    if source_name is not None:
+        at = next((i for i, s in enumerate(sources) if s.name == source_name), len(sources))
+        for earlier in sources[:at]:
+            for _ in scan_source(earlier, cfg.watch.ignore, reached=reached, files=False):
+                pass
+        sources = sources[at:at + 1]
+    for source in sources:
         found_before, enqueued_before = found, enqueued
-        versions = scan_source(source, cfg.watch.ignore, counts=counts)
+        versions = scan_source(source, cfg.watch.ignore, counts=counts, reached=reached)
         while batch := list(islice(versions, BATCH)):
             new = len(batch) - len(queue.known(batch)) if dry_run else queue.enqueue_many(batch)
             found += len(batch)
@@ -152,6 +214,57 @@ def rescan(cfg: Config, queue: Queue, source_name: str | None = None, dry_run: b
                 sys.stderr.flush()
         log.info("rescan source=%s found=%d enqueued=%d dry_run=%s", source.name,
                  found - found_before, enqueued - enqueued_before, str(dry_run).lower())
+    for alias in reached.aliases:
+        if source_name in (None, alias.source):  # an earlier source's own aliases: not ours
+            log.warning("rescan skipped dir=%s source=%s reason=%s", shown(alias.path),
+                        alias.source, alias)
     if progress:
         sys.stderr.write(f"\rscanning: {found} files\n")
     return RescanSummary(found, enqueued, found - enqueued, counts.ignored)
+
+
+@dataclass
+class SourceCheck:
+    """What `config check` says of the source trees: problems (exit 2) and warnings."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_sources(cfg: Config) -> SourceCheck:
+    """Walk every source's directories (no file is looked at) for what the config alone
+    cannot tell: a symlink on the way to a source dir, a directory two sources reach (or
+    one source twice), and a tree near the inotify watch limit."""
+    check = SourceCheck()
+    reached = Reached()
+    for source in cfg.watch.sources:
+        for directory in source.dirs:
+            link = symlink_on_the_way(source, directory)
+            if link is not None:
+                check.problems.append(
+                    f"config: source {source.name}: {directory} is reached through the"
+                    f" symlink {link}; consumers follow no symlink below {source.root}, so"
+                    " every file there would fail: configure a real directory (a bind mount"
+                    " is one)")
+        for _ in scan_source(source, cfg.watch.ignore, reached=reached, files=False):
+            pass
+    check.problems += [f"config: {alias}" for alias in reached.aliases]
+    limit = watch_limit()
+    if limit and len(reached.first) >= NEAR_LIMIT * limit:
+        check.warnings.append(
+            f"{len(reached.first)} directories to watch, {len(reached.first) / limit:.0%} of"
+            f" the inotify watch limit ({limit}, shared by every process of this user):"
+            " raise fs.inotify.max_user_watches (past it, directories are scanned every few"
+            " seconds instead of watched)")
+    return check
+
+
+def symlink_on_the_way(source: Source, directory: Path) -> Path | None:
+    """The first symlink between the source's root (userpath/name, which may be one) and
+    its watched `directory`, or None."""
+    path = source.root
+    for part in directory.relative_to(source.root).parts:
+        path = path / part
+        if path.is_symlink():
+            return path
+    return None

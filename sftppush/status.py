@@ -54,6 +54,7 @@ class Stats:
     watcher_heartbeat_at: float | None = None
     file_bytes: int = 0  # the queue file with its WAL
     in_flight: list[Progress] = field(default_factory=list)  # multipart uploads under way
+    watcher_unwatched_dirs: int = 0  # no watch (watch limit reached): scanned on a timer
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -98,6 +99,7 @@ def read(q: Queue, now: float | None = None) -> Stats:
         watcher_heartbeat_at=beat[0] if beat else None,
         file_bytes=file_bytes(q.file),
         in_flight=going,
+        watcher_unwatched_dirs=int(counters.get("watcher_unwatched_dirs", {}).get("", 0)),
     )
 
 
@@ -121,7 +123,8 @@ def text(stats: Stats, path: Path) -> str:
         f"  uploaded last minute {stats.uploaded_last_minute} ({stats.bytes_last_minute} bytes)"
         f"  last hour {stats.uploaded_last_hour} ({stats.bytes_last_hour} bytes)",
         f"  uploaded in all {stats.uploads_total} ({stats.uploaded_bytes_total} bytes)"
-        f"  last upload {_when(stats.last_upload_at)}  watcher heartbeat {beat}",
+        f"  last upload {_when(stats.last_upload_at)}  watcher heartbeat {beat}"
+        f"  unwatched dirs {stats.watcher_unwatched_dirs}",
     ]
     if stats.failures:
         lines.append("  failures ever (since the queue file was made), by reason: " + "  ".join(
@@ -206,6 +209,10 @@ def metrics(stats: Stats) -> Iterator[Metric]:
     yield GaugeMetricFamily("sftppush_in_flight_sent_bytes",
                             "Bytes the store took so far of the multipart uploads under way.",
                             value=sum(p.bytes_sent for p in stats.in_flight))
+    yield GaugeMetricFamily("sftppush_watcher_unwatched_dirs",
+                            "Directories without an inotify watch (the watch limit was"
+                            " reached), scanned every few seconds instead.",
+                            value=stats.watcher_unwatched_dirs)
 
 
 def prometheus(stats: Stats) -> str:

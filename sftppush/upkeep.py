@@ -1,6 +1,7 @@
-"""The watcher's upkeep of the queue: its heartbeat, and done entries older than
-`queue.keep_done` purged a small batch at a time, so the file stays bounded while claims
-and acks go on. It never touches an entry that is not done, nor one still within its keep.
+"""The watcher's upkeep of the queue: its heartbeat and gauges (what read-only status and
+metrics show of it), and done entries older than `queue.keep_done` purged a small batch at
+a time, so the file stays bounded while claims and acks go on. It never touches an entry
+that is not done, nor one still within its keep.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ log = logging.getLogger("sftppush.upkeep")
 HEARTBEAT_EVERY = 10.0  # s between two heartbeats of the watcher
 PURGE_EVERY = 60.0      # s between two looks for done entries past their keep, at most
 PURGE_PAUSE = 0.02      # s between two batches: writers waiting for the lock get it first
+GAUGE_EVERY = 1.0       # s between two writes of gauges that changed, at least
 
 
 class Upkeep:
@@ -32,14 +34,28 @@ class Upkeep:
         self.next_purge = 0.0 if keep_done else float("inf")
         self.sweep = 0  # purged in the sweep under way
         self.purged = 0
+        self.gauges: dict[str, float] = {}
+        self.written: dict[str, float] = {}  # as the queue has them
+        self.next_gauges = 0.0
+
+    def gauge(self, name: str, value: float) -> None:
+        """Set a gauge; it is written with the next run() at least GAUGE_EVERY s after the
+        last write (a watcher's start writes each, so no stale value stays)."""
+        self.gauges[name] = value
 
     def due(self) -> float:
-        return min(self.next_beat, self.next_purge)
+        changed = self.next_gauges if self.gauges != self.written else float("inf")
+        return min(self.next_beat, self.next_purge, changed)
 
     def run(self, now: float) -> None:
         if now >= self.next_beat:
             self.next_beat = now + HEARTBEAT_EVERY
             self._guarded(lambda: self.queue.beat("watcher", self.owner), "heartbeat")
+        if self.gauges != self.written and now >= self.next_gauges:
+            self.next_gauges = now + GAUGE_EVERY
+            changed = {k: v for k, v in self.gauges.items() if self.written.get(k) != v}
+            if self._guarded(lambda: self.queue.set_gauges(changed), "gauges") is not None:
+                self.written.update(changed)
         if now >= self.next_purge:
             self.next_purge = now + self.purge_every
             n = self._guarded(lambda: self.queue.purge_some(

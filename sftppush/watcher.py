@@ -1,38 +1,36 @@
 """The watcher: inotify events on the source trees become file versions in the queue.
 
 Owns what each event means (close-write, rename, link+unlink rename, new and removed
-directories), the scans of new dirs, overflow recovery by rescan, and sd_notify; the watch
-descriptors are watches.py's, the queue's upkeep (heartbeat, purge) upkeep.py's. It must
-never open a data file (one lstat per name, nothing more) and never talk to S3, so an outage
-cannot slow it.
+directories, mounts that change), which walks to queue (new dirs, overflow recovery, the
+directories without a watch), and sd_notify; the watch descriptors are watches.py's, the
+walks scans.py's, the raw reads events.py's, the queue's upkeep (heartbeat, gauges, purge)
+upkeep.py's. It must never open a data file (one lstat per name, nothing more) and never
+talk to S3, so an outage cannot slow it.
 """
 
 from __future__ import annotations
 
-import array
-import fcntl
 import logging
 import os
 import select
 import stat
-import struct
-import termios
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from sftppush import notify, signals
+from sftppush import longpaths, notify, signals
 from sftppush.config import Config
 from sftppush.entries import FileVersion, shown
-from sftppush.errors import ConfigError
+from sftppush.events import events, read_all
+from sftppush.mounts import below, mount_table
 from sftppush.owners import owner_token
 from sftppush.queue import Queue
-from sftppush.scan import ignore_matcher, walk
+from sftppush.scan import ignore_matcher, symlink_on_the_way
+from sftppush.scans import Scans
 from sftppush.upkeep import Upkeep
 from sftppush.watches import Root, Watches
 
@@ -41,25 +39,7 @@ log = logging.getLogger("sftppush.watcher")
 GRACE = 0.2               # s an IN_CREATE waits for its IN_OPEN; a fresh scanned file, its close
 FRESH_NS = 2_000_000_000  # a scanned file younger than this may still be open for writing
 BUSY_DELAY = 0.005        # s to let a burst's events gather, so one transaction takes many
-SCAN_SLICE = 0.05         # s of scanning between two reads of the event queue
-SCAN_SLICE_DIRS = 200     # listing a directory queues 4 events of our own; keep under the limit
 MAX_WAIT = 1.0            # s; an external `stop` event is noticed at least this often
-
-# The raw read() is parsed here, not by inotify_simple's read()/parse_events(): those build a
-# namedtuple per event and decode each name to str, which we would only encode back (paths
-# stay bytes, undecodable names included): 3.5x the time (122 vs 33 ms per 100,000 events,
-# measured here), in the loop that must keep up with a burst. And its read() waits on the
-# inotify fd alone, where we also wait on the signal wake-up fd.
-_EVENT = struct.Struct("iIII")
-
-
-@dataclass(eq=False)
-class _Scan:
-    root: Root
-    top: bytes
-    why: str
-    steps: Iterator[FileVersion | None] | None = None
-    files: int = 0
 
 
 @dataclass
@@ -94,10 +74,15 @@ class Watcher:
         self.inotify = inotify
         self.clock = clock
         self.ignored = ignore_matcher(cfg.watch.ignore)
-        self.ignore = cfg.watch.ignore
         self.roots = [Root(s, os.fsencode(d)) for s in cfg.watch.sources for d in s.dirs]
+        for source in cfg.watch.sources:
+            for link in filter(None, (symlink_on_the_way(source, d) for d in source.dirs)):
+                log.error("source dir reached through a symlink source=%s symlink=%s: consumers"
+                          " follow none below %s, so every file there fails: configure a"
+                          " real directory (config check refuses this)", source.name, link,
+                          source.root)
         self.watches = Watches(inotify, self.roots, self.ignored, clock)
-        self.scans: deque[_Scan] = deque()
+        self.scans = Scans(self.watches, cfg.watch.ignore, clock)
         self.created: dict[bytes, tuple[float, str]] = {}  # IN_CREATE seen, no IN_OPEN yet
         self.linked: set[bytes] = set()                    # created, then opened: await close
         self.opens: dict[bytes, int] = {}                  # names open as far as we saw
@@ -107,6 +92,9 @@ class Watcher:
         self.wakeup = wakeup  # readable when a signal arrived
         if wakeup is not None:
             self.poller.register(wakeup, select.POLLIN)
+        self.mounts = mount_table()  # POLLPRI when something is mounted or unmounted
+        if self.mounts is not None:
+            self.poller.register(self.mounts.fileno(), select.POLLPRI)
         self.upkeep = Upkeep(queue, cfg.queue.keep_done, owner_token())
         self.ping_every = notify.watchdog_interval()
         self.next_ping = 0.0 if self.ping_every else float("inf")
@@ -116,42 +104,60 @@ class Watcher:
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self, rescan: bool) -> None:
-        """Watch every directory of every root, report READY=1, then queue the start-up scans."""
+        """Watch every directory of every root, report READY=1, then queue the start-up scans.
+
+        The events the walk itself causes are read (and dropped) as it goes; the others,
+        files finished meanwhile, are queued with the first commit.
+        """
+        batch = _Batch()
+
+        def drain() -> None:
+            self._handle(read_all(self.inotify.fileno()), self.clock(), batch)
+
         for root in self.roots:
-            try:
-                os.scandir(root.path).close()
-            except OSError as exc:
-                raise ConfigError(f"watch: source {root.source.name}: cannot read directory "
-                                  f"{shown(root.path)}: {exc.strerror}") from None
-            self.watches.watch_tree(root)
-            if root.wd is None:
-                raise ConfigError(f"watch: source {root.source.name}: cannot watch directory "
-                                  f"{shown(root.path)}")
-        notify.notify(f"READY=1\nSTATUS=watching {len(self.watches)} directories")
-        log.info("watching sources=%d dirs=%d rescan=%s", len({r.source.name for r in self.roots}),
-                 len(self.watches), str(rescan).lower())
+            self.watches.watch_tree(root, drain)
+            if root.wd is None and not root.missing and \
+                    root.path not in self.watches.unwatched.dirs:
+                # Missing, or unreadable: like one that goes at run time, a warning, and
+                # looked for until it is there; the other sources go on.
+                self.watches.lose_root(root, "missing at start" if not os.path.isdir(
+                    root.path) else "cannot watch")
+        drain()
+        self._commit(batch)
+        self._sum_up_unwatched(self.clock())
+        notify.notify(f"READY=1\nSTATUS=watching {len(self.watches)} directories"
+                      f" ({len(self.watches.unwatched)} unwatched)")
+        log.info("watching sources=%d dirs=%d unwatched=%d rescan=%s",
+                 len({r.source.name for r in self.roots}), len(self.watches),
+                 len(self.watches.unwatched), str(rescan).lower())
         if rescan:
             for root in self.roots:
-                self._add_scan(root, root.path, "start")
+                self.scans.add(root, root.path, "start")
 
     def step(self, stop: threading.Event | None = None, wait: bool = True) -> None:
         """Wait for events (or a deadline), read them all, enqueue what they mean at once;
         `wait=False` takes what is there now (a test stepping the watcher)."""
         timeout = self._timeout() if wait else 0.0
-        if timeout:
-            for fd, _ in self.poller.poll(timeout * 1000):
-                if fd == self.wakeup:
-                    signals.drain(fd)
-                elif self.busy:  # a burst: one commit per few ms, not per file
-                    time.sleep(BUSY_DELAY)
+        remounted = False
+        for fd, _ in self.poller.poll(timeout * 1000):
+            if fd == self.wakeup:
+                signals.drain(fd)
+            elif self.mounts is not None and fd == self.mounts.fileno():
+                remounted = True
+            elif self.busy and timeout:  # a burst: one commit per few ms, not per file
+                time.sleep(BUSY_DELAY)
         now = self.clock()
-        data = self._read()
+        data = read_all(self.inotify.fileno())
         self.busy = bool(data)
         batch = _Batch()
         self._handle(data, now, batch)
+        if remounted:
+            self._remount()
         if not (stop is not None and stop.is_set()):
             self._advance_scans(now, batch)
             self._check_roots(now)
+            self.scans.tick_unwatched(now)
+            self._sum_up_unwatched(now)
         self._decide(now, batch, everything=False)
         self._commit(batch)
         if now >= self.upkeep.due() and not (stop is not None and stop.is_set()):
@@ -164,30 +170,21 @@ class Watcher:
         """Commit what was read and decided so far; what was not, the next start-up scan finds."""
         notify.notify("STOPPING=1")
         batch = _Batch()
-        self._handle(self._read(), self.clock(), batch)
+        self._handle(read_all(self.inotify.fileno()), self.clock(), batch)
         self._decide(self.clock(), batch, everything=True)
         self._commit(batch)
         for scan in self.scans:  # the next start-up rescan makes up for these
             log.warning("scan unfinished source=%s dir=%s why=%s", scan.root.source.name,
                         shown(scan.top), scan.why.replace(" ", "_"))
+        if self.mounts is not None:
+            self.mounts.close()
         log.info("watcher stopped enqueued=%d", self.enqueued)
 
     # --- events --------------------------------------------------------------------------
 
-    def _read(self) -> bytes:
-        # Read everything queued right now in one read(): one batch, one transaction.
-        size = array.array("i", [0])
-        fcntl.ioctl(self.inotify.fileno(), termios.FIONREAD, size)
-        if not size[0]:
-            return b""
-        try:
-            return os.read(self.inotify.fileno(), size[0])
-        except BlockingIOError:
-            return b""
-
     def _handle(self, data: bytes, now: float, batch: _Batch) -> None:
         where_is, ignored = self.watches.dirs.get, self.ignored
-        for wd, mask, name in _events(data):
+        for wd, mask, name in events(data):
             if mask & F.Q_OVERFLOW:
                 self._overflow()
                 continue
@@ -246,7 +243,7 @@ class Watcher:
 
     def _dir_event(self, mask: int, path: bytes, root: Root) -> None:
         if mask & (F.CREATE | F.MOVED_TO):
-            self._add_scan(root, path, "new dir", first=True)
+            self.scans.add(root, path, "new dir", first=True)
         elif mask & F.MOVED_FROM:
             self._unwatch_tree(path)
 
@@ -257,9 +254,28 @@ class Watcher:
             for root in self.watches.roots_at(wd):  # a source dir renamed away
                 self._unwatch_tree(root.path)
 
-    def _unwatch_tree(self, top: bytes) -> None:
+    def _remount(self) -> None:
+        """Something was mounted or unmounted. Inside a source's tree, the directory at the
+        mount point is another one now (the mounted one, or the one it covered): watch and
+        scan it afresh. A source dir, or a dir above it, mounted over is looked for again."""
+        assert self.mounts is not None
+        added, removed = self.mounts.changed()
+        for point in sorted(added | removed):
+            why = "mount" if point in added else "unmount"
+            for root in list(self.watches.present_roots()):
+                if below(root.path, point):
+                    self._unwatch_tree(root.path, why)
+                    if not root.missing:
+                        self.watches.lose_root(root, why)
+                elif below(point, root.path):
+                    log.info("mount changed source=%s dir=%s why=%s", root.source.name,
+                             shown(point), why)
+                    self._unwatch_tree(point, why)
+                    self.scans.add(root, point, why, first=True)
+
+    def _unwatch_tree(self, top: bytes, why: str = "moved away") -> None:
         """A directory left the tree: drop its watches, and every wait on a name below it."""
-        self.watches.unwatch_tree(top)
+        self.watches.unwatch_tree(top, why)
         prefix = top + b"/"
         for waiting in (self.created, self.fresh, self.opens):
             for path in [p for p in waiting if p.startswith(prefix)]:
@@ -272,8 +288,8 @@ class Watcher:
         log.warning("inotify queue overflowed: rescanning roots=%d", len(self.roots))
         self.opens.clear()
         self.linked.clear()
-        for root in self.watches.watched_roots():
-            self._add_scan(root, root.path, "overflow")
+        for root in self.watches.present_roots():
+            self.scans.add(root, root.path, "overflow")
 
     def _decide(self, now: float, batch: _Batch, everything: bool) -> None:
         """Take the waiting names whose grace is over (all of them when stopping)."""
@@ -290,7 +306,7 @@ class Watcher:
         versions = batch.scanned
         for path, (source, how) in batch.names.items():
             try:
-                st = os.lstat(path)
+                st = longpaths.lstat(path)
             except OSError:
                 continue  # gone again (renamed, deleted): its own event tells the rest
             if not stat.S_ISDIR(st.st_mode):
@@ -306,64 +322,41 @@ class Watcher:
 
     # --- scans ---------------------------------------------------------------------------
 
-    def _add_scan(self, root: Root, top: bytes, why: str, first: bool = False) -> None:
-        if any(s.top == top and s.steps is None for s in self.scans):
-            return  # the same walk is queued and not started: it will see everything
-        # A new dir goes before a long rescan, which resumes where it paused.
-        (self.scans.appendleft if first else self.scans.append)(_Scan(root, top, why))
-
     def _advance_scans(self, now: float, batch: _Batch) -> None:
-        """Walk queued scans for a short slice, so events keep being read during a long one."""
-        deadline = self.clock() + SCAN_SLICE
-        listed = 0
+        """What the queued walks find in a slice: queued, or held while it may still be
+        written (fresh), or left to the event that enqueues it."""
         fresh_after = time.time_ns() - FRESH_NS
-        while self.scans:
-            scan = self.scans[0]
-            if scan.steps is None:
-                scan.steps = walk(scan.top, scan.root.source.name, self.ignore,
-                                  on_dir=lambda d, r=scan.root: self.watches.watch(d, r))
-            for version in scan.steps:
-                if version is None:
-                    listed += 1
-                    if listed >= SCAN_SLICE_DIRS or self.clock() >= deadline:
-                        return
-                    continue
-                scan.files += 1
-                path = version.path
-                if path in self.opens or path in batch.names:
-                    continue  # its close-write (or the event just read) enqueues it
-                if version.mtime_ns >= fresh_after:
-                    self.fresh.pop(path, None)
-                    self.fresh[path] = (now, version.source)
-                else:
-                    batch.scanned.append(version)
-            self.scans.popleft()
-            (log.debug if scan.why == "new dir" else log.info)(
-                "scan done source=%s dir=%s files=%d why=%s", scan.root.source.name,
-                shown(scan.top), scan.files, scan.why.replace(" ", "_"))
+        for version in self.scans.advance(now):
+            path = version.path
+            if path in self.opens or path in batch.names:
+                continue  # its close-write (or the event just read) enqueues it
+            if version.mtime_ns >= fresh_after:
+                self.fresh.pop(path, None)
+                self.fresh[path] = (now, version.source)
+            else:
+                batch.scanned.append(version)
 
     def _check_roots(self, now: float) -> None:
         for root in self.watches.roots_back(now):
-            if not any(s.top == root.path for s in self.scans):
+            if not self.scans.has(root.path):
                 log.info("source dir back source=%s dir=%s", root.source.name,
                          shown(root.path))
-                self._add_scan(root, root.path, "dir back")
+                self.scans.add(root, root.path, "dir back")
+
+    def _sum_up_unwatched(self, now: float) -> None:
+        line = self.watches.unwatched.summary(now, len(self.watches))
+        if line is not None:
+            (log.warning if self.watches.unwatched else log.info)(line)
+        self.upkeep.gauge("watcher_unwatched_dirs", len(self.watches.unwatched))
 
     def _timeout(self) -> float:
         if self.scans:
             return 0.0
         now = self.clock()
-        until = [now + MAX_WAIT, self.upkeep.due(), self.next_ping, self.watches.next_check()]
+        until = [now + MAX_WAIT, self.upkeep.due(), self.next_ping, self.watches.next_check(),
+                 self.watches.unwatched.due()]
         for waiting in (self.created, self.fresh):
             if waiting:
                 until.append(next(iter(waiting.values()))[0] + GRACE)
         return max(0.001, min(until) - now)
 
-
-def _events(data: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """(wd, mask, name) of each event in one read of the inotify fd; the cookie is unused."""
-    unpack, pos, end = _EVENT.unpack_from, 0, len(data)
-    while pos < end:
-        wd, mask, _cookie, size = unpack(data, pos)
-        yield wd, mask, data[pos + 16:pos + 16 + size].rstrip(b"\0")
-        pos += 16 + size

@@ -470,6 +470,41 @@ class WatcherProcess:
         return self.log.read_text(errors="replace")
 
 
+def own_watch_limit(watches: int) -> tuple[str, ...]:
+    """A command prefix: what follows it runs in a user namespace of its own (root mapped to
+    root) whose inotify watch limit is `watches`. The kernel counts a user's watches per
+    user namespace (and in every namespace above it), so a test reaches the limit there
+    without lowering fs.inotify.max_user_watches for every other process of the machine."""
+    return ("unshare", "--user", "--map-root-user", "--", "sh", "-c",
+            'echo "$0" > /proc/sys/user/max_inotify_watches && exec "$@"', str(watches))
+
+
+def set_watch_limit(pid: int, watches: int) -> None:
+    """Raise (or lower) the watch limit of the user namespace process `pid` runs in."""
+    subprocess.run(["nsenter", "--target", str(pid), "--user", "--", "sh", "-c",
+                    f"echo {watches} > /proc/sys/user/max_inotify_watches"], check=True,
+                   timeout=30)
+
+
+def own_mounts(*first: str) -> tuple[str, ...]:
+    """A command prefix: what follows it runs in a mount namespace of its own, after the
+    shell command `first` (if any) ran there: what it mounts stays in the namespace and goes
+    away with its processes."""
+    return ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            f'{" ".join(first) or ":"} && exec "$@"', "sh")
+
+
+def in_mounts_of(pid: int, *command: str) -> None:
+    """Run `command` (mount, umount) in the mount namespace of process `pid`."""
+    subprocess.run(["nsenter", "--target", str(pid), "--mount", "--", *command], check=True,
+                   timeout=30)
+
+
+def seen_by(pid: int, path: Path) -> Path:
+    """`path` as process `pid` sees it, through its own mounts (/proc/PID/root)."""
+    return Path(f"/proc/{pid}/root") / path.relative_to("/")
+
+
 def inotify_budget(where: Path) -> None:
     """Fail, saying so, when this machine's inotify budget is spent (other processes of the
     same user hold every watch or instance): a test that needs watches would otherwise fail

@@ -225,5 +225,6 @@ def test_queue_only_commands_do_not_look_at_source_directories(
 
     monkeypatch.setattr(Path, "is_dir", refused)
     assert load(cfg, env={}, need_sources=False).watch.sources[0].name == "u"
+    assert load(cfg, env={}).watch.sources[0].name == "u"  # a daemon starts
     with pytest.raises(ConfigError, match=r"directory .*upload is not accessible"):
-        load(cfg, env={})
+        load(cfg, env={}, check_dirs=True)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from sftppush.config import Source, Target
+from sftppush.errors import PermanentError
 from sftppush.keys import candidate_keys, escape_component, iso8601, metadata, object_key
 from sftppush.s3 import same_name
 
@@ -89,3 +90,20 @@ def test_an_object_whose_name_came_back_trimmed_before_is_still_the_same_name() 
     sent = metadata(SOURCE, b"/home/sftpuser1/upload/rep ", 1, 0)["sftppush-original-name"]
     assert same_name("rep", sent) and not same_name("rep", metadata(
         SOURCE, b"/home/sftpuser1/upload/rep.gz", 1, 0)["sftppush-original-name"])
+
+
+def test_a_key_over_s3s_1024_bytes_is_a_final_error_naming_the_limit() -> None:
+    # S3 refuses such a key (KeyTooLongError); no attempt can help until the file is renamed.
+    # Counted in UTF-8 bytes, after the suffix a detected format removes.
+    top = b"/home/sftpuser1/upload/"
+    room = 1024 - len("sftpuser1/upload/")
+    assert len(object_key(SOURCE, top + b"a" * room, None)) == 1024
+    assert object_key(SOURCE, top + b"a" * room + b".gz", "gzip").endswith("a")
+    for name, fmt in ((b"a" * (room + 1), None), (b"\xc3\xa9" * (room // 2 + 1), None)):
+        with pytest.raises(PermanentError, match=r"^key too long: 10\d\d bytes, S3 allows "
+                                                 r"at most 1024: shorten") as raised:
+            object_key(SOURCE, top + name, fmt)
+        assert raised.value.final
+    deep = top + b"/".join([b"d" * 250] * 17) + b"/f"
+    with pytest.raises(PermanentError, match=r"the path is \d+ bytes, over PATH_MAX \(4096\)"):
+        object_key(SOURCE, deep, None)

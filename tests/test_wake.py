@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 
 from sftppush.queue import FileVersion, Queue
 from sftppush.wake import QueueWatch
-from tests.conftest import inotify_budget, wait_until
+from tests.conftest import REPO, child_env, inotify_budget, own_watch_limit, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -39,3 +41,41 @@ def test_a_write_made_while_paused_wakes_at_resume_and_none_before(tmp_path: Pat
         assert not woken.wait(0.3), "a paused watch wakes nobody"
         watch.resume()
         wait_until(woken.is_set, 5, "the write made while paused to wake at resume")
+
+
+# Run where the user may have no inotify watch at all, as when the watcher holds them all.
+WITHOUT_WATCHES = """
+import sys, threading
+from pathlib import Path
+from sftppush.queue import FileVersion, Queue
+from sftppush.wake import watch_or_none
+tmp = Path(sys.argv[1])
+woken = threading.Event()
+with Queue(tmp / "queue.db") as q:
+    watch = watch_or_none(q.file, woken.set)
+    assert watch is not None and watch.polling, "inotify gave a watch: the limit is not 0"
+    assert not woken.wait(0.3), "woken with nothing written"
+    (tmp / "a").write_bytes(b"x")
+    q.enqueue_many([FileVersion.of(tmp / "a", "s", (tmp / "a").stat(), "close_write")])
+    assert woken.wait(5), "a write did not wake the polling watch"
+    watch.pause()
+    woken.wait(0.2)  # a look under way when paused may still wake once
+    woken.clear()
+    q.enqueue_many([FileVersion(b"/b", "s", 1, 1, 1, 1, "close_write")])
+    assert not woken.wait(0.3), "a paused watch woke"
+    watch.resume()
+    assert woken.wait(5), "the write made while paused did not wake at resume"
+    watch.close()
+print("ok")
+"""
+
+
+def test_without_inotify_watches_a_write_still_wakes_by_polling_and_the_log_says_why(
+        tmp_path: Path) -> None:
+    result = subprocess.run([*own_watch_limit(0), sys.executable, "-c", WITHOUT_WATCHES,
+                             str(tmp_path)],
+                            capture_output=True, text=True, timeout=60, cwd=REPO,
+                            env=child_env())
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    assert "queue watch unavailable, polling" in result.stderr
+    assert "fs.inotify.max_user_watches" in result.stderr

@@ -10,11 +10,15 @@ import tempfile
 import threading
 from pathlib import Path
 
+import yaml
 from inotify_simple import INotify
 
 from sftppush import config, signals
+from sftppush.events import events
 from sftppush.queue import Queue
+from sftppush.safeopen import set_aside_name
 from sftppush.watcher import Watcher
+from sftppush.watches import SUBDIR_MASK
 
 from .conftest import WatcherProcess, WatchTree, cli_argv, stopped_after
 
@@ -213,6 +217,49 @@ def test_overflow_while_stopped_loses_nothing(watch_tree: WatchTree, watcher: Wa
     assert counts == {p: 1 for p in burst | {later}}
 
 
+def test_start_up_walk_of_a_large_tree_overflows_nothing_and_no_rescan_queues_nothing(
+        watch_tree: WatchTree, tmp_path: Path):
+    # Listing a watched directory queues 4 events (open and close, on it and on its
+    # parent): a tree of more directories than a quarter of the kernel's queue overflowed it
+    # at every start, and the overflow's rescan queued everything even with --no-rescan.
+    up = watch_tree.upload
+    present = set()
+    for d in range(max(5000, MAX_QUEUED_EVENTS // 3)):
+        (up / f"d{d}").mkdir()
+        present.add(write(up / f"d{d}" / "old.csv"))
+    quiet = WatcherProcess(watch_tree.config, tmp_path / "no-rescan.log", "--no-rescan")
+    quiet.start(timeout=120)
+    after = write(up / "d0" / "after.csv")  # READY=1 came: every directory is watched
+    assert stopped_counts(watch_tree, quiet, {after}) == {after: 1}
+    assert "overflowed" not in quiet.log_text()
+
+    full = WatcherProcess(watch_tree.config, tmp_path / "rescan.log").start(timeout=120)
+    counts = stopped_counts(watch_tree, full, present | {after})
+    assert counts == {p: 1 for p in present | {after}}
+    assert "overflowed" not in full.log_text()
+
+
+def test_directory_listings_and_private_names_are_dropped_as_events_are_read(tmp_path: Path):
+    # Our own walks list directories, and consumers open them and set a file aside under a
+    # private name before they unlink it: none of that is worth a moment of the watcher's.
+    (tmp_path / "sub").mkdir()
+    kept = tmp_path / "sub" / "kept.csv"
+    with INotify(nonblocking=True) as inotify:
+        for d in (tmp_path, tmp_path / "sub"):
+            inotify.add_watch(d, SUBDIR_MASK)
+        os.scandir(tmp_path / "sub").close()
+        uploaded = write(tmp_path / "sub" / "uploaded.csv")
+        aside = uploaded.with_name(os.fsdecode(set_aside_name(uploaded.stat().st_ino)))
+        os.rename(uploaded, aside)
+        os.unlink(aside)
+        write(kept)
+        names = [name for _, _, name in events(os.read(inotify.fileno(), 1 << 16))]
+    assert not [name for name in names if name.startswith(b".sftppush-deleting.")]
+    assert b"" not in names and b"sub" not in names, "a directory opened or closed"
+    assert names.count(b"uploaded.csv") == 4  # created, opened, closed, moved away
+    assert names[-3:] == [b"kept.csv"] * 3
+
+
 def test_kill_9_mid_burst_then_restart_loses_nothing(watch_tree: WatchTree, tmp_path: Path):
     up = watch_tree.upload
     log = tmp_path / "watcher.log"
@@ -268,12 +315,27 @@ def test_source_dir_deleted_and_recreated_is_rescanned(watch_tree: WatchTree,
     assert "source dir gone" in watcher.log_text() and "source dir back" in watcher.log_text()
 
 
-def test_missing_source_dir_at_start_is_one_line_and_exit_2(watch_tree: WatchTree, run_cli):
-    shutil.rmtree(watch_tree.upload)
-    result = run_cli("--config", watch_tree.config, "watch", timeout=30)
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert str(watch_tree.upload) in result.stderr
+def test_missing_source_dir_at_start_is_a_warning_and_its_arrival_is_noticed(
+        watch_tree: WatchTree, tmp_path: Path, run_cli):
+    # One user's missing directory used to stop the watcher (exit 2) for every user.
+    late = watch_tree.userpath / "late" / "upload"
+    data = yaml.safe_load(watch_tree.config.read_text())
+    data["watch"]["source"].append({"name": "late", "paths": ["/upload"]})
+    config = tmp_path / "two-sources.yaml"
+    config.write_text(yaml.safe_dump(data))
+    check = run_cli("--config", config, "config", "check")
+    assert check.returncode == 2 and str(late) in check.stderr, check
+    proc = WatcherProcess(config, tmp_path / "w.log").start()
+    first = write(watch_tree.upload / "first.csv")
+    watch_tree.wait_for({first})
+    late.mkdir(parents=True)
+    arrived = {write(late / "arrived.csv"), first}
+    watch_tree.wait_for(arrived)
+    after = write(late / "after.csv")  # and it is watched
+    assert stopped_counts(watch_tree, proc, arrived | {after}) == {p: 1 for p in arrived | {after}}
+    log = proc.log_text()
+    assert f"source dir gone source=late dir={late} why=missing_at_start" in log
+    assert f"source dir back source=late dir={late}" in log
 
 
 def test_sd_notify_ready_watchdog_stopping(watch_tree: WatchTree, tmp_path: Path):

@@ -12,6 +12,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,6 +102,18 @@ class Product:
         done = self.cli("queue", "status", "--json")
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
+
+    def wait_watching(self, timeout: float = 30) -> None:
+        """Until the queue file exists and holds a watcher's heartbeat (after READY=1)."""
+        def beating() -> bool:
+            self.assert_alive()
+            done = self.cli("queue", "status", "--json")
+            return done.returncode == 0 and bool(json.loads(done.stdout)["watcher_heartbeat_at"])
+
+        deadline = time.monotonic() + timeout
+        while not beating():
+            assert time.monotonic() < deadline, f"no watcher heartbeat\n{self.log_tail()}"
+            time.sleep(0.1)
 
     def entries(self, state: str | None = None) -> list[dict[str, Any]]:
         args = ["queue", "list", "--json", "--limit", "1000000"]

@@ -141,7 +141,7 @@ def test_no_cap_lease_in_front_of_another_users_directory(source_tree, rclone_s3
     assert check(source_tree, rclone_s3, bucket, wrap=no_lease).returncode == 0
 
 
-def test_no_environment_checks_the_syntax_only(source_tree) -> None:
+def test_no_environment_skips_the_environment(source_tree) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
     result = check(source_tree, None, "no-such-bucket", "--no-environment", endpoint=endpoint)
     assert result.returncode == 0, result
