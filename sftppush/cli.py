@@ -2,13 +2,16 @@
 
 Commands stay short; the work lives in the rooms, imported inside each command so that
 `sftppush --help` and `config check` stay fast. Exit status: 0 ok, 1 runtime failure,
-2 usage or configuration error — always one line on stderr, a traceback only at debug.
+2 usage or configuration error — always one line on stderr, a traceback (folded into one more
+line) only at debug.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,10 +42,15 @@ class _Group(click.Group):
 
 
 def _fail(ctx: click.Context, exc: BaseException, code: int, prefix: str = "") -> None:
-    if (ctx.obj or {}).get("log_level") == "debug":
-        raise exc
+    import traceback
+
+    from sftppush import logs
+
+    if (ctx.obj or {}).get("log_level") == "debug":  # folded into one line, as logs.py does
+        logs.line("sftppush: " + "".join(traceback.format_exception(exc)).strip(),
+                  logging.DEBUG)
     message = " ".join(str(exc).split()) or type(exc).__name__
-    click.echo(f"sftppush: {prefix}{message}", err=True)
+    logs.line(f"sftppush: {prefix}{message}")
     ctx.exit(code)
 
 
@@ -108,9 +116,12 @@ def watch(ctx: click.Context, sources: tuple[str, ...], no_rescan: bool) -> None
 def consume(ctx: click.Context, workers: int | None, drain: bool,
             sources: tuple[str, ...]) -> None:
     """Run a consumer: claim entries, upload them, delete the local files."""
-    from sftppush import consumer
+    from sftppush import consumer, progress
+    from sftppush.owners import owner_token
 
-    consumer.run(_config(ctx, sources=sources, **{"consumer.workers": workers}), drain=drain)
+    cfg = _config(ctx, sources=sources, **{"consumer.workers": workers})
+    with progress.Reporter(cfg.queue.path, owner_token()):  # a line per large upload / 30 s
+        consumer.run(cfg, drain=drain)
 
 
 @cli.command()
@@ -199,14 +210,21 @@ def queue_status(ctx: click.Context, as_json: bool, prometheus: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def queue_list(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
-    """Entries, newest first, with their errors."""
+    """Entries, newest first: state, attempts, when a pending one is tried again, path, key,
+    and the error while it stands."""
     from sftppush import status
     from sftppush.entries import State
+    from sftppush.progress import in_flight
 
+    now = time.time()
     with _open_queue(_config(ctx, need_sources=False)) as q:
         entries = q.list(State(state) if state else None, limit)
+        with q.reading() as db:
+            going = {p.id: p for p in in_flight(db, now)}
     for entry in entries:
-        click.echo(json.dumps(entry.to_json()) if as_json else status.entry_line(entry))
+        shown = going.get(entry.id)
+        click.echo(json.dumps(status.entry_json(entry, now, shown)) if as_json
+                   else status.entry_line(entry, now, shown))
 
 
 @queue.command("replay")
@@ -271,19 +289,39 @@ def config_group() -> None:
 
 @config_group.command("check")
 @_source_option
+@click.option("--no-environment", is_flag=True,
+              help="Validate the configuration only: do not check the buckets, "
+                   "permissions, leases and modules as the running user.")
 @click.pass_context
-def config_check(ctx: click.Context, sources: tuple[str, ...]) -> None:
-    """Validate the configuration; exit 2 with one line naming the problem."""
-    from sftppush import scan
+def config_check(ctx: click.Context, sources: tuple[str, ...], no_environment: bool) -> None:
+    """Validate the configuration, its source trees included (exit 2 with one line naming the
+    problem), then check the environment as the running user: each bucket with the
+    credentials, each source directory's permissions and leases, the queue directory and the
+    modules (exit 1, one line per problem)."""
+    from sftppush import checks, logs, scan
+    from sftppush.owners import user_name
 
     cfg = _config(ctx, sources=sources, check_dirs=True)
     trees = scan.check_sources(cfg)
-    for line in [f"warning: {w}" for w in trees.warnings] + trees.problems[:-1]:
-        click.echo(f"sftppush: {line}", err=True)
+    for warning in trees.warnings:
+        logs.line(f"sftppush: warning: {warning}", logging.WARNING)
+    for problem in trees.problems[:-1]:
+        logs.line(f"sftppush: {problem}")
     if trees.problems:
         raise ConfigError(trees.problems[-1])
     names = ", ".join(s.name for s in cfg.watch.sources)
     click.echo(f"config ok: {cfg.file or 'no file'}; sources: {names}; queue: {cfg.queue.path}")
+    if no_environment:
+        return
+    findings, fine = checks.environment(cfg)
+    for finding in findings:
+        logs.line(f"sftppush: {'problem' if finding.problem else 'note'}: {finding.text}",
+                  logging.ERROR if finding.problem else logging.WARNING)
+    problems = sum(f.problem for f in findings)
+    if problems:
+        raise SftppushError(f"config check: {problems} problem{'s' * (problems > 1)} in the"
+                            f" environment of user {user_name()}")
+    click.echo(f"environment ok for user {user_name()}: {'; '.join(fine)}")
 
 
 @config_group.command("show")

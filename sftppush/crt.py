@@ -28,6 +28,7 @@ except ImportError:  # the pure-boto3 path works without it
 # One PUT can carry at most 5 GiB.
 MAX_BODY = 5 * 1024**3
 _CODE_RE = re.compile(rb"<Code>([^<]{1,100})</Code>")
+_MESSAGE_RE = re.compile(rb"<Message>([^<]{1,500})</Message>")
 
 
 def available() -> bool:
@@ -407,7 +408,9 @@ def _provider(credentials: Callable[[], Credentials] | Credentials) -> Any:
 def _failure(status: int, body: bytes) -> Failed:
     code_match = _CODE_RE.search(body)
     code = code_match.group(1).decode(errors="replace") if code_match else None
-    return Failed(status, code, f"HTTP {status}")
+    message = _MESSAGE_RE.search(body)  # the store's own words, as boto3 shows them
+    return Failed(status, code, message.group(1).decode(errors="replace") if message
+                  else f"HTTP {status}")
 
 
 def _name(error: BaseException | None) -> str:

@@ -16,6 +16,7 @@ import json
 import logging
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -82,6 +83,7 @@ class Part:
     etag: str
     md5: str
     checksum: str | None
+    at: float = 0.0  # when the store took it: progress.py's rate
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -97,17 +99,18 @@ class Resumable:
     part_size: int
     every: int
     parts: tuple[Part, ...] = ()
+    started: float = 0.0  # when the upload was created: progress.py's rate
 
     def detail(self) -> str:
         return json.dumps({"bucket": self.bucket, "part_size": self.part_size,
-                           "every": self.every})
+                           "every": self.every, "started": self.started})
 
     @classmethod
     def of(cls, upload_id: str, key: str, detail: str, parts: list[str]) -> Resumable:
         """From what a journal kept: detail() and each part's to_json()."""
         d = json.loads(detail)
         return cls(upload_id, d["bucket"], key, d["part_size"], d["every"],
-                   tuple(Part(**json.loads(p)) for p in parts))
+                   tuple(Part(**json.loads(p)) for p in parts), d.get("started", 0.0))
 
 
 class Journal(Protocol):
@@ -191,7 +194,8 @@ class Multipart:
             if ck else {}
         upload_id = self.call("create_multipart_upload", cancel, Bucket=bucket, Key=key,
                               Metadata=metadata, **self.extra, **create)["UploadId"]
-        upload = Resumable(upload_id, bucket, key, self.part_size, self.every)
+        upload = Resumable(upload_id, bucket, key, self.part_size, self.every,
+                           started=time.time())
         if journal is not None:
             journal.started(upload)
         return upload
@@ -350,7 +354,7 @@ class Multipart:
                                  f"{resp['ETag']} is not the MD5 of the part sent")
         if journal is not None:
             journal.completed(Part(number, size, resp["ETag"], md5.hexdigest(),
-                                   ck.b64(crc) if ck else None))
+                                   ck.b64(crc) if ck else None, time.time()))
         return ({"PartNumber": number, "ETag": resp["ETag"],
                  **{k: v for k, v in resp.items() if k in CHECKSUM_FIELDS and v}}, md5.digest())
 

@@ -1,7 +1,8 @@
 """Who holds a claim: owner tokens that name host, pid and process start time.
 
-Owns making this process's token and telling whether the process behind a token of this
-host has died (or its pid now names another process). It never touches the queue file.
+Owns making this process's token, the name of the user it runs as (for messages), and telling
+whether the process behind a token of this host has died (or its pid now names another
+process). It never touches the queue file.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import pwd
 import socket
 
 
@@ -17,6 +19,16 @@ def owner_token() -> str:
     /proc/self/stat field 22), so that a claim whose process died, or whose pid now names
     another process, can be told from a live one."""
     return _token(os.getpid())
+
+
+@functools.cache
+def user_name() -> str:
+    """The user this process runs as (its effective uid), as messages name it."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 @functools.cache

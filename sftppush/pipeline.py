@@ -9,11 +9,9 @@ consumer decides what an outcome means for the entry.
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import os
-import pwd
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +25,7 @@ from sftppush.entries import KEPT, VANISHED, Entry, KeyTaken, shown
 from sftppush.errors import PermanentError
 from sftppush.keys import candidate_keys, metadata, object_key
 from sftppush.multipart import Journal
+from sftppush.owners import user_name
 from sftppush.s3 import Sink, Uploaded
 from sftppush.safeopen import (
     NLINK_RETRY_SECONDS,
@@ -302,17 +301,8 @@ def _undeleted(prepared: Prepared, uploaded: Uploaded, kept: Kept) -> Undeleted:
         return Undeleted(uploaded, f"no lease: cannot tell whether {path} is still open for"
                          f" writing ({kept.detail}); uploaded, kept", "no_lease")
     return Undeleted(uploaded, f"cannot delete: {shown(os.path.dirname(prepared.entry.path))}"
-                     f" not writable by {_user()} ({kept.detail}); uploaded, kept",
+                     f" not writable by {user_name()} ({kept.detail}); uploaded, kept",
                      "cannot_delete")
-
-
-@functools.cache
-def _user() -> str:
-    uid = os.geteuid()
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
 
 
 def _still_stored(entry: Entry, source: Source, key: str, sink: Sink) -> Uploaded | None:

@@ -120,39 +120,120 @@ def is_transient(code: str | None, status: int) -> bool:
     return code in TRANSIENT_CODES or status >= 500 or status in (408, 429)
 
 
-def verdict(status: int | None, code: str | None, message: str) -> TransientError | PermanentError:
-    """What a store's answer (status None: no answer at all) means for a retry."""
+# What a store's error code means for an operator, and what to do about it. `{bucket}` and
+# `{endpoint}` are filled in where the call names them.
+_CREDENTIALS = ("check the credentials: AWS_PROFILE / defaults.awsprofile, AWS_ACCESS_KEY_ID"
+                " and AWS_SECRET_ACCESS_KEY, or the shared credentials file"
+                " (AWS_SHARED_CREDENTIALS_FILE; the consumer unit reads"
+                " /etc/sftppush/aws-credentials)")
+_CORRUPTED = "the store received other bytes than were sent (damaged on the way); sent again"
+HINTS = {
+    "NoSuchBucket": "bucket {bucket} does not exist at {endpoint}: create it, or fix"
+                    " s3target (and endpoint_url, awsregion)",
+    "SignatureDoesNotMatch": "the secret key does not match the access key: " + _CREDENTIALS,
+    "InvalidAccessKeyId": "the store does not know this access key: " + _CREDENTIALS,
+    "InvalidClientTokenId": "the store does not know this access key: " + _CREDENTIALS,
+    "InvalidToken": "the session token is not valid: " + _CREDENTIALS,
+    "ExpiredToken": "the session token expired: " + _CREDENTIALS,
+    "AccessDenied": "these credentials may not do this on bucket {bucket}: check the IAM"
+                    " policy (s3:PutObject, s3:GetObject, s3:ListBucket,"
+                    " s3:AbortMultipartUpload, s3:ListBucketMultipartUploads), the bucket policy"
+                    " and, under SSE-KMS, the key's policy",
+    "AllAccessDisabled": "all access to bucket {bucket} is disabled by its owner",
+    "AuthorizationHeaderMalformed": "the region is wrong: set defaults.awsregion to the"
+                                    " bucket's region",
+    "PermanentRedirect": "bucket {bucket} is in another region: set defaults.awsregion to it",
+    "301": "bucket {bucket} is in another region: set defaults.awsregion to it",
+    "403": "wrong credentials, or no permission on bucket {bucket}; " + _CREDENTIALS,
+    "BadDigest": _CORRUPTED,
+    "XAmzContentSHA256Mismatch": _CORRUPTED,
+    "InvalidStorageClass": "the store does not offer this storage class: change"
+                           " consumer.s3.storage_class",
+    "KMS.NotFoundException": "the KMS key does not exist: check consumer.s3.sse_kms_key_id",
+}
+# The store refused a body it received damaged: worth a warning, though it is sent again.
+CORRUPTED_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch"})
+_UNREACHABLE = (  # what a failure without an answer says -> its meaning and fix
+    (("CERTIFICATE_VERIFY_FAILED", "TLS_ERROR", "SSL validation failed"),
+     "the TLS certificate of {endpoint} is not trusted: set AWS_CA_BUNDLE to the CA bundle"
+     " that signed it"),
+    (("Could not connect", "CONNECTION_REFUSED", "Connection refused"),
+     "nothing answers at {endpoint}: check defaults.endpoint_url, and that the store runs"),
+    (("Could not resolve", "DNS", "Name or service not known"),
+     "the host of {endpoint} does not resolve: check defaults.endpoint_url and DNS"),
+    (("timed out", "TIMEOUT", "no answer within", "Read timeout", "Connect timeout"),
+     "no answer from {endpoint} in time: check the network to it"),
+)
+
+
+@dataclass(frozen=True)
+class Where:
+    """The bucket and endpoint a call went to, for messages that say where."""
+
+    bucket: str | None = None
+    endpoint: str | None = None
+
+    def __str__(self) -> str:
+        on = f" on bucket {self.bucket}" if self.bucket else ""
+        return f"{on} at {self.endpoint}" if self.endpoint else on
+
+
+def _hint(text: str, where: Where) -> str:
+    return ": " + text.format(bucket=where.bucket or "?", endpoint=where.endpoint or "the"
+                              " endpoint")
+
+
+def verdict(status: int | None, code: str | None, message: str,
+            where: Where = Where()) -> TransientError | PermanentError:
+    """What a store's answer (status None: no answer at all) means for a retry; the message
+    gains what the code means and what to do, where that is known."""
     if status is None:
-        return TransientError(f"S3 unreachable: {message}")
+        hint = next((h for marks, h in _UNREACHABLE if any(m in message for m in marks)), "")
+        return TransientError(f"S3 unreachable{where}: {message}"
+                              + (_hint(hint, where) if hint else ""))
+    if code in HINTS:
+        message += _hint(HINTS[code], where)
+    if code in CORRUPTED_CODES:  # worth knowing even when the next attempt succeeds
+        log.warning("store refused a body damaged on the way, sent again bucket=%s"
+                    " endpoint=%s code=%s", where.bucket, where.endpoint, code)
     if is_transient(code, status):
         return TransientError(message)
     return PermanentError(message)
 
 
-def classify(exc: BaseException, what: str = "S3") -> TransientError | PermanentError:
-    """The one place a botocore/awscrt/network failure becomes Transient or Permanent."""
+def classify(exc: BaseException, what: str = "S3",
+             where: Where = Where()) -> TransientError | PermanentError:
+    """The one place a botocore/awscrt/network failure becomes Transient or Permanent, its
+    message naming the call, the bucket and endpoint, the store's answer and the fix."""
     if isinstance(exc, (TransientError, PermanentError)):
         return exc
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", "")) or "Unknown"
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        return verdict(status, code, f"{what} {exc.operation_name}: {code} ({status}) "
-                                     f"{err.get('Message', '')}".strip())
+        return verdict(status, code, f"{what} {exc.operation_name}{where}: {code} ({status}) "
+                                     f"{err.get('Message', '')}".strip().rstrip("."), where)
     if isinstance(exc, crt.Failed):
-        return verdict(exc.status, exc.code, f"{what} PutObject: {exc.code} ({exc.status}) {exc}"
-                       if exc.status else f"PutObject {exc}")
+        if exc.status is None:
+            return verdict(None, None, f"PutObject {exc}", where)
+        detail = str(exc)  # the store's <Message>, else "HTTP 404"
+        said = detail if not exc.code and detail == f"HTTP {exc.status}" else \
+            f"{exc.code or 'HTTP'} ({exc.status}) {detail}"
+        return verdict(exc.status, exc.code, f"{what} PutObject{where}: {said}", where)
     if isinstance(exc, (botocore.exceptions.NoCredentialsError,
                         botocore.exceptions.PartialCredentialsError)):
         # The instance metadata service may be unreachable at boot: wait for it, never fail.
-        return TransientError(f"{what}: no usable AWS credentials yet: {exc}")
+        return TransientError(f"{what}: no usable AWS credentials yet: {exc}: {_CREDENTIALS}")
     if isinstance(exc, (botocore.exceptions.ParamValidationError,
                         botocore.exceptions.NoRegionError)):
-        return PermanentError(f"{what}: {exc}")
+        return PermanentError(f"{what}{where}: {exc}")
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        # Its text names the URL of the one object; the endpoint alone groups the errors.
+        return verdict(None, None, f"{type(exc).__name__}: Could not connect", where)
     if isinstance(exc, (botocore.exceptions.BotoCoreError, OSError)):
         # Connection refused/reset, timeouts, truncated responses, credential refresh failures.
-        return TransientError(f"{what} unreachable: {exc}")
-    return PermanentError(f"{what}: {type(exc).__name__}: {exc}")
+        return verdict(None, None, str(exc), where)
+    return PermanentError(f"{what}{where}: {type(exc).__name__}: {exc}")
 
 
 def verified_by(checksum: Checksum | None, sent: str | None, answered: str | None,
@@ -268,7 +349,7 @@ class Sink:
                     if answer.status == 412 and if_absent:  # someone's object is there: whose?
                         self._verify.submit(self._put_over, out, bucket, key, body, metadata)
                     else:
-                        out.set_exception(classify(answer))
+                        out.set_exception(classify(answer, where=self.where(bucket)))
                     return
                 etag = answer.headers.get("etag", "")
                 how = verified_by(self.checksum, sent, answer.headers.get(self._checksum_header),
@@ -319,6 +400,9 @@ class Sink:
         except BaseException as exc:
             out.set_exception(classify(exc))
 
+    def where(self, bucket: str | None) -> Where:
+        return Where(bucket, getattr(getattr(self.client, "meta", None), "endpoint_url", None))
+
     def close(self, abandon: bool = False) -> None:
         """Wait for what runs; with `abandon` (a cold stop), cancel it instead."""
         if self.transport is not None:
@@ -344,7 +428,7 @@ class Sink:
             try:
                 return fn(**kwargs)
             except Exception as exc:
-                raise classify(exc) from exc
+                raise classify(exc, where=self.where(kwargs.get("Bucket"))) from exc
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientError), stop=stop, reraise=True,

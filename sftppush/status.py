@@ -8,6 +8,7 @@ it shows are those the queue keeps with each ack, never derived from done entrie
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import threading
 import time
@@ -21,9 +22,10 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sftppush import signals
-from sftppush.entries import Entry
+from sftppush import __version__, signals
+from sftppush.entries import Entry, State
 from sftppush.errors import SftppushError
+from sftppush.progress import Progress, in_flight
 from sftppush.queue import Queue
 
 log = logging.getLogger("sftppush.status")
@@ -51,11 +53,13 @@ class Stats:
     retries: dict[str, int] = field(default_factory=dict)   # by reason class
     watcher_heartbeat_at: float | None = None
     file_bytes: int = 0  # the queue file with its WAL
+    in_flight: list[Progress] = field(default_factory=list)  # multipart uploads under way
     watcher_unwatched_dirs: int = 0  # no watch (watch limit reached): scanned on a timer
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["top_errors"] = [{"error": e, "count": n} for e, n in self.top_errors]
+        data["in_flight"] = [p.to_json() for p in self.in_flight]
         return data
 
 
@@ -79,6 +83,7 @@ def read(q: Queue, now: float | None = None) -> Stats:
         for name, label, value in db.execute("SELECT name, label, value FROM counters"):
             counters.setdefault(name, {})[label] = value
         beat = db.execute("SELECT at FROM heartbeats WHERE role = 'watcher'").fetchone()
+        going = in_flight(db, now)
     return Stats(
         pending=counts.get("pending", 0), claimed=counts.get("claimed", 0),
         done=counts.get("done", 0), failed=counts.get("failed", 0),
@@ -93,6 +98,7 @@ def read(q: Queue, now: float | None = None) -> Stats:
         retries={k: int(v) for k, v in counters.get("retries", {}).items()},
         watcher_heartbeat_at=beat[0] if beat else None,
         file_bytes=file_bytes(q.file),
+        in_flight=going,
         watcher_unwatched_dirs=int(counters.get("watcher_unwatched_dirs", {}).get("", 0)),
     )
 
@@ -121,8 +127,12 @@ def text(stats: Stats, path: Path) -> str:
         f"  unwatched dirs {stats.watcher_unwatched_dirs}",
     ]
     if stats.failures:
-        lines.append("  failed by reason: " + "  ".join(
-            f"{reason} {n}" for reason, n in sorted(stats.failures.items())))
+        lines.append("  failures ever (since the queue file was made), by reason: " + "  ".join(
+            f"{reason} {n}" for reason, n in sorted(stats.failures.items()))
+            + f"  (failed now: {stats.failed}, see queue list --state failed)")
+    if stats.in_flight:
+        lines.append("  uploads in flight:")
+        lines += [f"    id {p.id}: {p.text()}  {p.path}" for p in stats.in_flight]
     if stats.top_errors:
         lines.append("  top errors:")
         lines += [f"    {count:>6}  {error}" for error, count in stats.top_errors]
@@ -141,6 +151,10 @@ class QueueCollector(Collector):
         except SftppushError as exc:  # missing, locked out, or being replaced: say so
             log.warning("queue unreadable error=%s", exc)
             stats = None
+        info = GaugeMetricFamily("sftppush_build_info", "The sftppush serving these metrics.",
+                                 labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
         yield GaugeMetricFamily("sftppush_queue_up", "1 if the queue file could be read.",
                                 value=int(stats is not None))
         if stats is not None:
@@ -189,6 +203,12 @@ def metrics(stats: Stats) -> Iterator[Metric]:
                             value=stats.watcher_heartbeat_at or 0)
     yield GaugeMetricFamily("sftppush_queue_file_bytes",
                             "Size of the queue file with its WAL.", value=stats.file_bytes)
+    yield GaugeMetricFamily("sftppush_uploads_in_flight",
+                            "Multipart uploads under way (a single PUT is not counted).",
+                            value=len(stats.in_flight))
+    yield GaugeMetricFamily("sftppush_in_flight_sent_bytes",
+                            "Bytes the store took so far of the multipart uploads under way.",
+                            value=sum(p.bytes_sent for p in stats.in_flight))
     yield GaugeMetricFamily("sftppush_watcher_unwatched_dirs",
                             "Directories without an inotify watch (the watch limit was"
                             " reached), scanned every few seconds instead.",
@@ -215,7 +235,15 @@ def serve(queue_path: Path, host: str, port: int, stop: threading.Event | None =
     registry.register(QueueCollector(read_now))
     stop = stop or threading.Event()
     with signals.on_stop(stop) as stopping:
-        server, thread = start_http_server(port, host, registry)
+        try:
+            server, thread = start_http_server(port, host, registry)
+        except OSError as exc:
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            fix = (f"another process holds it (ss -ltnp 'sport = :{port}'), or give another"
+                   " with --listen" if exc.errno == errno.EADDRINUSE else
+                   "give an address of this host with --listen")
+            raise SftppushError(f"metrics: cannot listen on {address}: {exc.strerror}:"
+                                f" {fix}") from None
         bound = server.server_address[1]
         log.info("serving metrics address=%s port=%d queue=%s", host, bound, queue_path)
         try:
@@ -235,9 +263,34 @@ def _when(at: float | None) -> str:
         "%Y-%m-%dT%H:%M:%SZ")
 
 
-def entry_line(entry: Entry) -> str:
-    when = _when(entry.enqueued_at)
-    extra = "".join(f" {k}={v!r}" for k, v in (("error", entry.last_error),
+def current_error(entry: Entry) -> str | None:
+    """The entry's last error while it still stands: not once the entry is done (an upload
+    that succeeded after an outage keeps the outage's message in the queue)."""
+    return None if entry.state == State.DONE else entry.last_error
+
+
+def retry_in(entry: Entry, now: float) -> float | None:
+    """Seconds until a pending entry is tried again (None when it is due, or not pending)."""
+    if entry.state != State.PENDING or entry.due <= now:
+        return None
+    return entry.due - now
+
+
+def entry_json(entry: Entry, now: float, going: Progress | None = None) -> dict[str, Any]:
+    """`queue list --json`'s object: the entry as stored (`last_error` as it was last seen),
+    with `error` (the current one), `retry_in_s` and `progress` (a multipart upload's)."""
+    return {**entry.to_json(), "error": current_error(entry), "retry_in_s": retry_in(entry, now),
+            "progress": going.to_json() if going else None}
+
+
+def entry_line(entry: Entry, now: float | None = None, going: Progress | None = None) -> str:
+    now = time.time() if now is None else now
+    wait = retry_in(entry, now)
+    extra = "".join(f" {k}={v!r}" for k, v in (("progress", going.text() if going else None),
+                                               ("key", entry.key),
+                                               ("error", current_error(entry)),
                                                ("note", entry.note)) if v)
-    return (f"{entry.id:>8} {entry.state.value:<8} attempts={entry.attempts} {when}"
-            f" source={entry.source} path={entry.display_path!r}{extra}")
+    retry = f" retry_in={wait:.0f}s" if wait is not None else ""
+    return (f"{entry.id:>8} {entry.state.value:<8} attempts={entry.attempts}{retry}"
+            f" {_when(entry.enqueued_at)} source={entry.source} path={entry.display_path!r}"
+            f"{extra}")

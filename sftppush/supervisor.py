@@ -1,7 +1,8 @@
 """`sftppush run`: the watcher and consumer processes under one parent, for small hosts.
 
 Owns starting, watching and stopping child processes: a child that dies is restarted (and
-said so); SIGTERM/SIGINT stop every child cleanly. It never touches files, the queue or S3.
+said so), one that keeps dying at start makes `run` give up with an error; SIGTERM/SIGINT stop
+every child cleanly. It never touches files, the queue or S3.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from pathlib import Path
 
 from sftppush import signals
 from sftppush.config import Config
+from sftppush.errors import SftppushError
 
 log = logging.getLogger("sftppush.supervisor")
 
 STOP_TIMEOUT = 120.0  # long enough for a consumer to finish an upload in flight
 MAX_BACKOFF = 30.0
+YOUNG = 10.0          # a child that dies this soon after its start crashed at start ...
+GIVE_UP_AFTER = 5     # ... and this many such deaths in a row end `run`
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Child:
     started: float = 0.0
     backoff: float = 0.0
     restart_at: float = 0.0
+    crashes: int = 0  # deaths in a row within YOUNG seconds of a start
 
     def start(self) -> None:
         # The child starts with SIGTERM/SIGINT blocked and unblocks them once its handlers
@@ -49,7 +54,9 @@ class Child:
 
 
 def child_argv(global_args: Sequence[str], *command: str) -> list[str]:
-    return [sys.executable, "-m", "sftppush", *global_args, *command]
+    # -P: the current directory is not put first on sys.path, so a `sftppush` folder there
+    # (a checkout's parent, another project) cannot shadow the installed package.
+    return [sys.executable, "-P", "-m", "sftppush", *global_args, *command]
 
 
 def run(cfg: Config, *, global_args: Sequence[str], sources: Sequence[str] = (),
@@ -92,6 +99,12 @@ def _tend(child: Child) -> None:
     now = time.monotonic()
     if child.restart_at == 0.0:
         lived = now - child.started
+        child.crashes = child.crashes + 1 if lived < YOUNG else 0
+        if child.crashes >= GIVE_UP_AFTER:
+            raise SftppushError(
+                f"run: child {child.name} exited with status {code} {child.crashes} times in"
+                f" a row within {YOUNG:.0f}s of its start: giving up; its own error lines are"
+                " above (try the same command alone, e.g. sftppush config check)")
         child.backoff = 0.0 if lived > 60 else min(MAX_BACKOFF, max(1.0, child.backoff * 2))
         child.restart_at = now + child.backoff
         log.warning("child died child=%s pid=%d status=%d restart_in_s=%.0f",

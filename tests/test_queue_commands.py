@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sftppush import __version__
 from sftppush.entries import FileVersion, State, Stored
 from sftppush.queue import Queue
 from sftppush.status import read as read_stats
@@ -57,12 +59,44 @@ def test_status_prometheus_parses(filled: SourceTree, run_cli) -> None:
     assert samples[("sftppush_queue_entries", (("state", "done"),))] == 2
     assert samples[("sftppush_uploads", (("window", "hour"),))] == 1
     assert samples[("sftppush_oldest_pending_age_seconds", ())] >= 0
+    assert samples[("sftppush_build_info", (("version", __version__),))] == 1
 
 
 def test_status_text_names_errors(filled: SourceTree, run_cli) -> None:
     result = run_cli("--config", filled.config_path, "queue", "status")
     assert result.returncode == 0
     assert "failed 2" in result.stdout and "corrupt gzip" in result.stdout
+    # The counters are totals since the queue file was made; the line says so, and how many
+    # entries are failed now.
+    assert "failures ever (since the queue file was made), by reason: corrupt 2  (failed now: 2" \
+        in result.stdout
+
+
+def test_list_shows_the_key_when_a_pending_entry_retries_and_only_current_errors(
+        filled: SourceTree, run_cli) -> None:
+    with Queue(filled.queue_path) as q:  # done after an outage: its error is history
+        q.enqueue_many([FileVersion(b"/home/sftpuser1/upload/late", "sftpuser1", 1, 9, 9, 9,
+                                    "close_write")])
+        (late,) = q.claim("test", 300)
+        q.retry_later(late, "S3 unreachable: connection refused", 0, count_attempt=False)
+        (late,) = q.claim("test", 300)
+        q.take_key(late, "sftpuser1/upload/late")
+        q.ack(late, uploaded=STORED)
+    text = run_cli("--config", filled.config_path, "queue", "list").stdout
+    lines = {line.split("path=")[1].split()[0].strip("'").rsplit("/", 1)[1]: line
+             for line in text.splitlines()}
+    assert re.search(r" pending +attempts=0 retry_in=3[56]\d\ds ", lines["f4"]), lines["f4"]
+    assert "error='could not connect to the endpoint'" in lines["f4"]
+    assert "key='sftpuser1/upload/f1'" in lines["f1"]
+    assert "key='sftpuser1/upload/late'" in lines["late"] and "error=" not in lines["late"]
+    assert "error='corrupt gzip" in lines["f2"] and "retry_in" not in lines["f2"]
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in map(
+        json.loads, run_cli("--config", filled.config_path, "queue", "list", "--json")
+        .stdout.splitlines())}
+    assert 3500 < rows["f4"]["retry_in_s"] <= 3600
+    assert rows["f4"]["error"] == rows["f4"]["last_error"] == "could not connect to the endpoint"
+    assert rows["late"]["error"] is None and rows["late"]["retry_in_s"] is None
+    assert rows["late"]["last_error"] == "S3 unreachable: connection refused"  # the record
 
 
 def test_list_failed_as_json(filled: SourceTree, run_cli) -> None:

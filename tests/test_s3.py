@@ -233,6 +233,56 @@ def test_classification_of_service_errors() -> None:
     assert "AccessDenied" in str(classify(err("AccessDenied", 403)))
 
 
+def test_messages_say_where_what_it_means_and_the_fix() -> None:
+    from botocore.exceptions import ClientError
+
+    from sftppush import crt
+    from sftppush.s3 import Where
+
+    where = Where("bkt", "https://s3.example:9000")
+    tls = str(classify(crt.Failed(None, None, "AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE"),
+                       where=where))
+    assert tls.startswith("S3 unreachable on bucket bkt at https://s3.example:9000:")
+    assert "the TLS certificate of https://s3.example:9000 is not trusted: set AWS_CA_BUNDLE" \
+        in tls
+    refused = str(classify(crt.Failed(None, None, "AWS_IO_SOCKET_CONNECTION_REFUSED"),
+                           where=where))
+    assert "nothing answers at https://s3.example:9000: check defaults.endpoint_url" in refused
+    denied = classify(ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied."},
+                                   "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject"),
+                      where=where)
+    assert isinstance(denied, PermanentError)
+    assert str(denied).startswith("S3 PutObject on bucket bkt at https://s3.example:9000:"
+                                  " AccessDenied (403) Access Denied: these credentials may not")
+
+
+def test_a_damaged_body_refused_and_retried_in_place_is_a_warning(
+        moto_server: S3Server, s3_bucket: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A store that checks what it gets (AWS S3) answers BadDigest; boto3's lane retries in
+    place, and the retry's success must not hide it below debug."""
+    from botocore.exceptions import ClientError
+
+    up = uploader(moto_server.endpoint_url)
+    real = up.client.put_object
+    refused: list[int] = []
+
+    def damaged_once(**kwargs: Any) -> Any:
+        if not refused:
+            refused.append(1)
+            raise ClientError({"Error": {"Code": "BadDigest", "Message": "The Content-MD5 you"
+                                         " specified did not match what we received."},
+                               "ResponseMetadata": {"HTTPStatusCode": 400}}, "PutObject")
+        return real(**kwargs)
+
+    up.client.put_object = damaged_once
+    with caplog.at_level("WARNING", logger="sftppush"):
+        up.upload(s3_bucket, "k", io.BytesIO(b"x" * 1000), {})
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.getMessage() == (f"store refused a body damaged on the way, sent again"
+                                    f" bucket={s3_bucket} endpoint={moto_server.endpoint_url}"
+                                    " code=BadDigest")
+
+
 def test_multipart_to_rclone_with_no_open_uploads_and_capitalised_metadata(rclone_s3: Any) -> None:
     # rclone serve s3 answers ListMultipartUploads on a bucket without uploads with
     # NoSuchUpload, and returns metadata keys capitalised; neither may stop an upload.

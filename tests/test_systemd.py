@@ -145,10 +145,46 @@ def test_exec_start_parses_against_the_cli(name: str, entry_point: Path, site: d
 
     # The global options (the config above all) are good enough to start on: the same
     # options validate a real config, and the queue lands in systemd's StateDirectory.
-    checked = subprocess.run([*argv[:command], "config", "check"], capture_output=True,
-                             text=True, env=env, timeout=60)
+    checked = subprocess.run([*argv[:command], "config", "check", "--no-environment"],
+                             capture_output=True, text=True, env=env, timeout=60)
     assert checked.returncode == 0, checked.stderr
     assert f"queue: {site['state'] / 'queue.db'}" in checked.stdout
+
+
+def test_the_consumer_checks_its_environment_before_each_start(entry_point: Path,
+                                                               site: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    """Its ExecStartPre= is `config check` with the same global options as its ExecStart=,
+    and it parses against the real command line."""
+    units = install_units(tmp_path / "units", {INSTALLED_ENTRY_POINT: str(entry_point),
+                                               INSTALLED_CONFIG: str(site["config"])})
+    text = (units / CONSUMER).read_text()
+    (pre,) = [line.split("=", 1)[1] for line in text.splitlines()
+              if line.startswith("ExecStartPre=")]
+    argv = shlex.split(pre)
+    start = exec_start(units / CONSUMER)
+    assert argv[argv.index("config"):] == ["config", "check"]
+    assert argv[:argv.index("config")] == start[:start.index("consume")]
+    helped = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert helped.returncode == 0 and "--no-environment" in helped.stdout, helped.stderr
+    for name in SERVICES:
+        if name != CONSUMER:  # the others have no network (watcher) or only read the queue
+            assert "ExecStartPre=" not in (UNITS / name).read_text(), name
+
+
+def test_documentation_points_at_the_projects_own_docs_as_installed() -> None:
+    """Documentation= names this project's docs where the install copies them, not the Go
+    tool's repository."""
+    install = (REPO / "docs" / "operations.md").read_text()
+    assert "sudo cp README.md docs/*.md /usr/share/doc/sftppush/" in install
+    for name in ALL_UNITS:
+        (line,) = [line for line in (UNITS / name).read_text().splitlines()
+                   if line.startswith("Documentation=")]
+        for uri in line.split("=", 1)[1].split():
+            assert uri.startswith("file:/usr/share/doc/sftppush/"), (name, uri)
+            shipped = uri.rsplit("/", 1)[1]
+            assert (REPO / shipped).is_file() or (REPO / "docs" / shipped).is_file(), uri
 
 
 def test_enabling_the_target_pulls_in_watcher_timer_and_consumers(tmp_path: Path) -> None:

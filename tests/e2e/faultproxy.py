@@ -3,7 +3,8 @@
 refuse() closes new connections at once (RST), reset() kills the open ones (SO_LINGER 0),
 stall() stops every byte both ways while keeping sockets open, cut() = refuse + reset,
 slow(seconds) delays every chunk sent upstream, corrupt_part(n) flips one byte in the body of
-the next multipart upload part number n, restore() lets everything flow again.
+the next multipart upload part number n, corrupt_put(key) in the next PUT of that key,
+restore() lets everything flow again.
 Runs its own asyncio loop in a background thread.
 It also notes every HTTP/1.1 request whose body went through in full (`requests`), so a test
 can count what reached the server — e.g. uploads of the same key.
@@ -179,6 +180,11 @@ class FaultProxy:
     def corrupt_part(self, number: int) -> None:
         """Flip a byte in the body of the next UploadPart request for part `number`."""
         self.flip = _Flip(re.compile(rb"[?&]partNumber=%d[& ]" % number))
+
+    def corrupt_put(self, key: str) -> None:
+        """Flip a byte near the start of the body of the next PUT of an object whose key
+        ends with `key` (a single PUT: its Content-MD5 no longer matches)."""
+        self.flip = _Flip(re.compile(rb"PUT /\S*" + re.escape(key.encode()) + rb" "), offset=10)
 
     def cut(self) -> None:
         self.refuse()

@@ -85,7 +85,7 @@ def test_config_check_warns_when_the_tree_nears_the_watch_limit(source_tree):
     for i in range(8):
         (source_tree.upload / f"d{i}").mkdir()
     config = source_tree.write_config()
-    argv = cli_argv("--config", config, "config", "check")
+    argv = cli_argv("--config", config, "config", "check", "--no-environment")  # no store
     near = subprocess.run([*own_watch_limit(10), *argv], capture_output=True, text=True,
                           timeout=60, env=child_env())
     assert near.returncode == 0, near.stderr

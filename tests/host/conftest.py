@@ -1,7 +1,7 @@
 """One real server for the whole host suite: Debian booted by systemd-nspawn, sftppush installed
-inside by the README's own marked blocks, OpenSSH's sshd with two chrooted SFTP users, and
-`rclone serve s3` as the store. Tests upload from the host through sshd and read the objects
-back from the store's directory.
+inside by the marked blocks of docs/operations.md, OpenSSH's sshd with two chrooted SFTP
+users, and `rclone serve s3` as the store. Tests upload from the host through sshd and read
+the objects back from the store's directory.
 
 The machine is shared by the tests in file order (install, sftp, survives): each test leaves
 it with nothing pending and no file on disk, which `Server.assert_all_delivered()` checks.
@@ -31,7 +31,7 @@ from tests.host.readme import adapt, marked_blocks
 from tests.host.rootfs import rootfs
 
 USERS = ("sftpuser1", "sftpuser2")
-BUCKET = "my-bucket"           # the README's s3target: my-bucket/incoming
+BUCKET = "my-bucket"           # the install's s3target: my-bucket/incoming
 PREFIX = "incoming"
 S3_PORT = 9000
 S3_DIR = "/var/lib/test-s3"
@@ -63,7 +63,7 @@ Match User {",".join(USERS)}
     X11Forwarding no
 """
 
-# sudoedit's editor for the README's credentials step: writes what an admin would type.
+# sudoedit's editor for the install's credentials step: writes what an admin would type.
 CREDENTIALS_EDITOR = f"""#!/bin/sh
 cat > "$1" <<'EOF'
 [default]
@@ -79,7 +79,7 @@ def _copy_checkout(target: Path) -> None:
     target.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, target / name)
-    for name in ("sftppush", "systemd"):
+    for name in ("sftppush", "systemd", "docs"):
         shutil.copytree(REPO / name, target / name, ignore=ignore)
 
 
@@ -229,7 +229,7 @@ class Server:
     # --- operating it -------------------------------------------------------------------------
 
     def operator(self, command: str, check: bool = True) -> str:
-        """`sftppush COMMAND` as the README says to run it: as the service user."""
+        """`sftppush COMMAND` as the docs say to run it: as the service user."""
         return self.m.sh(f"sudo -u sftppush {SFTPPUSH} {command}", check=check)
 
     def logs(self) -> str:
@@ -282,19 +282,20 @@ def _sftp_users(m: Machine) -> None:
         """)
 
 
-def _install_as_the_readme_says(m: Machine) -> None:
-    """The README's marked blocks, in order, in the checkout. Changes are made by `adapt()`
+def _install_as_the_docs_say(m: Machine) -> None:
+    """The install's marked blocks, in order, in the checkout. Changes are made by `adapt()`
     only: the S3 endpoint of this machine, a second source, two consumers instead of four."""
     blocks = marked_blocks()
     expected = ["service-user", "program", "config", "credentials", "upload-tree",
-                "upload-tree-acl", "config-check", "inotify-watches", "units", "metrics"]
-    assert list(blocks) == expected, f"README's marked blocks changed: {list(blocks)}"
+                "upload-tree-acl", "inotify-watches", "config-check", "units", "metrics"]
+    assert list(blocks) == expected, f"the install's marked blocks changed: {list(blocks)}"
 
     def run(name: str, script: str, prelude: str = "") -> None:
         try:
             m.sh(f"cd /root/sftppush\n{prelude}\n{script}", timeout=600)
         except Exception as exc:
-            raise AssertionError(f"the README's block {name} failed in the container") from exc
+            raise AssertionError(f"the install's block {name} failed in the container:"
+                                 f"\n{exc}") from exc
 
     run("service-user", blocks["service-user"])
     run("program", blocks["program"])
@@ -309,13 +310,14 @@ def _install_as_the_readme_says(m: Machine) -> None:
             block = blocks[name]
             assert "sftpuser1" in block
             run(name, block.replace("sftpuser1", user))
-    run("config-check", blocks["config-check"])
     # A container may not set kernel parameters (/proc/sys is read-only in it): the drop-in
     # must be written and read, and refusals are the only errors allowed.
     result = m.run("bash", "-euo", "pipefail", "-c", blocks["inotify-watches"], check=False)
     assert "Applying /etc/sysctl.d/90-sftppush.conf" in result.stdout, result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("sysctl:")]
     assert all("permission denied on key" in line for line in errors), result.stderr
+    # Consumer 1 starts alone first: its ExecStartPre runs `config check`, which must pass.
+    run("config-check", blocks["config-check"])
     run("units", adapt(blocks["units"], "sftppush-consume@{1..4}.service",
                        "sftppush-consume@{1..2}.service"))
     # The endpoint answers once the unit has bound its port: wait for it, then run the block.
@@ -339,7 +341,7 @@ def server() -> Iterator[Server]:
         machine.boot()
         _sftp_users(machine)
         machine.wait_active("ssh.service", "test-s3.service")
-        _install_as_the_readme_says(machine)
+        _install_as_the_docs_say(machine)
         srv.wait_sftppush_up()
         yield srv
     finally:

@@ -25,7 +25,7 @@ SUITE = "bookworm"  # Python 3.11 inside, like the host's wheels; systemd 252
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "openssh-sftp-server",
     "python3", "python3-venv", "inotify-tools", "iproute2", "procps",
-    "sudo", "acl", "curl",  # the README's commands: sudo -u sftppush, setfacl, curl
+    "sudo", "acl", "curl",  # the install's commands: sudo -u sftppush, setfacl, curl
 )
 # Bump when the build steps below change, so that older caches are not reused.
 BUILDER_VERSION = "1"

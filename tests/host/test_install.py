@@ -1,10 +1,13 @@
-"""The README's install, done on a real Debian with systemd as PID 1, leaves a running service
-whose hardening holds when probed from inside it, not just on paper."""
+"""The install of docs/operations.md, done on a real Debian with systemd as PID 1, leaves a
+running service whose hardening holds when probed from inside it, not just on paper; its
+consumers check their environment before they start, and their warnings reach the journal
+with their priority."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -96,3 +99,59 @@ def test_awscrt_runs_in_the_consumer_under_memory_deny_write_execute(server: Ser
         maps = m.run("cat", f"/proc/{pid}/maps").stdout
         assert "_awscrt" in maps, f"{unit}: awscrt is not loaded"
     assert "Traceback" not in m.journal(*CONSUMERS)
+
+
+def test_consumers_check_their_environment_as_the_service_user_before_they_start(
+        server: Server) -> None:
+    """ExecStartPre= runs `config check` as sftppush in the consumer's own sandbox: it passed
+    for the install's first start; with an upload directory sftppush cannot write, the
+    consumer does not start, and the journal names the directory at warning or worse."""
+    m = server.m
+    assert "environment ok for user sftppush" in m.journal(CONSUMERS[0])
+    since = m.run("date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
+    m.run("chmod", "g-w", "/home/sftpuser2/upload")  # the ACL's mask with it: both ways gone
+    try:
+        started = m.run("systemctl", "restart", CONSUMERS[0], check=False)
+        assert started.returncode != 0, "the consumer started with an unwritable upload dir"
+        warnings = m.run("journalctl", "--no-pager", "-o", "cat", "-p", "warning", "-u",
+                         CONSUMERS[0], "--since", since).stdout
+        assert ("source sftpuser2: directory /home/sftpuser2/upload is not writable by user"
+                " sftppush (Permission denied)") in warnings, warnings
+        assert "config check: 1 problem in the environment of user sftppush" in warnings
+    finally:
+        m.run("chmod", "g+w", "/home/sftpuser2/upload")
+    m.wait_active(CONSUMERS[0], timeout=30)  # Restart= tries again by itself
+    server.assert_all_delivered()
+
+
+def test_a_warning_of_the_consumer_is_found_by_journalctl_p_warning(server: Server) -> None:
+    """A file that vanished before its upload, with no object: a warning, which journald
+    stores at its priority because the line starts with <4>."""
+    m = server.m
+    m.run("systemctl", "stop", *CONSUMERS)
+    since = m.run("date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
+    local = server.make_file("sftpuser1/gone.csv", b"here for a moment\n", gz=False)
+    server.sftp("sftpuser1", f"put {local} /upload/gone.csv")
+    deadline = time.monotonic() + 30
+    while json.loads(server.operator("queue status --json"))["pending"] == 0:
+        assert time.monotonic() < deadline, "the watcher did not queue the file"
+        time.sleep(0.2)
+    m.run("rm", "/home/sftpuser1/upload/gone.csv")
+    m.run("systemctl", "start", CONSUMERS[0])
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            warnings = m.run("journalctl", "--no-pager", "-o", "cat", "-p", "warning", "-u",
+                             CONSUMERS[0], "--since", since).stdout
+            if "/home/sftpuser1/upload/gone.csv object=missing" in warnings:
+                break
+            assert time.monotonic() < deadline, m.journal(CONSUMERS[0])[-3000:]
+            time.sleep(0.5)
+        assert " WARNING sftppush.pipeline vanished id=" in warnings
+        # Info lines are not warnings: the same journal has them, below that priority.
+        assert "consumer started" not in warnings
+        assert "consumer started" in m.journal(CONSUMERS[0], since=since)
+    finally:
+        m.run("systemctl", "start", CONSUMERS[1])
+    server.wait_sftppush_up()
+    server.assert_all_delivered()

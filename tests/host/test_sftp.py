@@ -91,7 +91,7 @@ def test_a_300_mb_gzip_arrives_whole(server: Server) -> None:
 
 
 def test_operator_sees_the_counts_and_the_upload_lines(server: Server) -> None:
-    """`queue status` and `queue list --state failed`, run as the service user as the README
+    """`queue status` and `queue list --state failed`, run as the service user as the docs
     says, match what happened; the journal has an upload line for every file sent."""
     server.assert_all_delivered()
     status = json.loads(server.operator("queue status --json"))
@@ -108,7 +108,8 @@ def test_operator_sees_the_counts_and_the_upload_lines(server: Server) -> None:
 
 def test_two_names_for_one_key_never_overwrite(server: Server) -> None:
     """a.csv then a.csv.gz: the second ends failed with `key collision`, stays on disk, and
-    the operator sees it in `queue list --state failed`; then does what the README says."""
+    the operator sees it in `queue list --state failed`; then does what the README's
+    troubleshooting table says."""
     first = os.urandom(5000)
     server.sftp("sftpuser1", f"put {server.make_file('sftpuser1/dup.csv', first, gz=False)} "
                              "/upload/dup.csv")
@@ -130,7 +131,7 @@ def test_two_names_for_one_key_never_overwrite(server: Server) -> None:
     assert second[0]["state"] == "failed", second
     assert server.m.path("/home/sftpuser1/upload/dup.csv.gz").exists()
     assert "key collision" in server.operator("queue list --state failed")
-    # The README: rename the file that failed, then replay its entry to retire it.
+    # The troubleshooting table: rename the file that failed, then replay its entry to retire it.
     server.sftp("sftpuser1", "rename /upload/dup.csv.gz /upload/dup2.csv.gz")
     renamed = server.expect("sftpuser1", "/upload/dup2.csv.gz", second_body)
     server.operator(f"queue replay {second[0]['id']}")
