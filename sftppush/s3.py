@@ -22,6 +22,7 @@ import boto3
 import botocore.config
 import botocore.credentials
 import botocore.exceptions
+import botocore.utils
 import tenacity
 
 from sftppush import crt
@@ -98,7 +99,18 @@ def make_client(session: boto3.session.Session, defaults: Defaults, s3: S3Config
         # S3-compatible stores on an endpoint URL rarely do virtual-hosted buckets.
         s3={"addressing_style": "path"} if defaults.endpoint_url else None,
     )
-    return session.client("s3", endpoint_url=defaults.endpoint_url, config=config)
+    client = session.client("s3", endpoint_url=defaults.endpoint_url, config=config)
+    client.meta.events.register_last("before-call.s3", _no_expect_on_small_bodies)
+    return client
+
+
+def _no_expect_on_small_bodies(params: dict[str, Any], **_: Any) -> None:
+    """botocore makes every PUT body wait for a `100 Continue` (one more round trip before
+    its first byte): worth it for a big body the store may refuse, not for a small one."""
+    headers = params.get("headers") or {}
+    if "Expect" in headers and (botocore.utils.determine_content_length(params.get("body"))
+                                or 0) <= SMALL_BODY:
+        del headers["Expect"]
 
 
 def options(s3: S3Config) -> dict[str, str]:

@@ -34,8 +34,8 @@ def _abort(writer: asyncio.StreamWriter) -> None:
 class _RequestTap:
     """Follows one client→server HTTP/1.1 stream: Content-Length and chunked bodies."""
 
-    def __init__(self, seen: list[tuple[str, str]]):
-        self.seen = seen
+    def __init__(self, seen: list[tuple[str, str]], heads: list[dict[str, str]]):
+        self.seen, self.heads = seen, heads
         self.buf = b""
         self.state = "head"  # head | body | chunk-size | trailer
         self.request: tuple[str, str] = ("", "")
@@ -70,6 +70,7 @@ class _RequestTap:
             headers = {k.strip().lower(): v.strip() for k, _, v in
                        (h.partition(":") for h in head.split("\r\n")[1:])}
             self.request = (method, target)
+            self.heads.append(headers)
             if "chunked" in headers.get("transfer-encoding", "").lower():
                 self.state = "chunk-size"
                 return True
@@ -132,6 +133,7 @@ class FaultProxy:
         self.bytes_up = 0       # bytes forwarded from clients to the server
         self.delay = 0.0        # seconds each chunk to the server waits (slow())
         self.requests: list[tuple[str, str]] = []  # (method, target) of HTTP requests sent whole
+        self.heads: list[dict[str, str]] = []  # every request's headers (names in lower case)
         self.flip: _Flip | None = None
         self._refusing = False
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
@@ -235,7 +237,8 @@ class FaultProxy:
         conn = (writer, up_writer)
         self._conns.add(conn)
         try:
-            await asyncio.gather(self._pump(reader, up_writer, conn, _RequestTap(self.requests)),
+            tap = _RequestTap(self.requests, self.heads)
+            await asyncio.gather(self._pump(reader, up_writer, conn, tap),
                                  self._pump(up_reader, writer, conn))
         finally:
             self._conns.discard(conn)
