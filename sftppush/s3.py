@@ -28,7 +28,7 @@ import tenacity
 from sftppush import crt
 from sftppush.config import Defaults, S3Config
 from sftppush.decompress import Reader, read_full
-from sftppush.errors import ConfigError, PermanentError, TransientError
+from sftppush.errors import ConfigError, PermanentError, Throttled, TransientError
 from sftppush.multipart import Journal, Multipart, Uploaded, error_code
 from sftppush.parts import Checksum, PartBody, read_part, store_checksum
 
@@ -48,6 +48,10 @@ TRANSIENT_CODES = frozenset({
     "ExpiredToken", "TokenRefreshRequired", "RequestExpired", "BadDigest",
     "XAmzContentSHA256Mismatch", "IncompleteBody",
     "OperationAborted",
+})
+# ... of which these ask the sender to slow down (as do 429 and 503, whatever their code).
+THROTTLING_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
 })
 
 
@@ -71,7 +75,8 @@ class Transfer:
     part_memory: int = 32 * 2**20       # per multipart upload: bytes of part buffers
     spool_above: int = 16 * 2**20       # bigger parts wait in a temporary file
     fast: bool = True                   # small bodies through awscrt when it is installed
-    in_flight: int = 32                 # concurrent awscrt PUTs
+    in_flight: int = 32                 # awscrt PUTs in flight at first: the window grows
+                                        # from here up to consumer.s3.max_in_flight
     max_small: int = 8 * 2**20          # the largest body the fast transport takes
 
 
@@ -134,6 +139,8 @@ def verdict(status: int | None, code: str | None, message: str) -> TransientErro
     """What a store's answer (status None: no answer at all) means for a retry."""
     if status is None:
         return TransientError(f"S3 unreachable: {message}")
+    if code in THROTTLING_CODES or status in (429, 503):
+        return Throttled(message)
     if is_transient(code, status):
         return TransientError(message)
     return PermanentError(message)
@@ -223,7 +230,7 @@ class Sink:
             transport = crt.CrtTransport(
                 region=session.region_name or "us-east-1", credentials=_crt_credentials(session),
                 endpoint_url=defaults.endpoint_url, max_body=s3.part_size_mb * 2**20,
-                max_in_flight=transfer.in_flight,
+                min_in_flight=transfer.in_flight, max_in_flight=s3.max_in_flight,
                 connect_timeout_ms=int(transfer.connect_timeout * 1000),
                 request_timeout=transfer.read_timeout,
                 ca_file=os.environ.get("AWS_CA_BUNDLE") or None)  # as boto3 takes it
@@ -233,6 +240,10 @@ class Sink:
     @property
     def fast(self) -> bool:
         return self.transport is not None
+
+    def in_flight(self) -> int:
+        """How many fast PUTs may run at once now (the transport's window); 0 without it."""
+        return self.transport.window.size if self.transport is not None else 0
 
     def takes(self, bucket: str, size: int) -> bool:
         """Worth a fast `put()`: a small body, to a bucket the CRT client can address (on AWS
@@ -271,8 +282,11 @@ class Sink:
                 if isinstance(answer, crt.Failed):
                     if answer.status == 412 and if_absent:  # someone's object is there: whose?
                         self._verify.submit(self._put_over, out, bucket, key, body, metadata)
-                    else:
-                        out.set_exception(classify(answer))
+                        return
+                    error = classify(answer)
+                    if isinstance(error, Throttled):
+                        self.transport.throttled()  # fewer in flight from now on
+                    out.set_exception(error)
                     return
                 how = verified_by(self.checksum, sent, answer.headers.get(self._checksum_header),
                                   answer.headers.get("etag"), md5.hexdigest)

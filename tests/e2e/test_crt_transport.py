@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from sftppush import crt
-from sftppush.errors import TransientError
+from sftppush.errors import Throttled, TransientError
 from tests.test_crt import closing, count, needs_crt, uploader
 
 
@@ -194,3 +194,28 @@ def test_a_store_asking_to_slow_down_gets_no_immediate_resend():
         server.shutdown()
         server.server_close()
     assert puts == ["/bucket/k"]
+
+
+@needs_crt
+def test_a_store_asking_to_slow_down_gets_fewer_puts_in_flight_and_loses_nothing(
+        moto_server, s3_client, s3_bucket, fault_proxy):
+    proxy = fault_proxy(moto_server.port)
+    proxy.answer_puts(0.3)  # 503 SlowDown to every third PUT or so; the store never sees them
+    bodies = {f"k{i:03d}": f"{i},".encode() * 300 for i in range(200)}
+    left, throttled, rounds = dict(bodies), 0, 0
+    with closing(uploader(SimpleNamespace(endpoint_url=proxy.url))) as up:
+        window = up.transport.window
+        first = window.size
+        while left and rounds < 30:  # what the queue does: try the throttled ones again
+            rounds += 1
+            futures = {key: up.put(s3_bucket, key, body, {}) for key, body in left.items()}
+            for key, future in futures.items():
+                try:
+                    assert future.result(30).verified_by
+                    del left[key]
+                except Throttled:
+                    throttled += 1
+        assert window.cuts >= 3 and window.size < first // 4, (window.size, window.cuts)
+    assert not left and throttled == proxy.answered >= 60
+    for key, body in bodies.items():
+        assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body

@@ -1,6 +1,7 @@
 """What each upload costs in round trips, which a store far away multiplies: no `100 Continue`
-wait before a small body. Real sockets: the fault proxy (it notes every request's headers) in
-front of moto."""
+wait before a small body, and kept-alive connections, no more than the requests in flight.
+Real sockets: the fault proxy (it notes every request's headers and counts connections) in
+front of moto or rclone."""
 
 from __future__ import annotations
 
@@ -21,3 +22,17 @@ def test_small_bodies_wait_for_no_100_continue_on_either_upload_path(moto_server
             if method == "PUT"]
     assert len(puts) == 2
     assert not [head for head in puts if "expect" in head], puts
+
+
+@needs_crt
+def test_puts_reuse_kept_alive_connections_no_more_than_the_window(rclone_s3, fault_proxy):
+    # rclone keeps connections alive (moto's server closes each after one answer).
+    bucket = rclone_s3.make_bucket("alive")
+    proxy = fault_proxy(rclone_s3.port)
+    with closing(uploader(SimpleNamespace(endpoint_url=proxy.url))) as up:
+        for batch in range(10):
+            futures = [up.put(bucket, f"k{batch}-{i}", b"x" * 100, {}) for i in range(32)]
+            assert all(f.result(30).verified_by for f in futures)
+        most = up.transport.window.ceiling
+        assert up.transport.window.size <= 40  # loopback: more in flight would only queue
+    assert 32 <= proxy.accepted <= 48 < most, proxy.accepted  # 320 PUTs
