@@ -91,7 +91,7 @@ class CrtTransport:
                  max_retries: int = 2, connect_timeout_ms: int = 3000,
                  request_timeout: float = 60.0, ca_file: str | None = None) -> None:
         if not available():
-            raise RuntimeError("awscrt is not installed (pip install 'sftppush[crt]')")
+            raise RuntimeError("awscrt is not installed (a dependency: pip install awscrt)")
         self.region = region
         url = urlsplit(endpoint_url) if endpoint_url else None
         self._host = url.netloc if url else None  # None = AWS, virtual-hosted per bucket
@@ -156,9 +156,6 @@ class CrtTransport:
     def wait_room(self, size: int, timeout: float) -> bool:
         """Wait up to `timeout` seconds until a body of `size` bytes would start at once."""
         with self._room:
-            if self._fits(size):
-                return True
-            self.window.full()
             return self._room.wait_for(lambda: self._fits(size), timeout)
 
     def throttled(self) -> None:
@@ -183,6 +180,8 @@ class CrtTransport:
             self._room.wait_for(lambda: self._running[0] == 0, timeout)
         self._stopping.set()
         self._watchdog.join(5.0)
+        log.info("fast path closed window=%d largest=%d throttles=%d", self.window.size,
+                 self.window.largest, self.window.throttles)
         with self._lock:
             idle, self._idle = self._idle, {}
         for connections in idle.values():
@@ -320,18 +319,16 @@ class CrtTransport:
 
     def _reserve(self, size: int) -> None:
         with self._room:
-            if not self._fits(size):
-                self.window.full()
-                self._room.wait_for(lambda: self._fits(size))
+            self._room.wait_for(lambda: self._fits(size))
             self._running[0] += 1
             self._running[1] += size
 
     def _release(self, size: int, latency: float | None) -> None:
         with self._room:
+            if latency is not None:
+                self.window.answered(latency, self._running[0])
             self._running[0] -= 1
             self._running[1] -= size
-            if latency is not None:
-                self.window.answered(latency)
             self._room.notify_all()
 
     def _cancel_overdue(self) -> None:

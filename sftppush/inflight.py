@@ -19,6 +19,7 @@ REST = 8               # epochs before a step that did not pay is tried again
 RISE, RISE_SLACK = 2.0, 0.010  # latency above RISE x the lowest recent median + slack: shrink
 SHRINK = 0.875
 MIN_EPOCH = 8          # answers: fewer say too little about the median
+FULL = 0.85            # the window is full when this share of it ran, on average
 RECENT = 32            # epochs whose medians make "the lowest recent median"
 
 
@@ -28,13 +29,14 @@ class Window:
     It starts at `floor` (what a store on loopback needs: more only queues there) and decides
     once per epoch, one window's worth of answers (about one round trip while it is full):
 
-    - Grow while throughput grows. When the window was full (`full()`: a request waited for
-      room), it grows a step, and the epoch after next (the first one may still answer
-      requests sent before) says whether that paid: with the window full, throughput is
-      window / latency (Little's law), so the step paid if latency rose by less than half of
-      it. If not, the window steps back and rests for REST epochs before it tries again. On
-      a far link latency holds as the window grows, until the store or this process is
-      busy; on loopback the first step already only adds queueing.
+    - Grow while throughput grows. When the window was full (on average, requests running
+      filled FULL of it: the sender is faster than the window lets it be), it grows a step,
+      and the epoch after next (the first one may still answer requests sent before) says
+      whether that paid: with the window full, throughput is window / latency (Little's
+      law), so the step paid if latency rose by less than half of it. If not, the window
+      steps back and rests for REST epochs before it tries again. On a far link latency
+      holds as the window grows, until the store is busy; on loopback the first step
+      already only adds queueing; a sender busy elsewhere (its CPU) never fills it.
     - Shrink on rising latency: beyond RISE x the lowest median of the last RECENT epochs,
       an eighth per epoch, not below `floor`.
     - Shrink on throttling (`throttled()`: 503 SlowDown, 429, throttling codes), at most once
@@ -48,11 +50,13 @@ class Window:
         self.floor = max(1, min(floor, self.ceiling))
         self.limit = float(self.floor)
         self.threshold = float(self.ceiling)  # growth above it is careful (TCP's ssthresh)
+        self.largest = self.floor             # the largest size so far
         self.throttles = 0                    # times the store asked to slow down
         self.cuts = 0                         # ... that cut the window
         self._latencies: list[float] = []     # of this epoch's answers
+        self._running = 0                     # ... and the requests running at each, summed
         self._medians: collections.deque[float] = collections.deque(maxlen=RECENT)
-        self._full = self._throttled = False  # in this epoch
+        self._throttled = False               # in this epoch
         self._since_cut = self.floor          # answers since the last cut
         self._step: tuple[float, float] | None = None  # (size, median) before a step up
         self._settling = False                # the epoch after a step: not measured
@@ -62,10 +66,6 @@ class Window:
     def size(self) -> int:
         """Requests that may run at once now."""
         return int(self.limit)
-
-    def full(self) -> None:
-        """A request had to wait for room: the window, not demand, set the rate."""
-        self._full = True
 
     def throttled(self) -> None:
         """The store asked to slow down (503 SlowDown, 429, a throttling code)."""
@@ -78,18 +78,21 @@ class Window:
             self.threshold = self.limit
             self._step = None
 
-    def answered(self, latency: float) -> None:
-        """One answer came, `latency` seconds after its request started."""
+    def answered(self, latency: float, running: int) -> None:
+        """One answer came, `latency` seconds after its request started, while `running`
+        requests were in flight (itself included)."""
         self._since_cut += 1
         self._latencies.append(latency)
+        self._running += running
         if len(self._latencies) >= max(MIN_EPOCH, self.size):
             self._decide()
 
     def _decide(self) -> None:
-        median = statistics.median(self._latencies)
-        self._latencies = []
+        latencies, self._latencies = self._latencies, []
+        median = statistics.median(latencies)
         self._medians.append(median)
-        full, self._full = self._full, False
+        full = self._running >= FULL * self.size * len(latencies)
+        self._running = 0
         throttled, self._throttled = self._throttled, False
         if throttled:
             return  # cut already, at the throttle
@@ -115,6 +118,7 @@ class Window:
         if int(grown) > self.size:
             self._step, self._settling = (self.limit, median), True
             self.limit = grown
+            self.largest = max(self.largest, self.size)
 
     def _judge(self, median: float) -> None:
         (before, was), self._step = self._step, None

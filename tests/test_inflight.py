@@ -18,10 +18,8 @@ def run(window: Window, rtt: float, capacity: float, epochs: int = 300,
     for _ in range(epochs):
         size = window.size
         running = size if demand is None else min(size, demand)
-        if demand is None or demand > size:
-            window.full()
-        for _ in range(max(8, running)):
-            window.answered(max(rtt, running / capacity))
+        for _ in range(max(8, size)):
+            window.answered(max(rtt, running / capacity), running)
         sizes.append(window.size)
     return sizes
 
@@ -76,7 +74,7 @@ def test_a_store_asking_to_slow_down_halves_the_window_once_per_window_of_answer
         window.throttled()
     assert window.size == before // 2 and window.cuts == 1 and window.throttles == 10
     for _ in range(window.size):
-        window.answered(0.1)
+        window.answered(0.1, window.size)
     window.throttled()
     assert window.size == before // 4 and window.cuts == 2
 
@@ -86,7 +84,7 @@ def test_a_store_that_keeps_throttling_gets_one_request_at_a_time():
     for _ in range(20):
         window.throttled()
         for _ in range(max(8, window.size)):
-            window.answered(0.001)
+            window.answered(0.001, window.size)
     assert window.size == 1
 
 
@@ -95,7 +93,7 @@ def test_after_throttling_the_window_comes_back_to_its_floor_then_grows_additive
     for _ in range(3):
         window.throttled()
         for _ in range(max(8, window.size)):
-            window.answered(0.1)
+            window.answered(0.1, window.size)
     assert window.size == 4
     sizes = run(window, 0.100, 100_000, epochs=30)
     assert 32 in sizes and sizes == sorted(sizes)

@@ -72,6 +72,11 @@ def run_sftppush(server: RcloneS3, root: Path, bucket: str, prefix: str, blobs: 
             raise RuntimeError(f"{left} of {len(blobs)} files still on disk after {timeout:.0f} s;"
                                f" queue {app.status()}; logs in {app.logs}")
         status = app.status()
+    for name in app.procs:  # what the fast path's window did, as each consumer logs it
+        if name.startswith("consumer"):
+            log = (app.logs / f"{name}.log").read_text(errors="replace")
+            print(f"  # {name}: " + " ".join(line.partition("fast path closed ")[2] for line in
+                                              log.splitlines() if "fast path closed" in line))
     objects = server.count_objects(bucket, f"{prefix}/")
     if objects != len(blobs) or status.get("done") != len(blobs):
         raise RuntimeError(f"{objects} objects and queue {status} for {len(blobs)} files")
