@@ -1,26 +1,31 @@
 """What each upload costs in round trips, which a store far away multiplies: no `100 Continue`
-wait before a small body, and kept-alive connections, no more than the requests in flight.
+wait before a body, and kept-alive connections, no more than the requests in flight.
 Real sockets: the fault proxy (it notes every request's headers and counts connections) in
 front of moto or rclone."""
 
 from __future__ import annotations
 
 import io
+import os
 from types import SimpleNamespace
 
+from sftppush.config import S3Config
 from tests.test_crt import closing, needs_crt, uploader
 
 
 @needs_crt
-def test_small_bodies_wait_for_no_100_continue_on_either_upload_path(moto_server, s3_bucket,
-                                                                     fault_proxy):
+def test_no_body_waits_for_100_continue_on_either_upload_path(moto_server, s3_bucket,
+                                                              fault_proxy):
     proxy = fault_proxy(moto_server.port)
-    with closing(uploader(SimpleNamespace(endpoint_url=proxy.url))) as up:
+    with closing(uploader(SimpleNamespace(endpoint_url=proxy.url),
+                          S3Config(part_size_mb=5))) as up:
         assert up.put(s3_bucket, "fast", b"f" * 4096, {}).result(30).verified_by  # awscrt
         assert up.upload(s3_bucket, "stream", io.BytesIO(b"s" * 4096), {}).verified_by  # boto3
+        big = up.upload(s3_bucket, "parts", io.BytesIO(os.urandom(11 * 2**20)), {})
+        assert big.parts == 3
     puts = [head for (method, _), head in zip(proxy.requests, proxy.heads, strict=True)
             if method == "PUT"]
-    assert len(puts) == 2
+    assert len(puts) == 5  # two PutObject, three UploadPart
     assert not [head for head in puts if "expect" in head], puts
 
 
