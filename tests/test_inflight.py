@@ -79,21 +79,23 @@ def test_a_store_asking_to_slow_down_halves_the_window_once_per_window_of_answer
     assert window.size == before // 4 and window.cuts == 2
 
 
-def test_a_store_that_keeps_throttling_gets_one_request_at_a_time():
-    window = Window(32, 256)
-    for _ in range(20):
+def throttled_epochs(window: Window, epochs: int, latency: float) -> None:
+    """`epochs` epochs, each with a throttle at its start."""
+    for _ in range(epochs):
         window.throttled()
         for _ in range(max(8, window.size)):
-            window.answered(0.001, window.size)
+            window.answered(latency, window.size)
+
+
+def test_a_store_that_keeps_throttling_gets_one_request_at_a_time():
+    window = Window(32, 256)
+    throttled_epochs(window, 20, 0.001)
     assert window.size == 1
 
 
 def test_after_throttling_the_window_comes_back_to_its_floor_then_grows_additively():
     window = Window(32, 256)
-    for _ in range(3):
-        window.throttled()
-        for _ in range(max(8, window.size)):
-            window.answered(0.1, window.size)
+    throttled_epochs(window, 3, 0.1)
     assert window.size == 4
     sizes = run(window, 0.100, 100_000, epochs=30)
     assert 32 in sizes and sizes == sorted(sizes)
