@@ -47,7 +47,8 @@ class Window:
       per epoch whatever the latency (until the next throttle).
     """
 
-    def __init__(self, floor: int = 32, ceiling: int = 256) -> None:
+    def __init__(self, floor: int = 32, ceiling: int = 256, min_epoch: int = MIN_EPOCH) -> None:
+        self.min_epoch = min_epoch  # answers an epoch takes at least
         self.ceiling = max(1, ceiling)
         self.floor = max(1, min(floor, self.ceiling))
         self.limit = float(self.floor)
@@ -86,7 +87,7 @@ class Window:
         self._since_cut += 1
         self._latencies.append(latency)
         self._running += running
-        if len(self._latencies) >= max(MIN_EPOCH, self.size):
+        if len(self._latencies) >= max(self.min_epoch, self.size):
             self._decide()
 
     def _decide(self) -> None:
@@ -115,7 +116,7 @@ class Window:
         if self._rest:
             self._rest -= 1
             return
-        grown = self.limit * GROW if self.limit < self.threshold else \
+        grown = max(self.limit + 1, self.limit * GROW) if self.limit < self.threshold else \
             self.limit + max(1.0, self.limit * GROW_AFTER)
         grown = min(float(self.ceiling), grown)
         if int(grown) > self.size:

@@ -71,7 +71,8 @@ class Transfer:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0          # boto3's read timeout, and the CRT request timeout
     retry: RetryPolicy = RetryPolicy()  # boto3 calls, in place
-    part_memory: int = 32 * 2**20       # per multipart upload: bytes of part buffers
+    part_memory: int = 32 * 2**20       # per multipart upload: bytes of part buffers, at
+    part_memory_max: int = 64 * 2**20   # first, and at most when the link needs more
     spool_above: int = 16 * 2**20       # bigger parts wait in a temporary file
     fast: bool = True                   # small bodies through awscrt when it is installed
     in_flight: int = 32                 # awscrt PUTs in flight at first: the window grows
@@ -204,7 +205,7 @@ class Sink:
         # Under SSE-KMS (and SSE-C) an ETag is not an MD5 of the body.
         self.multipart = Multipart(self.call, self.part_size, self.checksum, self.extra,
                                    str(s3.sse).startswith("aws:kms"), transfer.part_memory,
-                                   transfer.spool_above)
+                                   transfer.spool_above, transfer.part_memory_max)
         self.transport = transport
         self.max_small = min(transfer.max_small, self.part_size,
                              transport.max_body if transport else 0)
