@@ -85,7 +85,9 @@ def sftppush_latency(server: RcloneS3, root: Path, bucket: str, rate: float, cou
                 f.write(gzip.compress(small_body(i), 6))
             closed[name] = time.monotonic()
         deadline = time.monotonic() + timeout
-        while len(deleted) < count and time.monotonic() < deadline:
+        # Not len(deleted): the consumer's private names (its safe delete renames a file
+        # before it unlinks it) are deleted too, and would end the wait a few files early.
+        while not closed.keys() <= deleted.keys() and time.monotonic() < deadline:
             time.sleep(0.05)
         done.set()
         thread.join()
