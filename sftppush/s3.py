@@ -72,7 +72,7 @@ class Transfer:
     read_timeout: float = 60.0          # boto3's read timeout, and the CRT request timeout
     retry: RetryPolicy = RetryPolicy()  # boto3 calls, in place
     part_memory: int = 32 * 2**20       # per multipart upload: bytes of part buffers, at
-    part_memory_max: int = 64 * 2**20   # first, and at most when the link needs more
+    part_memory_max: int = 48 * 2**20   # first, and at most when the link needs more
     spool_above: int = 16 * 2**20       # bigger parts wait in a temporary file
     fast: bool = True                   # small bodies through awscrt when it is installed
     in_flight: int = 32                 # awscrt PUTs in flight at first: the window grows
