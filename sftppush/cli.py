@@ -231,12 +231,14 @@ def queue_replay(ctx: click.Context, all_failed: bool, ids: tuple[int, ...]) -> 
               help="e.g. 7d, 12h, 30m.")
 @click.pass_context
 def queue_purge(ctx: click.Context, older_than: str) -> None:
-    """Drop done entries finished longer ago than DURATION."""
+    """Drop done entries finished longer ago than DURATION (those of files kept by
+    delete_after_upload: false only once the file is gone)."""
+    from sftppush.scan import still_on_disk
     from sftppush.upkeep import PURGE_PAUSE
 
     seconds = parse_duration(older_than, "--done-older-than")
     with _open_queue(_config(ctx, need_sources=False)) as q:
-        count = q.purge_done(seconds, pause=PURGE_PAUSE)
+        count = q.purge_done(seconds, pause=PURGE_PAUSE, still_there=still_on_disk)
     click.echo(f"purged {count} done entr{'y' if count == 1 else 'ies'}")
 
 

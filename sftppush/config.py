@@ -64,6 +64,9 @@ KEYS = (
     Key("queue.keep_done", "duration", 7 * 86400.0, low=0),  # 0 = forever
     Key("consumer.workers", "int", 4, low=1),
     Key("consumer.delete_after_upload", "bool", True),
+    # Delete where the kernel cannot tell whether a client still writes the file (no
+    # CAP_LEASE, NFS): what a client writes after the delete is lost. See README.
+    Key("consumer.delete_without_lease", "bool", False),
     Key("consumer.max_attempts", "int", 5, low=1),
     Key("consumer.max_decompressed_bytes", "int", 64 * 2**30, low=1),
     Key("consumer.min_age_seconds", "float", 0.0, low=0),
@@ -167,6 +170,7 @@ class ConsumerConfig:
     max_decompressed_bytes: int
     min_age_seconds: float
     s3: S3Config
+    delete_without_lease: bool = _D["consumer.delete_without_lease"]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import queue as stdqueue
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +46,8 @@ log = logging.getLogger("sftppush.consumer")
 
 WAKE_RECHECK = 0.005
 # Outcomes the pipeline means to give; anything else is a bug, logged with its traceback.
-EXPECTED = (TransientError, PermanentError, pipeline.Done, pipeline.Held, pipeline.LeaseLost,
-            UploadCancelled)
+EXPECTED = (TransientError, PermanentError, pipeline.Done, pipeline.Held, pipeline.Undeleted,
+            pipeline.LeaseLost, UploadCancelled)
 
 
 @dataclass(slots=True)
@@ -95,6 +96,10 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
     tuning = tuning or Tuning()
     workers = workers or cfg.consumer.workers
     memory.fix_mmap_threshold()
+    if cfg.consumer.delete_without_lease:
+        log.warning("consumer.delete_without_lease is on: a file is deleted where the kernel"
+                    " cannot tell whether a client still writes it, and what a client writes"
+                    " after the delete is lost")
     sink = Sink.from_config(cfg.defaults, cfg.consumer.s3, tuning.transfer(workers))
     cancel = threading.Event()
     own_signals = stop is None
@@ -124,7 +129,12 @@ class Consumer:
     """The loop of one process: claim → start (fast PUT or worker thread) → settle outcomes."""
 
     def __init__(self, cfg: Config, q: Queue, sink: Sink, workers: int, tuning: Tuning,
-                 stop: threading.Event, cancel: threading.Event) -> None:
+                 stop: threading.Event, cancel: threading.Event, *, owner: str | None = None,
+                 pool: Executor | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """`owner`, `pool` (where streams run) and `monotonic` (the clock of its own timers;
+        leases follow the queue's clock) default to this process's; a test that steps the
+        consumer passes its own."""
         self.cfg = cfg
         self.queue = q
         self.sink = sink
@@ -132,7 +142,8 @@ class Consumer:
         self.tuning = tuning
         self.stop = stop
         self.cancel = cancel
-        self.owner = owner_token()
+        self.owner = owner or owner_token()
+        self.monotonic = monotonic
         self.lease = cfg.queue.lease_seconds
         self.batch = self._batch()
         self.inflight: dict[int, Claim] = {}
@@ -148,7 +159,7 @@ class Consumer:
         self.next_renew = 0.0
         self.breaker = Breaker(tuning.outage_after, tuning.transient_delay,
                                tuning.transient_delay_max)
-        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="worker")
+        self.pool = pool or ThreadPoolExecutor(self.workers, thread_name_prefix="worker")
         self.finished = False
 
     def loop(self, drain: bool) -> None:
@@ -158,7 +169,7 @@ class Consumer:
         # The loop sleeps on its outcomes (up to poll_interval): a stop, warm or cold, must
         # wake it, whoever sets it (a signal handler, which must not block, or a caller).
         threading.Thread(target=self._wake_on_stop, name="stop-waker", daemon=True).start()
-        self.next_renew = time.monotonic() + self.lease / 3
+        self.next_renew = self.monotonic() + self.lease / 3
         try:
             while not self.stop.is_set():
                 claimed = self._claim()
@@ -215,7 +226,7 @@ class Consumer:
     def _idle_wait(self) -> float:
         # The WAL is written a moment before the commit is visible to readers: just after a
         # wake-up, look again shortly rather than a whole poll interval later.
-        if time.monotonic() - self.woken_at < WAKE_RECHECK * 3:
+        if self.monotonic() - self.woken_at < WAKE_RECHECK * 3:
             return WAKE_RECHECK
         return self.tuning.poll_interval
 
@@ -226,7 +237,7 @@ class Consumer:
             max(64, 2 * self.sink.in_flight()) if self.sink.fast else 2 * self.workers)
 
     def _claim(self) -> int:
-        if not self.breaker.closed(time.monotonic()):
+        if not self.breaker.closed(self.monotonic()):
             return 0  # the store seems down: the backlog waits in the queue, untouched
         self.batch = self._batch()
         room = self.batch - len(self.inflight)
@@ -309,7 +320,7 @@ class Consumer:
         if self.stop.is_set():
             prepared.close()
             return None
-        if claim.lost or time.time() >= claim.expires:  # lost while waiting: start nothing
+        if claim.lost or self.queue.clock() >= claim.expires:  # lost while waiting: start nothing
             taken = None
         return pipeline.send_opened(prepared, taken, self.cfg, self.sink)
 
@@ -333,7 +344,7 @@ class Consumer:
         """Checked just before a delete: the lease must be ours with time to spare."""
         if claim.lost:
             return False
-        if time.time() < claim.expires - min(5.0, self.lease / 4):
+        if self.queue.clock() < claim.expires - min(5.0, self.lease / 4):
             return True
         lost, expires = self.queue.renew_leases([claim.entry], self.lease)
         if lost:
@@ -343,9 +354,9 @@ class Consumer:
         return True
 
     def _renew_if_due(self) -> None:
-        if time.monotonic() >= self.next_renew:
+        if self.monotonic() >= self.next_renew:
             self._renew()
-            self.next_renew = time.monotonic() + self.lease / 3
+            self.next_renew = self.monotonic() + self.lease / 3
 
     def _renew(self) -> None:
         claims = [c for c in list(self.inflight.values()) if not c.lost]
@@ -367,7 +378,7 @@ class Consumer:
     def _settle(self, wait: float) -> None:
         """Apply every outcome that is ready (waiting up to `wait` for the first)."""
         if self.acks:  # acks wait at most ack_delay for company
-            wait = max(0.0, min(wait, self.acks_since + self.tuning.ack_delay - time.monotonic()))
+            wait = max(0.0, min(wait, self.acks_since + self.tuning.ack_delay - self.monotonic()))
         ready: list[tuple[Claim, Any] | None] = []
         try:
             ready.append(self.outcomes.get(timeout=wait) if wait > 0 else
@@ -379,18 +390,18 @@ class Consumer:
         for item in ready:
             if item is None:
                 self.woken = False
-                self.woken_at = time.monotonic()
+                self.woken_at = self.monotonic()
             else:
                 self._apply(*item)
         if len(self.acks) >= self.tuning.ack_batch or (
-                self.acks and time.monotonic() >= self.acks_since + self.tuning.ack_delay):
+                self.acks and self.monotonic() >= self.acks_since + self.tuning.ack_delay):
             self._flush_acks()
 
     def _apply(self, claim: Claim, outcome: Any) -> None:
         if isinstance(outcome, pipeline.Sent):
             try:
                 outcome = pipeline.complete(outcome, lambda: self._still_ours(claim),
-                                            self.cfg.consumer.delete_after_upload)
+                                            self.cfg.consumer)
             except Exception as exc:
                 outcome = exc
         # A claim this process took again after its lease ran out (e.g. while stopped) has
@@ -407,13 +418,15 @@ class Consumer:
         self._breaker(outcome, action)
         if isinstance(outcome, TransientError):
             self.transient_streak[entry.id] = streak + 1
-        self._act(claim, action, logged=not isinstance(outcome, pipeline.Held))
+        # A held entry (young, or open for writing) is no failure: it waits without a line.
+        self._act(claim, action,
+                  logged=not isinstance(outcome, (pipeline.Held, pipeline.Undeleted)))
 
     def _act(self, claim: Claim, action: Action, logged: bool) -> None:
         entry = claim.entry
         if isinstance(action, Ack):
             if not self.acks:
-                self.acks_since = time.monotonic()
+                self.acks_since = self.monotonic()
             self.acks.append((claim, action))
             return
         if isinstance(action, Drop):
@@ -423,12 +436,13 @@ class Consumer:
             ok = self.queue.release(entry)
             log.info("released id=%d path=%s", entry.id, entry.display_path)
         elif isinstance(action, Fail):
-            ok = self.queue.fail(entry, action.error, reason=action.reason)
+            ok = self.queue.fail(entry, action.error, reason=action.reason,
+                                 stored=action.stored)
             log.error("failed id=%d path=%s attempts=%d error=%s", entry.id,
                       entry.display_path, entry.attempts + 1, action.error)
         else:
             ok = self.queue.retry_later(entry, action.error, action.delay, action.count_attempt,
-                                        reason=action.reason)
+                                        reason=action.reason, stored=action.stored)
             if logged:
                 log.warning("retry later id=%d path=%s attempts=%d delay=%.1f error=%s",
                             entry.id, entry.display_path,
@@ -438,7 +452,7 @@ class Consumer:
 
     def _breaker(self, outcome: object, action: Action) -> None:
         if isinstance(outcome, TransientError):
-            pause = self.breaker.failed(time.monotonic())
+            pause = self.breaker.failed(self.monotonic())
             if pause is not None:
                 log.warning("store failing: no new claims for %.1fs (transient errors in a"
                             " row=%d) error=%s", pause, self.breaker.failing, outcome)
@@ -450,7 +464,8 @@ class Consumer:
             return
         done, self.acks = self.acks, []
         for entry in self.queue.ack_many([(c.entry, ack.note) for c, ack in done],
-                                         uploaded={c.entry.id for c, ack in done if ack.uploaded}):
+                                         uploaded={c.entry.id: ack.uploaded for c, ack in done
+                                                   if ack.uploaded}):
             self._lease_lost(entry, "ack")
 
     def _lease_lost(self, entry: Entry, at: str) -> None:

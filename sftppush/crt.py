@@ -158,6 +158,10 @@ class CrtTransport:
         with self._room:
             return self._room.wait_for(lambda: self._fits(size), timeout)
 
+    def in_flight(self) -> int:
+        """How many PUTs may run at once now: the window's size."""
+        return self.window.size
+
     def throttled(self) -> None:
         """The store asked to slow down (its answer to a PUT of ours): fewer in flight."""
         with self._room:

@@ -1,11 +1,10 @@
 """Compression by magic bytes, and streaming readers that stop at the decompressed-size cap.
 
-Owns format detection (gzip incl. multi-member, bzip2, xz; zstd when `zstandard` is
-importable), the rule that a file ends exactly where its last complete stream ends, and turning
-decoder failures into PermanentError; gzip is inflated by ISA-L (`isal`) where it is
-importable, else by zlib, with the same checks. It must never look at file names, read a whole
-file into memory (a small one the caller already holds as bytes is decompressed in one go) or
-talk to S3.
+Owns format detection (gzip incl. multi-member, bzip2, xz, zstd), the rule that a file ends
+exactly where its last complete stream ends, and turning decoder failures into
+PermanentError; gzip is inflated by ISA-L (`isal`) where it is importable, else by zlib, with
+the same checks. It must never look at file names, read a whole file into memory (a small one
+the caller already holds as bytes is decompressed in one go) or talk to S3.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from sftppush.errors import PermanentError
 
 try:
     import zstandard
-except ImportError:  # the optional extra is not installed: zstd files go up byte for byte
+except ImportError:  # a dependency; a broken install fails zstd files, never stores them
     zstandard = None
 
 try:
@@ -58,7 +57,7 @@ def detect(head: bytes) -> str | None:
     """The compression format whose magic `head` starts with, or None (upload as it is)."""
     for magic, fmt in MAGIC:
         if head.startswith(magic):
-            return None if fmt == "zstd" and zstandard is None else fmt
+            return fmt
     return None
 
 
@@ -180,7 +179,8 @@ def _open(raw: BinaryIO, fmt: str | None) -> Reader:
             raw, lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ), padding=4))
     if fmt == "zstd" and zstandard is not None:
         return io.BufferedReader(_Zstd(raw), buffer_size=1 << 20)
-    raise PermanentError(f"unsupported compression {fmt}")
+    raise PermanentError(f"unsupported compression {fmt}: the Python module for it is not"
+                         " installed (zstandard, a dependency of sftppush): reinstall sftppush")
 
 
 class _Streams(io.RawIOBase):

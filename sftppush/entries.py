@@ -22,6 +22,10 @@ class State(StrEnum):
 # it is seen again: whether or not an object exists under its key, that object may be an
 # older version's (a directory renamed away and back, a mount not up yet).
 VANISHED = "vanished"
+# The note of an entry whose file stays on disk by config (delete_after_upload: false). Its
+# row is the only record that this version was uploaded: a purge keeps it while the file is
+# there, or the next rescan would upload the file again.
+KEPT = "kept"
 
 
 def shown(path: bytes) -> str:
@@ -69,7 +73,8 @@ class Entry(FileVersion):
     last_error: str | None
     note: str | None
     key: str | None = None
-    sha256: str | None = None  # of a multipart upload's object (one PUT's is in its metadata)
+    sha256: str | None = None  # of the bytes uploaded (one PUT's object has it in metadata)
+    etag: str | None = None    # set once this version's upload was verified: see Stored
 
     @property
     def display_path(self) -> str:
@@ -83,10 +88,22 @@ class Entry(FileVersion):
 
 
 @dataclass(frozen=True)
+class Stored:
+    """What a verified upload left under an entry's key: the object's ETag and the sha256 of
+    its bytes. Only an entry that records one proves that its path wrote the key (an entry
+    that took the key and then failed, vanished or was superseded proves nothing), and an
+    entry retried after its upload (its file could not be deleted yet) finds its object by
+    this ETag instead of uploading again."""
+
+    etag: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class KeyTaken:
     """The answer of take_key: `holder` is the path of another entry holding the key (then
-    nothing was set), else None; `known`: an earlier entry of this same path is done with
-    this key, so its object is there to be replaced."""
+    nothing was set), else None; `known`: an entry of this same path recorded a verified
+    upload to this key (Stored), so the object there is this path's to replace."""
 
     holder: bytes | None
     known: bool

@@ -91,7 +91,8 @@ def metadata(source: Source, path: bytes, size: int, mtime_ns: int) -> dict[str,
     """
     return {
         "sftppush-source": _quoted_name(source.name),
-        "sftppush-original-name": quote(os.path.basename(path), safe=" !$&'()*+,;=@[]~"),
+        "sftppush-original-name": _ends_kept(quote(os.path.basename(path),
+                                                   safe=" !$&'()*+,;=@[]~")),
         "sftppush-original-size": str(size),
         "sftppush-mtime": iso8601(mtime_ns),
     }
@@ -99,7 +100,18 @@ def metadata(source: Source, path: bytes, size: int, mtime_ns: int) -> dict[str,
 
 @functools.lru_cache(maxsize=256)
 def _quoted_name(name: str) -> str:
-    return quote(name, safe=" ")
+    return _ends_kept(quote(name, safe=" "))
+
+
+def _ends_kept(quoted: str) -> str:
+    """HTTP trims the whitespace at a header value's ends (`"rep "` comes back as `"rep"`):
+    spaces there are sent as %20, so the name comes back as it went."""
+    inner = quoted.strip(" ")
+    if inner == quoted:
+        return quoted
+    lead = len(quoted) - len(quoted.lstrip(" "))
+    return "%20" * lead + inner + "%20" * (len(quoted) - lead - len(inner))
+
 
 
 def iso8601(mtime_ns: int) -> str:

@@ -63,7 +63,8 @@ class Uploaded:
     bytes_out: int
     sha256: str
     parts: int          # 0 = single PUT
-    verified_by: str    # "crc64nvme", "crc32", "etag", "head" or "size"
+    verified_by: str    # "crc64nvme", "crc32", "etag", "head", "size" or "recorded"
+    etag: str = ""      # the object's, as the store answered (quotes stripped)
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -186,7 +187,8 @@ class Multipart:
             raise
         if journal is not None:
             journal.ended(sha)
-        return Uploaded(bucket, key, stream.total, sha, len(done), how)
+        return Uploaded(bucket, key, stream.total, sha, len(done), how,
+                        str(resp.get("ETag", "")).strip('"'))
 
     def _create(self, bucket: str, key: str, metadata: dict[str, str],
                 cancel: threading.Event | None, journal: Journal | None) -> Resumable:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import hashlib
 import io
 import threading
@@ -38,6 +39,7 @@ def part_size(first: int, number: int, every: int) -> int:
     return min(MAX_PART, first << ((number - 1) // every))
 
 
+@functools.cache
 def grow_every(first: int) -> int:
     """The most parts of each size for which 10,000 parts still hold 5 TiB: the decompressed
     size is not known in advance, so parts grow with the stream, as late as they can."""

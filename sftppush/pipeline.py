@@ -9,9 +9,11 @@ consumer decides what an outcome means for the entry.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
+import pwd
 import threading
 import time
 from collections.abc import Callable
@@ -19,15 +21,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from sftppush.config import Config, Source
+from sftppush.config import Config, ConsumerConfig, Source
 from sftppush.decompress import CappedReader, detect_fd, inflate, read_full
-from sftppush.entries import VANISHED, Entry, KeyTaken, shown
+from sftppush.entries import KEPT, VANISHED, Entry, KeyTaken, shown
 from sftppush.errors import PermanentError
 from sftppush.keys import candidate_keys, metadata, object_key
 from sftppush.multipart import Journal
 from sftppush.s3 import Sink, Uploaded
 from sftppush.safeopen import (
     NLINK_RETRY_SECONDS,
+    WRITING,
+    Kept,
     SafeFile,
     Vanished,
     open_in_root,
@@ -40,6 +44,7 @@ log = logging.getLogger("sftppush.pipeline")
 TakeKey = Callable[[str], KeyTaken | None]  # the queue's key record for the claimed entry
 
 READ_BUFFER = 1 << 17
+WRITING_RETRY = 5.0  # s until a file that a client still holds open for writing is tried again
 
 
 class LeaseLost(Exception):
@@ -61,9 +66,24 @@ class Done:
 
 @dataclass(frozen=True)
 class Held:
-    """Not processed: try again in `delay` seconds (younger than min_age_seconds)."""
+    """Not processed: try again in `delay` seconds, for the reason `why` (younger than
+    min_age_seconds; still open for writing)."""
 
     delay: float
+    why: str = "held: younger than min_age_seconds"
+
+
+@dataclass(frozen=True)
+class Undeleted:
+    """Uploaded and verified, but the file was not deleted: `why` says what an operator
+    reads, `reason` its class. With `retry_after` the entry is tried again then (still open
+    for writing); else it ends failed until an operator acts (no lease, a directory the
+    service cannot write). A later attempt finds `uploaded`'s object and only deletes."""
+
+    uploaded: Uploaded
+    why: str
+    reason: str
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,7 @@ class Prepared:
     meta: dict[str, str]
     started: float
     if_absent: bool = False  # the key is new to the queue: upload only if no object is there
+    stored: Uploaded | None = None  # an earlier attempt's upload, still there: delete only
 
     def reader(self, cap: int) -> CappedReader:
         """The decompressed stream of the file, refusing to go past `cap` bytes; raises
@@ -111,13 +132,15 @@ def process(entry: Entry, cfg: Config, sink: Sink, *,
     if not isinstance(prepared, Prepared):
         return prepared
     try:
+        if prepared.stored is not None:
+            return finish(prepared, prepared.stored, still_ours, cfg.consumer)
         reader = prepared.reader(cfg.consumer.max_decompressed_bytes)
         try:
             uploaded = sink.upload(prepared.source.target.bucket, prepared.key, reader,
                                    prepared.meta, cancel, prepared.if_absent, journal)
         finally:
             reader.close()
-        return finish(prepared, uploaded, still_ours, cfg.consumer.delete_after_upload)
+        return finish(prepared, uploaded, still_ours, cfg.consumer)
     except Superseded as exc:
         log.info("superseded id=%d path=%s reason=%s", entry.id, entry.display_path, exc)
         return Done(f"superseded: {exc}")
@@ -131,9 +154,11 @@ def open_small(entry: Entry, cfg: Config, sink: Sink, *,
     `prepare()` it, its key not yet taken. The caller takes the keys of several opened files
     in one queue transaction and passes each answer to `send_opened()`.
 
-    None: nothing opened, `process()` it instead (a vanished file, whose HEAD may wait on the
-    store). Done/Held: no upload needed.
+    None: nothing opened, `process()` it instead (a vanished file, or one uploaded by an
+    earlier attempt: both ask the store, which may wait). Done/Held: no upload needed.
     """
+    if entry.etag is not None:
+        return None
     try:
         return prepare(entry, cfg, sink, nlink_retry_after=nlink_retry_after,
                        look_up_vanished=False)
@@ -193,9 +218,12 @@ def prepare(entry: Entry, cfg: Config, sink: Sink, *, take_key: TakeKey | None =
         if (safe.st.st_ino, safe.st.st_size, safe.st.st_mtime_ns) != \
                 (entry.inode, entry.size, entry.mtime_ns) or \
                 entry.ctime_ns not in (0, safe.st.st_ctime_ns):  # 0: queued before ctime was
-            log.info("superseded id=%d path=%s", entry.id, entry.display_path)
             safe.close()
-            return Done("superseded")
+            return _superseded(entry, source)
+        if safe.writing() == WRITING:  # never read what a client is still writing
+            safe.close()
+            return Held(WRITING_RETRY, f"still being written: {entry.display_path} is open"
+                        " for writing")
         started = time.monotonic()
         fmt = detect_fd(safe.fd)
         cap = cfg.consumer.max_decompressed_bytes
@@ -206,7 +234,8 @@ def prepare(entry: Entry, cfg: Config, sink: Sink, *, take_key: TakeKey | None =
         return Prepared(entry, source, safe, fmt, key,
                         metadata(source, entry.path, safe.st.st_size, safe.st.st_mtime_ns),
                         started,
-                        take_key is not None and _first_upload(entry, key, take_key(key)))
+                        take_key is not None and _first_upload(entry, key, take_key(key)),
+                        _still_stored(entry, source, key, sink))
     except BaseException:
         safe.close()
         raise
@@ -223,18 +252,20 @@ def read_small(prepared: Prepared, cap: int, bound: int) -> bytes | None:
     return body if len(body) <= bound else None
 
 
-def complete(sent: Sent, still_ours: Callable[[], bool], delete: bool) -> Done:
+def complete(sent: Sent, still_ours: Callable[[], bool],
+             consumer: ConsumerConfig) -> Done | Undeleted:
     """`finish()` a small body's PUT once its future is done (it raises what the PUT did)."""
     try:
-        return finish(sent.prepared, sent.future.result(), still_ours, delete)
+        return finish(sent.prepared, sent.future.result(), still_ours, consumer)
     finally:
         sent.prepared.close()
 
 
 def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool],
-           delete: bool) -> Done:
+           consumer: ConsumerConfig) -> Done | Undeleted:
     """Steps after a verified upload: log it, then delete the file if it is still that
-    version and the lease still ours. Raises LeaseLost (never deleting) otherwise."""
+    version, nobody has it open for writing and the lease is still ours. Raises LeaseLost
+    (never deleting) when the lease is not."""
     entry, safe = prepared.entry, prepared.safe
     ms = (time.monotonic() - prepared.started) * 1000
     log.info("uploaded id=%d key=%s bytes_in=%d bytes_out=%d ms=%d parts=%d verified=%s"
@@ -245,14 +276,64 @@ def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool
         # close-write is a newer entry that uploads it again to the same key. Keep the file.
         log.warning("changed during upload id=%d path=%s", entry.id, entry.display_path)
         return Done("superseded: changed during upload; newer version kept", uploaded)
+    if not consumer.delete_after_upload:
+        return Done(KEPT, uploaded)
     if not still_ours():
         raise LeaseLost(f"lease lost id={entry.id}")
-    if delete and not safe.unlink():
-        log.warning("not deleted id=%d path=%s reason=replaced, or still open for writing",
-                    entry.id, entry.display_path)
-        return Done("superseded: replaced or still being written; newer version kept",
-                    uploaded)
-    return Done(uploaded=uploaded)
+    kept = safe.unlink(without_lease=consumer.delete_without_lease)
+    if kept is None:
+        return Done(uploaded=uploaded)
+    if kept.reason == "replaced":
+        log.info("not deleted id=%d path=%s reason=replaced by a newer version", entry.id,
+                 entry.display_path)
+        return Done("superseded: replaced; newer version kept", uploaded)
+    return _undeleted(prepared, uploaded, kept)
+
+
+def _undeleted(prepared: Prepared, uploaded: Uploaded, kept: Kept) -> Undeleted:
+    """What an operator reads of a file that was uploaded and is still on disk."""
+    path = prepared.entry.display_path
+    if kept.reason == WRITING:  # a client holds it open: its close may bring no new version
+        log.info("not deleted id=%d path=%s reason=still open for writing",
+                 prepared.entry.id, path)
+        return Undeleted(uploaded, f"still being written: {path} is open for writing;"
+                         " uploaded, deleted once closed", WRITING, WRITING_RETRY)
+    if kept.reason == "no_lease":
+        return Undeleted(uploaded, f"no lease: cannot tell whether {path} is still open for"
+                         f" writing ({kept.detail}); uploaded, kept", "no_lease")
+    return Undeleted(uploaded, f"cannot delete: {shown(os.path.dirname(prepared.entry.path))}"
+                     f" not writable by {_user()} ({kept.detail}); uploaded, kept",
+                     "cannot_delete")
+
+
+@functools.cache
+def _user() -> str:
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _still_stored(entry: Entry, source: Source, key: str, sink: Sink) -> Uploaded | None:
+    """An earlier attempt's verified upload of this very version (its file could not be
+    deleted then), if its object is still at `key`: then it is not uploaded again."""
+    if entry.etag is None or entry.key != key:
+        return None
+    size = sink.holds(source.target.bucket, key, entry.etag)
+    if size is None:
+        return None
+    return Uploaded(source.target.bucket, key, size, entry.sha256 or "", 0, "recorded",
+                    entry.etag)
+
+
+def _superseded(entry: Entry, source: Source) -> Done:
+    """The entry's version is no longer at its name (a newer one is, which has an entry of
+    its own). A consumer killed while deleting this version may have left it under its
+    private name: whoever next meets the entry removes it."""
+    log.info("superseded id=%d path=%s", entry.id, entry.display_path)
+    remove_set_aside(source.root, entry.path, entry.inode, entry.size, entry.mtime_ns)
+    return Done("superseded")
 
 
 def _first_upload(entry: Entry, key: str, taken: KeyTaken | None) -> bool:

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sftppush import pipeline
-from sftppush.entries import Entry
+from sftppush.entries import Entry, Stored
 from sftppush.errors import PermanentError, Throttled, TransientError
-from sftppush.multipart import UploadCancelled
+from sftppush.multipart import UploadCancelled, Uploaded
 from sftppush.s3 import RetryPolicy, Transfer
 
 
@@ -54,7 +54,7 @@ class Tuning:
 @dataclass(frozen=True)
 class Ack:
     note: str | None
-    uploaded: bool
+    uploaded: Stored | None  # what the upload left, when this entry uploaded
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,14 @@ class RetryLater:
     delay: float
     count_attempt: bool
     reason: str | None = None  # the class counted as a retry; None: not a retry (held)
+    stored: Stored | None = None  # uploaded already: the retry only deletes
 
 
 @dataclass(frozen=True)
 class Fail:
     error: str
     reason: str = "other"
+    stored: Stored | None = None  # uploaded, then kept: the entry keeps its key
 
 
 @dataclass(frozen=True)
@@ -121,9 +123,14 @@ def decide(entry: Entry, outcome: object, streak: int, tuning: Tuning, max_attem
     """What `outcome` (a pipeline result or an exception) means for `entry`, which has had
     `streak` transient outcomes in a row before this one. Transient errors never fail it."""
     if isinstance(outcome, pipeline.Done):
-        return Ack(outcome.note, outcome.uploaded is not None)
+        return Ack(outcome.note, stored(outcome.uploaded))
     if isinstance(outcome, pipeline.Held):
-        return RetryLater("held: younger than min_age_seconds", outcome.delay, False)
+        return RetryLater(outcome.why, outcome.delay, False)
+    if isinstance(outcome, pipeline.Undeleted):
+        if outcome.retry_after is not None:
+            return RetryLater(outcome.why, outcome.retry_after, False,
+                              stored=stored(outcome.uploaded))
+        return Fail(outcome.why, outcome.reason, stored(outcome.uploaded))
     if isinstance(outcome, pipeline.LeaseLost):
         return Drop()
     if isinstance(outcome, UploadCancelled):
@@ -142,6 +149,11 @@ def decide(entry: Entry, outcome: object, streak: int, tuning: Tuning, max_attem
     delay = outcome.retry_after if outcome.retry_after is not None else backoff(
         entry.attempts + 1, tuning.permanent_delay, tuning.permanent_delay_max)
     return RetryLater(error, delay, True, reason_class(error))
+
+
+def stored(uploaded: Uploaded | None) -> Stored | None:
+    """What the queue records of a verified upload."""
+    return Stored(uploaded.etag, uploaded.sha256) if uploaded is not None else None
 
 
 class Breaker:

@@ -16,15 +16,17 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sftppush.entries import (
     COLUMNS,
+    KEPT,
     Entry,
     FileVersion,
     KeyTaken,
     State,
+    Stored,
     entry_of,
     vanished,
 )
@@ -43,18 +45,17 @@ def _dead_owners(db: sqlite3.Cursor) -> list[str]:
     return [o for o in owners if o.rpartition("/")[0] in dead]
 
 
-def _key_answer(holders: dict[int, tuple[bytes, str]], entry: Entry,
+def _key_answer(holders: dict[int, tuple[bytes, bool]], entry: Entry,
                 leased: bool) -> KeyTaken | None:
-    """take_key's answer for `entry` from the rows holding its key (id -> path, state):
-    None without a lease; the oldest holder of another path; else whether an earlier
-    version of the path, done, wrote the key before."""
+    """take_key's answer for `entry` from the rows holding its key (id -> path, whether it
+    recorded a verified upload): None without a lease; the oldest holder of another path;
+    else whether a version of this path (this entry included) verifiably wrote the key."""
     if not leased:
         return None
     others = [i for i, (path, _) in holders.items() if path != entry.path]
     if others:
         return KeyTaken(holder=holders[min(others)][0], known=False)
-    # The entry itself is claimed: a "done" holder is an earlier version.
-    return KeyTaken(holder=None, known=any(state == "done" for _, state in holders.values()))
+    return KeyTaken(holder=None, known=any(stored for _, stored in holders.values()))
 
 
 # A pending entry is claimable when due and the oldest pending version of its path, with no
@@ -92,7 +93,7 @@ class Queue(QueueFile):
             return 0
         added = 0
         with self._transaction() as db:
-            now = _clock(now)
+            now = self._now(now)
             for v in versions:
                 row = db.execute(f"SELECT id, state, note FROM entries WHERE {_SAME_VERSION}",
                                  _version_key(v)).fetchone()
@@ -107,7 +108,8 @@ class Queue(QueueFile):
                     new = row[0]
                     db.execute("UPDATE entries SET state = 'pending', owner = NULL, due = ?,"
                                " attempts = 0, enqueued_at = ?, found_by = ?, last_error = NULL,"
-                               " note = NULL, key = NULL WHERE id = ?",
+                               " note = NULL, key = NULL, etag = NULL, sha256 = NULL"
+                               " WHERE id = ?",
                                (now, now, v.found_by, new))
                 else:
                     continue
@@ -142,7 +144,7 @@ class Queue(QueueFile):
         """
         token = f"{owner}/{uuid.uuid4().hex[:12]}"
         with self._transaction() as db:
-            now = _clock(now)
+            now = self._now(now)
             self._take_back(db, now)
             db.execute(
                 f"UPDATE entries SET state = 'claimed', owner = ?, due = ? WHERE id IN"
@@ -168,7 +170,7 @@ class Queue(QueueFile):
         """Read-only: is anything claimable (pending, due and first of its path; or a claim
         whose lease expired or whose owner died)? Cheap enough to ask often; a claim is a
         write transaction."""
-        now = _clock(now)
+        now = self._now(now)
         with self._transaction(write=False) as db:
             for sql in (f"SELECT 1 FROM entries WHERE {_CLAIMABLE} LIMIT 1",
                         "SELECT 1 FROM entries WHERE state = 'claimed' AND due <= ? LIMIT 1"):
@@ -185,32 +187,38 @@ class Queue(QueueFile):
         return lost, now + lease_seconds
 
     def ack(self, entry: Entry, note: str | None = None, now: float | None = None,
-            uploaded: bool = False) -> bool:
+            uploaded: Stored | None = None) -> bool:
         """Mark done; False means the lease was lost and someone else owns the entry."""
-        return not self.ack_many([(entry, note)], now, uploaded={entry.id} if uploaded else ())
+        return not self.ack_many([(entry, note)], now,
+                                 uploaded={entry.id: uploaded} if uploaded else {})
 
     def ack_many(self, done: Sequence[tuple[Entry, str | None]], now: float | None = None,
-                 uploaded: Collection[int] = ()) -> list[Entry]:
+                 uploaded: Mapping[int, Stored] | None = None) -> list[Entry]:
         """Mark several done in one transaction; returns the ones whose lease was lost.
 
-        The entries whose id is in `uploaded` count as uploads (files, source bytes, the
-        time of the last one). An entry keeps its key, unless its note starts with
-        VANISHED: it wrote no object.
+        The entries in `uploaded` count as uploads (files, source bytes, the time of the
+        last one) and record what they stored. An entry keeps its key, unless its note
+        starts with VANISHED: it wrote no object.
         """
         if not done:
             return []
+        uploaded = uploaded or {}
         # One statement for the batch, fenced row by row all the same (_FENCE's state and
         # owner); the rows it does not return had lost their lease. json_each keeps the SQL
         # fixed whatever the batch size; the plan looks each id up by rowid.
-        batch = json.dumps([[e.id, e.owner, note, vanished("done", note)] for e, note in done])
+        batch = json.dumps([[e.id, e.owner, note, vanished("done", note),
+                             *_stored(uploaded.get(e.id))] for e, note in done])
         with self._transaction() as db:
-            now = _clock(now)
+            now = self._now(now)
             acked = {r[0] for r in db.execute(
                 "UPDATE entries SET state = 'done', owner = NULL, due = ?, note = j.note,"
-                " key = CASE WHEN j.vanished THEN NULL ELSE key END"
+                " key = CASE WHEN j.vanished THEN NULL ELSE key END,"
+                " etag = coalesce(j.etag, entries.etag),"
+                " sha256 = coalesce(j.sha256, entries.sha256)"
                 " FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]')"
                 " AS owner, json_extract(value, '$[2]') AS note, json_extract(value, '$[3]')"
-                " AS vanished FROM json_each(?)) AS j"
+                " AS vanished, json_extract(value, '$[4]') AS etag,"
+                " json_extract(value, '$[5]') AS sha256 FROM json_each(?)) AS j"
                 " WHERE entries.id = j.id AND +entries.state = 'claimed'"
                 " AND entries.owner = j.owner RETURNING entries.id", (now, batch))}
             if up := [e for e, _ in done if e.id in acked and e.id in uploaded]:
@@ -218,19 +226,25 @@ class Queue(QueueFile):
         return [e for e, _ in done if e.id not in acked]
 
     def retry_later(self, entry: Entry, error: str, delay: float, count_attempt: bool,
-                    now: float | None = None, reason: str | None = None) -> bool:
-        """Back to pending, due in `delay` s; a `reason` counts one retry of that class."""
+                    now: float | None = None, reason: str | None = None,
+                    stored: Stored | None = None) -> bool:
+        """Back to pending, due in `delay` s; a `reason` counts one retry of that class.
+        `stored`: what this version's verified upload left (its file is still to delete)."""
         return not self._fenced(
             [entry], "state = 'pending', owner = NULL, due = ?, attempts = attempts + ?,"
-            " last_error = ?", lambda _e, now: (now + delay, int(count_attempt), error), now,
+            " last_error = ?, etag = coalesce(?, etag), sha256 = coalesce(?, sha256)",
+            lambda _e, now: (now + delay, int(count_attempt), error, *_stored(stored)), now,
             count=None if reason is None else ("retries", reason))[0]
 
     def fail(self, entry: Entry, error: str, now: float | None = None,
-             reason: str = "other") -> bool:
-        """Mark failed, counting one failure of class `reason`; a failed entry holds no key."""
+             reason: str = "other", stored: Stored | None = None) -> bool:
+        """Mark failed, counting one failure of class `reason`. A failed entry holds no key,
+        unless its version was uploaded (`stored`, now or before): that object is its."""
         return not self._fenced(
             [entry], "state = 'failed', owner = NULL, due = ?, attempts = attempts + 1,"
-            " last_error = ?, key = NULL", lambda _e, now: (now, error), now,
+            " last_error = ?, etag = coalesce(?, etag), sha256 = coalesce(?, sha256),"
+            " key = CASE WHEN coalesce(?, etag) IS NULL THEN NULL ELSE key END",
+            lambda _e, now: (now, error, *_stored(stored), _stored(stored)[0]), now,
             count=("failures", reason))[0]
 
     def take_key(self, entry: Entry, key: str, now: float | None = None) -> KeyTaken | None:
@@ -258,32 +272,35 @@ class Queue(QueueFile):
         out: list[KeyTaken | None] = []
         taken: dict[int, str] = {}  # id -> key; an entry asked twice keeps the later key
         with self._transaction() as db:
-            now = _clock(now)
+            now = self._now(now)
             leased = {r[0] for r in db.execute(
                 "SELECT id FROM entries, (SELECT json_extract(value, '$[0]') AS jid,"
                 " json_extract(value, '$[1]') AS jowner FROM json_each(?))"
                 " WHERE id = jid AND +state = 'claimed' AND owner = jowner AND due > ?",
                 (json.dumps([[e.id, e.owner] for e, _ in wanted]), now))}
-            holders: dict[str, dict[int, tuple[bytes, str]]] = {key: {} for _, key in wanted}
+            holders: dict[str, dict[int, tuple[bytes, bool]]] = {key: {} for _, key in wanted}
             key_of: dict[int, str] = {}
-            for i, key, path, state in db.execute(
-                    "SELECT id, key, path, state FROM entries WHERE key IN"
-                    " (SELECT value FROM json_each(?))"
-                    " AND +state IN ('claimed', 'pending', 'done')",  # by key, not state
-                    (json.dumps(list(holders)),)):
-                holders[key][i] = (bytes(path), state)
+            # Every row with a key holds it: a failed one that never uploaded has none.
+            for i, key, path, stored in db.execute(
+                    "SELECT id, key, path, etag IS NOT NULL FROM entries WHERE key IN"
+                    " (SELECT value FROM json_each(?))", (json.dumps(list(holders)),)):
+                holders[key][i] = (bytes(path), bool(stored))
                 key_of[i] = key
             for entry, key in wanted:
                 answer = _key_answer(holders[key], entry, entry.id in leased)
                 if answer is not None and answer.holder is None:
+                    stored = False
                     if entry.id in key_of:  # an entry holds one key at a time
-                        del holders[key_of[entry.id]][entry.id]
-                    holders[key][entry.id] = (entry.path, "claimed")
+                        stored = holders[key_of[entry.id]].pop(entry.id)[1] and \
+                            key_of[entry.id] == key
+                    holders[key][entry.id] = (entry.path, stored)
                     key_of[entry.id] = key
                     taken[entry.id] = key
                 out.append(answer)
             if taken:
-                db.execute("UPDATE entries SET key = j.key FROM (SELECT json_extract(value,"
+                # A recorded upload stays recorded only for the key it went to.
+                db.execute("UPDATE entries SET key = j.key, etag = CASE WHEN entries.key ="
+                           " j.key THEN entries.etag END FROM (SELECT json_extract(value,"
                            " '$[0]') AS id, json_extract(value, '$[1]') AS key"
                            " FROM json_each(?)) AS j WHERE entries.id = j.id",
                            (json.dumps(list(taken.items())),))
@@ -345,7 +362,7 @@ class Queue(QueueFile):
         `count` = (counter, label) counts the entries updated, in the same transaction."""
         lost, updated = [], []
         with self._transaction() as db:
-            now = _clock(now)
+            now = self._now(now)
             for e in entries:
                 db.execute(f"UPDATE entries SET {assignments} WHERE {_FENCE}",
                            (*values(e, now), e.id, e.owner))
@@ -362,7 +379,7 @@ class Queue(QueueFile):
         sql = ("UPDATE entries SET state = 'pending', owner = NULL, due = ?, attempts = 0"
                " WHERE state = 'failed'")
         with self._transaction() as db:
-            now = _clock(now)
+            now = self._now(now)
             if failed:
                 db.execute(sql, (now,))
             else:  # executemany sums the rows each id changed
@@ -370,32 +387,58 @@ class Queue(QueueFile):
             return db.rowcount
 
     def purge_done(self, older_than: float, now: float | None = None,
-                   batch: int = PURGE_BATCH, pause: float = 0.0) -> int:
+                   batch: int = PURGE_BATCH, pause: float = 0.0,
+                   still_there: Callable[[Entry], bool] | None = None) -> int:
         """Drop done entries finished more than `older_than` seconds ago, `batch` per
-        transaction with `pause` s between, so that claims and acks go on meanwhile."""
+        transaction with `pause` s between, so that claims and acks go on meanwhile; see
+        purge_some for `still_there`. Returns how many were dropped."""
         total = 0
         while True:
-            n = self.purge_some(older_than, now, batch)
-            total += n
-            if n < batch:
+            dropped, looked_at = self._purge_batch(older_than, now, batch, still_there)
+            total += dropped
+            if looked_at < batch:
                 return total
             time.sleep(pause)
 
     def purge_some(self, older_than: float, now: float | None = None,
-                   batch: int = PURGE_BATCH) -> int:
-        """Drop up to `batch` done entries finished more than `older_than` s ago, in one
-        short transaction; returns how many."""
+                   batch: int = PURGE_BATCH,
+                   still_there: Callable[[Entry], bool] | None = None) -> int:
+        """Drop up to `batch` done entries finished more than `older_than` s ago, in short
+        transactions; returns how many. An entry whose file was kept by config (KEPT) is the
+        only record that the file was uploaded: it is dropped only once `still_there` says
+        its version left the disk, else kept for another `older_than` (none without it)."""
+        return self._purge_batch(older_than, now, batch, still_there)[0]
+
+    def _purge_batch(self, older_than: float, now: float | None, batch: int,
+                     still_there: Callable[[Entry], bool] | None) -> tuple[int, int]:
+        """(dropped, looked at): the entries past their keep, then those of kept files."""
         with self._transaction() as db:
-            cutoff = _clock(now) - older_than
+            now = self._now(now)
             db.execute("DELETE FROM entries WHERE id IN (SELECT id FROM entries"
-                       " WHERE state = 'done' AND due < ? LIMIT ?)", (cutoff, batch))
-            return db.rowcount
+                       " WHERE state = 'done' AND due < ? AND note IS NOT ? LIMIT ?)",
+                       (now - older_than, KEPT, batch))
+            dropped = db.rowcount
+        if dropped == batch or still_there is None:
+            return dropped, dropped
+        with self._transaction(write=False) as db:
+            kept = [entry_of(r) for r in db.execute(
+                f"SELECT {COLUMNS} FROM entries WHERE state = 'done' AND due < ? AND note = ?"
+                " LIMIT ?", (now - older_than, KEPT, batch - dropped))]
+        there = {e.id for e in kept if still_there(e)}
+        with self._transaction() as db:
+            # Fenced by what was read: an entry that changed meanwhile is left alone.
+            db.executemany("DELETE FROM entries WHERE id = ? AND state = 'done' AND due = ?",
+                           [(e.id, e.due) for e in kept if e.id not in there])
+            gone = db.rowcount if kept else 0
+            db.executemany("UPDATE entries SET due = ? WHERE id = ? AND state = 'done'"
+                           " AND due = ?", [(now, e.id, e.due) for e in kept if e.id in there])
+        return dropped + gone, dropped + len(kept)
 
     def beat(self, role: str, owner: str, now: float | None = None) -> None:
         """A sign of life of a long-running role (the watcher), for metrics to show."""
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO heartbeats (role, owner, at) VALUES (?, ?, ?)",
-                       (role, owner, _clock(now)))
+                       (role, owner, self._now(now)))
 
     def counts(self) -> dict[State, int]:
         """Entries per state, from the counts the triggers keep (no table scan)."""
@@ -418,6 +461,10 @@ class Queue(QueueFile):
         return entry_of(row) if row else None
 
 
+def _stored(stored: Stored | None) -> tuple[str | None, str | None]:
+    return (stored.etag, stored.sha256) if stored else (None, None)
+
+
 def _add(db: sqlite3.Cursor, name: str, label: str, amount: float) -> None:
     db.execute("INSERT INTO counters (name, label, value) VALUES (?, ?, ?) ON CONFLICT"
                " (name, label) DO UPDATE SET value = value + excluded.value",
@@ -435,12 +482,6 @@ def _count_uploads(db: sqlite3.Cursor, files: int, size: int, now: float) -> Non
                " (second) DO UPDATE SET uploads = uploads + excluded.uploads,"
                " bytes = bytes + excluded.bytes", (int(now), files, size))
     db.execute("DELETE FROM throughput WHERE second < ?", (int(now) - THROUGHPUT_KEPT,))
-
-
-def _clock(now: float | None) -> float:
-    """The time a write acts at: the caller's, for tests, else the clock read now, which in a
-    write is after BEGIN IMMEDIATE (that may have waited for the busy timeout)."""
-    return time.time() if now is None else now
 
 
 def _version_key(v: FileVersion) -> tuple[bytes, int, int, int, int]:

@@ -8,7 +8,8 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -45,7 +46,7 @@ class _Connection(SQLiteBase):
 class QueueFile:
     """One open queue file; its threads share the connection through an internal lock."""
 
-    SCHEMA_VERSION = 3
+    SCHEMA_VERSION = 4
     # The (state, due) index serves claim, the expired-lease sweep, purge and throughput;
     # (path, state) finds the other versions of a path in flight (claim, supersede) without
     # walking the done versions a path keeps for dedup; (key) finds who holds a key. Counts
@@ -58,7 +59,8 @@ class QueueFile:
         " inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
         " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
         " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT, key TEXT, sha256 TEXT)",
+        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT, key TEXT, sha256 TEXT,"
+        " etag TEXT)",
         "CREATE UNIQUE INDEX IF NOT EXISTS entries_version"
         " ON entries (path, inode, size, mtime_ns, ctime_ns)",
         "CREATE INDEX IF NOT EXISTS entries_state_due ON entries (state, due)",
@@ -98,13 +100,19 @@ class QueueFile:
             "DROP INDEX entries_version",
             "ALTER TABLE entries ADD COLUMN key TEXT"),
         2: ("ALTER TABLE entries ADD COLUMN sha256 TEXT",),  # and new tables; counters at 0
+        # A done row of schema 3 recorded no ETag: it no longer proves its path wrote its key
+        # (a re-send then asks the store first: If-None-Match, and on 412 whose object).
+        3: ("ALTER TABLE entries ADD COLUMN etag TEXT",),
     }
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
-                 timeout: float = 30.0, readonly: bool = False) -> None:
+                 timeout: float = 30.0, readonly: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         """Open (or create) the queue file; `readonly` opens it without any write access
-        (metrics), which neither creates nor upgrades it."""
+        (metrics), which neither creates nor upgrades it. `clock` is the wall clock every
+        write acts at (a test passes its own)."""
         self.file = Path(path).absolute()
+        self.clock = clock
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         if not self.file.exists():
@@ -162,6 +170,11 @@ class QueueFile:
             if self._conn is not None:
                 self._sqlite.close()
             self._conn = None
+
+    def _now(self, now: float | None) -> float:
+        """The time a write acts at: the caller's, else the clock read now, which in a write
+        is after BEGIN IMMEDIATE (that may have waited for the busy timeout)."""
+        return self.clock() if now is None else now
 
     def reading(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
         """One read transaction: a consistent view, no write lock (status.py's numbers)."""

@@ -14,9 +14,10 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import boto3
 import botocore.config
@@ -40,6 +41,7 @@ NAME_KEY = "sftppush-original-name"
 _META = {name: f"x-amz-meta-{name}" for name in (
     SOURCE_KEY, NAME_KEY, "sftppush-original-size", "sftppush-mtime", SHA256_KEY)}
 SMALL_BODY = 2**20  # read first; a body that ends within it never gets a part-sized buffer
+NOT_FOUND = ("404", "NoSuchKey", "NotFound")  # a HEAD's answer for no object
 # Error codes that mean "try the same request again later"; other 4xx codes are permanent.
 TRANSIENT_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
@@ -173,17 +175,22 @@ def classify(exc: BaseException, what: str = "S3") -> TransientError | Permanent
 
 
 def verified_by(checksum: Checksum | None, sent: str | None, answered: str | None,
-                etag: str | None, md5_hex: Callable[[], str]) -> str | None:
+                etag: str | None, md5_hex: Callable[[], str], opaque: bool) -> str | None:
     """The checksum's name or "etag" when a PUT's answer confirms the body whose `checksum`
     was `sent` and whose MD5 is `md5_hex()` (asked only to compare an ETag); None when a HEAD
-    must (an ETag is not the MD5 under SSE-KMS/SSE-C). Raises TransientError for a checksum
-    that differs."""
+    must: the store answered no checksum, and its ETags are `opaque` (not the MD5 of the
+    body, as under SSE-KMS). Raises TransientError for a checksum or an MD5 ETag that
+    differs: the store holds other bytes than were sent."""
     if checksum and answered:
         if answered != sent:
             raise TransientError(f"S3 PutObject: store checksum {answered} does not match "
-                                 "the body")
+                                 "the body sent")
         return checksum.name
-    if etag and etag.strip('"') == md5_hex():
+    if etag and not opaque:
+        if etag.strip('"') != md5_hex():
+            raise TransientError(f"S3 PutObject: store ETag {etag} is not the MD5 of the body"
+                                 " sent: it holds other bytes (a store whose ETags are not"
+                                 " MD5s encrypts: set consumer.s3.sse to say so)")
         return "etag"
     return None
 
@@ -195,7 +202,8 @@ class Sink:
 
     def __init__(self, client: Any, s3: S3Config, transfer: Transfer | None = None,
                  transport: crt.CrtTransport | None = None,
-                 credentials: Callable[[], Any] | None = None) -> None:
+                 credentials: Callable[[], Any] | None = None,
+                 verify_pool: Executor | None = None) -> None:
         transfer = transfer or Transfer()
         self.client = client
         self.part_size = s3.part_size_mb * 2**20
@@ -203,9 +211,10 @@ class Sink:
         self.checksum = store_checksum(s3.checksum)
         self.extra = options(s3)
         # Under SSE-KMS (and SSE-C) an ETag is not an MD5 of the body.
+        self.opaque = str(s3.sse).startswith("aws:kms")
         self.multipart = Multipart(self.call, self.part_size, self.checksum, self.extra,
-                                   str(s3.sse).startswith("aws:kms"), transfer.part_memory,
-                                   transfer.spool_above, transfer.part_memory_max)
+                                   self.opaque, transfer.part_memory, transfer.spool_above,
+                                   transfer.part_memory_max)
         self.transport = transport
         self.max_small = min(transfer.max_small, self.part_size,
                              transport.max_body if transport else 0)
@@ -217,7 +226,7 @@ class Sink:
         if self.checksum:
             self._headers.append(("x-amz-sdk-checksum-algorithm", self.checksum.name.upper()))
         # HEADs that verify fast PUTs run here, never on a CRT thread or the caller's loop.
-        self._verify = ThreadPoolExecutor(2, thread_name_prefix="verify")
+        self._verify = verify_pool or ThreadPoolExecutor(2, thread_name_prefix="verify")
 
     @classmethod
     def from_config(cls, defaults: Defaults, s3: S3Config,
@@ -243,7 +252,7 @@ class Sink:
 
     def in_flight(self) -> int:
         """How many fast PUTs may run at once now (the transport's window); 0 without it."""
-        return self.transport.window.size if self.transport is not None else 0
+        return self.transport.in_flight() if self.transport is not None else 0
 
     def takes(self, bucket: str, size: int) -> bool:
         """Worth a fast `put()`: a small body, to a bucket the CRT client can address (on AWS
@@ -288,13 +297,14 @@ class Sink:
                         self.transport.throttled()  # fewer in flight from now on
                     out.set_exception(error)
                     return
+                etag = answer.headers.get("etag", "")
                 how = verified_by(self.checksum, sent, answer.headers.get(self._checksum_header),
-                                  answer.headers.get("etag"), md5.hexdigest)
+                                  etag, md5.hexdigest, self.opaque)
             except BaseException as exc:
                 out.set_exception(classify(exc))
                 return
             if how:
-                out.set_result(Uploaded(bucket, key, len(body), sha, 0, how))
+                out.set_result(Uploaded(bucket, key, len(body), sha, 0, how, etag.strip('"')))
             else:
                 self._verify.submit(self._verified_head, out, bucket, key, len(body), sha)
 
@@ -316,7 +326,7 @@ class Sink:
         try:
             head = self.call("head_object", Bucket=bucket, Key=key)
         except PermanentError as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(exc) in NOT_FOUND:
                 return
             raise
         theirs = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
@@ -324,14 +334,14 @@ class Sink:
             log.warning("replacing an object sftppush did not write bucket=%s key=%s",
                         bucket, key)
             return
-        if any(theirs.get(k) != metadata.get(k) for k in (SOURCE_KEY, NAME_KEY)):
+        if not all(same_name(theirs.get(k), metadata[k]) for k in (SOURCE_KEY, NAME_KEY)):
             raise PermanentError(f"key collision: {key} holds {theirs.get(SOURCE_KEY)}:"
                                  f"{theirs.get(NAME_KEY)}", final=True)
 
     def _verified_head(self, out: Future[Uploaded], bucket: str, key: str, size: int,
                        sha: str) -> None:
         try:
-            out.set_result(Uploaded(bucket, key, size, sha, 0,
+            out.set_result(Uploaded(bucket, key, size, sha, 0, "head",
                                     self.verify_head(bucket, key, size, sha)))
         except BaseException as exc:
             out.set_exception(classify(exc))
@@ -411,7 +421,7 @@ class Sink:
         try:
             self.call("head_object", Bucket=bucket, Key=key)
         except PermanentError as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(exc) in NOT_FOUND:
                 return False
             raise
         return True
@@ -433,21 +443,46 @@ class Sink:
                 raise
             self.may_replace(bucket, key, metadata)
             resp = self.call("put_object", cancel, **args)
+        etag = str(resp.get("ETag", ""))
         how = verified_by(self.checksum, sent,
-                          resp.get(self.checksum.param) if self.checksum else None,
-                          resp.get("ETag"),
-                          lambda: hashlib.md5(body, usedforsecurity=False).hexdigest()) or \
-            self.verify_head(bucket, key, len(body), sha)
-        return Uploaded(bucket, key, len(body), sha, 0, how)
+                          resp.get(self.checksum.param) if self.checksum else None, etag,
+                          lambda: hashlib.md5(body, usedforsecurity=False).hexdigest(),
+                          self.opaque)
+        if how is None:
+            how, etag = "head", self.verify_head(bucket, key, len(body), sha)
+        return Uploaded(bucket, key, len(body), sha, 0, how, etag.strip('"'))
 
     def verify_head(self, bucket: str, key: str, size: int, sha: str) -> str:
+        """Check the object's size and `sftppush-sha256` through HEAD; its ETag."""
         head = self.call("head_object", Bucket=bucket, Key=key)
         meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
         if head.get("ContentLength") != size or meta.get(SHA256_KEY) != sha:
             raise TransientError(
                 f"S3 verify {key}: stored size {head.get('ContentLength')} sha256 "
                 f"{meta.get(SHA256_KEY)} != sent {size} {sha}")
-        return "head"
+        return str(head.get("ETag", "")).strip('"')
+
+    def holds(self, bucket: str, key: str, etag: str) -> int | None:
+        """The size of the object at `key` if it is still the one whose ETag an upload
+        recorded (a retry that only has a file to delete), else None."""
+        try:
+            head = self.call("head_object", Bucket=bucket, Key=key)
+        except PermanentError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return None
+            raise
+        return head.get("ContentLength") if str(head.get("ETag", "")).strip('"') == etag \
+            else None
+
+
+def same_name(theirs: str | None, ours: str) -> bool:
+    """Does a metadata value read back from the store name what `ours` (keys.metadata()) names?
+    Compared as the bytes they encode; an object written before its name's edge spaces
+    were kept came back trimmed, and is the same name too."""
+    if theirs is None:
+        return False
+    stored, sent = unquote_to_bytes(theirs), unquote_to_bytes(ours)
+    return stored in (sent, sent.strip(b" "))
 
 
 def _crt_credentials(session: boto3.session.Session

@@ -38,6 +38,21 @@ class Vanished(Exception):
     """The file (or a directory on its way) no longer exists: nothing to upload."""
 
 
+# What a read lease says of a file: someone has it open for writing (the kernel refused the
+# lease with EAGAIN). Any other refusal means the kernel cannot say (see `_writers_held_off`).
+WRITING = "writing"
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Why `unlink()` left a file: `reason` is "replaced" (the name holds a newer version,
+    which has an entry of its own), WRITING, "no_lease" or "cannot_delete"; `detail` says
+    what the kernel said."""
+
+    reason: str
+    detail: str = ""
+
+
 @dataclass
 class SafeFile:
     """An open regular file inside its source root, with the directory it was found in.
@@ -72,21 +87,39 @@ class SafeFile:
             return False
         return same_version(now, self.st)
 
-    def unlink(self) -> bool:
-        """Delete the file in its directory if it is still the version we opened (and uploaded).
+    def writing(self) -> str | None:
+        """WRITING if someone has the file open for writing now, None if nobody has, else
+        why the kernel cannot say (no lease for this file or file system)."""
+        with _writers_held_off(self.fd) as state:
+            return state
 
-        Returns False (and deletes nothing) if the name now holds a different file or version:
-        a newer version has its own queue entry and must stay. A check of the name and an
-        unlink by name would leave a moment in which a newer version renamed over the name is
-        the one deleted; so the name is first renamed to a private one, and what was renamed
-        is checked there, deleted if it is our inode, else put back.
+    def unlink(self, without_lease: bool = False) -> Kept | None:
+        """Delete the file in its directory if it is still the version we opened (and
+        uploaded), under a read lease: only while nobody has it open for writing. None when
+        deleted; else why it was kept. `without_lease`: delete where the kernel cannot say
+        (the operator's opt-in, consumer.delete_without_lease).
+
+        The name may now hold a different file or version: a newer version has its own queue
+        entry and must stay. A check of the name and an unlink by name would leave a moment
+        in which a newer version renamed over the name is the one deleted; so the name is
+        first renamed to a private one, and what was renamed is checked there, deleted if it
+        is our inode, else put back.
         """
-        with _writers_held_off(self.fd) as free:
+        with _writers_held_off(self.fd) as state:
+            if state == WRITING:
+                return Kept(WRITING)
+            if state is not None and not without_lease:
+                return Kept("no_lease", state)
             # ctime can be checked only here: the rename below sets the inode's ctime. The
             # name's stat is our inode's when it names our file, so it checks both at once.
-            if not free or not self.unchanged():
-                return False
-            return self._delete_set_aside()
+            if not self.unchanged():
+                return Kept("replaced")
+            try:
+                return None if self._delete_set_aside() else Kept("replaced")
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    return Kept("cannot_delete", exc.strerror or str(exc))
+                raise
 
     def _delete_set_aside(self) -> bool:
         private = self._set_aside()
@@ -125,32 +158,23 @@ class SafeFile:
 
 
 @contextlib.contextmanager
-def _writers_held_off(fd: int) -> Iterator[bool]:
-    """A read lease on the file while it is checked and deleted. The kernel grants it only
-    while no one has the file open for writing (False then: a client is still writing it,
-    say a re-send in place whose truncation we read, and the file must stay), and while it is
-    held an open for writing waits. The consumer ignores SIGIO, the lease-break signal."""
+def _writers_held_off(fd: int) -> Iterator[str | None]:
+    """A read lease on the file while the block runs: the kernel grants it only while no one
+    has the file open for writing, and while it is held an open for writing waits (the
+    consumer ignores SIGIO, the lease-break signal). Yields None under the lease; WRITING
+    when someone has the file open for writing; else why there is no lease: EACCES, neither
+    the file's owner nor CAP_LEASE (the consumer unit grants it); EINVAL, a file system
+    without leases (NFS). Then nobody can tell whether the file is still being written."""
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
     except OSError as exc:
-        if exc.errno == errno.EAGAIN:
-            yield False
-            return
-        # EACCES: neither the file's owner nor CAP_LEASE (the consumer unit grants it);
-        # EINVAL: a filesystem without leases. The other checks still run.
-        _no_leases(exc.strerror or str(exc))
-        yield True
+        yield WRITING if exc.errno == errno.EAGAIN else \
+            f"{errno.errorcode.get(exc.errno or 0, '?')}: {exc.strerror}"
         return
     try:
-        yield True
+        yield None
     finally:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-
-
-@functools.cache
-def _no_leases(why: str) -> None:
-    log.warning("cannot tell whether a file is still open for writing before deleting it"
-                " reason=%s (grant CAP_LEASE; see README)", why)
 
 
 def set_aside_name(inode: int) -> bytes:

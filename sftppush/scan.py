@@ -104,6 +104,16 @@ def walk(top: bytes, source: str, ignore: tuple[str, ...], *,
         yield None
 
 
+def still_on_disk(v: FileVersion) -> bool:
+    """Is this version still the file at its path? One lstat, as every look here."""
+    try:
+        st = os.lstat(v.path)
+    except OSError:
+        return False
+    return (st.st_ino, st.st_size, st.st_mtime_ns) == (v.inode, v.size, v.mtime_ns) and \
+        v.ctime_ns in (0, st.st_ctime_ns)
+
+
 def scan_source(source: Source, ignore: tuple[str, ...], *,
                 counts: Counts | None = None) -> Iterator[FileVersion]:
     """Every non-ignored, non-directory file version in the source's watched dirs."""

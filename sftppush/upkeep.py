@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from sftppush.errors import QueueError
 from sftppush.queue import PURGE_BATCH, Queue
+from sftppush.scan import still_on_disk
 
 log = logging.getLogger("sftppush.upkeep")
 
@@ -41,7 +42,8 @@ class Upkeep:
             self._guarded(lambda: self.queue.beat("watcher", self.owner), "heartbeat")
         if now >= self.next_purge:
             self.next_purge = now + self.purge_every
-            n = self._guarded(lambda: self.queue.purge_some(self.keep_done), "purge")
+            n = self._guarded(lambda: self.queue.purge_some(
+                self.keep_done, still_there=still_on_disk), "purge")
             self.sweep += n or 0
             if n == PURGE_BATCH:  # more to go: the next batch after a pause
                 self.next_purge = now + PURGE_PAUSE

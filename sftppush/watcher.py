@@ -134,9 +134,10 @@ class Watcher:
             for root in self.roots:
                 self._add_scan(root, root.path, "start")
 
-    def step(self, stop: threading.Event | None = None) -> None:
-        """Wait for events (or a deadline), read them all, enqueue what they mean at once."""
-        timeout = self._timeout()
+    def step(self, stop: threading.Event | None = None, wait: bool = True) -> None:
+        """Wait for events (or a deadline), read them all, enqueue what they mean at once;
+        `wait=False` takes what is there now (a test stepping the watcher)."""
+        timeout = self._timeout() if wait else 0.0
         if timeout:
             for fd, _ in self.poller.poll(timeout * 1000):
                 if fd == self.wakeup:

@@ -470,6 +470,30 @@ class WatcherProcess:
         return self.log.read_text(errors="replace")
 
 
+def inotify_budget(where: Path) -> None:
+    """Fail, saying so, when this machine's inotify budget is spent (other processes of the
+    same user hold every watch or instance): a test that needs watches would otherwise fail
+    later, as a timeout that looks like a bug of its own."""
+    from inotify_simple import INotify
+    from inotify_simple import flags as F
+
+    def limit(name: str) -> str:
+        try:
+            return Path(f"/proc/sys/fs/inotify/{name}").read_text().strip()
+        except OSError:
+            return "?"
+
+    try:
+        with INotify() as probe:
+            probe.add_watch(where, F.CREATE)
+    except OSError as exc:
+        pytest.fail(f"inotify is out of {'instances' if exc.errno == 24 else 'watches'} for"
+                    f" this user ({exc.strerror}; fs.inotify.max_user_watches="
+                    f"{limit('max_user_watches')}, max_user_instances="
+                    f"{limit('max_user_instances')}): free some, or raise the limits",
+                    pytrace=False)
+
+
 @pytest.fixture
 def watch_tree(tmp_path: Path) -> WatchTree:
     """A source tree with its config file written, for the watcher and scan tests."""

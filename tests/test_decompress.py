@@ -57,6 +57,19 @@ def test_multi_member_gzip_and_multi_frame_zstd_are_one_stream() -> None:
     assert read_all(zs, "zstd") == BODY
 
 
+def test_zstd_without_its_module_is_refused_never_stored_compressed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Identity hole 8: a detected format is never uploaded still compressed for lack of a
+    module (zstandard is a dependency; a broken install refuses the file with a reason)."""
+    monkeypatch.setattr(decompress, "zstandard", None)
+    data = zstandard.ZstdCompressor().compress(b"a,b\n" * 100)
+    assert detect(data) == "zstd"
+    with pytest.raises(PermanentError, match="unsupported compression zstd"):
+        CappedReader(io.BytesIO(data), "zstd", 1 << 20).read()
+    with pytest.raises(PermanentError, match="unsupported compression zstd"):
+        inflate(data, "zstd", 1 << 20, 1 << 20)
+
+
 def test_zip_and_plain_text_are_not_compressed() -> None:
     assert detect(b"PK\x03\x04rest") is None
     assert detect(b"id,value\n") is None

@@ -6,6 +6,7 @@ import pytest
 
 from sftppush.config import Source, Target
 from sftppush.keys import candidate_keys, escape_component, iso8601, metadata, object_key
+from sftppush.s3 import same_name
 
 SOURCE = Source("sftpuser1", Path("/home/sftpuser1"), ("/upload",), Target("bkt"))
 PREFIXED = Source("sftpuser1", Path("/home/sftpuser1"), ("/upload",), Target("bkt", "in/x"))
@@ -70,3 +71,21 @@ def test_metadata_is_ascii_and_keeps_the_original_name() -> None:
     for value in meta.values():
         value.encode("ascii")
     assert iso8601(0) == "1970-01-01T00:00:00+00:00"
+
+
+@pytest.mark.parametrize("name", ["rep ", " rep", "  ", "a b.csv", "tab\t", "p%E9"])
+def test_a_name_comes_back_from_a_header_as_it_went(name: str) -> None:
+    """HTTP trims a header value's whitespace at its ends: edge spaces travel as %20, and
+    the name read back (trimmed or not) is the same name, no other one."""
+    path = f"/home/sftpuser1/upload/{name}".encode()
+    sent = metadata(SOURCE, path, 1, 0)["sftppush-original-name"]
+    assert sent == sent.strip(" \t") and sent.isascii()
+    assert same_name(sent.strip(" \t"), sent)
+    assert not same_name(sent + "x", sent) and not same_name(None, sent)
+
+
+def test_an_object_whose_name_came_back_trimmed_before_is_still_the_same_name() -> None:
+    # Objects written before edge spaces were kept: "rep " was stored as "rep".
+    sent = metadata(SOURCE, b"/home/sftpuser1/upload/rep ", 1, 0)["sftppush-original-name"]
+    assert same_name("rep", sent) and not same_name("rep", metadata(
+        SOURCE, b"/home/sftpuser1/upload/rep.gz", 1, 0)["sftppush-original-name"])

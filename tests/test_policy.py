@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sftppush import pipeline
-from sftppush.entries import Entry, State
+from sftppush.entries import Entry, State, Stored
 from sftppush.errors import PermanentError, TransientError
 from sftppush.multipart import UploadCancelled, Uploaded
 from sftppush.policy import (
@@ -38,10 +38,24 @@ def test_backoff_doubles_from_the_first_delay_up_to_the_cap() -> None:
     assert [backoff(n, 5, 300) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
 
 
-def test_an_upload_is_acked_and_says_so() -> None:
-    up = Uploaded("b", "k", 1, "s", 0, "etag")
-    assert decide(entry(), pipeline.Done(None, up), 0, TUNING, 5) == Ack(None, True)
-    assert decide(entry(), pipeline.Done("superseded"), 0, TUNING, 5) == Ack("superseded", False)
+def test_an_upload_is_acked_and_says_what_it_stored() -> None:
+    up = Uploaded("b", "k", 1, "s", 0, "etag", "e1")
+    assert decide(entry(), pipeline.Done(None, up), 0, TUNING, 5) == Ack(None, Stored("e1", "s"))
+    assert decide(entry(), pipeline.Done("superseded"), 0, TUNING, 5) == Ack("superseded", None)
+
+
+@pytest.mark.parametrize(("reason", "retry_after"), [("writing", 5.0), ("no_lease", None),
+                                                     ("cannot_delete", None)])
+def test_an_uploaded_file_left_on_disk_is_held_or_failed_and_keeps_its_upload(
+        reason: str, retry_after: float | None) -> None:
+    up = Uploaded("b", "k", 1, "s", 0, "etag", "e1")
+    outcome = pipeline.Undeleted(up, f"{reason}: why", reason, retry_after)
+    action = decide(entry(4), outcome, 0, TUNING, 5)
+    if retry_after is None:
+        assert action == Fail(f"{reason}: why", reason, Stored("e1", "s"))
+    else:  # held: no attempt counted, no retry counted, however many attempts came before
+        assert action == RetryLater(f"{reason}: why", retry_after, False, None,
+                                    Stored("e1", "s"))
 
 
 def test_a_held_entry_waits_without_counting_an_attempt() -> None:
@@ -114,3 +128,9 @@ def test_the_breaker_pauses_after_failures_in_a_row_for_growing_delays() -> None
     assert breaker.answered() is True and breaker.closed(7.1)
     assert breaker.answered() is False
     assert breaker.failed(8.0) is None  # the count starts again after a success
+
+
+def test_a_final_permanent_error_fails_at_its_first_attempt() -> None:
+    """A key collision: no attempt helps until an operator acts, so none is made again."""
+    error = PermanentError("key collision: u/a.csv holds /home/u/a.csv.gz", final=True)
+    assert decide(entry(0), error, 0, TUNING, 5) == Fail(str(error), "key_collision")

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from sftppush.entries import VANISHED, Entry, FileVersion, KeyTaken, State
+from sftppush.entries import KEPT, VANISHED, Entry, FileVersion, KeyTaken, State, Stored
 from sftppush.errors import QueueError
 from sftppush.owners import owner_token
 from sftppush.queue import Queue
 from sftppush.status import read as read_stats
 
 from .conftest import REPO
+
+STORED = Stored("0123abcd", "sha256-of-the-body")  # what an upload recorded
 
 
 def versions(n: int, prefix: str = "/home/u/upload/f") -> list[FileVersion]:
@@ -90,24 +92,29 @@ def test_killed_claimant_entries_come_back_after_lease_not_before(tmp_path: Path
         q.enqueue_many(versions(10))
     lease = 4.0
     holder = python(HOLDER, str(path), str(lease), "holder")
-    held = [int(x) for x in holder.stdout.readline().split()]
-    started = time.time()
-    assert len(held) == 10
-    # Opening the queue from another process must not reset a live claim.
-    opener = python("import sys; from sftppush.queue import Queue; Queue(sys.argv[1]).close()",
-                    str(path))
-    assert opener.wait(timeout=30) == 0
-    with Queue(path) as q:
-        assert all(q.get(i).state == State.CLAIMED for i in held)
-        assert q.claim("thief", lease_seconds=60, limit=10) == []
-        holder.send_signal(signal.SIGKILL)
+    try:
+        held = [int(x) for x in holder.stdout.readline().split()]
+        started = time.time()
+        assert len(held) == 10
+        # Opening the queue from another process must not reset a live claim.
+        opener = python("import sys; from sftppush.queue import Queue;"
+                        " Queue(sys.argv[1]).close()", str(path))
+        assert opener.wait(timeout=30) == 0
+        with Queue(path) as q:
+            assert all(q.get(i).state == State.CLAIMED for i in held)
+            assert q.claim("thief", lease_seconds=60, limit=10) == []
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(timeout=10)
+            assert q.claim("early", lease_seconds=60, limit=10) == [], \
+                "claim taken before its lease"
+            time.sleep(max(0.0, started + lease - time.time()) + 0.2)
+            again = q.claim("heir", lease_seconds=60, limit=10)
+    finally:  # whatever failed above, the claimant sleeping for an hour goes
+        holder.kill()
         holder.wait(timeout=10)
-        assert q.claim("early", lease_seconds=60, limit=10) == [], "claim taken before its lease"
-        time.sleep(max(0.0, started + lease - time.time()) + 0.2)
-        again = q.claim("heir", lease_seconds=60, limit=10)
+        holder.stdout.close()
     assert sorted(e.id for e in again) == sorted(held)
     assert all(e.last_error and "lease expired" in e.last_error for e in again)
-    holder.stdout.close()
 
 
 def test_only_the_lease_holder_may_ack_retry_fail_or_renew(tmp_path: Path) -> None:
@@ -175,13 +182,41 @@ def test_queue_file_is_private_wal_and_holds_no_pickle(tmp_path: Path) -> None:
         assert odd.path in raw
 
 
+def test_a_purge_goes_on_batch_after_batch_until_none_is_left(tmp_path: Path) -> None:
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(7), now=100)
+        q.ack_many([(e, None) for e in q.claim("w", 60, limit=7, now=100)], now=100)
+        assert q.purge_done(older_than=0, now=200, batch=2) == 7
+        assert q.counts()[State.DONE] == 0
+
+
+def test_a_kept_file_keeps_its_entry_through_purges_until_it_leaves_the_disk(
+        tmp_path: Path) -> None:
+    """delete_after_upload false: the done entry is the only record that the file was
+    uploaded, so a purge keeps it (for another keep) while its version is on disk."""
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(3), now=100)
+        kept, gone, plain = q.claim("w", 60, limit=3, now=100)
+        q.ack_many([(kept, KEPT), (gone, KEPT), (plain, None)], now=100,
+                   uploaded=dict.fromkeys([kept.id, gone.id, plain.id], STORED))
+        on_disk = {kept.id}
+        assert q.purge_done(older_than=10, now=200, batch=1,
+                           still_there=lambda e: e.id in on_disk) == 2
+        assert [q.get(e.id) is not None for e in (kept, gone, plain)] == [True, False, False]
+        assert q.get(kept.id).due == 200, "looked at again a keep later"
+        assert q.purge_done(older_than=10, now=205, still_there=lambda _e: True) == 0
+        assert q.purge_done(older_than=10, now=205) == 0, "no look at the disk: kept"
+        on_disk.clear()
+        assert q.purge_done(older_than=10, now=211, still_there=lambda e: e.id in on_disk) == 1
+
+
 def test_retry_fail_replay_purge_and_counts_stay_true(tmp_path: Path) -> None:
     with Queue(tmp_path / "q.db") as q:
         q.enqueue_many(versions(5), now=100)
         a, b, c, d, e = q.claim("w", 60, limit=5, now=100)
         assert q.retry_later(a, "timeout", 30, count_attempt=False, now=100, reason="transient")
         assert q.fail(b, "corrupt gzip", now=100, reason="corrupt")
-        assert q.ack(c, now=100, uploaded=True) and q.ack(d, now=110, uploaded=True)
+        assert q.ack(c, now=100, uploaded=STORED) and q.ack(d, now=110, uploaded=STORED)
         assert q.release(e, now=100)
         stats = read_stats(q, now=120)
         assert (stats.pending, stats.claimed, stats.done, stats.failed) == (2, 0, 2, 1)
@@ -262,7 +297,7 @@ def test_a_batch_of_acks_reports_each_lost_lease_and_settles_only_the_held_ones(
         assert c_again.id == c.id
         stale = replace(d, owner="mine/old-token")  # a claim made before, under another token
         lost = q.ack_many([(a, "superseded"), (b, None), (c, None), (stale, None)], now=1003,
-                          uploaded={a.id, b.id, c.id, d.id})
+                          uploaded=dict.fromkeys([a.id, b.id, c.id, d.id], STORED))
         assert lost == [c, stale]
         assert (q.get(a.id).state, q.get(a.id).note) == (State.DONE, "superseded")
         assert (q.get(b.id).state, q.get(b.id).note) == (State.DONE, None)
@@ -464,6 +499,26 @@ def test_one_version_of_a_path_in_flight_and_the_oldest_first(tmp_path: Path) ->
         assert e2.mtime_ns == v2.mtime_ns
 
 
+def test_an_older_version_seen_again_waits_while_a_newer_one_is_claimed(
+        tmp_path: Path) -> None:
+    """A directory renamed away and back: v1 vanished, v2 came and is claimed, then v1 is
+    seen again (a vanished version is queued again). It is an older entry, pending, but it
+    must not go in flight beside v2."""
+    with Queue(tmp_path / "q.db") as q:
+        (v1,) = versions(1)
+        v2 = FileVersion(**{**v1.__dict__, "mtime_ns": v1.mtime_ns + 1})
+        q.enqueue_many([v1], now=1000)
+        (e1,) = q.claim("w", 60, now=1000)
+        assert q.ack(e1, f"{VANISHED} before upload; no object", now=1001)
+        q.enqueue_many([v2], now=1002)
+        (e2,) = q.claim("w", 60, now=1002)
+        assert e2.mtime_ns == v2.mtime_ns
+        assert q.enqueue_many([v1], now=1003) == 1
+        assert q.get(e1.id).state == State.PENDING
+        assert q.claim("w", 60, limit=10, now=1004) == [], "two versions of a path in flight"
+        assert not q.has_due(now=1004)
+
+
 def test_a_new_version_retires_the_older_pending_ones(tmp_path: Path) -> None:
     with Queue(tmp_path / "q.db") as q:
         (v1,) = versions(1)
@@ -483,6 +538,7 @@ IN_ORDER_CLAIMER = """
 import json, sys, time
 from sftppush.owners import owner_token
 from sftppush.queue import Queue
+
 q = Queue(sys.argv[1])
 log = []
 while True:
@@ -595,11 +651,35 @@ def test_a_resend_of_the_same_path_may_replace_its_object(tmp_path: Path) -> Non
         q.enqueue_many([v1], now=1000)
         (e1,) = q.claim("w", 60, now=1000)
         assert q.take_key(e1, "u/f0", now=1000) == KeyTaken(holder=None, known=False)
-        assert q.ack(e1, now=1001)
+        assert q.ack(e1, now=1001, uploaded=STORED)
         q.enqueue_many([FileVersion(**{**v1.__dict__, "size": v1.size + 1})], now=1002)
         (e2,) = q.claim("w", 60, now=1002)
         assert q.take_key(e2, "u/f0", now=1002) == KeyTaken(holder=None, known=True)
         assert q.get(e2.id).key == "u/f0"
+
+
+@pytest.mark.parametrize("ended", ["superseded", "retried", "vanished", "failed"])
+def test_only_a_verified_upload_makes_a_key_known_to_its_path(tmp_path: Path,
+                                                              ended: str) -> None:
+    """Identity hole 1: an entry that took the key and then was superseded, retried,
+    vanished or failed wrote no object there; the next version of its path must not take
+    the key as its own (its upload would be unconditional, over another path's object)."""
+    with Queue(tmp_path / "q.db") as q:
+        (v1,) = versions(1)
+        q.enqueue_many([v1], now=1000)
+        (e1,) = q.claim("w", 60, now=1000)
+        assert q.take_key(e1, "u/f0", now=1000) == KeyTaken(holder=None, known=False)
+        if ended == "superseded":
+            assert q.ack(e1, "superseded: 10 bytes read, 100 at open", now=1001)
+        elif ended == "retried":
+            assert q.retry_later(e1, "S3 unreachable", 0, count_attempt=False, now=1001)
+        elif ended == "vanished":
+            assert q.ack(e1, f"{VANISHED} before upload; no object", now=1001)
+        else:
+            assert q.fail(e1, "corrupt gzip: cut short", now=1001)
+        q.enqueue_many([FileVersion(**{**v1.__dict__, "size": v1.size + 1})], now=1002)
+        e2 = next(e for e in q.claim("w", 60, limit=2, now=1002) if e.id != e1.id)
+        assert q.take_key(e2, "u/f0", now=1002) == KeyTaken(holder=None, known=False)
 
 
 def test_a_failed_or_vanished_entry_holds_no_key(tmp_path: Path) -> None:
@@ -676,19 +756,19 @@ def test_an_entry_asked_twice_in_a_batch_keeps_the_later_key(tmp_path: Path) -> 
 
 def _take_key_one_by_one(db: sqlite3.Cursor, entry: Entry, key: str, now: float
                          ) -> KeyTaken | None:
-    """take_key as the queue answered it before take_keys worked on sets: four statements
-    per entry, each on the rows as the entries before it left them. The oracle below."""
+    """take_key one entry at a time: a few statements per entry, each on the rows as the
+    entries before it left them. The oracle below."""
     if not db.execute("SELECT 1 FROM entries WHERE id = ? AND state = 'claimed' AND owner = ?"
                       " AND due > ?", (entry.id, entry.owner, now)).fetchone():
         return None
     row = db.execute("SELECT path FROM entries WHERE key = ? AND path <> ?"
-                     " AND state IN ('claimed', 'pending', 'done') ORDER BY id LIMIT 1",
-                     (key, entry.path)).fetchone()
+                     " ORDER BY id LIMIT 1", (key, entry.path)).fetchone()
     if row is not None:
         return KeyTaken(holder=bytes(row[0]), known=False)
-    known = db.execute("SELECT 1 FROM entries WHERE key = ? AND path = ? AND id <> ?"
-                       " AND state = 'done' LIMIT 1", (key, entry.path, entry.id)).fetchone()
-    db.execute("UPDATE entries SET key = ? WHERE id = ?", (key, entry.id))
+    known = db.execute("SELECT 1 FROM entries WHERE key = ? AND path = ?"
+                       " AND etag IS NOT NULL LIMIT 1", (key, entry.path)).fetchone()
+    db.execute("UPDATE entries SET key = ?, etag = CASE WHEN key = ? THEN etag END"
+               " WHERE id = ?", (key, key, entry.id))
     return KeyTaken(holder=None, known=known is not None)
 
 
@@ -706,10 +786,14 @@ def test_a_batch_of_keys_is_answered_as_one_by_one_statements_would(tmp_path: Pa
                         for n in range(rnd.randint(4, 14))], now=1000)
         with q._transaction() as db:
             for (i,) in db.execute("SELECT id FROM entries").fetchall():
-                db.execute("UPDATE entries SET state = ?, key = ?, owner = 'x', due = 2000"
-                           " WHERE id = ?", (rnd.choice(["pending", "done", "failed",
-                                                         "claimed"]),
-                                             rnd.choice([*keys, None]), i))
+                # A row with a key holds it; one with an ETag uploaded there (a failed
+                # row holds a key only then).
+                state, key = rnd.choice(["pending", "done", "failed", "claimed"]), \
+                    rnd.choice([*keys, None])
+                etag = rnd.choice([None, "e"]) if key else None
+                db.execute("UPDATE entries SET state = ?, key = ?, etag = ?, owner = 'x',"
+                           " due = 2000 WHERE id = ?",
+                           (state, key if state != "failed" or etag else None, etag, i))
             ids = [i for (i,) in db.execute("SELECT id FROM entries WHERE state = 'claimed'")
                    .fetchall()]
             # Some leases expired, some lost to another owner.
@@ -723,9 +807,9 @@ def test_a_batch_of_keys_is_answered_as_one_by_one_statements_would(tmp_path: Pa
     with Queue(tmp_path / "new.db") as q:
         got = q.take_keys(wanted, now=1000)
         with q.reading() as db:
-            got_keys = db.execute("SELECT id, key FROM entries ORDER BY id").fetchall()
+            got_keys = db.execute("SELECT id, key, etag FROM entries ORDER BY id").fetchall()
     with Queue(tmp_path / "old.db") as old, old._transaction() as db:
         expected = [_take_key_one_by_one(db, e, key, 1000) for e, key in wanted]
-        expected_keys = db.execute("SELECT id, key FROM entries ORDER BY id").fetchall()
+        expected_keys = db.execute("SELECT id, key, etag FROM entries ORDER BY id").fetchall()
     assert got == expected
     assert got_keys == expected_keys

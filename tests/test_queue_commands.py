@@ -8,11 +8,13 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sftppush.entries import FileVersion, State
+from sftppush.entries import FileVersion, State, Stored
 from sftppush.queue import Queue
 from sftppush.status import read as read_stats
 
 from .conftest import SourceTree
+
+STORED = Stored("0123abcd", "sha256-of-the-body")  # what an upload recorded
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ def filled(source_tree: SourceTree) -> SourceTree:
         a, b, c, d, e = q.claim("test", 300, limit=5)
         q.ack(a, now=time.time() - 30 * 86400)
         q.take_key(b, "sftpuser1/upload/f1")
-        q.ack(b, uploaded=True)
+        q.ack(b, uploaded=STORED)
         q.fail(c, "corrupt gzip: unexpected end of stream", reason="corrupt")
         q.fail(d, "corrupt gzip: unexpected end of stream", reason="corrupt")
         q.retry_later(e, "could not connect to the endpoint", 3600, count_attempt=False)

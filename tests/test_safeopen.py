@@ -9,7 +9,7 @@ import pytest
 
 from sftppush import safeopen
 from sftppush.errors import PermanentError
-from sftppush.safeopen import DELETING_PREFIX, SafeFile, Vanished, open_in_root
+from sftppush.safeopen import DELETING_PREFIX, WRITING, Kept, SafeFile, Vanished, open_in_root
 
 
 @pytest.fixture(params=["openat2", "walk"])
@@ -101,10 +101,10 @@ def test_unlink_deletes_only_the_version_that_was_opened(tree: tuple[Path, Path]
         replacement = root / "upload" / "a.csv.new"
         replacement.write_bytes(b"v2 longer")
         os.rename(replacement, f)
-        assert not safe.unlink()
+        assert safe.unlink() == Kept("replaced")
     assert f.read_bytes() == b"v2 longer"
     with open_in_root(root, bytes(f)) as safe:
-        assert safe.unlink()
+        assert safe.unlink() is None
     assert not f.exists()
 
 
@@ -157,7 +157,7 @@ def test_unlink_never_deletes_a_version_renamed_over_the_name_after_the_check(
     f.write_bytes(b"v1")
     use_fallback_unless(noreplace, monkeypatch)
     with opened_with(root, f, after_check=lambda: newer_version(f)) as safe:
-        assert not safe.unlink()
+        assert safe.unlink() == Kept("replaced")
     assert f.read_bytes() == b"v2, written while v1 was uploading"
     assert files_in(f.parent) == ["a.csv"]  # nothing left aside
     assert os.stat(f).st_nlink == 1
@@ -169,7 +169,7 @@ def test_unlink_deletes_the_opened_version_when_a_newer_one_arrives_after_the_se
     f = root / "upload" / "a.csv"
     f.write_bytes(b"v1")
     with opened_with(root, f, after_set_aside=lambda: newer_version(f)) as safe:
-        assert safe.unlink()
+        assert safe.unlink() is None
     assert f.read_bytes() == b"v2, written while v1 was uploading"
     assert files_in(f.parent) == ["a.csv"]
 
@@ -186,7 +186,7 @@ def test_a_version_set_aside_by_mistake_never_clobbers_an_even_newer_one(
     use_fallback_unless(noreplace, monkeypatch)
     with opened_with(root, f, after_check=lambda: newer_version(f, b"v2"),
                      after_set_aside=lambda: newer_version(f, b"v3")) as safe:
-        assert not safe.unlink()
+        assert safe.unlink() == Kept("replaced")
     assert f.read_bytes() == b"v3"
     kept = [p for p in f.parent.iterdir() if p.name.startswith(DELETING_PREFIX.decode())]
     assert [p.read_bytes() for p in kept] == [b"v2"]
@@ -203,7 +203,7 @@ def test_unlink_keeps_a_file_rewritten_in_place_with_its_old_mtime(
         time.sleep(0.05)  # ctime ticks with the kernel's coarse clock
         f.write_bytes(b"v2")
         os.utime(f, ns=(safe.st.st_atime_ns, safe.st.st_mtime_ns))
-        assert not safe.unlink()
+        assert safe.unlink() == Kept("replaced")
     assert f.read_bytes() == b"v2"
 
 
@@ -235,11 +235,11 @@ def test_a_file_still_open_for_writing_is_never_deleted(tree: tuple[Path, Path])
     writer = os.open(f, os.O_WRONLY | os.O_TRUNC)
     try:
         with open_in_root(root, bytes(f)) as safe:
-            assert safe.unlink() is False
+            assert safe.unlink() == Kept(WRITING)
         assert f.exists()
     finally:
         os.write(writer, b"the re-send\n")
         os.close(writer)
     with open_in_root(root, bytes(f)) as safe:
-        assert safe.unlink() is True
+        assert safe.unlink() is None
     assert not f.exists()

@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sftppush.entries import FileVersion
+from sftppush.entries import FileVersion, Stored
 from sftppush.errors import QueueError
 from sftppush.locals3 import free_port
 from sftppush.queue import Queue
 from sftppush.status import Stats, prometheus, read
 
 from .conftest import SourceTree, child_env, cli_argv, wait_until
+
+STORED = Stored("0123abcd", "sha256-of-the-body")  # what an upload recorded
 
 
 def versions(n: int, start: int = 0) -> list[FileVersion]:
@@ -35,9 +37,9 @@ def settle(q: Queue, now: float) -> None:
     q.enqueue_many(versions(7), now=now)
     a, b, c, d, e, f, g = q.claim("w", 60, limit=7, now=now)
     q.ack_many([(a, None), (b, None), (c, None), (d, "vanished: object exists")], now=now,
-               uploaded={a.id, b.id, c.id})
+               uploaded=dict.fromkeys([a.id, b.id, c.id], STORED))
     q.ack(e, "superseded", now=now)
-    q.ack(f, "after a retry", now=now, uploaded=True)  # an upload that carries a note counts
+    q.ack(f, "after a retry", now=now, uploaded=STORED)  # an upload that carries a note counts
     q.fail(g, "corrupt gzip: x", now=now, reason="corrupt")
 
 

@@ -33,6 +33,12 @@ def test_purges_only_done_entries_past_their_keep_a_batch_at_a_time(tmp_path: Pa
         q.enqueue_many([FileVersion(b"/home/u/new", "u", 1, 1, 1, 1, "rescan")])
         (young,) = q.claim("w", 60)
         q.ack(young)
+        # A backlog as old as the done ones (a long outage): pending, failed, claimed.
+        q.enqueue_many([FileVersion(f"/home/u/backlog/{i}".encode(), "u", 1, 1, 1, 1,
+                                    "rescan") for i in range(3)], now=now - 100)
+        pending, failed, claimed = q.claim("w", 60, limit=3, now=now - 100)
+        assert q.release(pending, now=now - 100)
+        assert q.fail(failed, "corrupt gzip: cut short", now=now - 100)
         upkeep = Upkeep(q, keep_done=60, owner="host/1/2")
         upkeep.run(clock[0])
         assert read(q).done == PURGE_BATCH + 11, "one batch per turn"
@@ -43,6 +49,8 @@ def test_purges_only_done_entries_past_their_keep_a_batch_at_a_time(tmp_path: Pa
             upkeep.run(clock[0])
         assert upkeep.purged == 2 * PURGE_BATCH + 10
         assert q.get(young.id) is not None, "a done entry within its keep was purged"
+        assert [q.get(e.id).state for e in (pending, failed, claimed)] == [
+            "pending", "failed", "claimed"], "only done entries are ever purged"
         assert upkeep.next_purge == clock[0] + 15, "nothing left: the next look is later"
 
 

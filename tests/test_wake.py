@@ -5,9 +5,16 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
 from sftppush.queue import FileVersion, Queue
 from sftppush.wake import QueueWatch
-from tests.conftest import wait_until
+from tests.conftest import inotify_budget, wait_until
+
+
+@pytest.fixture(autouse=True)
+def _inotify(tmp_path: Path) -> None:
+    inotify_budget(tmp_path)
 
 
 def enqueue_one(q: Queue, tmp_path: Path, name: str) -> None:

@@ -34,14 +34,16 @@ class Product:
     # --- processes ----------------------------------------------------------------------------
 
     def start(self, name: str, *args: str,
-              preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
-        """Start `sftppush ARGS` as process `name` (e.g. "watcher", "consumer-1")."""
+              preexec_fn: Callable[[], None] | None = None,
+              wrap: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        """Start `sftppush ARGS` as process `name` (e.g. "watcher", "consumer-1"), through
+        the command `wrap` if given (e.g. setpriv)."""
         assert not self.alive(name), f"{name} is already running"
         log = self.logs / f"{name}.{self.starts[name]}.log"
         self.starts[name] += 1
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                cli_argv("--config", self.config, "--log-format", "json", *args),
+                [*wrap, *cli_argv("--config", self.config, "--log-format", "json", *args)],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=preexec_fn)
         self.procs[name] = proc

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SourceTree, wait_until
+from tests.conftest import SourceTree, inotify_budget, wait_until
 from tests.e2e.sftp_server import SftpServer
 from tests.e2e.system import Product
 
@@ -55,6 +55,7 @@ class Run:
 def run(request, tmp_path_factory, moto_server, ssh_keys):
     """The consumer resolves paths with openat2, or with the walk of openat calls."""
     base = tmp_path_factory.mktemp("hostile")
+    inotify_budget(base)
     tree = SourceTree(base)
     upload = tree.upload
     outside = base / "outside"

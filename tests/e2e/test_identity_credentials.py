@@ -49,7 +49,8 @@ def test_missing_credentials_keep_entries_pending_until_credentials_come(
         time.sleep(3)  # longer than a permanent error needs to fail an entry at max_attempts 1
         product.assert_alive()
         entries = product.entries()
-        assert [e["state"] for e in entries] == ["pending", "pending"], entries
+        # Waiting, never failed: tried again every few seconds, so one may be claimed now.
+        assert {e["state"] for e in entries} <= {"pending", "claimed"}, entries
         for entry in entries:
             assert "credential" in entry["last_error"].lower(), entry
         assert product.stop("consumer") == 0, product.log_tail()

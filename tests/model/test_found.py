@@ -1,0 +1,133 @@
+"""What the model test found on 05b1e90, pinned: each run is the shrunk sequence Hypothesis
+printed (tests/model/test_model.py), replayed step by step with every invariant checked after
+each step and at the end (teardown quiesces: writers close, the store heals, time passes,
+consumers drain). Each failed on 05b1e90; the issue 23 commits say which hole it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.model.machine import Model
+
+STORE = {"conditional": True, "checksums": "validate", "opaque": False}
+
+
+def replay(setup: dict[str, Any], *steps: tuple[str, dict[str, Any]]) -> None:
+    model = Model()
+    try:
+        model.setup(**setup)
+        for rule, args in steps:
+            getattr(model, rule)(**args)
+            model.check()
+    finally:
+        model.teardown()
+
+
+def test_kept_files_are_not_uploaded_again_after_a_purge() -> None:
+    """Hole 6: delete_after_upload false, purge, rescan: uploaded 2 times."""
+    replay({"crt": False, **STORE, "delete": False},
+           ("write", {"d": b"a", "name": b"x.csv", "size": 300}),
+           ("quiesce", {}),
+           ("done_entries_purged", {}),
+           ("quiesce", {}))
+
+
+def test_a_directory_the_service_cannot_write_ends_with_a_reason() -> None:
+    """Hole 7: failed "internal error: PermissionError ... -> .sftppush-deleting.N"."""
+    replay({"crt": False, "conditional": False, "checksums": "validate", "opaque": False,
+            "delete": False},
+           ("delete_after_upload_switched", {}),
+           ("rename_over", {"d": b"b", "name": b"x.csv", "size": 300}),
+           ("dir_unwritable", {"d": b"b", "on": True}),
+           ("quiesce", {}))
+
+
+def test_a_file_a_client_holds_open_is_not_uploaded_half_written() -> None:
+    """Hole 10: found by a rescan while its client still writes it, uploaded as it was."""
+    replay({"crt": False, "conditional": False, "checksums": "validate", "opaque": False,
+            "delete": False},
+           ("consumer_started", {}),
+           ("open_and_hold", {"d": b"a", "name": b"rep "}),
+           ("rescan", {}),
+           ("consumers_run", {}))
+
+
+def test_without_leases_a_file_a_client_holds_open_is_never_deleted() -> None:
+    """Hole 3: where F_SETLEASE is refused, the file was deleted under its writer."""
+    replay({"crt": False, **STORE, "delete": True},
+           ("open_and_hold", {"d": b"a", "name": b"rep "}),
+           ("file_system_leases", {"leases": False}),
+           ("rescan", {}),
+           ("consumers_run", {}),
+           ("held_file_written", {"which": 0}))
+
+
+def test_a_name_with_a_trailing_space_is_its_own_objects_path() -> None:
+    """Hole 2: HTTP trims "rep " to "rep" in metadata; after a purge, the conditional
+    re-send found its own object and failed "key collision: ... holds u1:rep"."""
+    replay({"crt": True, **STORE, "delete": True},
+           ("write", {"d": b"a", "name": b"rep ", "size": 300}),
+           ("watcher_reads_events", {}),
+           ("consumers_run", {}),
+           ("done_entries_purged", {}),
+           ("write", {"d": b"a", "name": b"rep ", "size": 300}),
+           ("watcher_reads_events", {}),
+           ("consumers_run", {}))
+
+
+def test_a_newer_version_after_a_failed_first_never_replaces_another_paths_object() -> None:
+    """Hole 1: x.csv uploaded and purged; x.csv.gz v1 takes the key and fails once; v2
+    supersedes it and was uploaded unconditionally, over x.csv's object."""
+    replay({"crt": True, **STORE, "delete": True},
+           ("write", {"d": b"a", "name": b"x.csv", "size": 300}),
+           ("watcher_reads_events", {}),
+           ("consumers_run", {}),
+           ("done_entries_purged", {}),
+           ("write", {"d": b"a", "name": b"x.csv.gz", "size": 300}),
+           ("watcher_reads_events", {}),
+           ("store_fails_next", {"n": 1}),
+           ("consumers_run", {}),
+           ("write", {"d": b"a", "name": b"x.csv.gz", "size": 5000}),
+           ("watcher_reads_events", {}),
+           ("time_passes", {"seconds": 2.0, "reached": False}),
+           ("consumers_run", {}))
+
+
+def test_a_file_held_open_at_its_delete_and_closed_unwritten_is_not_stranded() -> None:
+    """Hole 4: unlink met a writer (EAGAIN), the entry ended done; the writer closed
+    without writing: same version, no event, the file stayed for good."""
+    replay({"crt": True, **STORE, "delete": True},
+           ("write", {"d": b"a", "name": b"rep ", "size": 300}),
+           ("watcher_reads_events", {}),
+           ("consumer_steps", {"which": 0, "action": "claim"}),
+           ("open_and_hold", {"d": b"a", "name": b"rep "}),
+           ("consumer_steps", {"which": 0, "action": "deliver"}),
+           ("consumer_steps", {"which": 0, "action": "settle"}),
+           ("consumer_steps", {"which": 0, "action": "flush"}),
+           ("held_file_closed", {"which": 0, "write_first": False}))
+
+
+def test_a_private_name_left_by_a_killed_consumer_goes_after_a_resend() -> None:
+    """Hole 5: killed between the set-aside rename and the unlink, then the name re-sent
+    before the next claim: the next claim found a newer version at the name (superseded)
+    and left the private name for good."""
+    replay({"crt": False, **STORE, "delete": True},
+           ("write", {"d": b"a", "name": b"x.csv", "size": 300}),
+           ("watcher_reads_events", {}),
+           ("consumer_killed", {"which": 0, "when": "unlink", "after": 0, "reached": False}),
+           ("consumers_run", {}),
+           ("write", {"d": b"a", "name": b"x.csv", "size": 5000}),
+           ("quiesce", {}))
+
+
+def test_a_store_that_ignores_checksums_is_caught_corrupting_by_its_md5_etag() -> None:
+    """Found beside the eleven: the store kept one byte flipped and answered the ETag of what
+    it kept; a single PUT whose ETag was not the body's MD5 fell back to HEAD (size and our
+    own sha256 metadata, both as sent), passed, and the file was deleted."""
+    replay({"crt": True, "conditional": True, "checksums": "ignore", "opaque": False,
+            "delete": True},
+           ("write", {"d": b"a", "name": b"x.csv", "size": 300}),
+           ("watcher_reads_events", {}),
+           ("store_lies_next", {"lie": "corrupt"}),
+           ("consumers_run", {}))
