@@ -120,6 +120,7 @@ class CrtTransport:
         self._max_bytes = max_in_flight_bytes
         self._running = [0, 0]        # requests, body bytes
         self._live: dict[_Put, float] = {}  # running PUT -> deadline
+        self.puts = 0                       # started, ever
         self._lock = threading.RLock()
         self._closed = False
         self.timeout = request_timeout
@@ -151,6 +152,7 @@ class CrtTransport:
         job.started = time.monotonic()
         with self._lock:
             self._live[job] = time.monotonic() + self.timeout
+            self.puts += 1
         self._sign(job)
 
     def wait_room(self, size: int, timeout: float) -> bool:
@@ -184,8 +186,9 @@ class CrtTransport:
             self._room.wait_for(lambda: self._running[0] == 0, timeout)
         self._stopping.set()
         self._watchdog.join(5.0)
-        log.info("fast path closed window=%d largest=%d throttles=%d", self.window.size,
-                 self.window.largest, self.window.throttles)
+        if self.puts:  # a consumer that never started says nothing more than its error
+            log.info("fast path closed puts=%d window=%d largest=%d throttles=%d", self.puts,
+                     self.window.size, self.window.largest, self.window.throttles)
         with self._lock:
             idle, self._idle = self._idle, {}
         for connections in idle.values():
