@@ -75,6 +75,9 @@ KEYS = (
     Key("consumer.s3.sse_kms_key_id", "str", None, secret=True),
     Key("consumer.s3.part_size_mb", "int", 8, low=5, high=5120),  # S3's part: 5 MiB to 5 GiB
     Key("consumer.s3.checksum", ("when_supported", "when_required"), "when_supported"),
+    # The most small-file PUTs one consumer keeps in flight (and connections it opens): the
+    # window grows up to it while the link needs it. Lower it for stores that want fewer.
+    Key("consumer.s3.max_in_flight", "int", 256, low=1, high=4096),
 )
 _KEY = {key.name: key for key in KEYS}
 # Every dotted prefix of a key (defaults, defaults.log, ...): a mapping in the YAML file.
@@ -133,6 +136,7 @@ class S3Config:
     sse_kms_key_id: str | None = _D["consumer.s3.sse_kms_key_id"]
     part_size_mb: int = _D["consumer.s3.part_size_mb"]
     checksum: str = _D["consumer.s3.checksum"]
+    max_in_flight: int = _D["consumer.s3.max_in_flight"]
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ class Consumer:
         self.owner = owner or owner_token()
         self.monotonic = monotonic
         self.lease = cfg.queue.lease_seconds
-        self.batch = tuning.claim_batch or (64 if sink.fast else 2 * workers)
+        self.batch = self._batch()
         self.inflight: dict[int, Claim] = {}
         # Outcomes of workers and fast PUTs, and None: "the queue was written, look again".
         self.outcomes: stdqueue.SimpleQueue[tuple[Claim, Any] | None] = stdqueue.SimpleQueue()
@@ -230,9 +230,16 @@ class Consumer:
             return WAKE_RECHECK
         return self.tuning.poll_interval
 
+    def _batch(self) -> int:
+        """Most entries held at once: twice the fast transport's window, which follows the
+        link, so that a far store's window can fill (half runs, half waits opened)."""
+        return self.tuning.claim_batch or (
+            max(64, 2 * self.sink.in_flight()) if self.sink.fast else 2 * self.workers)
+
     def _claim(self) -> int:
         if not self.breaker.closed(self.monotonic()):
             return 0  # the store seems down: the backlog waits in the queue, untouched
+        self.batch = self._batch()
         room = self.batch - len(self.inflight)
         # Claim in batches: wait until half the batch is free (or nothing is held), and ask
         # the read-only "anything due?" first, so an idle consumer writes nothing.

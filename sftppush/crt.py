@@ -1,7 +1,8 @@
 """awscrt as a transport for the sink: many concurrent single-request PUTs from one process.
 
-Owns awscrt's HTTP connections (kept alive, per host), request signing, in-flight limits,
-the request timeout and quick resends on a failed connection. It sends the headers
+Owns awscrt's HTTP connections (kept alive, per host, as many as requests in flight), request
+signing, in-flight limits (a window that follows the link: inflight.py), the request timeout
+and quick resends on a failed connection. It sends the headers
 it is given and hands back the store's raw answer: what the headers mean, whether an answer
 verifies a body and whether a failure is worth retrying are decided in s3.py. It never reads
 files, never touches the queue and never does multipart.
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import io as stdio
+import logging
 import re
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -20,10 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from sftppush.inflight import Window
+
 try:
     from awscrt import auth, http, io
 except ImportError:  # the pure-boto3 path works without it
     auth = http = io = None
+
+log = logging.getLogger("sftppush.crt")
 
 # One PUT can carry at most 5 GiB.
 MAX_BODY = 5 * 1024**3
@@ -67,9 +74,12 @@ class CrtTransport:
     event-loop thread. Plain HTTP requests, not awscrt's S3 client: its meta-request
     machinery cost the consumer about 0.04 ms of CPU per small file more (issue 18).
 
-    `put()` blocks while `max_in_flight` requests or `max_in_flight_bytes` of bodies are
-    running (one body alone may exceed the latter), so callers get backpressure and flat
-    memory (`wait_room()` waits for that in slices, without starting anything). A request with
+    `put()` blocks while the window's requests or `max_in_flight_bytes` of bodies are running
+    (one body alone may exceed the latter), so callers get backpressure and flat memory
+    (`wait_room()` waits for that in slices, without starting anything). The window starts at
+    `min_in_flight` and follows the link up to `max_in_flight` (inflight.Window: it grows while
+    latency holds, shrinks when it rises or when the store asks to slow down, `throttled()`).
+    Connections are kept alive for the next request, as many as the window. A request with
     no outcome after `request_timeout` seconds has its connection closed and fails with status
     None, as does one whose connection failed `max_retries` + 1 times. An answer, 5xx included,
     is handed back as it came.
@@ -77,11 +87,12 @@ class CrtTransport:
 
     def __init__(self, *, region: str, credentials: Callable[[], Credentials] | Credentials,
                  endpoint_url: str | None = None, max_body: int = MAX_BODY,
-                 max_in_flight: int = 32, max_in_flight_bytes: int = 64 * 2**20,
+                 min_in_flight: int = 32, max_in_flight: int = 256,
+                 max_in_flight_bytes: int = 64 * 2**20,
                  max_retries: int = 2, connect_timeout_ms: int = 3000,
                  request_timeout: float = 60.0, ca_file: str | None = None) -> None:
         if not available():
-            raise RuntimeError("awscrt is not installed (pip install 'sftppush[crt]')")
+            raise RuntimeError("awscrt is not installed (a dependency: pip install awscrt)")
         self.region = region
         url = urlsplit(endpoint_url) if endpoint_url else None
         self._host = url.netloc if url else None  # None = AWS, virtual-hosted per bucket
@@ -105,14 +116,17 @@ class CrtTransport:
         self.max_body = min(MAX_BODY, max_body)
         self.max_retries = max_retries
         self._idle: dict[str, list[Any]] = {}  # host -> open connections not in use
-        self._room = threading.Condition()
-        self._limits = (max_in_flight, max_in_flight_bytes)
+        self._room = threading.Condition()  # guards the window and _running
+        self.window = Window(min_in_flight, max_in_flight)
+        self._max_bytes = max_in_flight_bytes
         self._running = [0, 0]        # requests, body bytes
         self._live: dict[_Put, float] = {}  # running PUT -> deadline
+        self.puts = 0                       # started, ever
         self._lock = threading.RLock()
         self._closed = False
         self.timeout = request_timeout
         self._stopping = threading.Event()
+        _allow_open_files(4 * self.window.ceiling + 256)
         self._watchdog = threading.Thread(target=self._cancel_overdue, name="crt-watchdog",
                                           daemon=True)
         self._watchdog.start()
@@ -136,14 +150,29 @@ class CrtTransport:
         job = _Put(host, path, [*headers, ("Host", host), ("Content-Length", str(len(body)))],
                    body, answered)
         self._reserve(len(body))
+        job.started = time.monotonic()
         with self._lock:
             self._live[job] = time.monotonic() + self.timeout
+            self.puts += 1
         self._sign(job)
 
     def wait_room(self, size: int, timeout: float) -> bool:
         """Wait up to `timeout` seconds until a body of `size` bytes would start at once."""
         with self._room:
             return self._room.wait_for(lambda: self._fits(size), timeout)
+
+    def in_flight(self) -> int:
+        """How many PUTs may run at once now: the window's size."""
+        return self.window.size
+
+    def throttled(self) -> None:
+        """The store asked to slow down (its answer to a PUT of ours): fewer in flight."""
+        with self._room:
+            cuts = self.window.cuts
+            self.window.throttled()
+            if self.window.cuts > cuts:
+                log.debug("in flight cut window=%d throttles=%d", self.window.size,
+                          self.window.throttles)
 
     def close(self, timeout: float = 30.0, abandon: bool = False) -> None:
         """Wait for running PUTs (or, with `abandon`, cancel them), then close the idle
@@ -158,6 +187,9 @@ class CrtTransport:
             self._room.wait_for(lambda: self._running[0] == 0, timeout)
         self._stopping.set()
         self._watchdog.join(5.0)
+        if self.puts:  # a consumer that never started says nothing more than its error
+            log.info("fast path closed puts=%d window=%d largest=%d throttles=%d", self.puts,
+                     self.window.size, self.window.largest, self.window.throttles)
         with self._lock:
             idle, self._idle = self._idle, {}
         for connections in idle.values():
@@ -262,7 +294,8 @@ class CrtTransport:
         with self._lock:
             if self._live.pop(job, None) is None:
                 return  # answered already
-        self._release(len(job.body))
+        answered = isinstance(outcome, Answer) or outcome.status is not None
+        self._release(len(job.body), time.monotonic() - job.started if answered else None)
         try:
             job.answered(outcome)
         except BaseException:  # never let an exception escape into CRT's thread
@@ -278,18 +311,19 @@ class CrtTransport:
         return None
 
     def _give_back(self, host: str, connection: Any) -> None:
-        if not connection.is_open() or self._stopping.is_set():
-            connection.close()
-            return
-        with self._lock:
-            self._idle.setdefault(host, []).append(connection)
+        if connection.is_open() and not self._stopping.is_set():
+            with self._lock:
+                idle = self._idle.setdefault(host, [])
+                if len(idle) < self.window.size:  # a pool as big as the window, no bigger
+                    idle.append(connection)
+                    return
+        connection.close()
 
     # --- limits and the watchdog ------------------------------------------------------------
 
     def _fits(self, size: int) -> bool:
-        count, nbytes = self._limits
         return self._running[0] == 0 or (
-            self._running[0] < count and self._running[1] + size <= nbytes)
+            self._running[0] < self.window.size and self._running[1] + size <= self._max_bytes)
 
     def _reserve(self, size: int) -> None:
         with self._room:
@@ -297,8 +331,10 @@ class CrtTransport:
             self._running[0] += 1
             self._running[1] += size
 
-    def _release(self, size: int) -> None:
+    def _release(self, size: int, latency: float | None) -> None:
         with self._room:
+            if latency is not None:
+                self.window.answered(latency, self._running[0])
             self._running[0] -= 1
             self._running[1] -= size
             self._room.notify_all()
@@ -322,6 +358,7 @@ class _Put:
         self.answered = answered
         self.request: Any = None
         self.attempts = 1
+        self.started = 0.0  # time.monotonic() once it had room
         self.stopped = False
         self.timed_out = False
         self.status: int | None = None
@@ -391,6 +428,15 @@ class _Body(stdio.BytesIO):
     def readinto1(self, buffer: Any) -> int:
         _keep_thread_state()
         return super().readinto1(buffer)
+
+
+def _allow_open_files(wanted: int) -> None:
+    """Raise this process's soft limit of open files towards `wanted` (up to the hard limit):
+    each request in flight holds a connection, and the consumer a file for each."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (
+            wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
 
 
 def _provider(credentials: Callable[[], Credentials] | Credentials) -> Any:

@@ -22,6 +22,11 @@ class TransientError(SftppushError):
     """Worth retrying as it is (network, 5xx, throttling): never makes an entry failed."""
 
 
+class Throttled(TransientError):
+    """The store asks us to slow down (503 SlowDown, 429, a throttling code): transient, and
+    a sign of too many requests in flight."""
+
+
 class PermanentError(SftppushError):
     """Retrying the same way will not help; counts an attempt, failed at max_attempts.
 

@@ -26,6 +26,7 @@ import botocore.exceptions
 
 from sftppush.decompress import Reader
 from sftppush.errors import PermanentError, TransientError
+from sftppush.inflight import Window
 from sftppush.parts import (
     READ_CHUNK,
     Body,
@@ -132,19 +133,24 @@ class Multipart:
 
     One upload holds at most `part_memory` bytes of part buffers (one part alone may exceed
     it); a part bigger than `spool_above` is written to a temporary file as it is read, and
-    counts `spool_above` against the budget, which so bounds the disk used too.
+    counts `spool_above` against the budget, which so bounds the disk used too. The budget
+    follows the link up to `part_memory_max`, in parts of the first size: a store far away
+    needs more parts in flight to keep its bandwidth-delay product full (`parts`, a window
+    as the small files' is, on the parts' latencies; shared by the uploads of the Sink).
     """
 
     def __init__(self, call: Call, part_size: int, checksum: Checksum | None,
                  extra: dict[str, str], opaque_etags: bool, part_memory: int,
-                 spool_above: int) -> None:
+                 spool_above: int, part_memory_max: int = 0) -> None:
         self.call = call
         self.part_size = part_size
+        self.parts = Window(max(1, part_memory // part_size),
+                            max(1, max(part_memory, part_memory_max) // part_size), min_epoch=4)
+        self._parts_lock = threading.Lock()
         self.every = grow_every(part_size)
         self.checksum = checksum
         self.extra = extra
         self.opaque_etags = opaque_etags
-        self.part_memory = part_memory
         self.spool_above = spool_above
 
     def upload(self, bucket: str, key: str, parts: list[bytearray], reader: Reader,
@@ -205,10 +211,14 @@ class Multipart:
         """Read the stream and send its parts, those `kept` (a resume's) checked instead,
         appending them to `done`; raises the first failure once every part in flight has
         ended."""
-        budget = Budget(self.part_memory)
+        budget = Budget(self.parts.size * self.part_size)
         futures: list[Future[Sent]] = []
-        pool = ThreadPoolExecutor(max(1, self.part_memory // upload.part_size),
-                                  thread_name_prefix="part")
+        pool = ThreadPoolExecutor(self.parts.ceiling, thread_name_prefix="part")
+
+        def answered(latency: float) -> None:  # one part's UploadPart, `latency` s
+            with self._parts_lock:
+                self.parts.answered(latency, max(1, -(-budget.used // self.part_size)))
+
         try:
             number = len(done)
             while not any(f.done() and f.exception() for f in futures):
@@ -216,6 +226,7 @@ class Multipart:
                     raise UploadCancelled(upload.key)
                 size = part_size(upload.part_size, number + 1, upload.every)
                 cost = min(size, self.spool_above)
+                budget.limit = self.parts.size * self.part_size
                 budget.take(cost)
                 body = parts.pop(0) if parts else self._read(stream.reader, size)
                 if body is None:
@@ -224,7 +235,8 @@ class Multipart:
                 number += 1
                 fut = pool.submit(self._check_part, upload, number, body, stream, kept[number]) \
                     if number in kept else \
-                    pool.submit(self._upload_part, upload, number, body, stream, cancel, journal)
+                    pool.submit(self._upload_part, upload, number, body, stream, cancel, journal,
+                                answered)
                 fut.add_done_callback(lambda _f, cost=cost: budget.give(cost))
                 futures.append(fut)
                 del body  # only the part thread may keep it alive
@@ -334,8 +346,9 @@ class Multipart:
         return "size"
 
     def _upload_part(self, upload: Resumable, number: int, body: Body, stream: Tally,
-                     cancel: threading.Event | None, journal: Journal | None) -> Sent:
-        """One part tallied, sent, checked and recorded."""
+                     cancel: threading.Event | None, journal: Journal | None,
+                     answered: Callable[[float], None]) -> Sent:
+        """One part tallied, sent, checked and recorded; `answered` gets its latency."""
         ck = self.checksum
         try:
             stream.feed_part(number, body)  # first: the next part's thread waits for it
@@ -344,8 +357,10 @@ class Multipart:
             if isinstance(body, bytearray):
                 body = PartBody(body)
             body.seek(0)
+            started = time.monotonic()
             resp = self.call("upload_part", cancel, Bucket=upload.bucket, Key=upload.key,
                              UploadId=upload.upload_id, PartNumber=number, Body=body, **extra)
+            answered(time.monotonic() - started)
         finally:
             body.close()
         if not self.opaque_etags and resp["ETag"].strip('"') != md5.hexdigest():

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from sftppush import pipeline
 from sftppush.entries import Entry, Stored
-from sftppush.errors import PermanentError, TransientError
+from sftppush.errors import PermanentError, Throttled, TransientError
 from sftppush.multipart import UploadCancelled, Uploaded
 from sftppush.s3 import RetryPolicy, Transfer
 
@@ -30,13 +30,14 @@ class Tuning:
     permanent_delay: float = 30.0       # between attempts of a permanent error
     permanent_delay_max: float = 3600.0
     poll_interval: float = 0.2          # idle: "anything due?" (read-only) at least this often
-    claim_batch: int = 0                # most entries held at once; 0 = 64 with the fast
-                                        # transport, else 2 x workers. Claims wait until half
-                                        # of it is free.
+    claim_batch: int = 0                # most entries held at once; 0 = twice the fast
+                                        # transport's window (at least 64), else 2 x workers.
+                                        # Claims wait until half of it is free.
     ack_batch: int = 64                 # acks are written together, up to this many ...
     ack_delay: float = 0.02             # ... or after this long
     crt: bool = True                    # small files through awscrt when it is importable
-    crt_in_flight: int = 32             # concurrent fast PUTs
+    crt_in_flight: int = 32             # fast PUTs in flight at first (the window follows the
+                                        # link from there, up to consumer.s3.max_in_flight)
     lane_max_body: int = 8 * 2**20      # decompressed bytes; larger files stream via boto3
     part_memory: int = 32 * 2**20       # per large upload: bytes of part buffers
     nlink_retry_after: float = 2.0      # a second hard link: maybe a link+unlink rename
@@ -136,7 +137,8 @@ def decide(entry: Entry, outcome: object, streak: int, tuning: Tuning, max_attem
         return Release()
     if isinstance(outcome, TransientError):
         delay = backoff(streak + 1, tuning.transient_delay, tuning.transient_delay_max)
-        return RetryLater(str(outcome), jitter(delay), False, "transient")
+        return RetryLater(str(outcome), jitter(delay), False,
+                          "throttled" if isinstance(outcome, Throttled) else "transient")
     if not isinstance(outcome, PermanentError):
         return decide(entry, PermanentError(
             f"internal error: {type(outcome).__name__}: {outcome}"), streak, tuning,

@@ -28,7 +28,7 @@ import tenacity
 from sftppush import crt
 from sftppush.config import Defaults, S3Config
 from sftppush.decompress import Reader, read_full
-from sftppush.errors import ConfigError, PermanentError, TransientError
+from sftppush.errors import ConfigError, PermanentError, Throttled, TransientError
 from sftppush.multipart import Journal, Multipart, Uploaded, error_code
 from sftppush.parts import Checksum, PartBody, read_part, store_checksum
 
@@ -50,6 +50,10 @@ TRANSIENT_CODES = frozenset({
     "XAmzContentSHA256Mismatch", "IncompleteBody",
     "OperationAborted",
 })
+# ... of which these ask the sender to slow down (as do 429 and 503, whatever their code).
+THROTTLING_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
+})
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,12 @@ class Transfer:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0          # boto3's read timeout, and the CRT request timeout
     retry: RetryPolicy = RetryPolicy()  # boto3 calls, in place
-    part_memory: int = 32 * 2**20       # per multipart upload: bytes of part buffers
+    part_memory: int = 32 * 2**20       # per multipart upload: bytes of part buffers, at
+    part_memory_max: int = 48 * 2**20   # first, and at most when the link needs more
     spool_above: int = 16 * 2**20       # bigger parts wait in a temporary file
     fast: bool = True                   # small bodies through awscrt when it is installed
-    in_flight: int = 32                 # concurrent awscrt PUTs
+    in_flight: int = 32                 # awscrt PUTs in flight at first: the window grows
+                                        # from here up to consumer.s3.max_in_flight
     max_small: int = 8 * 2**20          # the largest body the fast transport takes
 
 
@@ -100,7 +106,18 @@ def make_client(session: boto3.session.Session, defaults: Defaults, s3: S3Config
         # S3-compatible stores on an endpoint URL rarely do virtual-hosted buckets.
         s3={"addressing_style": "path"} if defaults.endpoint_url else None,
     )
-    return session.client("s3", endpoint_url=defaults.endpoint_url, config=config)
+    client = session.client("s3", endpoint_url=defaults.endpoint_url, config=config)
+    client.meta.events.register_last("before-call.s3", _no_expect)
+    return client
+
+
+def _no_expect(params: dict[str, Any], **_: Any) -> None:
+    """botocore makes every PUT body wait for a `100 Continue`, parts included: one more
+    round trip before its first byte, so that a part of 8 MiB 100 ms away takes two round
+    trips and its sending instead of one. What the wait can save is sending one body (at
+    most a part) that the store refuses, and rarely so: CreateMultipartUpload went through
+    with the same credentials."""
+    (params.get("headers") or {}).pop("Expect", None)
 
 
 def options(s3: S3Config) -> dict[str, str]:
@@ -196,6 +213,8 @@ def verdict(status: int | None, code: str | None, message: str,
     if code in CORRUPTED_CODES:  # worth knowing even when the next attempt succeeds
         log.warning("store refused a body damaged on the way, sent again bucket=%s"
                     " endpoint=%s code=%s", where.bucket, where.endpoint, code)
+    if code in THROTTLING_CODES or status in (429, 503):
+        return Throttled(message)
     if is_transient(code, status):
         return TransientError(message)
     return PermanentError(message)
@@ -275,7 +294,8 @@ class Sink:
         # Under SSE-KMS (and SSE-C) an ETag is not an MD5 of the body.
         self.opaque = str(s3.sse).startswith("aws:kms")
         self.multipart = Multipart(self.call, self.part_size, self.checksum, self.extra,
-                                   self.opaque, transfer.part_memory, transfer.spool_above)
+                                   self.opaque, transfer.part_memory, transfer.spool_above,
+                                   transfer.part_memory_max)
         self.transport = transport
         self.max_small = min(transfer.max_small, self.part_size,
                              transport.max_body if transport else 0)
@@ -300,7 +320,7 @@ class Sink:
             transport = crt.CrtTransport(
                 region=session.region_name or "us-east-1", credentials=_crt_credentials(session),
                 endpoint_url=defaults.endpoint_url, max_body=s3.part_size_mb * 2**20,
-                max_in_flight=transfer.in_flight,
+                min_in_flight=transfer.in_flight, max_in_flight=s3.max_in_flight,
                 connect_timeout_ms=int(transfer.connect_timeout * 1000),
                 request_timeout=transfer.read_timeout,
                 ca_file=os.environ.get("AWS_CA_BUNDLE") or None)  # as boto3 takes it
@@ -310,6 +330,10 @@ class Sink:
     @property
     def fast(self) -> bool:
         return self.transport is not None
+
+    def in_flight(self) -> int:
+        """How many fast PUTs may run at once now (the transport's window); 0 without it."""
+        return self.transport.in_flight() if self.transport is not None else 0
 
     def takes(self, bucket: str, size: int) -> bool:
         """Worth a fast `put()`: a small body, to a bucket the CRT client can address (on AWS
@@ -348,8 +372,11 @@ class Sink:
                 if isinstance(answer, crt.Failed):
                     if answer.status == 412 and if_absent:  # someone's object is there: whose?
                         self._verify.submit(self._put_over, out, bucket, key, body, metadata)
-                    else:
-                        out.set_exception(classify(answer, where=self.where(bucket)))
+                        return
+                    error = classify(answer, where=self.where(bucket))
+                    if isinstance(error, Throttled):
+                        self.transport.throttled()  # fewer in flight from now on
+                    out.set_exception(error)
                     return
                 etag = answer.headers.get("etag", "")
                 how = verified_by(self.checksum, sent, answer.headers.get(self._checksum_header),

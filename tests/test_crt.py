@@ -106,7 +106,7 @@ def test_byte_budget_throttles_but_never_blocks_a_body_larger_than_it(rclone_s3)
     bucket = rclone_s3.make_bucket("budget")
     with closing(uploader(rclone_s3)) as up:
         transport = up.transport
-        transport._limits = (32, 200_000)  # a budget smaller than one body
+        transport._max_bytes = 200_000  # a budget smaller than one body
         futures = [up.put(bucket, f"b{i}", bytes([i]) * 300_000, {}) for i in range(6)]
         assert all(f.result(30).bytes_out == 300_000 for f in futures)
 
@@ -213,3 +213,14 @@ def test_crt_threads_keep_their_python_thread_state_from_one_put_to_the_next(rcl
     threads = {ident for ident, _ in seen}
     assert len(seen) == 20 and threading.get_ident() not in threads
     assert [kept for _, kept in seen].count(False) == len(threads), seen
+
+
+@needs_crt
+def test_max_in_flight_caps_the_window_from_the_start(rclone_s3):
+    bucket = rclone_s3.make_bucket("ceiling")
+    with closing(uploader(rclone_s3, S3Config(max_in_flight=4))) as up:
+        window = up.transport.window
+        assert (window.size, window.ceiling) == (4, 4)
+        futures = [up.put(bucket, f"c{i}", b"x" * 100, {}) for i in range(40)]
+        assert all(f.result(30).verified_by for f in futures)
+        assert window.size <= 4

@@ -366,7 +366,8 @@ def test_parts_grow_as_the_stream_goes_on_in_flat_memory(moto_server: S3Server,
                                                          s3_bucket: str) -> None:
     import tracemalloc
 
-    up = uploader(moto_server.endpoint_url, part_memory=10 * MB, spool_above=5 * MB)
+    up = uploader(moto_server.endpoint_url, part_memory=10 * MB, part_memory_max=10 * MB,
+                  spool_above=5 * MB)
     up.multipart.every = 2  # doubling after every 2 parts, to see it on a small object
     sent = requests_sent(up)
     tracemalloc.start()

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # In the order they are worth reading: the upload baselines first, then SPEC 11's targets.
 BENCHES = ("upload_paths", "small_files", "latency", "large", "queue", "purge", "watcher",
-           "soak")
+           "soak", "tls")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,20 +4,23 @@
     .venv/bin/python tests/bench/bench_large.py --size-mib 10240 --sparse   # RSS only
 
 Measures, on a local `rclone serve s3` (127.0.0.1, objects under a temp dir):
-  zlib alone     Python gzip/zlib decompression of the file to nowhere
-  upload alone   boto3's managed upload_file of the already-decompressed bytes
-  sftppush       `sftppush consume --drain --workers 1` on the queued .gz file, with the
-                 consumer process's peak RSS (wait4 ru_maxrss)
-and prints MB/s (decompressed MiB per second) and the SPEC 11 ratios: sftppush must reach
-0.9x the slower baseline with peak RSS <= 128 MB; then the CPU seconds per GiB of each side
-(the client, and the S3 server), which tell what bounds the ratio on a small host. `--sparse`
-makes a gzip of zeros (fast to make, ~1000:1) and measures the consumer's peak RSS only.
-Not part of the default test run.
+  zlib alone        Python gzip/zlib decompression of the file to nowhere
+  upload alone      boto3's managed upload_file of the already-decompressed bytes
+  zcat | s5cmd pipe the peer pipeline doing sftppush's job (SPEC 11: sftppush >= 1.0x)
+  s5cmd cp          s5cmd uploading the already-decompressed file (SPEC 11: >= 0.9x)
+  sftppush          `sftppush consume --drain --workers 1` on the queued .gz file, with the
+                    consumer process's peak RSS (wait4 ru_maxrss)
+and prints MB/s (decompressed MiB per second) and the ratios, peak RSS against 128 MB, then
+the CPU seconds per GiB of each side (the client, and the S3 server), which tell what bounds
+the ratio on a small host. `--rtt-ms 40` puts every side behind a delay line
+(tests/bench/delayline.py). `--sparse` makes a gzip of zeros (fast to make, ~1000:1) and
+measures the consumer's peak RSS only. Not part of the default test run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import os
 import random
@@ -36,7 +39,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from sftppush.queue import FileVersion, Queue  # noqa: E402
-from tests.bench.common import proc_cpu_seconds, report  # noqa: E402
+from tests.bench.common import proc_cpu_seconds, report, s5cmd_binary  # noqa: E402
+from tests.bench.delayline import DelayLine  # noqa: E402
 from tests.conftest import RcloneS3  # noqa: E402
 
 MiB = 2**20
@@ -84,6 +88,26 @@ def upload_alone(server: RcloneS3, plain: Path, part_mb: int) -> tuple[float, fl
     t, cpu, srv = time.perf_counter(), time.process_time(), server_cpu(server)
     client.upload_file(str(plain), "baseline", "plain.bin", Config=cfg)
     return (time.perf_counter() - t, time.process_time() - cpu, server_cpu(server) - srv)
+
+
+def s5cmd(server: RcloneS3, command: str, source: Path, key: str) -> tuple[float, float, float]:
+    """`s5cmd cp FILE` or `zcat FILE.gz | s5cmd pipe` (at s5cmd's defaults) to baseline/key:
+    seconds, CPU seconds of the client side (zcat included) and of the S3 server."""
+    cmd = [str(s5cmd_binary()), "--endpoint-url", server.endpoint_url, "--log", "error",
+           command, *([str(source)] if command == "cp" else []), f"s3://baseline/{key}"]
+    env = server.env()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t, srv = time.perf_counter(), server_cpu(server)
+    if command == "cp":
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    else:
+        with subprocess.Popen(["zcat", str(source)], stdout=subprocess.PIPE) as zcat:
+            subprocess.run(cmd, env=env, check=True, stdin=zcat.stdout,
+                           stdout=subprocess.DEVNULL)
+    elapsed, srv = time.perf_counter() - t, server_cpu(server) - srv
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return elapsed, cpu, srv
 
 
 def server_cpu(server: RcloneS3) -> float:
@@ -136,6 +160,8 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--part-size-mb", type=int, default=None,
                         help="default: the config default")
+    parser.add_argument("--rtt-ms", type=float, default=None, metavar="MS",
+                        help="a delay line of this round trip in front of the store")
     parser.add_argument("--sparse", action="store_true",
                         help="a gzip of zeros, and the consumer's peak RSS only")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -149,42 +175,57 @@ def main() -> None:
         t = time.perf_counter()
         (make_sparse_gzip if args.sparse else make_gzip)(gz, args.size_mib)
         print(f"made {gz.stat().st_size / MiB:.0f} MiB gzip of {args.size_mib} MiB "
-              f"in {time.perf_counter() - t:.1f}s")
+              f"in {time.perf_counter() - t:.1f}s; load average {os.getloadavg()[0]:.2f}")
         server.start()
-        if args.sparse:
-            st, rss, log, _, _ = sftppush_run(server, work / "run", gz, args.part_size_mb)
-            report_rss(args.size_mib, rss, log)
-            return
-        plain = work / "big.csv"
-        with gzip.open(gz, "rb") as src, plain.open("wb") as dst:
-            shutil.copyfileobj(src, dst, MiB)
-        zt, total, zcpu = zlib_alone(gz)
-        ut, ucpu, usrv = upload_alone(server, plain, args.part_size_mb or 8)
-        plain.unlink()
-        (work / "s3" / "baseline" / "plain.bin").unlink()
-        st, rss, log, scpu, ssrv = sftppush_run(server, work / "run", gz, args.part_size_mb)
-        stored = work / "s3" / "bench" / "sftpuser1" / "upload" / "big.csv"
-        assert stored.stat().st_size == total, "object size differs from the decompressed size"
-        mbs = {name: total / MiB / sec for name, sec in
-               (("zlib alone", zt), ("upload alone", ut), ("sftppush", st))}
-        slower = min(("zlib alone", mbs["zlib alone"]), ("upload alone", mbs["upload alone"]),
-                     key=lambda item: item[1])
-        for name in ("zlib alone", "upload alone"):
-            report(f"large 1 file {args.size_mib} MiB: {name}", mbs[name], "MiB/s")
-        report(f"large 1 file {args.size_mib} MiB: sftppush decompress+upload", mbs["sftppush"],
-               "MiB/s", f"slower of the two ({slower[0]}), target ratio 0.90", slower[1])
-        report(f"large 1 file {args.size_mib} MiB: sftppush vs upload alone", mbs["sftppush"],
-               "MiB/s", "upload alone", mbs["upload alone"])
-        gib = total / 2**30
-        print(f"  # CPU s per GiB: zlib alone {zcpu / gib:.2f}; upload alone: client "
-              f"{ucpu / gib:.2f}, s3 server {usrv / gib:.2f}; sftppush: consumer "
-              f"{scpu / gib:.2f}, s3 server {ssrv / gib:.2f} ({os.cpu_count()} CPUs "
-              "here)", flush=True)
-        report_rss(args.size_mib, rss, log)
+        with contextlib.ExitStack() as stack:
+            if args.rtt_ms is not None:
+                line = stack.enter_context(DelayLine(server.port, args.rtt_ms))
+                server.endpoint_url = line.url  # every side goes through the line
+            if args.sparse:
+                _, rss, log, _, _ = sftppush_run(server, work / "run", gz, args.part_size_mb)
+                report_rss(args.size_mib, rss, log)
+                return
+            compare(server, work, gz, args)
     finally:
         server.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(server: RcloneS3, work: Path, gz: Path, args: argparse.Namespace) -> None:
+    """Every side once, in the same run; then the ratios and CPU per GiB."""
+    plain = work / "big.csv"
+    with gzip.open(gz, "rb") as src, plain.open("wb") as dst:
+        shutil.copyfileobj(src, dst, MiB)
+    zt, total, zcpu = zlib_alone(gz)
+    stored = work / "s3" / "baseline"
+    sides: dict[str, tuple[float, float, float]] = {}
+    sides["upload alone"] = upload_alone(server, plain, args.part_size_mb or 8)
+    (stored / "plain.bin").unlink()
+    sides["zcat | s5cmd pipe"] = s5cmd(server, "pipe", gz, "piped.csv")
+    (stored / "piped.csv").unlink()
+    sides["s5cmd cp"] = s5cmd(server, "cp", plain, "copied.csv")
+    (stored / "copied.csv").unlink()
+    plain.unlink()
+    st, rss, log, scpu, ssrv = sftppush_run(server, work / "run", gz, args.part_size_mb)
+    object_path = work / "s3" / "bench" / "sftpuser1" / "upload" / "big.csv"
+    assert object_path.stat().st_size == total, "object size differs from the decompressed size"
+    where = "" if args.rtt_ms is None else f", {args.rtt_ms:g} ms round trip"
+    label = f"large 1 file {args.size_mib} MiB{where}"
+    mib = total / MiB
+    report(f"{label}: zlib alone", mib / zt, "MiB/s")
+    for name, (sec, _, _) in sides.items():
+        report(f"{label}: {name}", mib / sec, "MiB/s")
+    for name, target in (("zcat | s5cmd pipe", "1.0"), ("s5cmd cp", "0.9"),
+                         ("upload alone", None)):
+        report(f"{label}: sftppush decompress+upload", mib / st, "MiB/s",
+               name + (f" (target ratio {target})" if target else ""), mib / sides[name][0])
+    gib = total / 2**30
+    print(f"  # CPU s per GiB (client, s3 server): zlib alone {zcpu / gib:.2f}; " + "; ".join(
+        f"{name} {cpu / gib:.2f}, {srv / gib:.2f}" for name, (_, cpu, srv) in sides.items())
+        + f"; sftppush {scpu / gib:.2f}, {ssrv / gib:.2f} ({os.cpu_count()} CPUs here)",
+        flush=True)
+    report_rss(args.size_mib, rss, log)
 
 
 if __name__ == "__main__":

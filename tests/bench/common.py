@@ -16,14 +16,18 @@ import subprocess
 import tempfile
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sftppush.locals3 import LocalS3, rclone_binary
 from tests.conftest import HOST_VARIABLES, child_env, cli_argv
+
+if TYPE_CHECKING:
+    from tests.bench.delayline import DelayLine
 
 REGION = "us-east-1"
 
@@ -64,6 +68,27 @@ class RcloneS3(LocalS3):
                          access_key="AKIA" + _random_key(16, string.ascii_uppercase
                                                          + string.digits),
                          secret_key=_random_key(40, string.ascii_letters + string.digits + "+/"))
+        self.front: str | None = None  # a delay line's URL: every client connects there
+
+    @property
+    def endpoint(self) -> str:
+        return self.front or super().endpoint
+
+    @contextlib.contextmanager
+    def behind(self, rtt_ms: float | None) -> Iterator[DelayLine | None]:
+        """Every client of the block reaches the server through a delay line of `rtt_ms`
+        (None: directly, as on loopback)."""
+        from tests.bench.delayline import DelayLine
+
+        if rtt_ms is None:
+            yield None
+            return
+        with DelayLine(self.port, rtt_ms) as line:
+            self.front = line.url
+            try:
+                yield line
+            finally:
+                self.front = None
 
     def close(self) -> None:
         self.stop()
@@ -166,8 +191,9 @@ def s5cmd_cp(server: RcloneS3, src_dir: Path, bucket: str, prefix: str,
 
 
 def rclone_copy(server: RcloneS3, src_dir: Path, bucket: str, prefix: str,
-                transfers: int = 16) -> Timing:
-    """`rclone copy --transfers 16` with an on-the-fly remote (provider Other)."""
+                transfers: int | None = 16) -> Timing:
+    """`rclone copy --transfers 16` with an on-the-fly remote (provider Other); `transfers`
+    None: rclone's defaults (4 transfers)."""
     n = sum(1 for p in src_dir.iterdir() if p.is_file())
     env = server.env()
     env.update(
@@ -177,7 +203,8 @@ def rclone_copy(server: RcloneS3, src_dir: Path, bucket: str, prefix: str,
         RCLONE_CONFIG_BENCH_ENDPOINT=server.endpoint, RCLONE_CONFIG_BENCH_REGION=REGION,
         RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true",
     )
-    cmd = [rclone_binary(), "copy", "--config", "/dev/null", "--transfers", str(transfers),
+    cmd = [rclone_binary(), "copy", "--config", "/dev/null",
+           *(("--transfers", str(transfers)) if transfers else ()),
            "--log-level", "ERROR", str(src_dir), f"bench:{bucket}/{prefix.strip('/')}"]
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)

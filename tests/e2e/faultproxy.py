@@ -4,7 +4,8 @@ refuse() closes new connections at once (RST), reset() kills the open ones (SO_L
 stall() stops every byte both ways while keeping sockets open, cut() = refuse + reset,
 slow(seconds) delays every chunk sent upstream, corrupt_part(n) flips one byte in the body of
 the next multipart upload part number n, corrupt_put(key) in the next PUT of that key,
-restore() lets everything flow again.
+answer_puts(share, ...) answers that share of PUTs itself (503 SlowDown by default) without
+passing them on, restore() lets everything flow again.
 Runs its own asyncio loop in a background thread.
 It also notes every HTTP/1.1 request whose body went through in full (`requests`), so a test
 can count what reached the server — e.g. uploads of the same key.
@@ -35,8 +36,8 @@ def _abort(writer: asyncio.StreamWriter) -> None:
 class _RequestTap:
     """Follows one client→server HTTP/1.1 stream: Content-Length and chunked bodies."""
 
-    def __init__(self, seen: list[tuple[str, str]]):
-        self.seen = seen
+    def __init__(self, seen: list[tuple[str, str]], heads: list[dict[str, str]]):
+        self.seen, self.heads = seen, heads
         self.buf = b""
         self.state = "head"  # head | body | chunk-size | trailer
         self.request: tuple[str, str] = ("", "")
@@ -71,6 +72,7 @@ class _RequestTap:
             headers = {k.strip().lower(): v.strip() for k, _, v in
                        (h.partition(":") for h in head.split("\r\n")[1:])}
             self.request = (method, target)
+            self.heads.append(headers)
             if "chunked" in headers.get("transfer-encoding", "").lower():
                 self.state = "chunk-size"
                 return True
@@ -123,6 +125,48 @@ class _Flip:
         return bytes(flipped)
 
 
+class _Answerer:
+    """Follows one client→server HTTP/1.1 stream and takes some PUTs out of it: their head
+    and body are swallowed and `reply` is their answer (clients do not pipeline, so the
+    server owes nothing before it). Only Content-Length bodies sent without Expect."""
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        self.proxy = proxy
+        self.buf = b""
+        self.left = 0           # body bytes of the current request still to pass
+        self.passing = True     # ... to the server (False: swallowed)
+
+    def feed(self, data: bytes, client: asyncio.StreamWriter) -> bytes:
+        """What to send on to the server; answers go back to `client` at once."""
+        out = bytearray()
+        self.buf += data
+        while self.buf:
+            if self.left:
+                take = min(self.left, len(self.buf))
+                if self.passing:
+                    out += self.buf[:take]
+                self.buf, self.left = self.buf[take:], self.left - take
+                if not self.left and not self.passing:
+                    client.write(self.proxy.reply)
+                continue
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head, self.buf = self.buf[:end + 4], self.buf[end + 4:]
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in
+                       (h.partition(":") for h in lines[1:] if h)}
+            plain = "expect" not in headers and "transfer-encoding" not in headers
+            self.passing = not (lines[0].startswith("PUT ") and plain
+                                and self.proxy._answer_next())
+            self.left = int(headers.get("content-length", 0))
+            if self.passing:
+                out += head
+            elif not self.left:
+                client.write(self.proxy.reply)
+        return bytes(out)
+
+
 class FaultProxy:
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1"):
         self.upstream = (upstream_host, upstream_port)
@@ -133,7 +177,12 @@ class FaultProxy:
         self.bytes_up = 0       # bytes forwarded from clients to the server
         self.delay = 0.0        # seconds each chunk to the server waits (slow())
         self.requests: list[tuple[str, str]] = []  # (method, target) of HTTP requests sent whole
+        self.heads: list[dict[str, str]] = []  # every request's headers (names in lower case)
         self.flip: _Flip | None = None
+        self.share = 0.0        # of PUTs answered here (answer_puts)
+        self.answered = 0       # PUTs answered here, not passed on
+        self.puts_seen = 0      # PUTs looked at while answering
+        self.reply = b""
         self._refusing = False
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._loop = asyncio.new_event_loop()
@@ -186,12 +235,29 @@ class FaultProxy:
         ends with `key` (a single PUT: its Content-MD5 no longer matches)."""
         self.flip = _Flip(re.compile(rb"PUT /\S*" + re.escape(key.encode()) + rb" "), offset=10)
 
+    def answer_puts(self, share: float, status: int = 503, code: str = "SlowDown") -> None:
+        """Answer `share` of the PUTs on connections accepted from now on with `status` and
+        the S3 error `code`, evenly spread (every second one for 0.5), without passing them
+        on: the store never sees them."""
+        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+                f"<Message>injected by the fault proxy</Message></Error>").encode()
+        self.reply = (f"HTTP/1.1 {status} {code}\r\nContent-Type: application/xml\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        self.share = share
+
+    def _answer_next(self) -> bool:
+        seen, self.puts_seen = self.puts_seen, self.puts_seen + 1
+        answer = int((seen + 1) * self.share) > int(seen * self.share)
+        self.answered += answer
+        return answer
+
     def cut(self) -> None:
         self.refuse()
         self.reset()
 
     def restore(self) -> None:
         self.delay = 0.0
+        self.share = 0.0
         self._call(self._set(refusing=False, flowing=True))
 
     def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -241,7 +307,9 @@ class FaultProxy:
         conn = (writer, up_writer)
         self._conns.add(conn)
         try:
-            await asyncio.gather(self._pump(reader, up_writer, conn, _RequestTap(self.requests)),
+            answerer = _Answerer(self) if self.share else None
+            tap = _RequestTap(self.requests, self.heads)
+            await asyncio.gather(self._pump(reader, up_writer, conn, tap, answerer),
                                  self._pump(up_reader, writer, conn))
         finally:
             self._conns.discard(conn)
@@ -250,7 +318,7 @@ class FaultProxy:
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
                     conn: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
-                    tap: _RequestTap | None = None) -> None:
+                    tap: _RequestTap | None = None, answerer: _Answerer | None = None) -> None:
         flip: _Flip | None = None
         try:
             while True:
@@ -263,10 +331,9 @@ class FaultProxy:
                 if tap is not None:
                     if self.delay:
                         await asyncio.sleep(self.delay)
-                    if flip is None and self.flip is not None and self.flip.marker.search(data):
-                        flip, self.flip = self.flip, None  # this connection carries that part
-                    if flip is not None:
-                        data = flip.feed(data)
+                    data, flip = self._flipped(data, flip)
+                    if answerer is not None:
+                        data = answerer.feed(data, conn[0])
                     self.bytes_up += len(data)
                 dst.write(data)
                 await dst.drain()
@@ -278,3 +345,8 @@ class FaultProxy:
         except (ConnectionError, OSError):
             for w in conn:
                 w.transport.abort()
+
+    def _flipped(self, data: bytes, flip: _Flip | None) -> tuple[bytes, _Flip | None]:
+        if flip is None and self.flip is not None and self.flip.marker.search(data):
+            flip, self.flip = self.flip, None  # this connection carries that part
+        return (data if flip is None else flip.feed(data)), flip

@@ -3,18 +3,15 @@ network between it and the store fails: real sockets through the fault proxy, mo
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import ssl
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from sftppush import crt
-from sftppush.errors import TransientError
+from sftppush.errors import Throttled, TransientError
+from tests.e2e.tls import TlsTerminator, self_signed
 from tests.test_crt import closing, count, needs_crt, uploader
 
 
@@ -68,83 +65,11 @@ def test_a_cold_close_answers_every_stalled_put_at_once(moto_server, s3_bucket, 
     proxy.restore()
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 (and its key), valid for a day: the CA bundle as well."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
-
-
-class _TlsTerminator:
-    """https on 127.0.0.1 in front of a plain-http store: what a real endpoint looks like."""
-
-    def __init__(self, upstream_port: int, cert: Path, key: Path) -> None:
-        self.upstream_port = upstream_port
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(cert, key)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.handshakes = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            tls = self.context.wrap_socket(client, server_side=True)
-        except (OSError, ssl.SSLError):
-            client.close()  # a client that does not trust us stops here
-            return
-        self.handshakes += 1
-        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-        threading.Thread(target=_pump, args=(upstream, tls), daemon=True).start()
-        _pump(tls, upstream)
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := src.recv(65536):
-            dst.sendall(data)
-    with contextlib.suppress(OSError):
-        dst.shutdown(socket.SHUT_WR)
-
-
 @needs_crt
 def test_https_endpoints_are_verified_against_the_ca_bundle_boto3_is_given(
         moto_server, s3_bucket, tmp_path, monkeypatch):
-    cert, key = _self_signed(tmp_path)
-    terminator = _TlsTerminator(moto_server.port, cert, key)
+    cert, key = self_signed(tmp_path)
+    terminator = TlsTerminator(moto_server.port, cert, key)
     endpoint = SimpleNamespace(endpoint_url=f"https://127.0.0.1:{terminator.port}")
     try:
         # Not trusted: the system's trust store does not know this certificate (a refused
@@ -194,3 +119,28 @@ def test_a_store_asking_to_slow_down_gets_no_immediate_resend():
         server.shutdown()
         server.server_close()
     assert puts == ["/bucket/k"]
+
+
+@needs_crt
+def test_a_store_asking_to_slow_down_gets_fewer_puts_in_flight_and_loses_nothing(
+        moto_server, s3_client, s3_bucket, fault_proxy):
+    proxy = fault_proxy(moto_server.port)
+    proxy.answer_puts(0.3)  # 503 SlowDown to every third PUT or so; the store never sees them
+    bodies = {f"k{i:03d}": f"{i},".encode() * 300 for i in range(200)}
+    left, throttled, rounds = dict(bodies), 0, 0
+    with closing(uploader(SimpleNamespace(endpoint_url=proxy.url))) as up:
+        window = up.transport.window
+        first = window.size
+        while left and rounds < 30:  # what the queue does: try the throttled ones again
+            rounds += 1
+            futures = {key: up.put(s3_bucket, key, body, {}) for key, body in left.items()}
+            for key, future in futures.items():
+                try:
+                    assert future.result(30).verified_by
+                    del left[key]
+                except Throttled:
+                    throttled += 1
+        assert window.cuts >= 3 and window.size < first // 4, (window.size, window.cuts)
+    assert not left and throttled == proxy.answered >= 60
+    for key, body in bodies.items():
+        assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body

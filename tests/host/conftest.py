@@ -84,10 +84,10 @@ def _copy_checkout(target: Path) -> None:
 
 
 def _build_wheels(target: Path) -> None:
-    """The project's dependencies as wheels, for a machine without network: `pip install
-    '.[crt]'` inside finds everything here (its /etc/pip.conf says no index)."""
+    """The project's dependencies as wheels, for a machine without network: `pip install .`
+    inside finds everything here (its /etc/pip.conf says no index)."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(target),
-                    f"{REPO}[crt]", "setuptools>=68"], check=True, capture_output=True)
+                    str(REPO), "setuptools>=68"], check=True, capture_output=True)
 
 
 @dataclass

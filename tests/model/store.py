@@ -436,6 +436,12 @@ class Transport:
     def wait_room(self, size: int, timeout: float) -> bool:  # noqa: ARG002
         return True
 
+    def in_flight(self) -> int:
+        return 32
+
+    def throttled(self) -> None:
+        """A 503 SlowDown: CrtTransport shrinks its window; the model has none to shrink."""
+
     def put(self, bucket: str, key: str, body: bytes, headers: list[tuple[str, str]],
             answered: Callable[[crt.Answer | crt.Failed], None]) -> None:
         self.pending.append(PendingPut(bucket, key, bytes(body),

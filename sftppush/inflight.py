@@ -1,0 +1,133 @@
+"""How many requests to keep in flight to one store: a window that follows the link.
+
+Owns the window's arithmetic, increase/decrease as TCP's congestion window does it: pure code
+over the latencies of answers and the store's requests to slow down. It never sends, waits,
+locks or reads a clock: the transport (crt.py) asks it for the size and tells it what
+happened.
+"""
+
+from __future__ import annotations
+
+import collections
+import statistics
+
+GROW = 1.25            # a step up while below the threshold ...
+GROW_AFTER = 1 / 16    # ... and above it (after a throttle), a sixteenth
+PAID = 0.5             # a step pays when latency rose by less than this share of it ...
+NOISE = 0.05           # ... give or take this much (an epoch's median is not exact)
+REST = 8               # epochs before a step that did not pay is tried again
+RISE, RISE_SLACK = 2.0, 0.010  # latency above RISE x the lowest recent median + slack: shrink
+SHRINK = 0.875
+MIN_EPOCH = 8          # answers: fewer say too little about the median
+FULL = 0.85            # the window is full when this share of it ran, on average
+RECENT = 32            # epochs whose medians make "the lowest recent median"
+
+
+class Window:
+    """The most requests in flight, between 1 and `ceiling`; `size` is the current one.
+
+    It starts at `floor` (what a store on loopback needs: more only queues there) and decides
+    once per epoch, one window's worth of answers (about one round trip while it is full):
+
+    - Grow while throughput grows. When the window was full (on average, requests running
+      filled FULL of it: the sender is faster than the window lets it be), it grows a step,
+      and the epoch after next (the first one may still answer requests sent before) says
+      whether that paid: with the window full, throughput is window / latency (Little's
+      law), so the step paid if latency rose by less than half of it. If it did, the next
+      step follows in the same epoch (two epochs a step: 32 to 256 in about 19 round
+      trips); if not, the window steps back and rests for REST epochs before it tries
+      again. On a far link latency
+      holds as the window grows, until the store is busy; on loopback the first step
+      already only adds queueing; a sender busy elsewhere (its CPU) never fills it.
+    - Shrink on rising latency: beyond RISE x the lowest median of the last RECENT epochs,
+      an eighth per epoch, not below `floor`.
+    - Shrink on throttling (`throttled()`: 503 SlowDown, 429, throttling codes), at most once
+      per window of answers as TCP once per round trip: halved, down to one request; growth
+      above that level is then a sixteenth a step, and below `floor` it grows back an eighth
+      per epoch whatever the latency (until the next throttle).
+    """
+
+    def __init__(self, floor: int = 32, ceiling: int = 256, min_epoch: int = MIN_EPOCH) -> None:
+        self.min_epoch = min_epoch  # answers an epoch takes at least
+        self.ceiling = max(1, ceiling)
+        self.floor = max(1, min(floor, self.ceiling))
+        self.limit = float(self.floor)
+        self.threshold = float(self.ceiling)  # growth above it is careful (TCP's ssthresh)
+        self.largest = self.floor             # the largest size so far
+        self.throttles = 0                    # times the store asked to slow down
+        self.cuts = 0                         # ... that cut the window
+        self._latencies: list[float] = []     # of this epoch's answers
+        self._running = 0                     # ... and the requests running at each, summed
+        self._medians: collections.deque[float] = collections.deque(maxlen=RECENT)
+        self._throttled = False               # in this epoch
+        self._since_cut = self.floor          # answers since the last cut
+        self._step: tuple[float, float] | None = None  # (size, median) before a step up
+        self._settling = False                # the epoch after a step: not measured
+        self._rest = 0
+
+    @property
+    def size(self) -> int:
+        """Requests that may run at once now."""
+        return int(self.limit)
+
+    def throttled(self) -> None:
+        """The store asked to slow down (503 SlowDown, 429, a throttling code)."""
+        self.throttles += 1
+        self._throttled = True
+        if self._since_cut >= self.size:  # once per window of answers, as TCP once per RTT
+            self.cuts += 1
+            self._since_cut = 0
+            self.limit = max(1.0, self.limit / 2)
+            self.threshold = self.limit
+            self._step = None
+
+    def answered(self, latency: float, running: int) -> None:
+        """One answer came, `latency` seconds after its request started, while `running`
+        requests were in flight (itself included)."""
+        self._since_cut += 1
+        self._latencies.append(latency)
+        self._running += running
+        if len(self._latencies) >= max(self.min_epoch, self.size):
+            self._decide()
+
+    def _decide(self) -> None:
+        latencies, self._latencies = self._latencies, []
+        median = statistics.median(latencies)
+        self._medians.append(median)
+        full = self._running >= FULL * self.size * len(latencies)
+        self._running = 0
+        throttled, self._throttled = self._throttled, False
+        if throttled:
+            return  # cut already, at the throttle
+        if self.limit < self.floor:
+            self.limit = min(float(self.floor), self.limit + max(1.0, self.limit / 8))
+        elif median > RISE * min(self._medians) + RISE_SLACK:
+            self.limit = max(float(self.floor), self.limit * SHRINK)
+            self._step = None
+        elif self._settling:
+            self._settling = False
+        elif self._step is not None:
+            if self._paid(median) and full:
+                self._grow(median)  # the next step at once: two epochs a step
+        elif full:
+            self._grow(median)
+
+    def _grow(self, median: float) -> None:
+        if self._rest:
+            self._rest -= 1
+            return
+        grown = max(self.limit + 1, self.limit * GROW) if self.limit < self.threshold else \
+            self.limit + max(1.0, self.limit * GROW_AFTER)
+        grown = min(float(self.ceiling), grown)
+        if int(grown) > self.size:
+            self._step, self._settling = (self.limit, median), True
+            self.limit = grown
+            self.largest = max(self.largest, self.size)
+
+    def _paid(self, median: float) -> bool:
+        """Whether the step up just measured paid; if not, back to before it, and rest."""
+        (before, was), self._step = self._step, None
+        if median / was > 1 + (self.limit / before - 1) * PAID + NOISE:
+            self.limit, self._rest = before, REST  # it only queued
+            return False
+        return True

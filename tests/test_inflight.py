@@ -1,0 +1,103 @@
+"""The in-flight window (inflight.py) against model links: a round trip in front of a store
+that answers so many requests per second, latency = max(round trip, window / capacity)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from sftppush.inflight import Window
+
+
+def run(window: Window, rtt: float, capacity: float, epochs: int = 300,
+        demand: int | None = None) -> list[int]:
+    """Feed `epochs` windows of answers from the model link; the sizes seen. `demand`: the
+    most requests the sender has to send at once (None: always more than the window)."""
+    sizes = []
+    for _ in range(epochs):
+        size = window.size
+        running = size if demand is None else min(size, demand)
+        for _ in range(max(8, size)):
+            window.answered(max(rtt, running / capacity), running)
+        sizes.append(window.size)
+    return sizes
+
+
+@pytest.mark.parametrize("rtt, capacity", [(0.040, 1500), (0.100, 1500), (0.040, 600),
+                                           (0.100, 2000), (0.010, 3000)])
+def test_a_far_store_gets_a_full_pipe_without_a_queue(rtt, capacity):
+    window = Window(32, 256)
+    size = run(window, rtt, capacity)[-1]
+    pipe = rtt * capacity  # Little's law: what keeps the store busy
+    throughput = size / max(rtt, size / capacity)
+    assert throughput >= 0.95 * min(capacity, 256 / rtt), (size, pipe)
+    assert max(rtt, size / capacity) <= 1.5 * rtt + 0.002, (size, pipe)  # little queueing
+
+
+def probing(sizes: list[int], size: int) -> bool:
+    """The window stays at `size` but for the short steps up that find it did not pay."""
+    return sizes.count(size) >= 0.75 * len(sizes) and max(sizes) <= size * 1.25
+
+
+def test_on_loopback_queueing_is_no_reason_to_grow():
+    # 1 ms round trip, a store busy at 1,800 PUTs/s: 32 in flight already queue (18 ms).
+    assert probing(run(Window(32, 256), 0.001, 1800), 32)
+
+
+def test_a_window_the_sender_does_not_fill_does_not_grow():
+    assert set(run(Window(32, 256), 0.100, 2000, demand=20)) == {32}
+
+
+def test_the_ceiling_caps_the_window_and_the_floor_with_it():
+    assert max(run(Window(32, 256), 0.100, 100_000)) == 256
+    assert set(run(Window(32, 8), 0.100, 100_000)) == {8}
+
+
+def test_rising_latency_shrinks_the_window_down_to_its_floor_not_below():
+    window = Window(32, 256)
+    run(window, 0.100, 2000)
+    assert window.size > 150
+    # The store slows down to a twentieth: requests queue there, latency rises.
+    sizes = run(window, 0.100, 100, epochs=100)
+    assert min(sizes) == 32
+    down = sizes.index(32)
+    assert sizes[:down] == sorted(sizes[:down], reverse=True)
+    assert probing(sizes[down:], 32)
+
+
+def test_a_store_asking_to_slow_down_halves_the_window_once_per_window_of_answers():
+    window = Window(32, 256)
+    run(window, 0.100, 2000)
+    before = window.size
+    for _ in range(10):  # a burst of throttles within one window: one cut
+        window.throttled()
+    assert window.size == before // 2 and window.cuts == 1 and window.throttles == 10
+    for _ in range(window.size):
+        window.answered(0.1, window.size)
+    window.throttled()
+    assert window.size == before // 4 and window.cuts == 2
+
+
+def throttled_epochs(window: Window, epochs: int, latency: float) -> None:
+    """`epochs` epochs, each with a throttle at its start."""
+    for _ in range(epochs):
+        window.throttled()
+        for _ in range(max(8, window.size)):
+            window.answered(latency, window.size)
+
+
+def test_a_store_that_keeps_throttling_gets_one_request_at_a_time():
+    window = Window(32, 256)
+    throttled_epochs(window, 20, 0.001)
+    assert window.size == 1
+
+
+def test_after_throttling_the_window_comes_back_to_its_floor_then_grows_additively():
+    window = Window(32, 256)
+    throttled_epochs(window, 3, 0.1)
+    assert window.size == 4
+    sizes = run(window, 0.100, 100_000, epochs=30)
+    assert 32 in sizes and sizes == sorted(sizes)
+    above = [b - a for a, b in itertools.pairwise(sizes) if a >= 32]
+    assert above and max(above) <= max(2, 256 // 16), sizes  # additive, not x1.25
