@@ -23,8 +23,8 @@ from pathlib import Path
 
 from sftppush.config import Config, Target
 from sftppush.errors import ConfigError, PermanentError, TransientError
-from sftppush.owners import user_name
-from sftppush.s3 import HINTS, RetryPolicy, Sink, Transfer, make_client, make_session, options
+from sftppush.queue.owners import user_name
+from sftppush.sink.s3 import HINTS, RetryPolicy, Sink, Transfer, make_client, make_session, options
 
 CAP_LEASE = 28  # linux/capability.h
 PROBE = ".sftppush-check"  # a dot name: the watcher's default ignore globs skip it
@@ -137,7 +137,7 @@ def _write_probe(sink: Sink, cfg: Config, target: Target,
 
 
 def _code(exc: BaseException) -> str | None:
-    from sftppush.multipart import error_code
+    from sftppush.sink.multipart import error_code
 
     return error_code(exc)
 

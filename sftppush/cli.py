@@ -22,7 +22,7 @@ from sftppush.config import Config, load, parse_duration
 from sftppush.errors import ConfigError, SftppushError
 
 if TYPE_CHECKING:  # imported lazily: most commands never open the queue
-    from sftppush.queue import Queue
+    from sftppush.queue.queue import Queue
 
 
 class _Group(click.Group):
@@ -69,7 +69,7 @@ def _config(ctx: click.Context, *, sources: tuple[str, ...] = (), need_sources: 
 
 
 def _open_queue(cfg: Config, create: bool = False) -> Queue:
-    from sftppush.queue import Queue
+    from sftppush.queue.queue import Queue
 
     return Queue(cfg.queue.path, create=create)
 
@@ -103,7 +103,7 @@ def cli(ctx: click.Context, config_path: str | None, log_level: str | None,
 @click.pass_context
 def watch(ctx: click.Context, sources: tuple[str, ...], no_rescan: bool) -> None:
     """Run the watcher: turn finished files into queue entries."""
-    from sftppush import watcher
+    from sftppush.source import watcher
 
     watcher.run(_config(ctx, sources=sources), rescan=not no_rescan)
 
@@ -116,8 +116,9 @@ def watch(ctx: click.Context, sources: tuple[str, ...], no_rescan: bool) -> None
 def consume(ctx: click.Context, workers: int | None, drain: bool,
             sources: tuple[str, ...]) -> None:
     """Run a consumer: claim entries, upload them, delete the local files."""
-    from sftppush import consumer, progress
-    from sftppush.owners import owner_token
+    from sftppush import progress
+    from sftppush.queue.owners import owner_token
+    from sftppush.runtime import consumer
 
     cfg = _config(ctx, sources=sources, **{"consumer.workers": workers})
     with progress.Reporter(cfg.queue.path, owner_token()):  # a line per large upload / 30 s
@@ -133,7 +134,7 @@ def consume(ctx: click.Context, workers: int | None, drain: bool,
 def run(ctx: click.Context, workers: int | None, consumers: int,
         sources: tuple[str, ...]) -> None:
     """Run the watcher and consumers together under one parent (small hosts, trying it out)."""
-    from sftppush import supervisor
+    from sftppush.runtime import supervisor
 
     cfg = _config(ctx, sources=sources, **{"consumer.workers": workers})
     supervisor.run(cfg, global_args=_global_args(ctx), sources=sources, consumers=consumers)
@@ -165,7 +166,7 @@ def demo(ctx: click.Context, directory: str) -> None:
 @click.pass_context
 def rescan(ctx: click.Context, source_name: str | None, dry_run: bool) -> None:
     """Backfill: enqueue files on disk that are not queued yet."""
-    from sftppush import scan
+    from sftppush.source import scan
 
     cfg = _config(ctx)
     if source_name and cfg.source(source_name) is None:
@@ -213,8 +214,8 @@ def queue_list(ctx: click.Context, state: str | None, limit: int, as_json: bool)
     """Entries, newest first: state, attempts, when a pending one is tried again, path, key,
     and the error while it stands."""
     from sftppush import status
-    from sftppush.entries import State
     from sftppush.progress import in_flight
+    from sftppush.queue.entries import State
 
     now = time.time()
     with _open_queue(_config(ctx, need_sources=False)) as q:
@@ -252,8 +253,8 @@ def queue_replay(ctx: click.Context, all_failed: bool, ids: tuple[int, ...]) -> 
 def queue_purge(ctx: click.Context, older_than: str) -> None:
     """Drop done entries finished longer ago than DURATION (those of files kept by
     delete_after_upload: false only once the file is gone)."""
-    from sftppush.scan import still_on_disk
-    from sftppush.upkeep import PURGE_PAUSE
+    from sftppush.source.scan import still_on_disk
+    from sftppush.source.upkeep import PURGE_PAUSE
 
     seconds = parse_duration(older_than, "--done-older-than")
     with _open_queue(_config(ctx, need_sources=False)) as q:
@@ -298,8 +299,9 @@ def config_check(ctx: click.Context, sources: tuple[str, ...], no_environment: b
     problem), then check the environment as the running user: each bucket with the
     credentials, each source directory's permissions and leases, the queue directory and the
     modules (exit 1, one line per problem)."""
-    from sftppush import checks, logs, scan
-    from sftppush.owners import user_name
+    from sftppush import checks, logs
+    from sftppush.queue.owners import user_name
+    from sftppush.source import scan
 
     cfg = _config(ctx, sources=sources, check_dirs=True)
     trees = scan.check_sources(cfg)

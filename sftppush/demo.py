@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from sftppush import supervisor
 from sftppush.config import load
 from sftppush.locals3 import LocalS3
+from sftppush.runtime import supervisor
 
 log = logging.getLogger("sftppush.demo")
 

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sftppush.entries import shown
-from sftppush.parts import part_size
+from sftppush.queue.entries import shown
+from sftppush.sink.parts import part_size
 
 log = logging.getLogger("sftppush.progress")
 
@@ -109,7 +109,7 @@ class Reporter:
 
     def _run(self) -> None:
         from sftppush.errors import SftppushError
-        from sftppush.queue import Queue
+        from sftppush.queue.queue import Queue
 
         while not self.stop.wait(self.every):
             try:

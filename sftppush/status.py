@@ -23,10 +23,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sftppush import __version__, signals
-from sftppush.entries import Entry, State
 from sftppush.errors import SftppushError
 from sftppush.progress import Progress, in_flight
-from sftppush.queue import Queue
+from sftppush.queue.entries import Entry, State
+from sftppush.queue.queue import Queue
 
 log = logging.getLogger("sftppush.status")
 

@@ -262,7 +262,7 @@ def consumer_thread(cfg: Any, tuning: Any = None, workers: int = 1,
     The stop event is ours, so no signal handler of pytest is replaced; the block's end sets
     it, joins the thread and re-raises what the consumer raised.
     """
-    from sftppush import consumer
+    from sftppush.runtime import consumer
 
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -328,8 +328,8 @@ def consume_until_drained(upload_path: str) -> Callable[..., None]:
     once through each upload path (`upload_path`). Small tuning values (retry waits, delays)
     keep tests fast. Fails the test if draining takes over `timeout`.
     """
-    from sftppush import consumer
-    from sftppush.s3 import RetryPolicy
+    from sftppush.runtime import consumer
+    from sftppush.sink.s3 import RetryPolicy
 
     def consume(cfg: Any, timeout: float = 30, workers: int = 2, **tuning: Any) -> None:
         tuning.setdefault("retry", RetryPolicy(attempts=2, initial=0.01, maximum=0.05))
@@ -359,7 +359,7 @@ class WatchTree(SourceTree):
 
     def entries(self) -> list[Any]:
         """Every queue entry, oldest first (none if the queue file does not exist yet)."""
-        from sftppush.queue import Queue
+        from sftppush.queue.queue import Queue
 
         if not self.queue_path.exists():
             return []

@@ -14,10 +14,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sftppush import consumer
-from sftppush.entries import FileVersion, State
-from sftppush.queue import Queue
-from sftppush.s3 import RetryPolicy
+from sftppush.queue.entries import FileVersion, State
+from sftppush.queue.queue import Queue
+from sftppush.runtime import consumer
+from sftppush.sink.s3 import RetryPolicy
 from tests.conftest import REPO, consumer_thread, wait_until
 
 MB = 2**20
@@ -259,7 +259,7 @@ def test_a_fast_upload_whose_etag_is_not_the_md5_is_verified_by_head_off_the_loo
     # With SSE-KMS a store's ETag is not the body's MD5, so a fast PUT the store answers
     # without a checksum (checksum: when_required sends none) is verified with a boto3 HEAD;
     # that waits on S3 and must run on the sink's own threads, never in the claim loop.
-    from sftppush import crt, s3
+    from sftppush.sink import crt, s3
 
     if not crt.available():
         raise AssertionError("awscrt is part of the test extra")
@@ -321,8 +321,8 @@ def test_transient_streaks_are_forgotten_whatever_the_next_outcome(source_tree: 
                                                                     pipeline_config: Any) -> None:
     # Months of transient errors followed by any other outcome (an upload, a failure, a file
     # superseded or gone, a lost lease, a stop) must leave nothing behind per entry.
-    from sftppush import pipeline
     from sftppush.errors import PermanentError, TransientError
+    from sftppush.pipeline import pipeline
 
     cfg = pipeline_config(max_attempts=1)
     write_and_enqueue(cfg, source_tree.upload, range(500), 10)

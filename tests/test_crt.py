@@ -15,11 +15,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from sftppush import crt
 from sftppush.config import Defaults, LogConfig, S3Config
 from sftppush.errors import PermanentError, TransientError
 from sftppush.locals3 import free_port
-from sftppush.s3 import RetryPolicy, Sink, Transfer, classify
+from sftppush.sink import crt
+from sftppush.sink.s3 import RetryPolicy, Sink, Transfer, classify
 from tests.conftest import REPO
 
 # The test extra installs awscrt: under CI a missing one fails these tests, it never skips them.
@@ -28,8 +28,8 @@ needs_crt = pytest.mark.skipif(not crt.available() and os.environ.get("CI") != "
 
 
 def test_without_awscrt_the_module_imports_and_says_so():
-    code = ("import sys; sys.modules['awscrt'] = None; from sftppush import crt; "
-            "assert not crt.available(); import sftppush.consumer")
+    code = ("import sys; sys.modules['awscrt'] = None; from sftppush.sink import crt; "
+            "assert not crt.available(); import sftppush.runtime.consumer")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 

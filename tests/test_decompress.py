@@ -11,9 +11,9 @@ import zlib
 import pytest
 import zstandard
 
-from sftppush import decompress
-from sftppush.decompress import CappedReader, detect, inflate, read_exactly, read_full
 from sftppush.errors import PermanentError
+from sftppush.pipeline import decompress
+from sftppush.pipeline.decompress import CappedReader, detect, inflate, read_exactly, read_full
 
 BODY = b"".join(b"%06d,sensor,21.5\n" % i for i in range(20000))
 

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from sftppush.inflight import Window
+from sftppush.sink.inflight import Window
 
 
 def run(window: Window, rtt: float, capacity: float, epochs: int = 300,

@@ -6,8 +6,8 @@ import pytest
 
 from sftppush.config import Source, Target
 from sftppush.errors import PermanentError
-from sftppush.keys import candidate_keys, escape_component, iso8601, metadata, object_key
-from sftppush.s3 import same_name
+from sftppush.pipeline.keys import candidate_keys, escape_component, iso8601, metadata, object_key
+from sftppush.sink.s3 import same_name
 
 SOURCE = Source("sftpuser1", Path("/home/sftpuser1"), ("/upload",), Target("bkt"))
 PREFIXED = Source("sftpuser1", Path("/home/sftpuser1"), ("/upload",), Target("bkt", "in/x"))

@@ -8,7 +8,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from sftppush.notify import notify, watchdog_interval
+from sftppush.source.notify import notify, watchdog_interval
 
 
 def test_notify_sends_to_a_socket_path():

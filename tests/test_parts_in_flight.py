@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from sftppush.multipart import Multipart
+from sftppush.sink.multipart import Multipart
 
 PART = 64 * 2**10  # small parts keep the model quick; S3's 5 MiB floor is not Multipart's
 

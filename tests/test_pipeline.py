@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import zstandard
 
-from sftppush import pipeline
-from sftppush.entries import FileVersion, State
 from sftppush.errors import PermanentError
-from sftppush.keys import iso8601
-from sftppush.queue import Queue
-from sftppush.s3 import RetryPolicy, Sink, Transfer
+from sftppush.pipeline import pipeline
+from sftppush.pipeline.keys import iso8601
+from sftppush.queue.entries import FileVersion, State
+from sftppush.queue.queue import Queue
+from sftppush.sink.s3 import RetryPolicy, Sink, Transfer
 
 MB = 2**20
 CSV = b"".join(b"%06d,device-7,21.5,ok\n" % i for i in range(3000))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sftppush import pipeline
-from sftppush.entries import Entry, State, Stored
 from sftppush.errors import PermanentError, TransientError
-from sftppush.multipart import UploadCancelled, Uploaded
-from sftppush.policy import (
+from sftppush.pipeline import pipeline
+from sftppush.queue.entries import Entry, State, Stored
+from sftppush.runtime.policy import (
     Ack,
     Breaker,
     Drop,
@@ -19,6 +18,7 @@ from sftppush.policy import (
     backoff,
     decide,
 )
+from sftppush.sink.multipart import UploadCancelled, Uploaded
 
 TUNING = Tuning(transient_delay=5, transient_delay_max=300, permanent_delay=30,
                 permanent_delay_max=3600)

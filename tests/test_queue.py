@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from sftppush.entries import KEPT, VANISHED, Entry, FileVersion, KeyTaken, State, Stored
 from sftppush.errors import QueueError
-from sftppush.owners import owner_token
-from sftppush.queue import Queue
+from sftppush.queue.entries import KEPT, VANISHED, Entry, FileVersion, KeyTaken, State, Stored
+from sftppush.queue.owners import owner_token
+from sftppush.queue.queue import Queue
 from sftppush.status import read as read_stats
 
 from .conftest import REPO
@@ -42,7 +42,7 @@ def python(code: str, *args: str) -> subprocess.Popen[str]:
 CLAIMER = """
 import sys
 import threading
-from sftppush.queue import Queue
+from sftppush.queue.queue import Queue
 q = Queue(sys.argv[1])
 mine = []
 while True:
@@ -76,8 +76,8 @@ def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
 # Claims up to 10 entries as owner argv[3] (owner_token() if absent), then sleeps.
 HOLDER = """
 import sys, time
-from sftppush.owners import owner_token
-from sftppush.queue import Queue
+from sftppush.queue.owners import owner_token
+from sftppush.queue.queue import Queue
 q = Queue(sys.argv[1])
 owner = sys.argv[3] if len(sys.argv) > 3 else owner_token()
 got = q.claim(owner, lease_seconds=float(sys.argv[2]), limit=10)
@@ -97,7 +97,7 @@ def test_killed_claimant_entries_come_back_after_lease_not_before(tmp_path: Path
         started = time.time()
         assert len(held) == 10
         # Opening the queue from another process must not reset a live claim.
-        opener = python("import sys; from sftppush.queue import Queue;"
+        opener = python("import sys; from sftppush.queue.queue import Queue;"
                         " Queue(sys.argv[1]).close()", str(path))
         assert opener.wait(timeout=30) == 0
         with Queue(path) as q:
@@ -536,8 +536,8 @@ def test_a_new_version_retires_the_older_pending_ones(tmp_path: Path) -> None:
 
 IN_ORDER_CLAIMER = """
 import json, sys, time
-from sftppush.owners import owner_token
-from sftppush.queue import Queue
+from sftppush.queue.owners import owner_token
+from sftppush.queue.queue import Queue
 
 q = Queue(sys.argv[1])
 log = []

@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sftppush import __version__
-from sftppush.entries import FileVersion, State, Stored
-from sftppush.queue import Queue
+from sftppush.queue.entries import FileVersion, State, Stored
+from sftppush.queue.queue import Queue
 from sftppush.status import read as read_stats
 
 from .conftest import SourceTree

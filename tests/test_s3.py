@@ -11,7 +11,7 @@ import pytest
 
 from sftppush.config import Defaults, LogConfig, S3Config
 from sftppush.errors import PermanentError, TransientError
-from sftppush.s3 import RetryPolicy, Sink, Transfer, classify
+from sftppush.sink.s3 import RetryPolicy, Sink, Transfer, classify
 from tests.conftest import FAKE_REGION, S3Server, free_port
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)
@@ -236,8 +236,8 @@ def test_classification_of_service_errors() -> None:
 def test_messages_say_where_what_it_means_and_the_fix() -> None:
     from botocore.exceptions import ClientError
 
-    from sftppush import crt
-    from sftppush.s3 import Where
+    from sftppush.sink import crt
+    from sftppush.sink.s3 import Where
 
     where = Where("bkt", "https://s3.example:9000")
     tls = str(classify(crt.Failed(None, None, "AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE"),
@@ -342,7 +342,7 @@ def test_without_awscrt_uploads_send_a_crc32() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['awscrt'] = None; from sftppush import parts as m; "
+    code = ("import sys; sys.modules['awscrt'] = None; from sftppush.sink import parts as m; "
             "assert m.store_checksum('when_supported') is m.CRC32; "
             "assert m.store_checksum('when_required') is None")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -350,7 +350,7 @@ def test_without_awscrt_uploads_send_a_crc32() -> None:
 
 @pytest.mark.parametrize("first_mb", [5, 8, 64, 5120])
 def test_parts_double_so_that_10000_parts_hold_5_tib(first_mb: int) -> None:
-    from sftppush.parts import grow_every, part_size
+    from sftppush.sink.parts import grow_every, part_size
 
     every = grow_every(first_mb * MB)
     sizes = [part_size(first_mb * MB, n, every) for n in range(1, 10_001)]
@@ -404,7 +404,7 @@ def test_parts_tallied_on_their_threads_give_the_sha256_and_crc_of_the_stream(
 def test_a_tally_takes_parts_in_order_whichever_thread_comes_first() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from sftppush.parts import CRC32, Tally
+    from sftppush.sink.parts import CRC32, Tally
 
     parts = [os.urandom(1000 + n) for n in range(6)]
     tally = Tally(io.BytesIO(), CRC32)
@@ -534,8 +534,8 @@ def test_fixed_keys_reach_awscrt_as_they_are_refreshable_ones_are_asked_each_tim
     import boto3
     import botocore.credentials
 
-    from sftppush import crt
-    from sftppush.s3 import _crt_credentials
+    from sftppush.sink import crt
+    from sftppush.sink.s3 import _crt_credentials
 
     fixed = boto3.session.Session(aws_access_key_id="AKIAFIXED", aws_secret_access_key="s",
                                   aws_session_token="t", region_name=FAKE_REGION)

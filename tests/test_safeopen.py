@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from sftppush import safeopen
 from sftppush.errors import PermanentError
-from sftppush.safeopen import DELETING_PREFIX, WRITING, Kept, SafeFile, Vanished, open_in_root
+from sftppush.pipeline import safeopen
+from sftppush.pipeline.safeopen import (
+    DELETING_PREFIX,
+    WRITING,
+    Kept,
+    SafeFile,
+    Vanished,
+    open_in_root,
+)
 
 
 @pytest.fixture(params=["openat2", "walk"])

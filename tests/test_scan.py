@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from sftppush import config
-from sftppush.queue import Queue
-from sftppush.safeopen import DELETING_PREFIX
-from sftppush.scan import Counts, ignore_matcher, rescan, scan_source, walk
+from sftppush.pipeline.safeopen import DELETING_PREFIX
+from sftppush.queue.queue import Queue
+from sftppush.source.scan import Counts, ignore_matcher, rescan, scan_source, walk
 from sftppush.status import read as read_stats
 
 from .conftest import WatcherProcess, WatchTree, child_env, cli_argv

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sftppush.entries import FileVersion, Stored
 from sftppush.errors import QueueError
 from sftppush.locals3 import free_port
-from sftppush.queue import Queue
+from sftppush.queue.entries import FileVersion, Stored
+from sftppush.queue.queue import Queue
 from sftppush.status import Stats, prometheus, read
 
 from .conftest import SourceTree, child_env, cli_argv, wait_until

@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from sftppush.entries import FileVersion
-from sftppush.queue import PURGE_BATCH, Queue
+from sftppush.queue.entries import FileVersion
+from sftppush.queue.queue import PURGE_BATCH, Queue
+from sftppush.source.upkeep import PURGE_PAUSE, Upkeep
 from sftppush.status import read
-from sftppush.upkeep import PURGE_PAUSE, Upkeep
 
 from .conftest import REPO
 
@@ -64,8 +64,8 @@ def test_keep_done_0_keeps_them_forever(tmp_path: Path) -> None:
 
 CLAIMER = """
 import json, sys, time
-from sftppush.entries import FileVersion
-from sftppush.queue import Queue
+from sftppush.queue.entries import FileVersion
+from sftppush.queue.queue import Queue
 q = Queue(sys.argv[1])
 longest, n, end = 0.0, 0, time.monotonic() + float(sys.argv[2])
 while time.monotonic() < end:

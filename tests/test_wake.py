@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sftppush.queue import FileVersion, Queue
-from sftppush.wake import QueueWatch
+from sftppush.queue.queue import FileVersion, Queue
+from sftppush.runtime.wake import QueueWatch
 from tests.conftest import REPO, child_env, inotify_budget, own_watch_limit, wait_until
 
 
@@ -47,8 +47,8 @@ def test_a_write_made_while_paused_wakes_at_resume_and_none_before(tmp_path: Pat
 WITHOUT_WATCHES = """
 import sys, threading
 from pathlib import Path
-from sftppush.queue import FileVersion, Queue
-from sftppush.wake import watch_or_none
+from sftppush.queue.queue import FileVersion, Queue
+from sftppush.runtime.wake import watch_or_none
 tmp = Path(sys.argv[1])
 woken = threading.Event()
 with Queue(tmp / "queue.db") as q:

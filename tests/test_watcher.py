@@ -15,11 +15,11 @@ import yaml
 from inotify_simple import INotify
 
 from sftppush import config, signals
-from sftppush.events import events
-from sftppush.queue import Queue
-from sftppush.safeopen import set_aside_name
-from sftppush.watcher import Watcher
-from sftppush.watches import SUBDIR_MASK
+from sftppush.pipeline.safeopen import set_aside_name
+from sftppush.queue.queue import Queue
+from sftppush.source.events import events
+from sftppush.source.watcher import Watcher
+from sftppush.source.watches import SUBDIR_MASK
 
 from .conftest import WatcherProcess, WatchTree, cli_argv, stopped_after
 

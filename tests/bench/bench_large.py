@@ -38,7 +38,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from sftppush.queue import FileVersion, Queue  # noqa: E402
+from sftppush.queue.queue import FileVersion, Queue  # noqa: E402
 from tests.bench.common import proc_cpu_seconds, report, s5cmd_binary  # noqa: E402
 from tests.bench.delayline import DelayLine  # noqa: E402
 from tests.conftest import RcloneS3  # noqa: E402

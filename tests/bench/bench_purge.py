@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from sftppush.queue import Queue
+from sftppush.queue.queue import Queue
+from sftppush.source.upkeep import Upkeep
 from sftppush.status import file_bytes
-from sftppush.upkeep import Upkeep
 from tests.bench.bench_queue import fill_sftppush
 from tests.bench.common import report
 from tests.conftest import child_env
@@ -27,8 +27,8 @@ from tests.conftest import child_env
 # printed as a line (ms), so the parent reads every one of them.
 CLAIMER = """
 import os, sys, time
-from sftppush.entries import FileVersion
-from sftppush.queue import Queue
+from sftppush.queue.entries import FileVersion
+from sftppush.queue.queue import Queue
 q = Queue(sys.argv[1])
 n, me = 0, os.getpid()
 while True:

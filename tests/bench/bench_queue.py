@@ -17,8 +17,8 @@ from pathlib import Path
 from persistqueue import SQLiteAckQueue
 from persistqueue.serializers import json as pq_json
 
-from sftppush.entries import FileVersion
-from sftppush.queue import Queue
+from sftppush.queue.entries import FileVersion
+from sftppush.queue.queue import Queue
 from sftppush.status import read as read_stats
 from tests.bench.common import report
 from tests.conftest import child_env, cli_argv

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from sftppush.entries import State
-from sftppush.queue import Queue
+from sftppush.queue.entries import State
+from sftppush.queue.queue import Queue
 from sftppush.status import read as read_stats
 from tests.bench.common import report
 from tests.conftest import WatcherProcess, WatchTree

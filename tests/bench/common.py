@@ -447,14 +447,14 @@ def remaining_files(directory: Path) -> int:
 
 # Steps of a small file in the consumer, by the function that does them (inclusive time).
 STEPS = (
-    ("claim", ("claim (sftppush/queue.py",)),
+    ("claim", ("claim (sftppush/queue/queue.py",)),
     ("open (prepare)", ("prepare",)), ("  safe open", ("open_in_root",)),
     ("  detect, key, metadata", ("detect_fd", "object_key", "metadata")),
     ("take_keys", ("take_key",)), ("send_opened", ("send_opened",)),
-    ("  read + inflate", ("read_small",)), ("  Sink.put", ("put (sftppush/s3.py",)),
-    ("    CrtTransport.put", ("put (sftppush/crt.py",)),
+    ("  read + inflate", ("read_small",)), ("  Sink.put", ("put (sftppush/sink/s3.py",)),
+    ("    CrtTransport.put", ("put (sftppush/sink/crt.py",)),
     ("complete (finish)", ("complete",)), ("  log line", ("info (logging",)),
-    ("  unlink", ("unlink (sftppush/safeopen.py",)), ("decide", ("decide",)),
+    ("  unlink", ("unlink (sftppush/pipeline/safeopen.py",)), ("decide", ("decide",)),
     ("ack_many", ("ack_many",)), ("renew", ("renew_leases",)),
     ("has_due", ("has_due",)),
 )

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sftppush import crt
 from sftppush.errors import Throttled, TransientError
+from sftppush.sink import crt
 from tests.e2e.tls import TlsTerminator, self_signed
 from tests.test_crt import closing, count, needs_crt, uploader
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sftppush.queue import Queue
+from sftppush.queue.queue import Queue
 from tests.conftest import wait_until
 from tests.e2e.system import Product, files_under
 

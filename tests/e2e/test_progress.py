@@ -17,7 +17,7 @@ import time
 from prometheus_client.parser import text_string_to_metric_families
 
 from sftppush.progress import in_flight
-from sftppush.queue import Queue
+from sftppush.queue.queue import Queue
 from tests.conftest import FAKE_REGION, wait_until
 from tests.e2e.system import Product
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sftppush.entries import FileVersion
-from sftppush.queue import Queue
+from sftppush.queue.entries import FileVersion
+from sftppush.queue.queue import Queue
 
 
 def _populated_queue(path: Path, count: int = 3000) -> None:

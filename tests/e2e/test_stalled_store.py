@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from sftppush import consumer
-from sftppush.entries import State
 from sftppush.errors import TransientError
-from sftppush.queue import Queue
-from sftppush.s3 import RetryPolicy, Sink, Transfer
+from sftppush.queue.entries import State
+from sftppush.queue.queue import Queue
+from sftppush.runtime import consumer
+from sftppush.sink.s3 import RetryPolicy, Sink, Transfer
 from tests.conftest import consumer_thread, wait_until
 from tests.test_consumer import consumer_process, states, write_and_enqueue
 

@@ -34,16 +34,16 @@ from hypothesis.stateful import (
 )
 from inotify_simple import INotify
 
-from sftppush import consumer as consumer_mod
-from sftppush import safeopen
 from sftppush.config import load
-from sftppush.entries import State
-from sftppush.keys import object_key
 from sftppush.logs import JsonFormatter, TextFormatter
-from sftppush.queue import Queue
-from sftppush.s3 import RetryPolicy, Sink, Transfer
-from sftppush.scan import rescan
-from sftppush.watcher import Watcher
+from sftppush.pipeline import safeopen
+from sftppush.pipeline.keys import object_key
+from sftppush.queue.entries import State
+from sftppush.queue.queue import Queue
+from sftppush.runtime import consumer as consumer_mod
+from sftppush.sink.s3 import RetryPolicy, Sink, Transfer
+from sftppush.source.scan import rescan
+from sftppush.source.watcher import Watcher
 from tests.model.store import Client, Inline, Killed, Store, Transport
 from tests.model.world import DIRS, NAMES, SOURCE, Version, World, new_world
 

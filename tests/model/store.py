@@ -23,8 +23,8 @@ from typing import Any
 
 import botocore.exceptions
 
-from sftppush import crt
-from sftppush.parts import CRC32, CRC64NVME
+from sftppush.sink import crt
+from sftppush.sink.parts import CRC32, CRC64NVME
 
 CHECKSUMS = {c.name: c for c in (CRC32, CRC64NVME) if c is not None}
 

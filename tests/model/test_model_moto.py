@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, rule
 
-from sftppush.s3 import Sink
+from sftppush.sink.s3 import Sink
 from tests.model.machine import Model
 from tests.model.store import MotoStore
 from tests.model.world import DIRS

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from inotify_simple import flags as F
 
-from sftppush.safeopen import DELETING_PREFIX
+from sftppush.pipeline.safeopen import DELETING_PREFIX
 
 _EVENT = struct.Struct("iIII")
 _OPENED = F.OPEN | F.CLOSE_NOWRITE

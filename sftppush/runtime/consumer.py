@@ -22,13 +22,15 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sftppush import memory, pipeline, signals
+from sftppush import signals
 from sftppush.config import Config
-from sftppush.entries import Entry, KeyTaken, State
 from sftppush.errors import PermanentError, TransientError
-from sftppush.multipart import Part, Resumable, UploadCancelled
-from sftppush.owners import owner_token
-from sftppush.policy import (
+from sftppush.pipeline import pipeline
+from sftppush.queue.entries import Entry, KeyTaken, State
+from sftppush.queue.owners import owner_token
+from sftppush.queue.queue import Queue
+from sftppush.runtime import memory
+from sftppush.runtime.policy import (
     Ack,
     Action,
     Breaker,
@@ -38,9 +40,9 @@ from sftppush.policy import (
     Tuning,
     decide,
 )
-from sftppush.queue import Queue
-from sftppush.s3 import Sink
-from sftppush.wake import QueueWatch, watch_or_none
+from sftppush.runtime.wake import QueueWatch, watch_or_none
+from sftppush.sink.multipart import Part, Resumable, UploadCancelled
+from sftppush.sink.s3 import Sink
 
 log = logging.getLogger("sftppush.consumer")
 

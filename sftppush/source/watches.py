@@ -21,9 +21,9 @@ from pathlib import Path
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from sftppush import longpaths
 from sftppush.config import Source
-from sftppush.entries import shown
+from sftppush.queue.entries import shown
+from sftppush.source import longpaths
 
 log = logging.getLogger("sftppush.watcher")  # the watcher's own lines, as before the split
 

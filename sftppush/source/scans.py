@@ -15,9 +15,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from sftppush.entries import FileVersion, shown
-from sftppush.scan import walk
-from sftppush.watches import Root, Watches
+from sftppush.queue.entries import FileVersion, shown
+from sftppush.source.scan import walk
+from sftppush.source.watches import Root, Watches
 
 log = logging.getLogger("sftppush.watcher")  # the watcher's own lines
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sftppush.decompress import Reader
+from sftppush.pipeline.decompress import Reader
 
 try:
     from awscrt import checksums as crt_checksums

@@ -20,14 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftppush.config import Config, ConsumerConfig, Source
-from sftppush.decompress import CappedReader, detect_fd, inflate, read_full
-from sftppush.entries import KEPT, VANISHED, Entry, KeyTaken, shown
 from sftppush.errors import PermanentError
-from sftppush.keys import candidate_keys, metadata, object_key
-from sftppush.multipart import Journal
-from sftppush.owners import user_name
-from sftppush.s3 import Sink, Uploaded
-from sftppush.safeopen import (
+from sftppush.pipeline.decompress import CappedReader, detect_fd, inflate, read_full
+from sftppush.pipeline.keys import candidate_keys, metadata, object_key
+from sftppush.pipeline.safeopen import (
     NLINK_RETRY_SECONDS,
     WRITING,
     Kept,
@@ -37,6 +33,10 @@ from sftppush.safeopen import (
     remove_set_aside,
     same_version,
 )
+from sftppush.queue.entries import KEPT, VANISHED, Entry, KeyTaken, shown
+from sftppush.queue.owners import user_name
+from sftppush.sink.multipart import Journal
+from sftppush.sink.s3 import Sink, Uploaded
 
 log = logging.getLogger("sftppush.pipeline")
 

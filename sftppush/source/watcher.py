@@ -22,17 +22,18 @@ from dataclasses import dataclass, field
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from sftppush import longpaths, notify, signals
+from sftppush import signals
 from sftppush.config import Config
-from sftppush.entries import FileVersion, shown
-from sftppush.events import events, read_all
-from sftppush.mounts import below, mount_table
-from sftppush.owners import owner_token
-from sftppush.queue import Queue
-from sftppush.scan import ignore_matcher, symlink_on_the_way
-from sftppush.scans import Scans
-from sftppush.upkeep import Upkeep
-from sftppush.watches import Root, Watches
+from sftppush.queue.entries import FileVersion, shown
+from sftppush.queue.owners import owner_token
+from sftppush.queue.queue import Queue
+from sftppush.source import longpaths, notify
+from sftppush.source.events import events, read_all
+from sftppush.source.mounts import below, mount_table
+from sftppush.source.scan import ignore_matcher, symlink_on_the_way
+from sftppush.source.scans import Scans
+from sftppush.source.upkeep import Upkeep
+from sftppush.source.watches import Root, Watches
 
 log = logging.getLogger("sftppush.watcher")
 

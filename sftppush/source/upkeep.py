@@ -10,8 +10,8 @@ import logging
 from collections.abc import Callable
 
 from sftppush.errors import QueueError
-from sftppush.queue import PURGE_BATCH, Queue
-from sftppush.scan import still_on_disk
+from sftppush.queue.queue import PURGE_BATCH, Queue
+from sftppush.source.scan import still_on_disk
 
 log = logging.getLogger("sftppush.upkeep")
 

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sftppush.entries import (
+from sftppush.queue.entries import (
     COLUMNS,
     KEPT,
     Entry,
@@ -30,8 +30,8 @@ from sftppush.entries import (
     entry_of,
     vanished,
 )
-from sftppush.owners import died
-from sftppush.queuefile import QueueFile
+from sftppush.queue.owners import died
+from sftppush.queue.queuefile import QueueFile
 
 
 def _dead_owners(db: sqlite3.Cursor) -> list[str]:

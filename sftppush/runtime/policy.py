@@ -11,11 +11,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sftppush import pipeline
-from sftppush.entries import Entry, Stored
 from sftppush.errors import PermanentError, Throttled, TransientError
-from sftppush.multipart import UploadCancelled, Uploaded
-from sftppush.s3 import RetryPolicy, Transfer
+from sftppush.pipeline import pipeline
+from sftppush.queue.entries import Entry, Stored
+from sftppush.sink.multipart import UploadCancelled, Uploaded
+from sftppush.sink.s3 import RetryPolicy, Transfer
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,12 @@ import botocore.credentials
 import botocore.exceptions
 import tenacity
 
-from sftppush import crt
 from sftppush.config import Defaults, S3Config
-from sftppush.decompress import Reader, read_full
 from sftppush.errors import ConfigError, PermanentError, Throttled, TransientError
-from sftppush.multipart import Journal, Multipart, Uploaded, error_code
-from sftppush.parts import Checksum, PartBody, read_part, store_checksum
+from sftppush.pipeline.decompress import Reader, read_full
+from sftppush.sink import crt
+from sftppush.sink.multipart import Journal, Multipart, Uploaded, error_code
+from sftppush.sink.parts import Checksum, PartBody, read_part, store_checksum
 
 log = logging.getLogger("sftppush.s3")
 

@@ -20,12 +20,12 @@ from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 
-from sftppush import longpaths
 from sftppush.config import Config, Source
-from sftppush.entries import FileVersion, shown
-from sftppush.queue import Queue
-from sftppush.safeopen import DELETING_PREFIX
-from sftppush.watches import watch_limit
+from sftppush.pipeline.safeopen import DELETING_PREFIX
+from sftppush.queue.entries import FileVersion, shown
+from sftppush.queue.queue import Queue
+from sftppush.source import longpaths
+from sftppush.source.watches import watch_limit
 
 log = logging.getLogger("sftppush.scan")
 

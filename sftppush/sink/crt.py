@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from sftppush.inflight import Window
+from sftppush.sink.inflight import Window
 
 try:
     from awscrt import auth, http, io

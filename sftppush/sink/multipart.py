@@ -24,10 +24,10 @@ from typing import Any, Protocol
 
 import botocore.exceptions
 
-from sftppush.decompress import Reader
 from sftppush.errors import PermanentError, TransientError
-from sftppush.inflight import Window
-from sftppush.parts import (
+from sftppush.pipeline.decompress import Reader
+from sftppush.sink.inflight import Window
+from sftppush.sink.parts import (
     READ_CHUNK,
     Body,
     Budget,
