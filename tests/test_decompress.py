@@ -13,7 +13,8 @@ import zstandard
 
 from sftppush.errors import PermanentError
 from sftppush.pipeline import decompress
-from sftppush.pipeline.decompress import CappedReader, detect, inflate, read_exactly, read_full
+from sftppush.pipeline.decompress import CappedReader, detect, inflate
+from sftppush.sink.parts import read_exactly, read_full
 
 BODY = b"".join(b"%06d,sensor,21.5\n" % i for i in range(20000))
 

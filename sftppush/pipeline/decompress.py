@@ -15,9 +15,10 @@ import lzma
 import os
 import zlib
 from collections.abc import Callable
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from sftppush.errors import PermanentError
+from sftppush.sink.parts import Reader, read_full
 
 try:
     import zstandard
@@ -46,11 +47,6 @@ CORRUPT: tuple[type[BaseException], ...] = (
     *((isal_zlib.error,) if isal_zlib else ()))
 RAW_CHUNK = 1 << 16  # compressed bytes fed to a decoder at a time
 TRUNCATED = "compressed data ended before the end-of-stream marker"
-
-
-class Reader(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-    def readinto(self, buffer: memoryview | bytearray, /) -> int: ...
 
 
 def detect(head: bytes) -> str | None:
@@ -379,24 +375,3 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return f"truncated ({TRUNCATED})"
     return str(exc) or type(exc).__name__
-
-
-def read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
-    """`size` bytes from repeated `read(n)` calls, fewer only where `read` returns b"".
-
-    Any short-reading source fits: a reader's `read`, or `os.pread` at a moving offset.
-    """
-    data = read(size)
-    if len(data) == size or not data:
-        return data
-    chunks = [data]
-    got = len(data)
-    while got < size and (more := read(size - got)):
-        chunks.append(more)
-        got += len(more)
-    return b"".join(chunks)
-
-
-def read_full(reader: Reader, size: int) -> bytes:
-    """Up to `size` bytes from `reader`; fewer only at its end."""
-    return read_exactly(reader.read, size)

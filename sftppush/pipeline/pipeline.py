@@ -21,7 +21,7 @@ from typing import Any
 
 from sftppush.config import Config, ConsumerConfig, Source
 from sftppush.errors import PermanentError
-from sftppush.pipeline.decompress import CappedReader, detect_fd, inflate, read_full
+from sftppush.pipeline.decompress import CappedReader, detect_fd, inflate
 from sftppush.pipeline.keys import candidate_keys, metadata, object_key
 from sftppush.pipeline.safeopen import (
     NLINK_RETRY_SECONDS,
@@ -36,6 +36,7 @@ from sftppush.pipeline.safeopen import (
 from sftppush.queue.entries import KEPT, VANISHED, Entry, KeyTaken, shown
 from sftppush.queue.owners import user_name
 from sftppush.sink.multipart import Journal
+from sftppush.sink.parts import read_full
 from sftppush.sink.s3 import Sink, Uploaded
 
 log = logging.getLogger("sftppush.pipeline")

@@ -25,7 +25,6 @@ from typing import Any, Protocol
 import botocore.exceptions
 
 from sftppush.errors import PermanentError, TransientError
-from sftppush.pipeline.decompress import Reader
 from sftppush.sink.inflight import Window
 from sftppush.sink.parts import (
     READ_CHUNK,
@@ -33,6 +32,7 @@ from sftppush.sink.parts import (
     Budget,
     Checksum,
     PartBody,
+    Reader,
     Tally,
     digests,
     grow_every,

@@ -2,7 +2,8 @@
 
 Owns part sizes (doubling so that 10,000 parts hold 5 TiB), the full-object checksum every
 upload sends (CRC64NVME where awscrt is installed, else CRC32), the running tally of the
-decompressed stream, a part's MD5 and checksum, and part buffers within a byte budget. It
+decompressed stream, a part's MD5 and checksum, and part buffers within a byte budget; and
+the `Reader` a body is read from (what the pipeline's decompressor hands the sink). It
 never talks to the store.
 """
 
@@ -17,9 +18,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
-
-from sftppush.pipeline.decompress import Reader
+from typing import Any, Protocol
 
 try:
     from awscrt import checksums as crt_checksums
@@ -32,6 +31,11 @@ MAX_PARTS = 10_000       # S3's limits
 MAX_OBJECT = 5 * 2**40
 MAX_PART = 5 * 2**30
 Body = bytearray | Any   # a part in memory, or in an (unlinked) temporary file
+
+
+class Reader(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def readinto(self, buffer: memoryview | bytearray, /) -> int: ...
 
 
 def part_size(first: int, number: int, every: int) -> int:
@@ -204,3 +208,24 @@ def read_part(reader: Reader, size: int, head: bytes = b"") -> bytearray:
             pos += n
     del buf[pos:]
     return buf
+
+
+def read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
+    """`size` bytes from repeated `read(n)` calls, fewer only where `read` returns b"".
+
+    Any short-reading source fits: a reader's `read`, or `os.pread` at a moving offset.
+    """
+    data = read(size)
+    if len(data) == size or not data:
+        return data
+    chunks = [data]
+    got = len(data)
+    while got < size and (more := read(size - got)):
+        chunks.append(more)
+        got += len(more)
+    return b"".join(chunks)
+
+
+def read_full(reader: Reader, size: int) -> bytes:
+    """Up to `size` bytes from `reader`; fewer only at its end."""
+    return read_exactly(reader.read, size)
