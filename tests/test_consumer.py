@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from sftppush import outcomes
 from sftppush.queue.entries import FileVersion, State
 from sftppush.queue.queue import Queue
 from sftppush.runtime import consumer
@@ -322,12 +323,11 @@ def test_transient_streaks_are_forgotten_whatever_the_next_outcome(source_tree: 
     # Months of transient errors followed by any other outcome (an upload, a failure, a file
     # superseded or gone, a lost lease, a stop) must leave nothing behind per entry.
     from sftppush.errors import PermanentError, TransientError
-    from sftppush.pipeline import pipeline
 
     cfg = pipeline_config(max_attempts=1)
     write_and_enqueue(cfg, source_tree.upload, range(500), 10)
-    ends = [pipeline.Done(None), pipeline.Done("superseded"), PermanentError("corrupt gzip: x"),
-            pipeline.LeaseLost("x"), consumer.UploadCancelled("stopping")]
+    ends = [outcomes.Done(None), outcomes.Done("superseded"), PermanentError("corrupt gzip: x"),
+            outcomes.LeaseLost("x"), outcomes.UploadCancelled("stopping")]
     sink = SimpleNamespace(fast=False)
     stop, cancel = threading.Event(), threading.Event()
     with Queue(cfg.queue.path) as q:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import zstandard
 
+from sftppush import outcomes
 from sftppush.errors import PermanentError
 from sftppush.pipeline import pipeline
 from sftppush.pipeline.keys import iso8601
@@ -239,7 +240,7 @@ def test_young_file_is_held_until_min_age(source_tree: Any, pipeline_config: Any
     enqueue(cfg, f)
     entry = _claim(cfg)
     result = pipeline.process(entry, cfg, _uploader(cfg), now=entry.mtime_ns / 1e9 + 4)
-    assert result == pipeline.Held(pytest.approx(6))
+    assert result == outcomes.Held(pytest.approx(6))
     result = pipeline.process(entry, cfg, _uploader(cfg), now=entry.mtime_ns / 1e9 + 11)
     assert result.uploaded is not None and not f.exists()
 
@@ -249,7 +250,7 @@ def test_lost_lease_never_deletes_the_file(source_tree: Any, pipeline_config: An
     f = source_tree.upload / "a.csv"
     f.write_bytes(CSV)
     enqueue(cfg, f)
-    with pytest.raises(pipeline.LeaseLost):
+    with pytest.raises(outcomes.LeaseLost):
         pipeline.process(_claim(cfg), cfg, _uploader(cfg), still_ours=lambda: False)
     assert f.read_bytes() == CSV
 
@@ -301,7 +302,7 @@ def test_a_read_cut_short_by_an_in_place_resend_is_superseded_never_uploaded(
     assert isinstance(prepared, pipeline.Prepared)
     try:
         _resend_in_place(f, b"short\n")  # truncated while we hold it open, same inode
-        with pytest.raises(pipeline.Superseded, match="at open"):
+        with pytest.raises(outcomes.Superseded, match="at open"):
             sink.upload(s3_bucket, prepared.key, prepared.reader(2**40), prepared.meta)
     finally:
         prepared.close()
@@ -318,7 +319,7 @@ def test_a_small_file_cut_short_before_its_fast_put_is_superseded(
     prepared = pipeline.prepare(_claim(cfg), cfg, _uploader(cfg))
     try:
         _resend_in_place(f, CSV[:100])
-        with pytest.raises(pipeline.Superseded):
+        with pytest.raises(outcomes.Superseded):
             pipeline.read_small(prepared, 2**40, 8 * MB)
     finally:
         prepared.close()

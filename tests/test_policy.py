@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sftppush.errors import PermanentError, TransientError
-from sftppush.pipeline import pipeline
+from sftppush.outcomes import Done, Held, LeaseLost, Undeleted, UploadCancelled, Uploaded
 from sftppush.queue.entries import Entry, State, Stored
 from sftppush.runtime.policy import (
     Ack,
@@ -18,7 +18,6 @@ from sftppush.runtime.policy import (
     backoff,
     decide,
 )
-from sftppush.sink.multipart import UploadCancelled, Uploaded
 
 TUNING = Tuning(transient_delay=5, transient_delay_max=300, permanent_delay=30,
                 permanent_delay_max=3600)
@@ -40,8 +39,8 @@ def test_backoff_doubles_from_the_first_delay_up_to_the_cap() -> None:
 
 def test_an_upload_is_acked_and_says_what_it_stored() -> None:
     up = Uploaded("b", "k", 1, "s", 0, "etag", "e1")
-    assert decide(entry(), pipeline.Done(None, up), 0, TUNING, 5) == Ack(None, Stored("e1", "s"))
-    assert decide(entry(), pipeline.Done("superseded"), 0, TUNING, 5) == Ack("superseded", None)
+    assert decide(entry(), Done(None, up), 0, TUNING, 5) == Ack(None, Stored("e1", "s"))
+    assert decide(entry(), Done("superseded"), 0, TUNING, 5) == Ack("superseded", None)
 
 
 @pytest.mark.parametrize(("reason", "retry_after"), [("writing", 5.0), ("no_lease", None),
@@ -49,7 +48,7 @@ def test_an_upload_is_acked_and_says_what_it_stored() -> None:
 def test_an_uploaded_file_left_on_disk_is_held_or_failed_and_keeps_its_upload(
         reason: str, retry_after: float | None) -> None:
     up = Uploaded("b", "k", 1, "s", 0, "etag", "e1")
-    outcome = pipeline.Undeleted(up, f"{reason}: why", reason, retry_after)
+    outcome = Undeleted(up, f"{reason}: why", reason, retry_after)
     action = decide(entry(4), outcome, 0, TUNING, 5)
     if retry_after is None:
         assert action == Fail(f"{reason}: why", reason, Stored("e1", "s"))
@@ -59,12 +58,12 @@ def test_an_uploaded_file_left_on_disk_is_held_or_failed_and_keeps_its_upload(
 
 
 def test_a_held_entry_waits_without_counting_an_attempt() -> None:
-    action = decide(entry(), pipeline.Held(6.0), 0, TUNING, 5)
+    action = decide(entry(), Held(6.0), 0, TUNING, 5)
     assert action == RetryLater("held: younger than min_age_seconds", 6.0, False)
 
 
 def test_lost_lease_drops_and_a_cancelled_upload_releases() -> None:
-    assert decide(entry(), pipeline.LeaseLost("x"), 0, TUNING, 5) == Drop()
+    assert decide(entry(), LeaseLost("x"), 0, TUNING, 5) == Drop()
     assert decide(entry(), UploadCancelled("stopping"), 0, TUNING, 5) == Release()
 
 
@@ -113,7 +112,7 @@ def test_failures_are_counted_under_a_few_fixed_reason_classes(error: str, reaso
 
 def test_transient_retries_are_counted_as_such_and_a_held_entry_is_no_retry() -> None:
     assert decide(entry(), TransientError("x"), 0, TUNING, 5).reason == "transient"
-    assert decide(entry(), pipeline.Held(6.0), 0, TUNING, 5).reason is None
+    assert decide(entry(), Held(6.0), 0, TUNING, 5).reason is None
 
 
 def test_the_breaker_pauses_after_failures_in_a_row_for_growing_delays() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from sftppush.config import Config, ConsumerConfig, Source
 from sftppush.errors import PermanentError
+from sftppush.outcomes import Done, Held, LeaseLost, Superseded, Undeleted, Uploaded
 from sftppush.pipeline.decompress import CappedReader, detect_fd, inflate
 from sftppush.pipeline.keys import candidate_keys, metadata, object_key
 from sftppush.pipeline.safeopen import (
@@ -37,7 +38,7 @@ from sftppush.queue.entries import KEPT, VANISHED, Entry, KeyTaken, shown
 from sftppush.queue.owners import user_name
 from sftppush.sink.multipart import Journal
 from sftppush.sink.parts import read_full
-from sftppush.sink.s3 import Sink, Uploaded
+from sftppush.sink.s3 import Sink
 
 log = logging.getLogger("sftppush.pipeline")
 
@@ -45,45 +46,6 @@ TakeKey = Callable[[str], KeyTaken | None]  # the queue's key record for the cla
 
 READ_BUFFER = 1 << 17
 WRITING_RETRY = 5.0  # s until a file that a client still holds open for writing is tried again
-
-
-class LeaseLost(Exception):
-    """Another consumer holds the entry now: drop it, and never delete its file."""
-
-
-class Superseded(Exception):
-    """The file changed while it was read (an in-place re-send, say): that newer version has
-    an entry of its own, and this one must not be uploaded cut short."""
-
-
-@dataclass(frozen=True)
-class Done:
-    """The entry is finished, with `note` saying anything unusual (superseded, vanished)."""
-
-    note: str | None = None
-    uploaded: Uploaded | None = None
-
-
-@dataclass(frozen=True)
-class Held:
-    """Not processed: try again in `delay` seconds, for the reason `why` (younger than
-    min_age_seconds; still open for writing)."""
-
-    delay: float
-    why: str = "held: younger than min_age_seconds"
-
-
-@dataclass(frozen=True)
-class Undeleted:
-    """Uploaded and verified, but the file was not deleted: `why` says what an operator
-    reads, `reason` its class. With `retry_after` the entry is tried again then (still open
-    for writing); else it ends failed until an operator acts (no lease, a directory the
-    service cannot write). A later attempt finds `uploaded`'s object and only deletes."""
-
-    uploaded: Uploaded
-    why: str
-    reason: str
-    retry_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -347,7 +309,6 @@ def _vanished(entry: Entry, source: Source, sink: Sink) -> Done:
             return Done(f"{VANISHED}; object exists at {key}")
     log.warning("vanished id=%d path=%s object=missing", entry.id, entry.display_path)
     return Done(f"{VANISHED} before upload; no object (removed by someone else)")
-
 
 
 class _Exactly(io.RawIOBase):

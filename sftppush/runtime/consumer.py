@@ -25,6 +25,7 @@ from typing import Any
 from sftppush import signals
 from sftppush.config import Config
 from sftppush.errors import PermanentError, TransientError
+from sftppush.outcomes import Done, Held, LeaseLost, Undeleted, UploadCancelled
 from sftppush.pipeline import pipeline
 from sftppush.queue.entries import Entry, KeyTaken, State
 from sftppush.queue.owners import owner_token
@@ -41,15 +42,14 @@ from sftppush.runtime.policy import (
     decide,
 )
 from sftppush.runtime.wake import QueueWatch, watch_or_none
-from sftppush.sink.multipart import Part, Resumable, UploadCancelled
+from sftppush.sink.multipart import Part, Resumable
 from sftppush.sink.s3 import Sink
 
 log = logging.getLogger("sftppush.consumer")
 
 WAKE_RECHECK = 0.005
 # Outcomes the pipeline means to give; anything else is a bug, logged with its traceback.
-EXPECTED = (TransientError, PermanentError, pipeline.Done, pipeline.Held, pipeline.Undeleted,
-            pipeline.LeaseLost, UploadCancelled)
+EXPECTED = (TransientError, PermanentError, Done, Held, Undeleted, LeaseLost, UploadCancelled)
 
 
 @dataclass(slots=True)
@@ -89,7 +89,7 @@ class QueueJournal:
 
     def _held(self, ok: bool) -> None:
         if not ok:  # another consumer holds the entry now, and may be resuming this upload
-            raise pipeline.LeaseLost(f"lease lost id={self.entry.id}")
+            raise LeaseLost(f"lease lost id={self.entry.id}")
 
 
 def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
@@ -313,7 +313,7 @@ class Consumer:
                 self.outcomes.put((claim, sent))
 
     def _put(self, claim: Claim, prepared: pipeline.Prepared,
-             taken: KeyTaken | None) -> pipeline.Sent | pipeline.Done | None:
+             taken: KeyTaken | None) -> pipeline.Sent | Done | None:
         # All slots busy (a slow or stalled store): wait here, but keep every lease we hold
         # renewed meanwhile; a stalled PUT times out in the transport, so a slot comes. On a
         # stop, what has not started goes to the workers, which release it.
@@ -422,7 +422,7 @@ class Consumer:
             self.transient_streak[entry.id] = streak + 1
         # A held entry (young, or open for writing) is no failure: it waits without a line.
         self._act(claim, action,
-                  logged=not isinstance(outcome, (pipeline.Held, pipeline.Undeleted)))
+                  logged=not isinstance(outcome, (Held, Undeleted)))
 
     def _act(self, claim: Claim, action: Action, logged: bool) -> None:
         entry = claim.entry

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sftppush.errors import PermanentError, Throttled, TransientError
-from sftppush.pipeline import pipeline
+from sftppush.outcomes import Done, Held, LeaseLost, Undeleted, UploadCancelled, Uploaded
 from sftppush.queue.entries import Entry, Stored
-from sftppush.sink.multipart import UploadCancelled, Uploaded
 from sftppush.sink.s3 import RetryPolicy, Transfer
 
 
@@ -122,16 +121,16 @@ def decide(entry: Entry, outcome: object, streak: int, tuning: Tuning, max_attem
            jitter: Callable[[float], float] = jittered) -> Action:
     """What `outcome` (a pipeline result or an exception) means for `entry`, which has had
     `streak` transient outcomes in a row before this one. Transient errors never fail it."""
-    if isinstance(outcome, pipeline.Done):
+    if isinstance(outcome, Done):
         return Ack(outcome.note, stored(outcome.uploaded))
-    if isinstance(outcome, pipeline.Held):
+    if isinstance(outcome, Held):
         return RetryLater(outcome.why, outcome.delay, False)
-    if isinstance(outcome, pipeline.Undeleted):
+    if isinstance(outcome, Undeleted):
         if outcome.retry_after is not None:
             return RetryLater(outcome.why, outcome.retry_after, False,
                               stored=stored(outcome.uploaded))
         return Fail(outcome.why, outcome.reason, stored(outcome.uploaded))
-    if isinstance(outcome, pipeline.LeaseLost):
+    if isinstance(outcome, LeaseLost):
         return Drop()
     if isinstance(outcome, UploadCancelled):
         return Release()

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import botocore.exceptions
 
 from sftppush.errors import PermanentError, TransientError
+from sftppush.outcomes import UploadCancelled, Uploaded
 from sftppush.sink.inflight import Window
 from sftppush.sink.parts import (
     READ_CHUNK,
@@ -47,24 +48,9 @@ CHECKSUM_FIELDS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "Chec
                    "ChecksumSHA256")  # a part's checksums as the store answers them
 
 
-class UploadCancelled(Exception):
-    """The consumer is stopping hard: the upload was abandoned between parts."""
-
-
 class BadPart(TransientError):
     """The store holds other bytes than a part we sent. Not resumable: some stores (rclone
     serve s3) refuse to replace a part with different contents, so the upload starts over."""
-
-
-@dataclass(frozen=True)
-class Uploaded:
-    bucket: str
-    key: str
-    bytes_out: int
-    sha256: str
-    parts: int          # 0 = single PUT
-    verified_by: str    # "crc64nvme", "crc32", "etag", "head", "size" or "recorded"
-    etag: str = ""      # the object's, as the store answered (quotes stripped)
 
 
 def error_code(exc: BaseException) -> str | None:

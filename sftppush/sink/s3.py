@@ -27,8 +27,9 @@ import tenacity
 
 from sftppush.config import Defaults, S3Config
 from sftppush.errors import ConfigError, PermanentError, Throttled, TransientError
+from sftppush.outcomes import Uploaded
 from sftppush.sink import crt
-from sftppush.sink.multipart import Journal, Multipart, Uploaded, error_code
+from sftppush.sink.multipart import Journal, Multipart, error_code
 from sftppush.sink.parts import Checksum, PartBody, Reader, read_full, read_part, store_checksum
 
 log = logging.getLogger("sftppush.s3")
