@@ -181,7 +181,7 @@ def test_both_upload_paths_classify_the_same_answer_the_same_way(path, status, c
     from botocore.exceptions import ClientError
 
     if path == "crt":
-        failure: Exception = crt.Failed(status, code, "http")
+        failure: Exception = crt.PutError(status, code, "http")
     else:
         failure = ClientError({"Error": {"Code": code or "", "Message": "m"},
                                "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
@@ -199,7 +199,7 @@ def test_crt_threads_keep_their_python_thread_state_from_one_put_to_the_next(rcl
     local = threading.local()
     seen: list[tuple[int, bool]] = []
 
-    def answered(answer: crt.Answer | crt.Failed, done: threading.Event) -> None:
+    def answered(answer: crt.Answer | crt.PutError, done: threading.Event) -> None:
         assert isinstance(answer, crt.Answer), answer  # else `done` stays unset
         seen.append((threading.get_ident(), getattr(local, "here", False)))
         local.here = True

@@ -240,12 +240,12 @@ def test_messages_say_where_what_it_means_and_the_fix() -> None:
     from sftppush.sink.s3 import Where
 
     where = Where("bkt", "https://s3.example:9000")
-    tls = str(classify(crt.Failed(None, None, "AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE"),
+    tls = str(classify(crt.PutError(None, None, "AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE"),
                        where=where))
     assert tls.startswith("S3 unreachable on bucket bkt at https://s3.example:9000:")
     assert "the TLS certificate of https://s3.example:9000 is not trusted: set AWS_CA_BUNDLE" \
         in tls
-    refused = str(classify(crt.Failed(None, None, "AWS_IO_SOCKET_CONNECTION_REFUSED"),
+    refused = str(classify(crt.PutError(None, None, "AWS_IO_SOCKET_CONNECTION_REFUSED"),
                            where=where))
     assert "nothing answers at https://s3.example:9000: check defaults.endpoint_url" in refused
     denied = classify(ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied."},

@@ -2,7 +2,7 @@
 
 Owns the order of those steps and the checks between them (min age, superseded versions,
 vanished files, lease still ours before the delete), for both of the sink's transports:
-`process()` streams; `open_small()`, `send_opened()` and `complete()` put a small body
+`process()` streams; `open_small()`, `send_opened()` and `finish_sent()` put a small body
 without waiting. It raises TransientError/PermanentError and never touches the queue: the
 consumer decides what an outcome means for the entry.
 """
@@ -214,7 +214,7 @@ def read_small(prepared: Prepared, cap: int, bound: int) -> bytes | None:
     return body if len(body) <= bound else None
 
 
-def complete(sent: Sent, still_ours: Callable[[], bool],
+def finish_sent(sent: Sent, still_ours: Callable[[], bool],
              consumer: ConsumerConfig) -> Done | Undeleted:
     """`finish()` a small body's PUT once its future is done (it raises what the PUT did)."""
     try:

@@ -402,7 +402,7 @@ class Consumer:
     def _apply(self, claim: Claim, outcome: Any) -> None:
         if isinstance(outcome, pipeline.Sent):
             try:
-                outcome = pipeline.complete(outcome, lambda: self._still_ours(claim),
+                outcome = pipeline.finish_sent(outcome, lambda: self._still_ours(claim),
                                             self.cfg.consumer)
             except Exception as exc:
                 outcome = exc

@@ -50,7 +50,7 @@ class Answer:
     headers: dict[str, str]
 
 
-class Failed(Exception):
+class PutError(Exception):
     """No 2xx answer. `status` None: no answer at all (refused, reset, timed out, DNS)."""
 
     def __init__(self, status: int | None, code: str | None, detail: str) -> None:
@@ -136,10 +136,10 @@ class CrtTransport:
         return self._host is None
 
     def put(self, bucket: str, key: str, body: bytes, headers: list[tuple[str, str]],
-            answered: Callable[[Answer | Failed], None]) -> None:
+            answered: Callable[[Answer | PutError], None]) -> None:
         """Start one PUT of `body` with `headers` (Host and Content-Length are added); blocks
         while the in-flight limits are reached. `answered` is called once, from a CRT thread
-        (or this one), with the Answer or the Failed; it must not raise."""
+        (or this one), with the Answer or the PutError; it must not raise."""
         if len(body) > self.max_body:
             raise ValueError(f"body of {len(body)} bytes is too big for one PUT")
         if self._closed:
@@ -204,7 +204,7 @@ class CrtTransport:
         try:
             signing = auth.aws_sign_request(job.request, self._signing())
         except BaseException as exc:
-            self._end(job, Failed(None, None, f"signing: {exc}"))
+            self._end(job, PutError(None, None, f"signing: {exc}"))
             return
         signing.add_done_callback(lambda f: self._signed(job, f))
 
@@ -227,7 +227,7 @@ class CrtTransport:
         # This and _connected may run on the calling thread (a future done before its
         # callback was added): they leave thread states alone.
         if signing.exception() is not None:
-            self._end(job, Failed(None, None, f"signing: {_name(signing.exception())}"))
+            self._end(job, PutError(None, None, f"signing: {_name(signing.exception())}"))
             return
         connection = self._take_idle(job.host)
         if connection is not None:
@@ -243,13 +243,13 @@ class CrtTransport:
                 host_name=name, port=self._port, bootstrap=self._bootstrap,
                 socket_options=self._socket, tls_connection_options=tls)
         except BaseException as exc:
-            self._again_or_end(job, Failed(None, None, _name(exc)))
+            self._again_or_end(job, PutError(None, None, _name(exc)))
             return
         connecting.add_done_callback(lambda f: self._connected(job, f))
 
     def _connected(self, job: _Put, connecting: Future[Any]) -> None:
         if connecting.exception() is not None:
-            self._again_or_end(job, Failed(None, None, _name(connecting.exception())))
+            self._again_or_end(job, PutError(None, None, _name(connecting.exception())))
             return
         self._send(job, connecting.result())
 
@@ -265,7 +265,7 @@ class CrtTransport:
             stream.activate()
         except BaseException as exc:
             connection.close()
-            self._again_or_end(job, Failed(None, None, _name(exc)))
+            self._again_or_end(job, PutError(None, None, _name(exc)))
 
     def _completed(self, job: _Put, completion: Future[Any]) -> None:
         _keep_thread_state()
@@ -281,16 +281,16 @@ class CrtTransport:
         if job.stopped:
             self._end(job, job.dropped(self.timeout))
         else:
-            self._again_or_end(job, Failed(None, None, _name(completion.exception())))
+            self._again_or_end(job, PutError(None, None, _name(completion.exception())))
 
-    def _again_or_end(self, job: _Put, failed: Failed) -> None:
+    def _again_or_end(self, job: _Put, failed: PutError) -> None:
         if job.attempts <= self.max_retries and not job.stopped and not self._stopping.is_set():
             job.attempts += 1
             self._sign(job)  # a fresh request: its body stream starts again at 0
         else:
             self._end(job, job.dropped(self.timeout) if job.stopped else failed)
 
-    def _end(self, job: _Put, outcome: Answer | Failed) -> None:
+    def _end(self, job: _Put, outcome: Answer | PutError) -> None:
         with self._lock:
             if self._live.pop(job, None) is None:
                 return  # answered already
@@ -353,7 +353,7 @@ class _Put:
     or a cold stop); the attempt in flight then completes with an error and is not retried."""
 
     def __init__(self, host: str, path: str, headers: list[tuple[str, str]], body: bytes,
-                 answered: Callable[[Answer | Failed], None]) -> None:
+                 answered: Callable[[Answer | PutError], None]) -> None:
         self.host, self.path, self.headers, self.body = host, path, headers, body
         self.answered = answered
         self.request: Any = None
@@ -388,8 +388,8 @@ class _Put:
         if connection is not None:
             connection.close()
 
-    def dropped(self, timeout: float) -> Failed:
-        return Failed(None, None, f"no answer within {timeout:g}s" if self.timed_out
+    def dropped(self, timeout: float) -> PutError:
+        return PutError(None, None, f"no answer within {timeout:g}s" if self.timed_out
                       else "cancelled")
 
     def on_response(self, status_code: int, headers: list[tuple[str, str]],
@@ -451,11 +451,11 @@ def _provider(credentials: Callable[[], Credentials] | Credentials) -> Any:
     return auth.AwsCredentialsProvider.new_delegate(delegate)
 
 
-def _failure(status: int, body: bytes) -> Failed:
+def _failure(status: int, body: bytes) -> PutError:
     code_match = _CODE_RE.search(body)
     code = code_match.group(1).decode(errors="replace") if code_match else None
     message = _MESSAGE_RE.search(body)  # the store's own words, as boto3 shows them
-    return Failed(status, code, message.group(1).decode(errors="replace") if message
+    return PutError(status, code, message.group(1).decode(errors="replace") if message
                   else f"HTTP {status}")
 
 

@@ -110,7 +110,7 @@ class Journal(Protocol):
     def kept(self, key: str) -> set[str]: ...          # upload ids recorded for a resume
 
 
-Sent = tuple[dict[str, Any], bytes]  # a part's entry for CompleteMultipartUpload, and its MD5
+SentPart = tuple[dict[str, Any], bytes]  # a part's entry for CompleteMultipartUpload, and its MD5
 Kept = dict[int, tuple[Part, dict[str, Any]]]  # a resume's recorded parts, with the listing's
 
 
@@ -149,7 +149,7 @@ class Multipart:
         then nothing may have been read) continues it, sending only the parts not recorded,
         or aborts it and raises TransientError when the stream is not what was sent before."""
         stream = Tally(reader, self.checksum)
-        done: list[Sent] = []
+        done: list[SentPart] = []
         kept = self._resume(resume, journal) if resume else None
         upload = resume if resume and kept is not None else \
             self._create(bucket, key, metadata, cancel, journal)
@@ -192,13 +192,13 @@ class Multipart:
             journal.started(upload)
         return upload
 
-    def _send(self, upload: Resumable, parts: list[bytearray], stream: Tally, done: list[Sent],
+    def _send(self, upload: Resumable, parts: list[bytearray], stream: Tally, done: list[SentPart],
               cancel: threading.Event | None, journal: Journal | None, kept: Kept) -> None:
         """Read the stream and send its parts, those `kept` (a resume's) checked instead,
         appending them to `done`; raises the first failure once every part in flight has
         ended."""
         budget = Budget(self.parts.size * self.part_size)
-        futures: list[Future[Sent]] = []
+        futures: list[Future[SentPart]] = []
         pool = ThreadPoolExecutor(self.parts.ceiling, thread_name_prefix="part")
 
         def answered(latency: float) -> None:  # one part's UploadPart, `latency` s
@@ -259,7 +259,7 @@ class Multipart:
         return kept
 
     def _check_part(self, upload: Resumable, number: int, body: Body, stream: Tally,
-                    kept: tuple[Part, dict[str, Any]]) -> Sent:
+                    kept: tuple[Part, dict[str, Any]]) -> SentPart:
         """A part a resume re-read: tallied and compared with the one the store holds."""
         part, theirs = kept
         try:
@@ -333,7 +333,7 @@ class Multipart:
 
     def _upload_part(self, upload: Resumable, number: int, body: Body, stream: Tally,
                      cancel: threading.Event | None, journal: Journal | None,
-                     answered: Callable[[float], None]) -> Sent:
+                     answered: Callable[[float], None]) -> SentPart:
         """One part tallied, sent, checked and recorded; `answered` gets its latency."""
         ck = self.checksum
         try:

@@ -232,7 +232,7 @@ def classify(exc: BaseException, what: str = "S3",
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         return verdict(status, code, f"{what} {exc.operation_name}{where}: {code} ({status}) "
                                      f"{err.get('Message', '')}".strip().rstrip("."), where)
-    if isinstance(exc, crt.Failed):
+    if isinstance(exc, crt.PutError):
         if exc.status is None:
             return verdict(None, None, f"PutObject {exc}", where)
         detail = str(exc)  # the store's <Message>, else "HTTP 404"
@@ -367,9 +367,9 @@ class Sink:
         if if_absent:
             headers.append(("If-None-Match", "*"))
 
-        def answered(answer: crt.Answer | crt.Failed) -> None:
+        def answered(answer: crt.Answer | crt.PutError) -> None:
             try:
-                if isinstance(answer, crt.Failed):
+                if isinstance(answer, crt.PutError):
                     if answer.status == 412 and if_absent:  # someone's object is there: whose?
                         self._verify.submit(self._put_over, out, bucket, key, body, metadata)
                         return

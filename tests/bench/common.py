@@ -453,7 +453,7 @@ STEPS = (
     ("take_keys", ("take_key",)), ("send_opened", ("send_opened",)),
     ("  read + inflate", ("read_small",)), ("  Sink.put", ("put (sftppush/sink/s3.py",)),
     ("    CrtTransport.put", ("put (sftppush/sink/crt.py",)),
-    ("complete (finish)", ("complete",)), ("  log line", ("info (logging",)),
+    ("finish_sent (finish)", ("finish_sent",)), ("  log line", ("info (logging",)),
     ("  unlink", ("unlink (sftppush/pipeline/safeopen.py",)), ("decide", ("decide",)),
     ("ack_many", ("ack_many",)), ("renew", ("renew_leases",)),
     ("has_due", ("has_due",)),

@@ -46,10 +46,10 @@ def test_puts_whose_connections_are_reset_mid_request_are_sent_again(moto_server
 def test_a_cold_close_answers_every_stalled_put_at_once(moto_server, s3_bucket, fault_proxy):
     proxy = fault_proxy(moto_server.port)
     up = uploader(SimpleNamespace(endpoint_url=proxy.url))
-    answers: list[crt.Answer | crt.Failed] = []
+    answers: list[crt.Answer | crt.PutError] = []
     done = threading.Event()
 
-    def answered(answer: crt.Answer | crt.Failed) -> None:
+    def answered(answer: crt.Answer | crt.PutError) -> None:
         answers.append(answer)
         if len(answers) == 4:
             done.set()
@@ -61,7 +61,7 @@ def test_a_cold_close_answers_every_stalled_put_at_once(moto_server, s3_bucket, 
     started = time.monotonic()
     up.close(abandon=True)
     assert done.wait(5) and time.monotonic() - started < 5
-    assert all(isinstance(a, crt.Failed) and a.status is None for a in answers), answers
+    assert all(isinstance(a, crt.PutError) and a.status is None for a in answers), answers
     proxy.restore()
 
 

@@ -414,7 +414,7 @@ class PendingPut:
     key: str
     body: bytes
     headers: dict[str, str]
-    answered: Callable[[crt.Answer | crt.Failed], None]
+    answered: Callable[[crt.Answer | crt.PutError], None]
     started: float
 
 
@@ -443,7 +443,7 @@ class Transport:
         """A 503 SlowDown: CrtTransport shrinks its window; the model has none to shrink."""
 
     def put(self, bucket: str, key: str, body: bytes, headers: list[tuple[str, str]],
-            answered: Callable[[crt.Answer | crt.Failed], None]) -> None:
+            answered: Callable[[crt.Answer | crt.PutError], None]) -> None:
         self.pending.append(PendingPut(bucket, key, bytes(body),
                                        {k.lower(): v for k, v in headers}, answered,
                                        self.clock()))
@@ -464,10 +464,10 @@ class Transport:
             fields = self.store.put(put.bucket, put.key, put.body, meta, algorithm, sent,
                                     put.headers.get("if-none-match") == "*")
         except StoreError as exc:
-            put.answered(crt.Failed(exc.status, exc.code if exc.status else None, str(exc)))
+            put.answered(crt.PutError(exc.status, exc.code if exc.status else None, str(exc)))
             return
         except AnswerLost as exc:
-            put.answered(crt.Failed(None, None, str(exc)))
+            put.answered(crt.PutError(None, None, str(exc)))
             return
         headers = {"etag": fields["etag"]}
         for name, value in fields.items():
@@ -489,7 +489,7 @@ class Transport:
                 self.deliver(self.pending.index(put))
             else:
                 self.pending.remove(put)
-            answered(crt.Failed(None, None, "request timed out"))
+            answered(crt.PutError(None, None, "request timed out"))
 
     def close(self, timeout: float = 0.0, abandon: bool = False) -> None:  # noqa: ARG002
         self.pending.clear()
