@@ -221,14 +221,17 @@ class Watcher:
         elif mask & F.CLOSE_NOWRITE:
             self._closed_reading(path, source, names)
         elif mask & F.ATTRIB:
-            if path in self.opens:  # a writer's close-write takes it; a reader's, below
-                self.touched.add(path)
-            elif path not in self.created and path not in self.linked:
-                names.setdefault(path, (source, "attrib"))
+            self._attrib(path, source, names)
         elif mask & (F.MOVED_FROM | F.DELETE):
             self._settled(path)
             self.opens.pop(path, None)
             names.pop(path, None)
+
+    def _attrib(self, path: bytes, source: str, names: dict[bytes, tuple[str, str]]) -> None:
+        if path in self.opens:  # a writer's close-write takes it; a reader's, below
+            self.touched.add(path)
+        elif path not in self.created and path not in self.linked:
+            names.setdefault(path, (source, "attrib"))
 
     def _closed_reading(self, path: bytes, source: str,
                         names: dict[bytes, tuple[str, str]]) -> None:

@@ -329,12 +329,7 @@ class FaultProxy:
                         dst.write_eof()
                     return
                 if tap is not None:
-                    if self.delay:
-                        await asyncio.sleep(self.delay)
-                    data, flip = self._flipped(data, flip)
-                    if answerer is not None:
-                        data = answerer.feed(data, conn[0])
-                    self.bytes_up += len(data)
+                    data, flip = await self._upward(data, flip, conn, answerer)
                 dst.write(data)
                 await dst.drain()
                 if tap is not None:
@@ -345,6 +340,19 @@ class FaultProxy:
         except (ConnectionError, OSError):
             for w in conn:
                 w.transport.abort()
+
+    async def _upward(self, data: bytes, flip: _Flip | None,
+                      conn: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+                      answerer: _Answerer | None) -> tuple[bytes, _Flip | None]:
+        """What goes on to the store of `data` read from the client: delayed, flipped,
+        answered here instead (a shared object), counted."""
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        data, flip = self._flipped(data, flip)
+        if answerer is not None:
+            data = answerer.feed(data, conn[0])
+        self.bytes_up += len(data)
+        return data, flip
 
     def _flipped(self, data: bytes, flip: _Flip | None) -> tuple[bytes, _Flip | None]:
         if flip is None and self.flip is not None and self.flip.marker.search(data):

@@ -147,6 +147,17 @@ def losses(world: World, s3: Any, bucket: str, failed: dict[str, Any]) -> list[s
     return lost
 
 
+def show_lost(lost: list[str], product: Product) -> None:
+    """Print the first lost paths as they are on disk and in the queue, for the report."""
+    for line in lost[:3]:
+        path = line.split(" ")[0]
+        print(path, os.stat(path) if os.path.exists(path) else "gone")
+        for e in product.entries():
+            if e["path"] == path:
+                print("  ", {k: e[k] for k in ("id", "state", "size", "mtime_ns", "ctime_ns",
+                                               "inode", "found_by", "note", "last_error")})
+
+
 @pytest.mark.timeout(SECONDS + 300)
 def test_random_writers_lose_no_latest_version(tmp_path: Path, source_tree: Any,
                                                rclone_s3: Any, fault_proxy: Any) -> None:
@@ -206,14 +217,7 @@ def test_random_writers_lose_no_latest_version(tmp_path: Path, source_tree: Any,
     assert not leftovers, f"seed={seed}: files nobody wrote last: {leftovers[:5]}"
     reasons = {e["last_error"].split(":")[0] for e in failed.values()}
     assert reasons <= {"key collision"}, f"seed={seed}: failed for {reasons}"
-    if lost:
-        for line in lost[:3]:
-            path = line.split(" ")[0]
-            print(path, os.stat(path) if os.path.exists(path) else "gone")
-            for e in product.entries():
-                if e["path"] == path:
-                    print("  ", {k: e[k] for k in ("id", "state", "size", "mtime_ns", "ctime_ns",
-                                                   "inode", "found_by", "note", "last_error")})
+    show_lost(lost, product)
     assert not lost, f"seed={seed}: {len(lost)} latest versions lost:\n" + "\n".join(lost[:20])
     print(f"seed={seed}: {len(world.ops)} operations, {len(world.latest)} paths, "
           f"{len(failed)} key collisions kept on disk")
