@@ -24,7 +24,8 @@ from pathlib import Path
 from sftppush.config import Config, Target
 from sftppush.errors import ConfigError, PermanentError, TransientError
 from sftppush.queue.owners import user_name
-from sftppush.sink.s3 import HINTS, RetryPolicy, Sink, Transfer, make_client, make_session, options
+from sftppush.sink.s3 import HINTS, Sink, make_client, make_session, options
+from sftppush.sink.transfer import RetryPolicy, Transfer
 
 CAP_LEASE = 28  # linux/capability.h
 PROBE = ".sftppush-check"  # a dot name: the watcher's default ignore globs skip it

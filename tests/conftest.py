@@ -329,7 +329,7 @@ def consume_until_drained(upload_path: str) -> Callable[..., None]:
     keep tests fast. Fails the test if draining takes over `timeout`.
     """
     from sftppush.runtime import consumer
-    from sftppush.sink.s3 import RetryPolicy
+    from sftppush.sink.transfer import RetryPolicy
 
     def consume(cfg: Any, timeout: float = 30, workers: int = 2, **tuning: Any) -> None:
         tuning.setdefault("retry", RetryPolicy(attempts=2, initial=0.01, maximum=0.05))

@@ -18,7 +18,7 @@ from sftppush import outcomes
 from sftppush.queue.entries import FileVersion, State
 from sftppush.queue.queue import Queue
 from sftppush.runtime import consumer
-from sftppush.sink.s3 import RetryPolicy
+from sftppush.sink.transfer import RetryPolicy
 from tests.conftest import REPO, consumer_thread, wait_until
 
 MB = 2**20

@@ -19,7 +19,8 @@ from sftppush.config import Defaults, LogConfig, S3Config
 from sftppush.errors import PermanentError, TransientError
 from sftppush.locals3 import free_port
 from sftppush.sink import crt
-from sftppush.sink.s3 import RetryPolicy, Sink, Transfer, classify
+from sftppush.sink.s3 import Sink, classify
+from sftppush.sink.transfer import RetryPolicy, Transfer
 from tests.conftest import REPO
 
 # The test extra installs awscrt: under CI a missing one fails these tests, it never skips them.

@@ -23,7 +23,8 @@ from sftppush.pipeline import pipeline
 from sftppush.pipeline.keys import iso8601
 from sftppush.queue.entries import FileVersion, State
 from sftppush.queue.queue import Queue
-from sftppush.sink.s3 import RetryPolicy, Sink, Transfer
+from sftppush.sink.s3 import Sink
+from sftppush.sink.transfer import RetryPolicy, Transfer
 
 MB = 2**20
 CSV = b"".join(b"%06d,device-7,21.5,ok\n" % i for i in range(3000))

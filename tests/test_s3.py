@@ -11,7 +11,8 @@ import pytest
 
 from sftppush.config import Defaults, LogConfig, S3Config
 from sftppush.errors import PermanentError, TransientError
-from sftppush.sink.s3 import RetryPolicy, Sink, Transfer, classify
+from sftppush.sink.s3 import Sink, classify
+from sftppush.sink.transfer import RetryPolicy, Transfer
 from tests.conftest import FAKE_REGION, S3Server, free_port
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)

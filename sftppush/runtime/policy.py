@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sftppush.errors import PermanentError, Throttled, TransientError
 from sftppush.outcomes import Done, Held, LeaseLost, Undeleted, UploadCancelled, Uploaded
 from sftppush.queue.entries import Entry, Stored
-from sftppush.sink.s3 import RetryPolicy, Transfer
+from sftppush.sink.transfer import RetryPolicy, Transfer
 
 
 @dataclass(frozen=True)

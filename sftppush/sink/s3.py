@@ -31,6 +31,7 @@ from sftppush.outcomes import Uploaded
 from sftppush.sink import crt
 from sftppush.sink.multipart import Journal, Multipart, error_code
 from sftppush.sink.parts import Checksum, PartBody, Reader, read_full, read_part, store_checksum
+from sftppush.sink.transfer import Transfer
 
 log = logging.getLogger("sftppush.s3")
 
@@ -54,32 +55,6 @@ TRANSIENT_CODES = frozenset({
 THROTTLING_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
 })
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Retries of one S3 call in place (tenacity, exponential backoff with jitter)."""
-
-    attempts: int = 5
-    initial: float = 0.5
-    maximum: float = 20.0
-
-
-@dataclass(frozen=True)
-class Transfer:
-    """How one process talks to the store: not operator config; tests pass small values."""
-
-    pool_size: int = 10                 # boto3 connections
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0          # boto3's read timeout, and the CRT request timeout
-    retry: RetryPolicy = RetryPolicy()  # boto3 calls, in place
-    part_memory: int = 32 * 2**20       # per multipart upload: bytes of part buffers, at
-    part_memory_max: int = 48 * 2**20   # first, and at most when the link needs more
-    spool_above: int = 16 * 2**20       # bigger parts wait in a temporary file
-    fast: bool = True                   # small bodies through awscrt when it is installed
-    in_flight: int = 32                 # awscrt PUTs in flight at first: the window grows
-                                        # from here up to consumer.s3.max_in_flight
-    max_small: int = 8 * 2**20          # the largest body the fast transport takes
 
 
 def make_session(defaults: Defaults) -> boto3.session.Session:

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from sftppush.config import Defaults, LogConfig, S3Config
-from sftppush.sink.s3 import Sink, Transfer
+from sftppush.sink.s3 import Sink
+from sftppush.sink.transfer import Transfer
 from tests.bench.common import REGION, RcloneS3, report, small_body
 from tests.bench.delayline import DelayLine
 from tests.e2e.tls import TlsTerminator, self_signed

@@ -38,7 +38,8 @@ def crt_uploader_put(server: RcloneS3, bucket: str, prefix: str, bodies, in_flig
     from pathlib import Path
 
     from sftppush.config import Defaults, LogConfig, S3Config
-    from sftppush.sink.s3 import Sink, Transfer
+    from sftppush.sink.s3 import Sink
+    from sftppush.sink.transfer import Transfer
 
     os.environ.update(AWS_ACCESS_KEY_ID=server.access_key,
                       AWS_SECRET_ACCESS_KEY=server.secret_key)

@@ -21,7 +21,8 @@ from sftppush.errors import TransientError
 from sftppush.queue.entries import State
 from sftppush.queue.queue import Queue
 from sftppush.runtime import consumer
-from sftppush.sink.s3 import RetryPolicy, Sink, Transfer
+from sftppush.sink.s3 import Sink
+from sftppush.sink.transfer import RetryPolicy, Transfer
 from tests.conftest import consumer_thread, wait_until
 from tests.test_consumer import consumer_process, states, write_and_enqueue
 

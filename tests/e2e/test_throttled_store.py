@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from sftppush.queue.entries import State
-from sftppush.sink.s3 import RetryPolicy
+from sftppush.sink.transfer import RetryPolicy
 from tests.test_consumer import states, write_and_enqueue
 
 

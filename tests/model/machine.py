@@ -41,7 +41,8 @@ from sftppush.pipeline.keys import object_key
 from sftppush.queue.entries import State
 from sftppush.queue.queue import Queue
 from sftppush.runtime import consumer as consumer_mod
-from sftppush.sink.s3 import RetryPolicy, Sink, Transfer
+from sftppush.sink.s3 import Sink
+from sftppush.sink.transfer import RetryPolicy, Transfer
 from sftppush.source.scan import rescan
 from sftppush.source.watcher import Watcher
 from tests.model.store import Client, Inline, Killed, Store, Transport
