@@ -24,7 +24,8 @@ from pathlib import Path
 from sftppush.config import Config, Target
 from sftppush.errors import ConfigError, PermanentError, TransientError
 from sftppush.queue.owners import user_name
-from sftppush.sink.s3 import HINTS, Sink, make_client, make_session, options
+from sftppush.sink.answers import HINTS
+from sftppush.sink.s3 import Sink, make_client, make_session, options
 from sftppush.sink.transfer import RetryPolicy, Transfer
 
 CAP_LEASE = 28  # linux/capability.h
@@ -138,7 +139,7 @@ def _write_probe(sink: Sink, cfg: Config, target: Target,
 
 
 def _code(exc: BaseException) -> str | None:
-    from sftppush.sink.multipart import error_code
+    from sftppush.sink.answers import error_code
 
     return error_code(exc)
 

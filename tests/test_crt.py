@@ -19,7 +19,8 @@ from sftppush.config import Defaults, LogConfig, S3Config
 from sftppush.errors import PermanentError, TransientError
 from sftppush.locals3 import free_port
 from sftppush.sink import crt
-from sftppush.sink.s3 import Sink, classify
+from sftppush.sink.answers import classify
+from sftppush.sink.s3 import Sink
 from sftppush.sink.transfer import RetryPolicy, Transfer
 from tests.conftest import REPO
 

@@ -11,7 +11,8 @@ import pytest
 
 from sftppush.config import Defaults, LogConfig, S3Config
 from sftppush.errors import PermanentError, TransientError
-from sftppush.sink.s3 import Sink, classify
+from sftppush.sink.answers import classify
+from sftppush.sink.s3 import Sink
 from sftppush.sink.transfer import RetryPolicy, Transfer
 from tests.conftest import FAKE_REGION, S3Server, free_port
 
@@ -238,7 +239,7 @@ def test_messages_say_where_what_it_means_and_the_fix() -> None:
     from botocore.exceptions import ClientError
 
     from sftppush.sink import crt
-    from sftppush.sink.s3 import Where
+    from sftppush.sink.answers import Where
 
     where = Where("bkt", "https://s3.example:9000")
     tls = str(classify(crt.PutError(None, None, "AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE"),

@@ -22,10 +22,9 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-import botocore.exceptions
-
 from sftppush.errors import PermanentError, TransientError
 from sftppush.outcomes import UploadCancelled, Uploaded
+from sftppush.sink.answers import error_code
 from sftppush.sink.inflight import Window
 from sftppush.sink.parts import (
     READ_CHUNK,
@@ -51,14 +50,6 @@ CHECKSUM_FIELDS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "Chec
 class BadPart(TransientError):
     """The store holds other bytes than a part we sent. Not resumable: some stores (rclone
     serve s3) refuse to replace a part with different contents, so the upload starts over."""
-
-
-def error_code(exc: BaseException) -> str | None:
-    """The S3 error code behind one of our errors, if it came from a service response."""
-    cause = exc.__cause__
-    if isinstance(cause, botocore.exceptions.ClientError):
-        return str(cause.response.get("Error", {}).get("Code"))
-    return None
 
 
 @dataclass(frozen=True)
