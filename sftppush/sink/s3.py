@@ -188,7 +188,8 @@ class Sink:
             try:
                 if isinstance(answer, crt.PutError):
                     if answer.status == 412 and if_absent:  # someone's object is there: whose?
-                        self._verify.submit(self._put_over, out, bucket, key, body, metadata)
+                        self._verify.submit(self._settle, out, self._replace, bucket, key, body,
+                                            metadata, None)
                         return
                     error = classify(answer, where=self.where(bucket))
                     if isinstance(error, Throttled):
@@ -202,31 +203,55 @@ class Sink:
                 out.set_exception(classify(exc))
                 return
             if how:
-                out.set_result(Uploaded(bucket, key, len(body), sha, 0, how, etag.strip('"')))
-            else:
-                self._verify.submit(self._verified_head, out, bucket, key, len(body), sha)
+                out.set_result(self._uploaded(bucket, key, len(body), sha, how, etag))
+            else:  # a HEAD waits on the store: never on a CRT thread
+                self._verify.submit(self._settle, out, self._uploaded, bucket, key, len(body),
+                                    sha, None, "")
 
         self.transport.put(bucket, key, body, headers, answered)
         return out
 
-    def _put_over(self, out: Future[Uploaded], bucket: str, key: str, body: bytes,
-                  metadata: dict[str, str]) -> None:
+    @staticmethod
+    def _settle(out: Future[Uploaded], work: Callable[..., Uploaded], *args: Any) -> None:
+        """`out` gets what `work(*args)` returns or raises (classified): the part of a fast
+        PUT's settling that waits on the store, run on the verify pool."""
         try:
-            self.may_replace(bucket, key, metadata)
-            out.set_result(self._put_single(bucket, key, body, metadata, None))
+            out.set_result(work(*args))
         except BaseException as exc:
             out.set_exception(classify(exc))
+
+    def _replace(self, bucket: str, key: str, body: bytes | bytearray,
+                 metadata: dict[str, str], cancel: threading.Event | None) -> Uploaded:
+        """A conditional PUT found an object at `key` (412, either transport): replace it
+        with an unconditional PUT if it came from the same local path, else `may_replace`
+        raises the key collision."""
+        self.may_replace(bucket, key, metadata)
+        return self._put_single(bucket, key, body, metadata, cancel)
+
+    def _uploaded(self, bucket: str, key: str, size: int, sha: str, how: str | None,
+                  etag: str) -> Uploaded:
+        """A single PUT's verified upload: verified `how` by its answer, else (None) by a
+        HEAD of the object (either transport)."""
+        if how is None:
+            how, etag = "head", self.verify_head(bucket, key, size, sha)
+        return Uploaded(bucket, key, size, sha, 0, how, etag.strip('"'))
+
+    def _head(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """The object's HEAD; None when there is no object at `key`."""
+        try:
+            return self.call("head_object", Bucket=bucket, Key=key)
+        except PermanentError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return None
+            raise
 
     def may_replace(self, bucket: str, key: str, metadata: dict[str, str]) -> None:
         """Raise a final PermanentError unless the object at `key` came from the same local
         path as `metadata` says ours does (SPEC 3: one key, one local path). An object without
         sftppush's metadata (the Go tool's, say) is replaced, with a warning."""
-        try:
-            head = self.call("head_object", Bucket=bucket, Key=key)
-        except PermanentError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return
-            raise
+        head = self._head(bucket, key)
+        if head is None:
+            return
         theirs = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
         if SOURCE_KEY not in theirs:
             log.warning("replacing an object sftppush did not write bucket=%s key=%s",
@@ -235,14 +260,6 @@ class Sink:
         if not all(same_name(theirs.get(k), metadata[k]) for k in (SOURCE_KEY, NAME_KEY)):
             raise PermanentError(f"key collision: {key} holds {theirs.get(SOURCE_KEY)}:"
                                  f"{theirs.get(NAME_KEY)}", final=True)
-
-    def _verified_head(self, out: Future[Uploaded], bucket: str, key: str, size: int,
-                       sha: str) -> None:
-        try:
-            out.set_result(Uploaded(bucket, key, size, sha, 0, "head",
-                                    self.verify_head(bucket, key, size, sha)))
-        except BaseException as exc:
-            out.set_exception(classify(exc))
 
     def where(self, bucket: str | None) -> Where:
         return Where(bucket, getattr(getattr(self.client, "meta", None), "endpoint_url", None))
@@ -319,13 +336,7 @@ class Sink:
         return self.multipart.upload(bucket, key, parts, reader, metadata, cancel, journal)
 
     def exists(self, bucket: str, key: str) -> bool:
-        try:
-            self.call("head_object", Bucket=bucket, Key=key)
-        except PermanentError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return False
-            raise
-        return True
+        return self._head(bucket, key) is not None
 
     def _put_single(self, bucket: str, key: str, body: bytes | bytearray, metadata: dict[str, str],
                     cancel: threading.Event | None, if_absent: bool = False) -> Uploaded:
@@ -342,16 +353,13 @@ class Sink:
         except PermanentError as exc:
             if not (if_absent and error_code(exc) == "PreconditionFailed"):
                 raise
-            self.may_replace(bucket, key, metadata)
-            resp = self.call("put_object", cancel, **args)
+            return self._replace(bucket, key, body, metadata, cancel)
         etag = str(resp.get("ETag", ""))
         how = verified_by(self.checksum, sent,
                           resp.get(self.checksum.param) if self.checksum else None, etag,
                           lambda: hashlib.md5(body, usedforsecurity=False).hexdigest(),
                           self.opaque)
-        if how is None:
-            how, etag = "head", self.verify_head(bucket, key, len(body), sha)
-        return Uploaded(bucket, key, len(body), sha, 0, how, etag.strip('"'))
+        return self._uploaded(bucket, key, len(body), sha, how, etag)
 
     def verify_head(self, bucket: str, key: str, size: int, sha: str) -> str:
         """Check the object's size and `sftppush-sha256` through HEAD; its ETag."""
@@ -366,12 +374,9 @@ class Sink:
     def holds(self, bucket: str, key: str, etag: str) -> int | None:
         """The size of the object at `key` if it is still the one whose ETag an upload
         recorded (a retry that only has a file to delete), else None."""
-        try:
-            head = self.call("head_object", Bucket=bucket, Key=key)
-        except PermanentError as exc:
-            if error_code(exc) in NOT_FOUND:
-                return None
-            raise
+        head = self._head(bucket, key)
+        if head is None:
+            return None
         return head.get("ContentLength") if str(head.get("ETag", "")).strip('"') == etag \
             else None
 
