@@ -25,7 +25,8 @@ from sftppush.config import Config, Target
 from sftppush.errors import ConfigError, PermanentError, TransientError
 from sftppush.queue.owners import user_name
 from sftppush.sink.answers import HINTS
-from sftppush.sink.s3 import Sink, make_client, make_session, options
+from sftppush.sink.client import make_client, make_session, options
+from sftppush.sink.s3 import Sink
 from sftppush.sink.transfer import RetryPolicy, Transfer
 
 CAP_LEASE = 28  # linux/capability.h

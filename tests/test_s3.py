@@ -537,11 +537,11 @@ def test_fixed_keys_reach_awscrt_as_they_are_refreshable_ones_are_asked_each_tim
     import botocore.credentials
 
     from sftppush.sink import crt
-    from sftppush.sink.s3 import _crt_credentials
+    from sftppush.sink.client import crt_credentials
 
     fixed = boto3.session.Session(aws_access_key_id="AKIAFIXED", aws_secret_access_key="s",
                                   aws_session_token="t", region_name=FAKE_REGION)
-    assert _crt_credentials(fixed) == crt.Credentials("AKIAFIXED", "s", "t")
+    assert crt_credentials(fixed) == crt.Credentials("AKIAFIXED", "s", "t")
     # A role's keys expire: botocore refreshes them (these within a minute, so at every
     # ask), and awscrt must ask the session each time, never keep the first keys.
     keys = iter(["AKIAFIRST", "AKIASECOND"])
@@ -551,6 +551,6 @@ def test_fixed_keys_reach_awscrt_as_they_are_refreshable_ones_are_asked_each_tim
         "AKIAOLD", "s", None, datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC),
         lambda: {"access_key": next(keys), "secret_key": "s", "token": None,
                  "expiry_time": soon}, "test")
-    ask = _crt_credentials(rotating)
+    ask = crt_credentials(rotating)
     assert callable(ask)
     assert [ask().access_key, ask().access_key] == ["AKIAFIRST", "AKIASECOND"]
