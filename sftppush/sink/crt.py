@@ -2,18 +2,15 @@
 
 Owns awscrt's HTTP connections (kept alive, per host, as many as requests in flight), request
 signing, in-flight limits (a window that follows the link: inflight.py), the request timeout
-and quick resends on a failed connection. It sends the headers
-it is given and hands back the store's raw answer: what the headers mean, whether an answer
-verifies a body and whether a failure is worth retrying are decided in s3.py. It never reads
-files, never touches the queue and never does multipart.
+and quick resends on a failed connection (one PUT's own state is crtput.py's). It sends the
+headers it is given and hands back the store's raw answer: what the headers mean, whether an
+answer verifies a body and whether a failure is worth retrying are decided in s3.py and
+answers.py. It never reads files, never touches the queue and never does multipart.
 """
 
 from __future__ import annotations
 
-import ctypes
-import io as stdio
 import logging
-import re
 import resource
 import threading
 import time
@@ -23,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from sftppush.sink.crtput import Answer, Body, Put, PutError, failure, keep_thread_state
 from sftppush.sink.inflight import Window
 
 try:
@@ -34,29 +32,11 @@ log = logging.getLogger("sftppush.crt")
 
 # One PUT can carry at most 5 GiB.
 MAX_BODY = 5 * 1024**3
-_CODE_RE = re.compile(rb"<Code>([^<]{1,100})</Code>")
-_MESSAGE_RE = re.compile(rb"<Message>([^<]{1,500})</Message>")
 
 
 def available() -> bool:
     """True when awscrt is installed, so the sink may use this transport."""
     return http is not None
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A 2xx answer to one PUT: its headers, names in lower case."""
-
-    headers: dict[str, str]
-
-
-class PutError(Exception):
-    """No 2xx answer. `status` None: no answer at all (refused, reset, timed out, DNS)."""
-
-    def __init__(self, status: int | None, code: str | None, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -107,7 +87,7 @@ class CrtTransport:
                 options.override_default_trust_store_from_path(ca_filepath=ca_file)
             self._tls = io.ClientTlsContext(options)
         # awscrt's shared event loops: they live as long as the process, as the thread
-        # states that _keep_thread_state gives them do.
+        # states that keep_thread_state gives them do.
         self._bootstrap = io.ClientBootstrap.get_or_create_static_default()
         self._socket = io.SocketOptions()
         self._socket.connect_timeout_ms = connect_timeout_ms
@@ -120,7 +100,7 @@ class CrtTransport:
         self.window = Window(min_in_flight, max_in_flight)
         self._max_bytes = max_in_flight_bytes
         self._running = [0, 0]        # requests, body bytes
-        self._live: dict[_Put, float] = {}  # running PUT -> deadline
+        self._live: dict[Put, float] = {}  # running PUT -> deadline
         self.puts = 0                       # started, ever
         self._lock = threading.RLock()
         self._closed = False
@@ -147,7 +127,7 @@ class CrtTransport:
         host = self._host or f"{bucket}.s3.{self.region}.amazonaws.com"
         path = f"{self._base}/{bucket}/{quote(key, safe='/~')}" if self._host else \
             f"/{quote(key, safe='/~')}"
-        job = _Put(host, path, [*headers, ("Host", host), ("Content-Length", str(len(body)))],
+        job = Put(host, path, [*headers, ("Host", host), ("Content-Length", str(len(body)))],
                    body, answered)
         self._reserve(len(body))
         job.started = time.monotonic()
@@ -198,9 +178,9 @@ class CrtTransport:
 
     # --- one PUT: sign, connect (or reuse), send, answer; again on a failed connection ---
 
-    def _sign(self, job: _Put) -> None:
+    def _sign(self, job: Put) -> None:
         job.request = http.HttpRequest("PUT", job.path, http.HttpHeaders(job.headers),
-                                       _Body(job.body))
+                                       Body(job.body))
         try:
             signing = auth.aws_sign_request(job.request, self._signing())
         except BaseException as exc:
@@ -223,7 +203,7 @@ class CrtTransport:
             self._signing_config = (now, config)
         return config
 
-    def _signed(self, job: _Put, signing: Future[Any]) -> None:
+    def _signed(self, job: Put, signing: Future[Any]) -> None:
         # This and _connected may run on the calling thread (a future done before its
         # callback was added): they leave thread states alone.
         if signing.exception() is not None:
@@ -247,13 +227,13 @@ class CrtTransport:
             return
         connecting.add_done_callback(lambda f: self._connected(job, f))
 
-    def _connected(self, job: _Put, connecting: Future[Any]) -> None:
+    def _connected(self, job: Put, connecting: Future[Any]) -> None:
         if connecting.exception() is not None:
             self._again_or_end(job, PutError(None, None, _name(connecting.exception())))
             return
         self._send(job, connecting.result())
 
-    def _send(self, job: _Put, connection: Any) -> None:
+    def _send(self, job: Put, connection: Any) -> None:
         if not job.attach(connection):
             connection.close()  # timed out or cancelled meanwhile
             self._end(job, job.dropped(self.timeout))
@@ -267,15 +247,15 @@ class CrtTransport:
             connection.close()
             self._again_or_end(job, PutError(None, None, _name(exc)))
 
-    def _completed(self, job: _Put, completion: Future[Any]) -> None:
-        _keep_thread_state()
+    def _completed(self, job: Put, completion: Future[Any]) -> None:
+        keep_thread_state()
         connection, status = job.detach(), job.status
         if completion.exception() is None and status is not None:
             self._give_back(job.host, connection)
             # An answer is never sent again from here: a 503 SlowDown asks for a backoff,
             # which the queue's retry delays and the consumer's outage pause give.
             self._end(job, Answer({n.lower(): v for n, v in job.response})
-                      if 200 <= status < 300 else _failure(status, bytes(job.error_body)))
+                      if 200 <= status < 300 else failure(status, bytes(job.error_body)))
             return
         connection.close()
         if job.stopped:
@@ -283,14 +263,14 @@ class CrtTransport:
         else:
             self._again_or_end(job, PutError(None, None, _name(completion.exception())))
 
-    def _again_or_end(self, job: _Put, failed: PutError) -> None:
+    def _again_or_end(self, job: Put, failed: PutError) -> None:
         if job.attempts <= self.max_retries and not job.stopped and not self._stopping.is_set():
             job.attempts += 1
             self._sign(job)  # a fresh request: its body stream starts again at 0
         else:
             self._end(job, job.dropped(self.timeout) if job.stopped else failed)
 
-    def _end(self, job: _Put, outcome: Answer | PutError) -> None:
+    def _end(self, job: Put, outcome: Answer | PutError) -> None:
         with self._lock:
             if self._live.pop(job, None) is None:
                 return  # answered already
@@ -348,88 +328,6 @@ class CrtTransport:
                 job.cancel(timed_out=True)
 
 
-class _Put:
-    """One PUT's state across its attempts. Its connection is closed to stop it (a timeout
-    or a cold stop); the attempt in flight then completes with an error and is not retried."""
-
-    def __init__(self, host: str, path: str, headers: list[tuple[str, str]], body: bytes,
-                 answered: Callable[[Answer | PutError], None]) -> None:
-        self.host, self.path, self.headers, self.body = host, path, headers, body
-        self.answered = answered
-        self.request: Any = None
-        self.attempts = 1
-        self.started = 0.0  # time.monotonic() once it had room
-        self.stopped = False
-        self.timed_out = False
-        self.status: int | None = None
-        self.response: list[tuple[str, str]] = []
-        self.error_body = bytearray()
-        self._connection: Any = None
-        self._lock = threading.Lock()
-
-    def attach(self, connection: Any) -> bool:
-        with self._lock:
-            if self.stopped:
-                return False
-            self._connection = connection
-            self.status, self.response, self.error_body = None, [], bytearray()
-            return True
-
-    def detach(self) -> Any:
-        with self._lock:
-            connection, self._connection = self._connection, None
-            return connection
-
-    def cancel(self, timed_out: bool = False) -> None:
-        with self._lock:
-            self.stopped = True
-            self.timed_out = self.timed_out or timed_out
-            connection = self._connection
-        if connection is not None:
-            connection.close()
-
-    def dropped(self, timeout: float) -> PutError:
-        return PutError(None, None, f"no answer within {timeout:g}s" if self.timed_out
-                      else "cancelled")
-
-    def on_response(self, status_code: int, headers: list[tuple[str, str]],
-                    **_: Any) -> None:
-        _keep_thread_state()
-        self.status, self.response = status_code, headers
-
-    def on_body(self, chunk: bytes, **_: Any) -> None:
-        if len(self.error_body) < 4096:  # an error's XML; a PUT's answer has no body
-            self.error_body += chunk
-
-
-_kept = threading.local()  # lives in a thread's Python thread state: set once it is kept
-
-
-def _keep_thread_state() -> None:
-    """Give the CRT thread running this callback a Python thread state for its whole life.
-
-    awscrt enters Python from its own threads with PyGILState_Ensure, which makes a thread
-    state (and maps a 16 KiB frame stack) when the thread has none, and frees it all again
-    at the matching Release: several times per PUT (body read, headers, done), each
-    munmap costing the other core an interrupt. One Ensure that is never released keeps the
-    state: later callbacks only take the GIL. Runs with the GIL held. The mark is a
-    thread-local, not the thread's ident: idents are reused by threads started later.
-    Called where a PUT enters Python from a CRT thread and only there: the body's read, the
-    answer's headers and the stream's completion.
-    """
-    if not getattr(_kept, "state", False):
-        ctypes.pythonapi.PyGILState_Ensure()
-        _kept.state = True
-
-
-class _Body(stdio.BytesIO):
-    """A PUT's body as awscrt reads it (readinto1, from a CRT thread)."""
-
-    def readinto1(self, buffer: Any) -> int:
-        _keep_thread_state()
-        return super().readinto1(buffer)
-
-
 def _allow_open_files(wanted: int) -> None:
     """Raise this process's soft limit of open files towards `wanted` (up to the hard limit):
     each request in flight holds a connection, and the consumer a file for each."""
@@ -449,14 +347,6 @@ def _provider(credentials: Callable[[], Credentials] | Credentials) -> Any:
         return auth.AwsCredentials(c.access_key, c.secret_key, c.token)
 
     return auth.AwsCredentialsProvider.new_delegate(delegate)
-
-
-def _failure(status: int, body: bytes) -> PutError:
-    code_match = _CODE_RE.search(body)
-    code = code_match.group(1).decode(errors="replace") if code_match else None
-    message = _MESSAGE_RE.search(body)  # the store's own words, as boto3 shows them
-    return PutError(status, code, message.group(1).decode(errors="replace") if message
-                  else f"HTTP {status}")
 
 
 def _name(error: BaseException | None) -> str:
