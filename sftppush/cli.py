@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sftppush import __version__
-from sftppush.config import Config, load, parse_duration
+from sftppush.config import Config, load
 from sftppush.errors import ConfigError, SftppushError
+from sftppush.values import parse_duration
 
 if TYPE_CHECKING:  # imported lazily: most commands never open the queue
     from sftppush.queue.queue import Queue

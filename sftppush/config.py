@@ -6,7 +6,6 @@ It must never start anything: a bad config is one ConfigError line before any da
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -14,23 +13,21 @@ from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
 from sftppush.errors import ConfigError
+from sftppush.values import check, parse_source_flag
 
 ENV_PREFIX = "SFTPPUSH_"
 SEARCH_PATH = ("~/.sftppush/config.yaml", "/etc/sftppush/config.yaml")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _SOURCE_NAME_RE = re.compile(r"^[^/\x00]+$")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 @dataclass(frozen=True)
 class Key:
-    """One key of the config: its kind (see _KINDS, or a tuple of allowed strings), built-in
+    """One key of the config: its kind (see values.KINDS, or a tuple of allowed strings), built-in
     default (None: null is allowed), limits and secrecy; every key but a list has an `env`."""
 
     name: str
@@ -222,7 +219,7 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
         if value is not None:
             _put(raw, dotted, value)
     if sources:
-        raw["watch"]["source"] = [_parse_source_flag(s) for s in sources]
+        raw["watch"]["source"] = [parse_source_flag(s) for s in sources]
     return _build(raw, file, env, need_sources, check_dirs)
 
 
@@ -241,14 +238,6 @@ def redacted(cfg: Config) -> dict[str, Any]:
             value = str(value)
         _put(out, key.name, list(value) if isinstance(value, tuple) else value)
     return out
-
-
-def parse_duration(text: str, name: str = "duration") -> float:
-    """`7d`, `12h`, `1d12h`, `90s` -> seconds; anything else is a ConfigError naming `name`."""
-    parts = _DURATION.findall(text.strip().lower())
-    if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
-        raise ConfigError(f"{name} {text!r} is not a duration like 7d, 12h or 30m")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
 def _put(into: dict[str, Any], dotted: str, value: Any) -> None:
@@ -304,76 +293,11 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _parse_source_flag(text: str) -> dict[str, Any]:
-    """`name=sftpuser1,paths=/upload /data[,s3target=bucket/prefix]` as in the original tool."""
-    fields: dict[str, Any] = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        key = key.strip()
-        if not sep or key not in ("name", "paths", "s3target"):
-            raise ConfigError(
-                f"--source {text!r}: expected name=NAME,paths=/a /b[,s3target=BUCKET/PREFIX]"
-            )
-        fields[key] = value.split() if key == "paths" else value.strip()
-    return fields
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_text(value: Any) -> bool:
-    return isinstance(value, str) and value != ""
-
-
-def _is_url(value: Any) -> bool:
-    try:
-        url = urlsplit(value)
-        return url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
-    except (TypeError, ValueError, AttributeError):  # not text, or a port that is not a number
-        return False
-
-
-def _is_log_file(value: Any) -> bool:
-    # The path exactly as logging.FileHandler will open it, so a mistake is exit 2, not 1.
-    return _is_text(value) and not Path(value).is_dir() and Path(value).parent.is_dir()
-
-
-# kind: (accepts, what a value must be); a kind's value is kept as given unless converted below.
-_KINDS: dict[str, tuple[Any, str]] = {
-    "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "int": (lambda v: _is_number(v) and isinstance(v, int), "an integer"),
-    "float": (lambda v: _is_number(v) and math.isfinite(v), "a finite number"),
-    "duration": (lambda v: isinstance(v, str) or (_is_number(v) and math.isfinite(v)),
-                 "seconds or a duration like 7d"),
-    "str": (_is_text, "a non-empty string"),
-    "list": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
-             "a list of strings"),
-    "sources": (lambda _: True, "a list of sources"),  # checked by _build_sources
-    "url": (_is_url, "an http(s) URL with a host"),
-    "file": (_is_log_file, "a file in an existing directory"),
-}
-
-
-def _check(value: Any, kind: Any, name: str) -> Any:
-    """`value` as a `kind` of Key wants it, or one ConfigError line naming the key."""
-    if isinstance(kind, tuple):
-        if value not in kind:
-            raise ConfigError(f"config: {name} must be one of {', '.join(kind)}, got {value!r}")
-        return value
-    accepts, noun = _KINDS[kind]
-    if not accepts(value):
-        raise ConfigError(f"config: {name} must be {noun}, got {value!r}")
-    if kind == "duration" and isinstance(value, str):
-        return parse_duration(value, f"config: {name}")
-    return {"float": float, "duration": float, "list": tuple}.get(kind, lambda v: v)(value)
-
-
 def _value(key: Key, raw: dict[str, Any]) -> Any:
     value = reduce(dict.__getitem__, key.name.split("."), raw)
     if value is None and key.default is None:
         return None
-    value = _check(value, key.kind, key.name)
+    value = check(value, key.kind, key.name)
     if key.low is not None and value < key.low:
         raise ConfigError(f"config: {key.name} must be at least {key.low:g}, got {value:g}")
     if key.high is not None and value > key.high:
@@ -448,17 +372,17 @@ def _build_source(item: Any, at: str, userpath: Path, default_target: Target | N
     unknown = set(item) - {"name", "paths", "s3target"}
     if unknown:
         raise ConfigError(f"config: unknown key '{at}.{sorted(unknown)[0]}'")
-    name = _check(item.get("name"), "str", f"{at}.name")
+    name = check(item.get("name"), "str", f"{at}.name")
     if not _SOURCE_NAME_RE.match(name) or name in (".", ".."):
         raise ConfigError(f"config: {at}.name {name!r} must be one directory name")
     paths = item.get("paths", ["/"])
-    paths = _check(paths.split() if isinstance(paths, str) else paths, "list", f"{at}.paths")
+    paths = check(paths.split() if isinstance(paths, str) else paths, "list", f"{at}.paths")
     if not paths:
         raise ConfigError(f"config: {at}.paths must name at least one directory")
     if any(".." in Path(p).parts for p in paths):
         raise ConfigError(f"config: {at}.paths must stay inside {userpath / name}")
     if item.get("s3target"):
-        target = Target.parse(_check(item["s3target"], "str", f"{at}.s3target"),
+        target = Target.parse(check(item["s3target"], "str", f"{at}.s3target"),
                               f"{at}.s3target")
     elif default_target is not None:
         target = default_target
