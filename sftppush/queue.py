@@ -82,8 +82,9 @@ class Queue(QueueFile):
     def enqueue_many(self, versions: Iterable[FileVersion], now: float | None = None) -> int:
         """Append file versions in one transaction; returns how many are new.
 
-        A version already queued is skipped, unless it vanished without an object
-        (VANISHED): that entry is pending again, which counts as new. A new
+        A version already queued is skipped, unless it vanished (VANISHED): that entry is
+        pending again, which counts as new; it keeps its key if an object of its path was
+        found there, so that no other path takes the key meanwhile. A new
         version retires the older pending versions of its path (done, note
         `superseded by id N`); a claimed one is left to its consumer, which finds it
         superseded.
@@ -108,7 +109,8 @@ class Queue(QueueFile):
                     new = row[0]
                     db.execute("UPDATE entries SET state = 'pending', owner = NULL, due = ?,"
                                " attempts = 0, enqueued_at = ?, found_by = ?, last_error = NULL,"
-                               " note = NULL, key = NULL, etag = NULL, sha256 = NULL"
+                               " note = NULL, etag = NULL, sha256 = NULL,"
+                               " key = CASE WHEN etag IS NULL THEN NULL ELSE key END"
                                " WHERE id = ?",
                                (now, now, v.found_by, new))
                 else:
@@ -198,7 +200,7 @@ class Queue(QueueFile):
 
         The entries in `uploaded` count as uploads (files, source bytes, the time of the
         last one) and record what they stored. An entry keeps its key, unless its note
-        starts with VANISHED: it wrote no object.
+        starts with VANISHED and it records nothing: it wrote no object.
         """
         if not done:
             return []
@@ -212,7 +214,7 @@ class Queue(QueueFile):
             now = self._now(now)
             acked = {r[0] for r in db.execute(
                 "UPDATE entries SET state = 'done', owner = NULL, due = ?, note = j.note,"
-                " key = CASE WHEN j.vanished THEN NULL ELSE key END,"
+                " key = CASE WHEN j.vanished AND j.etag IS NULL THEN NULL ELSE key END,"
                 " etag = coalesce(j.etag, entries.etag),"
                 " sha256 = coalesce(j.sha256, entries.sha256)"
                 " FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]')"

@@ -131,3 +131,19 @@ def test_a_store_that_ignores_checksums_is_caught_corrupting_by_its_md5_etag() -
            ("watcher_reads_events", {}),
            ("store_lies_next", {"lie": "corrupt"}),
            ("consumers_run", {}))
+
+
+def test_a_consumer_killed_at_the_delete_leaves_its_key_to_its_own_path() -> None:
+    """Found on main by the CI profile (600 sequences), after issue 23's fixes: killed
+    between the set-aside and the unlink, the next claim found the file gone and acked it
+    as vanished, which gave up the key although the object there is its path's. On a store
+    without conditional writes, `p\\xe9` (key `p%E9`) then replaced the object of `p%E9`."""
+    replay({"crt": False, "conditional": False, "checksums": "validate", "opaque": False,
+            "delete": True},
+           ("write", {"d": b"b", "name": b"p%E9", "size": 300}),
+           ("watcher_reads_events", {}),
+           ("consumer_killed", {"which": 0, "when": "unlink", "after": 0, "reached": False}),
+           ("consumers_run", {}),
+           ("quiesce", {}),
+           ("write", {"d": b"b", "name": b"p\xe9", "size": 300}),
+           ("quiesce", {}))
