@@ -22,7 +22,7 @@ from typing import Any
 from sftppush.config import Config, ConsumerConfig, Source
 from sftppush.decompress import CappedReader, detect_fd, inflate, read_full
 from sftppush.entries import KEPT, VANISHED, Entry, KeyTaken, shown
-from sftppush.errors import PermanentError
+from sftppush.errors import PermanentError, TransientError
 from sftppush.keys import candidate_keys, metadata, object_key
 from sftppush.multipart import Journal
 from sftppush.owners import user_name
@@ -331,6 +331,9 @@ def _first_upload(entry: Entry, key: str, taken: KeyTaken | None) -> bool:
     True if no earlier upload of this path went to it."""
     if taken is None:
         raise LeaseLost(f"lease lost id={entry.id}")
+    if taken.holder is not None and taken.waits:
+        raise TransientError(f"key {key} is being uploaded from {shown(taken.holder)}:"
+                             " waiting for that upload to end")
     if taken.holder is not None:
         raise PermanentError(f"key collision: {key} holds {shown(taken.holder)}", final=True)
     return not taken.known

@@ -147,3 +147,20 @@ def test_a_consumer_killed_at_the_delete_leaves_its_key_to_its_own_path() -> Non
            ("quiesce", {}),
            ("write", {"d": b"b", "name": b"p\xe9", "size": 300}),
            ("quiesce", {}))
+
+
+def test_a_path_whose_done_entry_was_purged_waits_for_an_interloper_in_flight() -> None:
+    """Found by the long profile (30 min) on main: `p%E9`'s object uploaded and its entry
+    purged; `p\\xe9` (same key) claimed and took the key, and its consumer died; `p%E9`
+    re-sent met that reservation and failed for good as a key collision, although the
+    object is its own and `p\\xe9` never wrote (it fails as the collision once retried)."""
+    replay({"crt": True, **STORE, "delete": True},
+           ("write", {"d": b"b", "name": b"p%E9", "size": 300}),
+           ("quiesce", {}),
+           ("done_entries_purged", {}),
+           ("write", {"d": b"b", "name": b"p\xe9", "size": 300}),
+           ("watcher_reads_events", {}),
+           ("consumer_steps", {"which": 0, "action": "claim"}),
+           ("consumer_killed", {"which": 0, "when": "now", "after": 0, "reached": False}),
+           ("write", {"d": b"b", "name": b"p%E9", "size": 5000}),
+           ("quiesce", {}))
