@@ -618,16 +618,18 @@ def test_one_key_one_local_path_in_either_order(tmp_path: Path, first_is: str) -
         plain, gz = two_paths_one_key(q)
         first, second = (plain, gz) if first_is == "plain" else (gz, plain)
         assert q.take_key(first, "u/a.csv", now=1001) == KeyTaken(holder=None, known=False)
+        # In flight, the holder may still fail and give the key up: the second waits.
         assert q.take_key(second, "u/a.csv", now=1001) == KeyTaken(holder=first.path,
-                                                                    known=False)
+                                                                    known=False, waits=True)
         assert q.get(second.id).key is None and q.get(first.id).key == "u/a.csv"
-        # The holder keeps the key while it waits for a retry, and once it is done.
+        # The holder keeps the key while it waits for a retry (its PUT may have landed),
+        # and once it is done: then the second collides for good.
         assert q.retry_later(first, "timeout", 0, count_attempt=False, now=1002)
-        assert q.take_key(second, "u/a.csv", now=1002).holder == first.path
+        assert q.take_key(second, "u/a.csv", now=1002) == KeyTaken(first.path, False, True)
         (again,) = q.claim("w", 60, now=1003)
         assert again.id == first.id and again.key == "u/a.csv"
         assert q.ack(again, now=1004) and q.get(first.id).key == "u/a.csv"
-        assert q.take_key(second, "u/a.csv", now=1005).holder == first.path
+        assert q.take_key(second, "u/a.csv", now=1005) == KeyTaken(first.path, False)
         assert q.take_key(second, "u/other.csv", now=1005) == KeyTaken(None, False)
 
 
@@ -639,7 +641,8 @@ def test_keys_taken_in_one_batch_collide_as_if_taken_one_by_one(tmp_path: Path) 
         (third,) = q.claim("w", 60, now=1000)
         assert q.take_keys([(plain, "u/a.csv"), (gz, "u/a.csv"), (third, "u/b.csv")],
                            now=1001) == [KeyTaken(holder=None, known=False),
-                                         KeyTaken(holder=plain.path, known=False),
+                                         KeyTaken(holder=plain.path, known=False,
+                                                  waits=True),
                                          KeyTaken(holder=None, known=False)]
         assert [q.get(e.id).key for e in (plain, gz, third)] == ["u/a.csv", None, "u/b.csv"]
         assert q.take_keys([(plain, "u/a.csv"), (third, "u/b.csv")], now=1061) == [None, None]
@@ -680,6 +683,19 @@ def test_only_a_verified_upload_makes_a_key_known_to_its_path(tmp_path: Path,
         q.enqueue_many([FileVersion(**{**v1.__dict__, "size": v1.size + 1})], now=1002)
         e2 = next(e for e in q.claim("w", 60, limit=2, now=1002) if e.id != e1.id)
         assert q.take_key(e2, "u/f0", now=1002) == KeyTaken(holder=None, known=False)
+
+
+def test_a_holder_in_flight_that_fails_gives_the_key_to_the_path_that_waited(
+        tmp_path: Path) -> None:
+    """Found by the model's long profile: the path that owned the object (its done entry
+    purged) met the key held by another path's entry still in flight, and failed for good
+    as a collision; that entry then failed as a collision with the owner's object."""
+    with Queue(tmp_path / "q.db") as q:
+        plain, gz = two_paths_one_key(q)
+        assert q.take_key(gz, "u/a.csv", now=1001) == KeyTaken(holder=None, known=False)
+        assert q.take_key(plain, "u/a.csv", now=1001).waits
+        assert q.fail(gz, "key collision: u/a.csv holds u:a.csv", now=1002)
+        assert q.take_key(plain, "u/a.csv", now=1002) == KeyTaken(holder=None, known=False)
 
 
 def test_a_failed_or_vanished_entry_holds_no_key(tmp_path: Path) -> None:
@@ -761,10 +777,12 @@ def _take_key_one_by_one(db: sqlite3.Cursor, entry: Entry, key: str, now: float
     if not db.execute("SELECT 1 FROM entries WHERE id = ? AND state = 'claimed' AND owner = ?"
                       " AND due > ?", (entry.id, entry.owner, now)).fetchone():
         return None
-    row = db.execute("SELECT path FROM entries WHERE key = ? AND path <> ?"
-                     " ORDER BY id LIMIT 1", (key, entry.path)).fetchone()
+    # Another path's settled holder (done, or its upload recorded) first, else one in flight.
+    row = db.execute("SELECT path, NOT (state = 'done' OR etag IS NOT NULL) FROM entries"
+                     " WHERE key = ? AND path <> ? ORDER BY 2, id LIMIT 1",
+                     (key, entry.path)).fetchone()
     if row is not None:
-        return KeyTaken(holder=bytes(row[0]), known=False)
+        return KeyTaken(holder=bytes(row[0]), known=False, waits=bool(row[1]))
     known = db.execute("SELECT 1 FROM entries WHERE key = ? AND path = ?"
                        " AND etag IS NOT NULL LIMIT 1", (key, entry.path)).fetchone()
     db.execute("UPDATE entries SET key = ?, etag = CASE WHEN key = ? THEN etag END"

@@ -212,11 +212,19 @@ def test_unreachable_endpoint_is_transient_after_retries_in_place() -> None:
         up.upload("bkt", "k", io.BytesIO(b"x"), {})
 
 
-def test_exists_tells_present_from_absent(moto_server: S3Server, s3_client: Any,
-                                          s3_bucket: str) -> None:
-    s3_client.put_object(Bucket=s3_bucket, Key="here", Body=b"1")
+def test_head_tells_present_from_absent_and_whose_object_it_is(
+        moto_server: S3Server, s3_client: Any, s3_bucket: str) -> None:
+    s3_client.put_object(Bucket=s3_bucket, Key="here", Body=b"1",
+                         Metadata={"sftppush-source": "u1", "sftppush-original-name": "p%25E9"})
     up = uploader(moto_server.endpoint_url)
-    assert up.exists(s3_bucket, "here") and not up.exists(s3_bucket, "absent")
+    found = up.head(s3_bucket, "here")
+    assert up.head(s3_bucket, "absent") is None
+    assert found is not None and found.size == 1 and found.etag == hashlib.md5(b"1").hexdigest()
+    ours = {"sftppush-source": "u1", "sftppush-original-name": "p%25E9"}
+    assert found.names(ours)
+    # `p%E9` (the name) and `p\xe9` (a byte that is not UTF-8) share the key p%E9, never a name
+    assert not found.names({**ours, "sftppush-original-name": "p%E9"})
+    assert not found.names({**ours, "sftppush-source": "u2"})
 
 
 def test_classification_of_service_errors() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftppush.config import Config, ConsumerConfig, Source
-from sftppush.errors import PermanentError
+from sftppush.errors import PermanentError, TransientError
 from sftppush.outcomes import Done, Held, LeaseLost, Superseded, Undeleted, Uploaded
 from sftppush.pipeline.decompress import CappedReader, detect_fd, inflate
 from sftppush.pipeline.keys import candidate_keys, metadata, object_key
@@ -38,7 +38,7 @@ from sftppush.queue.entries import KEPT, VANISHED, Entry, KeyTaken, shown
 from sftppush.queue.owners import user_name
 from sftppush.sink.multipart import Journal
 from sftppush.sink.parts import read_full
-from sftppush.sink.s3 import Sink
+from sftppush.sink.s3 import SHA256_KEY, Sink
 
 log = logging.getLogger("sftppush.pipeline")
 
@@ -294,19 +294,32 @@ def _first_upload(entry: Entry, key: str, taken: KeyTaken | None) -> bool:
     True if no earlier upload of this path went to it."""
     if taken is None:
         raise LeaseLost(f"lease lost id={entry.id}")
+    if taken.holder is not None and taken.waits:
+        raise TransientError(f"key {key} is being uploaded from {shown(taken.holder)}:"
+                             " waiting for that upload to end")
     if taken.holder is not None:
         raise PermanentError(f"key collision: {key} holds {shown(taken.holder)}", final=True)
     return not taken.known
 
 
 def _vanished(entry: Entry, source: Source, sink: Sink) -> Done:
+    """The entry's file is gone. If an object of its path is at the key this entry took (a
+    consumer killed after uploading it, between the set-aside and the unlink or before the
+    ack), the entry records that object, so that its path keeps the key: on a store that
+    ignores If-None-Match, the queue's record is all that stops another path's upload."""
+    bucket = source.target.bucket
     for key in candidate_keys(source, entry.path):
-        if sink.exists(source.target.bucket, key):
+        found = sink.head(bucket, key)
+        if found is not None:
             # A consumer killed between the set-aside and the unlink of this version.
             remove_set_aside(source.root, entry.path, entry.inode, entry.size, entry.mtime_ns)
             log.info("vanished id=%d path=%s object=exists key=%s", entry.id, entry.display_path,
                      key)
-            return Done(f"{VANISHED}; object exists at {key}")
+            ours = key == entry.key and \
+                found.names(metadata(source, entry.path, entry.size, entry.mtime_ns))
+            return Done(f"{VANISHED}; object exists at {key}", Uploaded(
+                bucket, key, found.size or 0, found.metadata.get(SHA256_KEY, ""), 0,
+                "recorded", found.etag) if ours else None)
     log.warning("vanished id=%d path=%s object=missing", entry.id, entry.display_path)
     return Done(f"{VANISHED} before upload; no object (removed by someone else)")
 

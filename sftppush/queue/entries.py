@@ -103,10 +103,13 @@ class Stored:
 class KeyTaken:
     """The answer of take_key: `holder` is the path of another entry holding the key (then
     nothing was set), else None; `known`: an entry of this same path recorded a verified
-    upload to this key (Stored), so the object there is this path's to replace."""
+    upload to this key (Stored), so the object there is this path's to replace; `waits`:
+    the holder's upload is still in flight (pending or claimed, nothing recorded yet): it
+    may fail and give the key up, so this entry tries again later instead of failing."""
 
     holder: bytes | None
     known: bool
+    waits: bool = False
 
 
 # Entry's fields are the columns read back: a FileVersion's first, then the queue's.

@@ -45,17 +45,21 @@ def _dead_owners(db: sqlite3.Cursor) -> list[str]:
     return [o for o in owners if o.rpartition("/")[0] in dead]
 
 
-def _key_answer(holders: dict[int, tuple[bytes, bool]], entry: Entry,
+def _key_answer(holders: dict[int, tuple[bytes, bool, bool]], entry: Entry,
                 leased: bool) -> KeyTaken | None:
     """take_key's answer for `entry` from the rows holding its key (id -> path, whether it
-    recorded a verified upload): None without a lease; the oldest holder of another path;
-    else whether a version of this path (this entry included) verifiably wrote the key."""
+    recorded a verified upload, whether it is settled: done or with its upload recorded):
+    None without a lease; the oldest settled holder of another path, else the oldest one
+    still in flight (`waits`: its upload may yet fail); else whether a version of this path
+    (this entry included) verifiably wrote the key."""
     if not leased:
         return None
-    others = [i for i, (path, _) in holders.items() if path != entry.path]
+    others = [i for i, (path, _, _) in holders.items() if path != entry.path]
+    if settled := [i for i in others if holders[i][2]]:
+        return KeyTaken(holder=holders[min(settled)][0], known=False)
     if others:
-        return KeyTaken(holder=holders[min(others)][0], known=False)
-    return KeyTaken(holder=None, known=any(stored for _, stored in holders.values()))
+        return KeyTaken(holder=holders[min(others)][0], known=False, waits=True)
+    return KeyTaken(holder=None, known=any(stored for _, stored, _ in holders.values()))
 
 
 # A pending entry is claimable when due and the oldest pending version of its path, with no
@@ -82,8 +86,9 @@ class Queue(QueueFile):
     def enqueue_many(self, versions: Iterable[FileVersion], now: float | None = None) -> int:
         """Append file versions in one transaction; returns how many are new.
 
-        A version already queued is skipped, unless it vanished without an object
-        (VANISHED): that entry is pending again, which counts as new. A new
+        A version already queued is skipped, unless it vanished (VANISHED): that entry is
+        pending again, which counts as new; it keeps its key if an object of its path was
+        found there, so that no other path takes the key meanwhile. A new
         version retires the older pending versions of its path (done, note
         `superseded by id N`); a claimed one is left to its consumer, which finds it
         superseded.
@@ -108,7 +113,8 @@ class Queue(QueueFile):
                     new = row[0]
                     db.execute("UPDATE entries SET state = 'pending', owner = NULL, due = ?,"
                                " attempts = 0, enqueued_at = ?, found_by = ?, last_error = NULL,"
-                               " note = NULL, key = NULL, etag = NULL, sha256 = NULL"
+                               " note = NULL, etag = NULL, sha256 = NULL,"
+                               " key = CASE WHEN etag IS NULL THEN NULL ELSE key END"
                                " WHERE id = ?",
                                (now, now, v.found_by, new))
                 else:
@@ -198,7 +204,7 @@ class Queue(QueueFile):
 
         The entries in `uploaded` count as uploads (files, source bytes, the time of the
         last one) and record what they stored. An entry keeps its key, unless its note
-        starts with VANISHED: it wrote no object.
+        starts with VANISHED and it records nothing: it wrote no object.
         """
         if not done:
             return []
@@ -212,7 +218,7 @@ class Queue(QueueFile):
             now = self._now(now)
             acked = {r[0] for r in db.execute(
                 "UPDATE entries SET state = 'done', owner = NULL, due = ?, note = j.note,"
-                " key = CASE WHEN j.vanished THEN NULL ELSE key END,"
+                " key = CASE WHEN j.vanished AND j.etag IS NULL THEN NULL ELSE key END,"
                 " etag = coalesce(j.etag, entries.etag),"
                 " sha256 = coalesce(j.sha256, entries.sha256)"
                 " FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]')"
@@ -278,13 +284,15 @@ class Queue(QueueFile):
                 " json_extract(value, '$[1]') AS jowner FROM json_each(?))"
                 " WHERE id = jid AND +state = 'claimed' AND owner = jowner AND due > ?",
                 (json.dumps([[e.id, e.owner] for e, _ in wanted]), now))}
-            holders: dict[str, dict[int, tuple[bytes, bool]]] = {key: {} for _, key in wanted}
+            holders: dict[str, dict[int, tuple[bytes, bool, bool]]] = \
+                {key: {} for _, key in wanted}
             key_of: dict[int, str] = {}
             # Every row with a key holds it: a failed one that never uploaded has none.
-            for i, key, path, stored in db.execute(
-                    "SELECT id, key, path, etag IS NOT NULL FROM entries WHERE key IN"
-                    " (SELECT value FROM json_each(?))", (json.dumps(list(holders)),)):
-                holders[key][i] = (bytes(path), bool(stored))
+            for i, key, path, stored, done in db.execute(
+                    "SELECT id, key, path, etag IS NOT NULL, state = 'done' FROM entries"
+                    " WHERE key IN (SELECT value FROM json_each(?))",
+                    (json.dumps(list(holders)),)):
+                holders[key][i] = (bytes(path), bool(stored), bool(stored or done))
                 key_of[i] = key
             for entry, key in wanted:
                 answer = _key_answer(holders[key], entry, entry.id in leased)
@@ -293,7 +301,7 @@ class Queue(QueueFile):
                     if entry.id in key_of:  # an entry holds one key at a time
                         stored = holders[key_of[entry.id]].pop(entry.id)[1] and \
                             key_of[entry.id] == key
-                    holders[key][entry.id] = (entry.path, stored)
+                    holders[key][entry.id] = (entry.path, stored, stored)
                     key_of[entry.id] = key
                     taken[entry.id] = key
                 out.append(answer)

@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -183,30 +184,31 @@ class Sink:
             how, etag = "head", self.verify_head(bucket, key, size, sha)
         return Uploaded(bucket, key, size, sha, 0, how, etag.strip('"'))
 
-    def _head(self, bucket: str, key: str) -> dict[str, Any] | None:
-        """The object's HEAD; None when there is no object at `key`."""
+    def head(self, bucket: str, key: str) -> Found | None:
+        """The object at `key` as HEAD shows it, or None if there is none."""
         try:
-            return self.call("head_object", Bucket=bucket, Key=key)
+            head = self.call("head_object", Bucket=bucket, Key=key)
         except PermanentError as exc:
             if error_code(exc) in NOT_FOUND:
                 return None
             raise
+        return Found(str(head.get("ETag", "")).strip('"'), head.get("ContentLength"),
+                     {k.lower(): v for k, v in (head.get("Metadata") or {}).items()})
 
     def may_replace(self, bucket: str, key: str, metadata: dict[str, str]) -> None:
         """Raise a final PermanentError unless the object at `key` came from the same local
         path as `metadata` says ours does (SPEC 3: one key, one local path). An object without
         sftppush's metadata (the Go tool's, say) is replaced, with a warning."""
-        head = self._head(bucket, key)
-        if head is None:
+        found = self.head(bucket, key)
+        if found is None:
             return
-        theirs = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
-        if SOURCE_KEY not in theirs:
+        if SOURCE_KEY not in found.metadata:
             log.warning("replacing an object sftppush did not write bucket=%s key=%s",
                         bucket, key)
             return
-        if not all(same_name(theirs.get(k), metadata[k]) for k in (SOURCE_KEY, NAME_KEY)):
-            raise PermanentError(f"key collision: {key} holds {theirs.get(SOURCE_KEY)}:"
-                                 f"{theirs.get(NAME_KEY)}", final=True)
+        if not found.names(metadata):
+            raise PermanentError(f"key collision: {key} holds {found.metadata.get(SOURCE_KEY)}:"
+                                 f"{found.metadata.get(NAME_KEY)}", final=True)
 
     def where(self, bucket: str | None) -> Where:
         return Where(bucket, getattr(getattr(self.client, "meta", None), "endpoint_url", None))
@@ -282,9 +284,6 @@ class Sink:
         del head, first, second
         return self.multipart.upload(bucket, key, parts, reader, metadata, cancel, journal)
 
-    def exists(self, bucket: str, key: str) -> bool:
-        return self._head(bucket, key) is not None
-
     def _put_single(self, bucket: str, key: str, body: bytes | bytearray, metadata: dict[str, str],
                     cancel: threading.Event | None, if_absent: bool = False) -> Uploaded:
         sha = hashlib.sha256(body).hexdigest()
@@ -321,11 +320,22 @@ class Sink:
     def holds(self, bucket: str, key: str, etag: str) -> int | None:
         """The size of the object at `key` if it is still the one whose ETag an upload
         recorded (a retry that only has a file to delete), else None."""
-        head = self._head(bucket, key)
-        if head is None:
-            return None
-        return head.get("ContentLength") if str(head.get("ETag", "")).strip('"') == etag \
-            else None
+        found = self.head(bucket, key)
+        return found.size if found is not None and found.etag == etag else None
+
+
+@dataclass(frozen=True)
+class Found:
+    """An object as HEAD shows it: its ETag (unquoted), size and user metadata (keys in lower
+    case: some stores capitalise them)."""
+
+    etag: str
+    size: int | None
+    metadata: dict[str, str]
+
+    def names(self, ours: dict[str, str]) -> bool:
+        """Did the local path that `ours` (keys.metadata()) describes write this object?"""
+        return all(same_name(self.metadata.get(k), ours[k]) for k in (SOURCE_KEY, NAME_KEY))
 
 
 def same_name(theirs: str | None, ours: str) -> bool:

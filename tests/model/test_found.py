@@ -131,3 +131,36 @@ def test_a_store_that_ignores_checksums_is_caught_corrupting_by_its_md5_etag() -
            ("watcher_reads_events", {}),
            ("store_lies_next", {"lie": "corrupt"}),
            ("consumers_run", {}))
+
+
+def test_a_consumer_killed_at_the_delete_leaves_its_key_to_its_own_path() -> None:
+    """Found on main by the CI profile (600 sequences), after issue 23's fixes: killed
+    between the set-aside and the unlink, the next claim found the file gone and acked it
+    as vanished, which gave up the key although the object there is its path's. On a store
+    without conditional writes, `p\\xe9` (key `p%E9`) then replaced the object of `p%E9`."""
+    replay({"crt": False, "conditional": False, "checksums": "validate", "opaque": False,
+            "delete": True},
+           ("write", {"d": b"b", "name": b"p%E9", "size": 300}),
+           ("watcher_reads_events", {}),
+           ("consumer_killed", {"which": 0, "when": "unlink", "after": 0, "reached": False}),
+           ("consumers_run", {}),
+           ("quiesce", {}),
+           ("write", {"d": b"b", "name": b"p\xe9", "size": 300}),
+           ("quiesce", {}))
+
+
+def test_a_path_whose_done_entry_was_purged_waits_for_an_interloper_in_flight() -> None:
+    """Found by the long profile (30 min) on main: `p%E9`'s object uploaded and its entry
+    purged; `p\\xe9` (same key) claimed and took the key, and its consumer died; `p%E9`
+    re-sent met that reservation and failed for good as a key collision, although the
+    object is its own and `p\\xe9` never wrote (it fails as the collision once retried)."""
+    replay({"crt": True, **STORE, "delete": True},
+           ("write", {"d": b"b", "name": b"p%E9", "size": 300}),
+           ("quiesce", {}),
+           ("done_entries_purged", {}),
+           ("write", {"d": b"b", "name": b"p\xe9", "size": 300}),
+           ("watcher_reads_events", {}),
+           ("consumer_steps", {"which": 0, "action": "claim"}),
+           ("consumer_killed", {"which": 0, "when": "now", "after": 0, "reached": False}),
+           ("write", {"d": b"b", "name": b"p%E9", "size": 5000}),
+           ("quiesce", {}))
