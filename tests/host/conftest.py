@@ -39,6 +39,13 @@ SFTPPUSH = "/opt/sftppush/bin/sftppush --config /etc/sftppush/config.yaml"
 CONSUMERS = ("sftppush-consume@1.service", "sftppush-consume@2.service")
 WATCH = "sftppush-watch.service"
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every host test runs in one pytest-xdist worker: they share one booted machine."""
+    for item in items:
+        if item.nodeid.startswith("tests/host/"):
+            item.add_marker(pytest.mark.xdist_group("host"))
+
 S3_UNIT = f"""\
 [Unit]
 Description=the test's S3 store (rclone serve s3 on 127.0.0.1)

@@ -5,7 +5,7 @@ CI runs the `ci` profile: a fixed set of 600 sequences of up to 50 steps (derand
 that passes passes again), about 20,000 steps in a minute or two. The long profile explores
 fresh random sequences for as long as it is given, and says how many it ran:
 
-    SFTPPUSH_MODEL=long SFTPPUSH_MODEL_MINUTES=30 python -m pytest -s tests/model/test_model.py
+    SFTPPUSH_MODEL=long SFTPPUSH_MODEL_MINUTES=30 python -m pytest -n 0 -s tests/model/test_model.py
 
 A failure prints the shortest sequence of steps Hypothesis found; tests/model/test_found.py
 shows how to pin one.
