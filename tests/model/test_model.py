@@ -34,11 +34,18 @@ if PROFILE == "ci":
 else:
     @pytest.mark.timeout(int(MINUTES * 60) + 900)  # and the shrinking of what it finds
     def test_the_long_profile_finds_nothing() -> None:
-        deadline, rounds = time.monotonic() + MINUTES * 60, 0
+        start = time.monotonic()
+        deadline, rounds, ended = start + MINUTES * 60, 0, "none failed"
         sequences, steps = Model.sequences, Model.steps
-        while time.monotonic() < deadline:
-            run_state_machine_as_test(Model, settings=settings(
-                max_examples=200, stateful_step_count=60, **COMMON))
-            rounds += 1
-        print(f"\nmodel, long profile: {Model.sequences - sequences} sequences,"
-              f" {Model.steps - steps} steps in {MINUTES:.0f} min ({rounds} rounds); none failed")
+        try:
+            while time.monotonic() < deadline:
+                run_state_machine_as_test(Model, settings=settings(
+                    max_examples=200, stateful_step_count=60, **COMMON))
+                rounds += 1
+        except BaseException:
+            ended = "stopped at a failure (its shortest sequence is printed below)"
+            raise
+        finally:  # the figures also when it found something (counted up to the failure)
+            print(f"\nmodel, long profile: {Model.sequences - sequences} sequences,"
+                  f" {Model.steps - steps} steps in {(time.monotonic() - start) / 60:.1f} min"
+                  f" ({rounds} rounds); {ended}")
