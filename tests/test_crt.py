@@ -6,7 +6,6 @@ import base64
 import contextlib
 import hashlib
 import io
-import os
 import subprocess
 import sys
 import threading
@@ -23,10 +22,6 @@ from sftppush.sink.answers import classify
 from sftppush.sink.s3 import Sink
 from sftppush.sink.transfer import RetryPolicy, Transfer
 from tests.conftest import REPO
-
-# The test extra installs awscrt: under CI a missing one fails these tests, it never skips them.
-needs_crt = pytest.mark.skipif(not crt.available() and os.environ.get("CI") != "true",
-                               reason="awscrt not installed")
 
 
 def test_without_awscrt_the_module_imports_and_says_so():
@@ -59,7 +54,6 @@ def closing(sink: Sink):
         sink.close()
 
 
-@needs_crt
 def test_put_returns_verified_result_and_object_matches(moto_server, s3_client, s3_bucket):
     body = b"a,b,c\n" * 1000
     key = "sftpuser1/upload/2026/ä b+c%.csv"
@@ -76,7 +70,6 @@ def test_put_returns_verified_result_and_object_matches(moto_server, s3_client, 
         checksums.crc64nvme(body).to_bytes(8, "big")).decode()
 
 
-@needs_crt
 def test_when_required_sends_no_crc_checksum(moto_server, s3_client, s3_bucket):
     with closing(uploader(moto_server, S3Config(checksum="when_required"))) as up:
         up.put(s3_bucket, "k", b"x" * 10, {}).result(30)
@@ -84,7 +77,6 @@ def test_when_required_sends_no_crc_checksum(moto_server, s3_client, s3_bucket):
     assert not [k for k in head if k.startswith("Checksum")]
 
 
-@needs_crt
 def test_many_puts_in_flight_all_arrive_verified_by_etag_on_rclone(rclone_s3):
     bucket = rclone_s3.make_bucket("many")
     results = {}
@@ -103,7 +95,6 @@ def test_many_puts_in_flight_all_arrive_verified_by_etag_on_rclone(rclone_s3):
     assert count(rclone_s3, bucket) == 300
 
 
-@needs_crt
 def test_byte_budget_throttles_but_never_blocks_a_body_larger_than_it(rclone_s3):
     bucket = rclone_s3.make_bucket("budget")
     with closing(uploader(rclone_s3)) as up:
@@ -113,13 +104,11 @@ def test_byte_budget_throttles_but_never_blocks_a_body_larger_than_it(rclone_s3)
         assert all(f.result(30).bytes_out == 300_000 for f in futures)
 
 
-@needs_crt
 def test_missing_bucket_is_permanent(moto_server):
     with closing(uploader(moto_server)) as up, pytest.raises(PermanentError, match="NoSuchBucket"):
         up.put("no-such-bucket-here", "k", b"x", {}).result(30)
 
 
-@needs_crt
 def test_wrong_credentials_are_permanent(rclone_s3, monkeypatch):
     bucket = rclone_s3.make_bucket("creds")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA" + "X" * 16)
@@ -128,14 +117,12 @@ def test_wrong_credentials_are_permanent(rclone_s3, monkeypatch):
         up.put(bucket, "k", b"x", {}).result(30)
 
 
-@needs_crt
 def test_nothing_listening_is_transient():
     server = SimpleNamespace(endpoint_url=f"http://127.0.0.1:{free_port()}")
     with closing(uploader(server, connect_timeout=1)) as up, pytest.raises(TransientError):
         up.put("bucket", "k", b"x", {}).result(60)
 
 
-@needs_crt
 def test_missing_credentials_are_transient_on_both_paths(moto_server, s3_bucket, monkeypatch,
                                                           tmp_path):
     # An instance whose metadata service is not up yet has no credentials for a while: no
@@ -152,7 +139,6 @@ def test_missing_credentials_are_transient_on_both_paths(moto_server, s3_bucket,
             up.upload(s3_bucket, "k", io.BytesIO(b"x"), {})
 
 
-@needs_crt
 def test_sink_recovers_after_the_store_comes_back(rclone_s3):
     bucket = rclone_s3.make_bucket("outage")
     with closing(uploader(rclone_s3, connect_timeout=1)) as up:
@@ -165,7 +151,6 @@ def test_sink_recovers_after_the_store_comes_back(rclone_s3):
     assert count(rclone_s3, bucket) == 2
 
 
-@needs_crt
 def test_bodies_over_part_size_are_not_taken_by_the_fast_transport(moto_server):
     with closing(uploader(moto_server, S3Config(part_size_mb=5))) as up:
         assert up.takes("b", 5 * 2**20) and not up.takes("b", 5 * 2**20 + 1)
@@ -192,7 +177,6 @@ def test_both_upload_paths_classify_the_same_answer_the_same_way(path, status, c
     assert str(status) in str(error)
 
 
-@needs_crt
 def test_crt_threads_keep_their_python_thread_state_from_one_put_to_the_next(rclone_s3):
     # awscrt enters Python from its own threads; a thread state made for one callback and
     # freed after it (with its frame stack: an mmap and a munmap) cost every PUT four times.
@@ -217,7 +201,6 @@ def test_crt_threads_keep_their_python_thread_state_from_one_put_to_the_next(rcl
     assert [kept for _, kept in seen].count(False) == len(threads), seen
 
 
-@needs_crt
 def test_max_in_flight_caps_the_window_from_the_start(rclone_s3):
     bucket = rclone_s3.make_bucket("ceiling")
     with closing(uploader(rclone_s3, S3Config(max_in_flight=4))) as up:

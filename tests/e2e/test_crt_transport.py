@@ -12,10 +12,9 @@ import pytest
 from sftppush.errors import Throttled, TransientError
 from sftppush.sink import crt
 from tests.e2e.tls import TlsTerminator, self_signed
-from tests.test_crt import closing, count, needs_crt, uploader
+from tests.test_crt import closing, count, uploader
 
 
-@needs_crt
 def test_a_kept_alive_connection_the_store_dropped_fails_no_put(moto_server, s3_bucket,
                                                                       fault_proxy):
     proxy = fault_proxy(moto_server.port)
@@ -27,7 +26,6 @@ def test_a_kept_alive_connection_the_store_dropped_fails_no_put(moto_server, s3_
     assert count(moto_server, s3_bucket) == 6
 
 
-@needs_crt
 def test_puts_whose_connections_are_reset_mid_request_are_sent_again(moto_server, s3_bucket,
                                                                      fault_proxy):
     proxy = fault_proxy(moto_server.port)
@@ -42,7 +40,6 @@ def test_puts_whose_connections_are_reset_mid_request_are_sent_again(moto_server
     assert sorted(target for _, target in proxy.requests).count(f"/{s3_bucket}/k0") >= 1
 
 
-@needs_crt
 def test_a_cold_close_answers_every_stalled_put_at_once(moto_server, s3_bucket, fault_proxy):
     proxy = fault_proxy(moto_server.port)
     up = uploader(SimpleNamespace(endpoint_url=proxy.url))
@@ -65,7 +62,6 @@ def test_a_cold_close_answers_every_stalled_put_at_once(moto_server, s3_bucket, 
     proxy.restore()
 
 
-@needs_crt
 def test_https_endpoints_are_verified_against_the_ca_bundle_boto3_is_given(
         moto_server, s3_bucket, tmp_path, monkeypatch):
     cert, key = self_signed(tmp_path)
@@ -87,7 +83,6 @@ def test_https_endpoints_are_verified_against_the_ca_bundle_boto3_is_given(
     assert count(moto_server, s3_bucket) == 1
 
 
-@needs_crt
 def test_a_store_asking_to_slow_down_gets_no_immediate_resend():
     # 503 SlowDown asks for a backoff: the PUT fails as transient at once and the queue's
     # retry delays space the next attempt; the transport must not send it again meanwhile.
@@ -121,7 +116,6 @@ def test_a_store_asking_to_slow_down_gets_no_immediate_resend():
     assert puts == ["/bucket/k"]
 
 
-@needs_crt
 def test_a_store_asking_to_slow_down_gets_fewer_puts_in_flight_and_loses_nothing(
         moto_server, s3_client, s3_bucket, fault_proxy):
     proxy = fault_proxy(moto_server.port)

@@ -10,10 +10,9 @@ import os
 from types import SimpleNamespace
 
 from sftppush.config import S3Config
-from tests.test_crt import closing, needs_crt, uploader
+from tests.test_crt import closing, uploader
 
 
-@needs_crt
 def test_no_body_waits_for_100_continue_on_either_upload_path(moto_server, s3_bucket,
                                                               fault_proxy):
     proxy = fault_proxy(moto_server.port)
@@ -29,7 +28,6 @@ def test_no_body_waits_for_100_continue_on_either_upload_path(moto_server, s3_bu
     assert not [head for head in puts if "expect" in head], puts
 
 
-@needs_crt
 def test_puts_reuse_kept_alive_connections_no_more_than_the_window(rclone_s3, fault_proxy):
     # rclone keeps connections alive (moto's server closes each after one answer).
     bucket = rclone_s3.make_bucket("alive")
