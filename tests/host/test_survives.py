@@ -18,13 +18,6 @@ def queue_status(server: Server) -> dict:
     return json.loads(server.operator("queue status --json"))
 
 
-def unfinished(server: Server) -> int:
-    """Entries not yet uploaded: pending, or claimed by a consumer (a claim batch can take
-    the whole backlog at once, so pending alone may be 0 mid-way)."""
-    status = queue_status(server)
-    return status["pending"] + status["claimed"]
-
-
 def wait_for(what: str, check, timeout: float = 60, every: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -32,16 +25,26 @@ def wait_for(what: str, check, timeout: float = 60, every: float = 0.2) -> None:
         time.sleep(every)
 
 
-def backlog_being_uploaded(server: Server, *consumers: str) -> None:
+def backlog_being_uploaded(server: Server, *consumers: str) -> int:
     """With the consumers stopped, both users send many small files and two 30 MB ones; then
-    `consumers` start, and this returns once they have uploaded a few: a backlog, mid-way."""
+    `consumers` start, and this returns once they have uploaded a few: a backlog, mid-way.
+    Returns how many entries were unfinished (pending or claimed) in the status that showed
+    the first uploads: read again, the consumers (a claim batch takes up to twice the
+    in-flight window) may have drained it during the status call itself."""
     server.m.run("systemctl", "stop", *CONSUMERS)
     for user in USERS:
         server.batch(user, 2, size=30 << 20)
         server.batch(user, 400)
     done = queue_status(server)["done"]
     server.m.run("systemctl", "start", *consumers)
-    wait_for("uploads starting", lambda: queue_status(server)["done"] >= done + 5, every=0.05)
+    seen: dict = {}
+
+    def started() -> bool:
+        seen.update(queue_status(server))
+        return seen["done"] >= done + 5
+
+    wait_for("uploads starting", started, every=0.05)
+    return seen["pending"] + seen["claimed"]
 
 
 def test_steady_uploads_by_both_users(server: Server) -> None:
@@ -55,9 +58,9 @@ def test_steady_uploads_by_both_users(server: Server) -> None:
 def test_consumer_killed_mid_backlog_is_restarted_and_loses_nothing(server: Server) -> None:
     m = server.m
     restarts = server.restarts(CONSUMERS[0])
-    backlog_being_uploaded(server, CONSUMERS[0])
+    left = backlog_being_uploaded(server, CONSUMERS[0])
     m.run("systemctl", "kill", "-s", "KILL", CONSUMERS[0])
-    assert unfinished(server) > 0, "the backlog was gone before the kill"
+    assert left > 0, "the backlog was gone before the kill"
     m.run("systemctl", "start", CONSUMERS[1])
     wait_for("consumer 1 restarted by systemd",
              lambda: server.restarts(CONSUMERS[0]) > restarts, timeout=30)
@@ -126,9 +129,9 @@ def test_clean_reboot_with_a_backlog(server: Server) -> None:
 
 def test_power_cut_with_a_backlog_then_boot(server: Server) -> None:
     m = server.m
-    backlog_being_uploaded(server, *CONSUMERS)
-    assert unfinished(server) > 0, "the backlog was gone before the power cut"
+    left = backlog_being_uploaded(server, *CONSUMERS)
     m.power_cut()
+    assert left > 0, "the backlog was gone before the power cut"
     m.boot()
     server.wait_sftppush_up()
     server.assert_all_delivered()
