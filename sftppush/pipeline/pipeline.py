@@ -303,11 +303,15 @@ def _first_upload(entry: Entry, key: str, taken: KeyTaken | None) -> bool:
 
 
 def _vanished(entry: Entry, source: Source, sink: Sink) -> Done:
-    """The entry's file is gone. If an object of its path is at the key this entry took (a
+    """The entry's file is gone. A consumer killed between the set-aside and the unlink left
+    this version under its private name: it goes if its upload was verified (recorded in the
+    entry, or its object found). If an object of its path is at the key this entry took (a
     consumer killed after uploading it, between the set-aside and the unlink or before the
     ack), the entry records that object, so that its path keeps the key: on a store that
     ignores If-None-Match, the queue's record is all that stops another path's upload."""
     bucket = source.target.bucket
+    if entry.etag is not None:  # this version's verified upload was recorded
+        remove_set_aside(source.root, entry.path, entry.inode, entry.size, entry.mtime_ns)
     for key in candidate_keys(source, entry.path):
         found = sink.head(bucket, key)
         if found is not None:

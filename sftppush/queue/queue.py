@@ -12,6 +12,7 @@ this host that no longer runs, frees it.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 import time
@@ -470,6 +471,24 @@ class Queue(QueueFile):
             rows = db.execute(f"SELECT {COLUMNS} FROM entries {where} ORDER BY id DESC"
                               f" LIMIT ?", (*args, limit)).fetchall()
         return [entry_of(r) for r in rows]
+
+    def requeue_set_aside(self, directory: bytes, inode: int, size: int, mtime_ns: int,
+                          now: float | None = None) -> int:
+        """Back to pending: the done entry of a file directly in `directory` whose version
+        (inode, size, mtime) had its upload recorded (an ETag), so that a consumer meets it
+        again and removes the private name it was left under; how many went back."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT id, path FROM entries"
+                " WHERE path > ? AND path < ? AND inode = ? AND size = ? AND mtime_ns = ?"
+                " AND state = 'done' AND etag IS NOT NULL",
+                (directory + b"/", directory + b"0", inode, size, mtime_ns)).fetchall()
+            ids = [i for i, path in rows if os.path.dirname(bytes(path)) == directory]
+            now = self._now(now)
+            db.executemany("UPDATE entries SET state = 'pending', owner = NULL, due = ?,"
+                           " attempts = 0 WHERE id = ? AND state = 'done'",
+                           [(now, i) for i in ids])
+            return len(ids)
 
     def get(self, entry_id: int) -> Entry | None:
         with self._transaction(write=False) as db:

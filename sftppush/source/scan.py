@@ -49,9 +49,16 @@ class RescanSummary:
 
 @dataclass
 class Counts:
-    """What a walk skipped, for summaries; a walk only adds to it."""
+    """What a walk skipped, for summaries; a walk only adds to it. `set_aside`: the
+    consumers' private names it met (paths)."""
 
     ignored: int = 0
+    set_aside: list[bytes] = field(default_factory=list)
+
+    def skipped(self, name: bytes, path: bytes) -> None:
+        self.ignored += 1
+        if name.startswith(DELETING_PREFIX):
+            self.set_aside.append(path)
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,7 @@ def walk(top: bytes, source: str, ignore: tuple[str, ...], *,
         with entries:
             for entry in entries:
                 if regex.match(entry.name):
-                    counts.ignored += 1
+                    counts.skipped(entry.name, entry.path)
                     continue
                 try:
                     if entry.is_dir(follow_symlinks=False):
@@ -214,6 +221,7 @@ def rescan(cfg: Config, queue: Queue, source_name: str | None = None, dry_run: b
                 sys.stderr.flush()
         log.info("rescan source=%s found=%d enqueued=%d dry_run=%s", source.name,
                  found - found_before, enqueued - enqueued_before, str(dry_run).lower())
+        sweep_set_asides(queue, counts.set_aside, dry_run)
     for alias in reached.aliases:
         if source_name in (None, alias.source):  # an earlier source's own aliases: not ours
             log.warning("rescan skipped dir=%s source=%s reason=%s", shown(alias.path),
@@ -221,6 +229,29 @@ def rescan(cfg: Config, queue: Queue, source_name: str | None = None, dry_run: b
     if progress:
         sys.stderr.write(f"\rscanning: {found} files\n")
     return RescanSummary(found, enqueued, found - enqueued, counts.ignored)
+
+
+def sweep_set_asides(queue: Queue, private: list[bytes], dry_run: bool = False) -> int:
+    """Each private name `.sftppush-deleting.<inode>` whose version (inode, size, mtime) a
+    done entry of its directory recorded as uploaded sends that entry back to the consumers,
+    which remove the name (only they delete). A consumer killed between its set-aside and
+    its unlink leaves one, and the next claim removes it, unless the directory was away
+    then (renamed by its client, and back since). How many entries went back."""
+    found, private[:] = list(private), []
+    requeued = 0
+    for path in [] if dry_run else found:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if os.path.basename(path) != DELETING_PREFIX + str(st.st_ino).encode():
+            continue  # not a name a consumer gave: someone else's file, left alone
+        requeued += queue.requeue_set_aside(os.path.dirname(path), st.st_ino, st.st_size,
+                                            st.st_mtime_ns)
+    if requeued:
+        log.info("rescan requeued=%d reason=left under a private name by a killed consumer",
+                 requeued)
+    return requeued
 
 
 @dataclass

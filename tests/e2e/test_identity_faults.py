@@ -263,3 +263,37 @@ def test_a_file_still_being_written_when_a_scan_finds_it_is_not_uploaded_half_wr
     wait_until(lambda: run.keys() == [key], 60, "the whole file uploaded", detail=run.keys)
     assert run.product.stop("consumer") == 0
     assert run.keys() == [key] and run.read(key) == body(196_608, 1) + body(100_000, 2)
+
+
+def test_a_private_name_a_killed_consumer_left_goes_at_the_next_rescan(
+        tmp_path: Path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
+        fault_proxy) -> None:
+    """Found by the long profile: a consumer killed between its set-aside and its unlink,
+    whose next claim ran while the client had the directory renamed away, left
+    `.sftppush-deleting.<inode>` for good. That state is made here from a kept upload and
+    the consumer's own rename; then a rescan and a drain remove it, without uploading
+    again. A private name whose version the queue never recorded as uploaded stays."""
+    run = product(tmp_path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
+                  fault_proxy, delete_after_upload=False)
+    d = source_tree.upload / "batch"
+    d.mkdir()
+    f = d / "data.csv"
+    f.write_bytes(body(3000, 1))
+    run.rescan()
+    run.drain()
+    assert entry_of(run, f)["note"] == "kept"
+    private = d / f".sftppush-deleting.{f.stat().st_ino}"
+    os.rename(f, private)  # what a consumer killed before its unlink leaves
+    other = d / "other.csv"
+    other.write_bytes(b"never uploaded\n")
+    stray = d / f".sftppush-deleting.{other.stat().st_ino}"
+    os.rename(other, stray)
+    pipeline_config(delete_after_upload=True)
+
+    run.rescan()
+    run.drain()
+
+    assert not private.exists()
+    assert stray.read_bytes() == b"never uploaded\n"
+    assert puts(run, f"{PREFIX}/batch/data.csv") == 1
+    assert run.read(f"{PREFIX}/batch/data.csv") == body(3000, 1)

@@ -164,3 +164,26 @@ def test_a_path_whose_done_entry_was_purged_waits_for_an_interloper_in_flight() 
            ("consumer_killed", {"which": 0, "when": "now", "after": 0, "reached": False}),
            ("write", {"d": b"b", "name": b"p%E9", "size": 5000}),
            ("quiesce", {}))
+
+
+def test_a_private_name_left_while_its_directory_was_away_goes_at_a_later_scan() -> None:
+    """Found by the long profile (30 min) on main: a consumer killed between the set-aside
+    and the unlink; the next claim ran while the client had renamed the directory away, so
+    the file was vanished and its private name was looked for where the directory no longer
+    was; renamed back, the `.sftppush-deleting.<inode>` stayed for good."""
+    replay({"crt": False, "conditional": False, "checksums": "validate", "opaque": False,
+            "delete": True},
+           ("consumer_started", {}),
+           ("rename_over", {"d": b"a", "name": b"x.csv", "size": 300}),
+           ("consumers_run", {}),
+           ("rescan", {}),
+           ("consumer_killed", {"which": 0, "when": "now", "after": 0, "reached": False}),
+           ("consumer_started", {}),
+           ("rename_over", {"d": b"a", "name": b"x.csv.gz", "size": 300}),
+           ("consumer_killed", {"which": 0, "when": "unlink", "after": 0, "reached": False}),
+           ("consumers_run", {}),
+           ("consumer_started", {}),
+           ("dir_renamed_away", {"d": b"a"}),
+           ("quiesce", {}),
+           ("dir_renamed_back", {"d": b"a"}),
+           ("quiesce", {}))
