@@ -35,6 +35,24 @@ def test_a_far_store_gets_a_full_pipe_without_a_queue(rtt, capacity):
     assert max(rtt, size / capacity) <= 1.5 * rtt + 0.002, (size, pipe)  # little queueing
 
 
+@pytest.mark.parametrize("rtt, capacity", [(0.100, 2000), (0.100, 1500), (0.040, 1500)])
+def test_a_far_store_fills_its_pipe_within_ten_round_trips(rtt, capacity):
+    # A step that costs no latency makes the next one bigger (TCP's slow start): at a
+    # fixed x1.25 per two epochs, 32 to 150 took 14 round trips, a third of a short run.
+    pipe = rtt * capacity
+    sizes = run(Window(32, 256), rtt, capacity, epochs=10)
+    assert max(sizes) >= pipe, sizes
+
+
+def test_an_overshoot_steps_back_halfway_and_settles_near_the_pipe():
+    # 40 ms x 1,500/s: a pipe of 60. Doubling from 60 overshoots to 120; the step back
+    # bisects (90, 75) instead of returning to 60 at once, and no overshoot stays.
+    sizes = run(Window(32, 256), 0.040, 1500, epochs=60)
+    top = sizes.index(max(sizes))
+    assert max(sizes) == 120 and 60 < sizes[top + 2] < 120, sizes
+    assert probing(sizes[20:], 60), sizes
+
+
 def probing(sizes: list[int], size: int) -> bool:
     """The window stays at `size` but for the short steps up that find it did not pay."""
     return sizes.count(size) >= 0.75 * len(sizes) and max(sizes) <= size * 1.25

@@ -11,10 +11,12 @@ from __future__ import annotations
 import collections
 import statistics
 
-GROW = 1.25            # a step up while below the threshold ...
+GROW = 1.25            # a step up while below the threshold: the first, ...
+GROW_MAX = 2.0         # ... up to this after steps that cost no latency (TCP's slow start) ...
 GROW_AFTER = 1 / 16    # ... and above it (after a throttle), a sixteenth
 PAID = 0.5             # a step pays when latency rose by less than this share of it ...
-NOISE = 0.05           # ... give or take this much (an epoch's median is not exact)
+NOISE = 0.05           # ... give or take this much (an epoch's median is not exact); one
+                       # within NOISE cost nothing: the next step is bigger
 REST = 8               # epochs before a step that did not pay is tried again
 RISE, RISE_SLACK = 2.0, 0.010  # latency above RISE x the lowest recent median + slack: shrink
 SHRINK = 0.875
@@ -34,11 +36,14 @@ class Window:
       and the epoch after next (the first one may still answer requests sent before) says
       whether that paid: with the window full, throughput is window / latency (Little's
       law), so the step paid if latency rose by less than half of it. If it did, the next
-      step follows in the same epoch (two epochs a step: 32 to 256 in about 19 round
-      trips); if not, the window steps back and rests for REST epochs before it tries
-      again. On a far link latency
-      holds as the window grows, until the store is busy; on loopback the first step
-      already only adds queueing; a sender busy elsewhere (its CPU) never fills it.
+      step follows in the same epoch (two epochs a step). The first step is x1.25; each
+      that cost no latency at all (the link, not the store, set it) makes the next one
+      bigger, up to x2, as TCP's slow start (32 to 256 in about 10 round trips); one
+      that cost some brings it back to x1.25. A step that did not pay steps back: a big
+      one halfway, which the next epochs measure as a step from the same start, and a
+      x1.25 one all the way, resting REST epochs before it tries again. On a far link
+      latency holds as the window grows, until the store is busy; on loopback the first
+      step already only adds queueing; a sender busy elsewhere (its CPU) never fills it.
     - Shrink on rising latency: beyond RISE x the lowest median of the last RECENT epochs,
       an eighth per epoch, not below `floor`.
     - Shrink on throttling (`throttled()`: 503 SlowDown, 429, throttling codes), at most once
@@ -62,6 +67,7 @@ class Window:
         self._throttled = False               # in this epoch
         self._since_cut = self.floor          # answers since the last cut
         self._step: tuple[float, float] | None = None  # (size, median) before a step up
+        self._factor = GROW                   # the next step up, below the threshold
         self._settling = False                # the epoch after a step: not measured
         self._rest = 0
 
@@ -116,7 +122,7 @@ class Window:
         if self._rest:
             self._rest -= 1
             return
-        grown = max(self.limit + 1, self.limit * GROW) if self.limit < self.threshold else \
+        grown = max(self.limit + 1, self.limit * self._factor) if self.limit < self.threshold else \
             self.limit + max(1.0, self.limit * GROW_AFTER)
         grown = min(float(self.ceiling), grown)
         if int(grown) > self.size:
@@ -125,9 +131,21 @@ class Window:
             self.largest = max(self.largest, self.size)
 
     def _paid(self, median: float) -> bool:
-        """Whether the step up just measured paid; if not, back to before it, and rest."""
+        """Whether the step up just measured paid. If not, a big step goes back halfway (and
+        that is measured next as a step from the same start), a small one back to before it,
+        and the window rests."""
         (before, was), self._step = self._step, None
-        if median / was > 1 + (self.limit / before - 1) * PAID + NOISE:
-            self.limit, self._rest = before, REST  # it only queued
+        step = self.limit / before
+        if median / was > 1 + (step - 1) * PAID + NOISE:  # it only queued
+            self._factor = GROW
+            halfway = before * (1 + step) / 2
+            if step > GROW and int(halfway) > int(before):
+                self._step, self._settling = (before, was), True
+                self.limit = halfway
+            else:
+                self.limit, self._rest = before, REST
             return False
+        # Latency held: the link set it, not the store; bigger steps until one costs some.
+        self._factor = min(GROW_MAX, 1 + 2 * (self._factor - 1)) if median / was <= 1 + NOISE \
+            else GROW
         return True
