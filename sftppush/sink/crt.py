@@ -10,6 +10,7 @@ answers.py. It never reads files, never touches the queue and never does multipa
 
 from __future__ import annotations
 
+import collections
 import logging
 import resource
 import threading
@@ -54,9 +55,12 @@ class CrtTransport:
     event-loop thread. Plain HTTP requests, not awscrt's S3 client: its meta-request
     machinery cost the consumer about 0.04 ms of CPU per small file more (issue 18).
 
-    `put()` blocks while the window's requests or `max_in_flight_bytes` of bodies are running
-    (one body alone may exceed the latter), so callers get backpressure and flat memory
-    (`wait_room()` waits for that in slices, without starting anything). The window starts at
+    A PUT starts when the window's requests and `max_in_flight_bytes` of bodies allow (one
+    body alone may exceed the latter); until then it waits in a line of up to a window's
+    worth, started from the thread of the answer that makes room, so a caller busy elsewhere
+    (opening the next files) leaves no gap in the pipe. `put()` blocks while that line is
+    full too, so callers get backpressure and flat memory (`wait_room()` waits for that in
+    slices, without starting anything). The window starts at
     `min_in_flight` and follows the link up to `max_in_flight` (inflight.Window: it grows while
     latency holds, shrinks when it rises or when the store asks to slow down, `throttled()`).
     Connections are kept alive for the next request, as many as the window. A request with
@@ -96,10 +100,11 @@ class CrtTransport:
         self.max_body = min(MAX_BODY, max_body)
         self.max_retries = max_retries
         self._idle: dict[str, list[Any]] = {}  # host -> open connections not in use
-        self._room = threading.Condition()  # guards the window and _running
+        self._room = threading.Condition()  # guards the window, _running and _waiting
         self.window = Window(min_in_flight, max_in_flight)
         self._max_bytes = max_in_flight_bytes
-        self._running = [0, 0]        # requests, body bytes
+        self._running = [0, 0, 0]     # requests, their body bytes, bytes waiting
+        self._waiting: collections.deque[Put] = collections.deque()  # taken, not started
         self._live: dict[Put, float] = {}  # running PUT -> deadline
         self.puts = 0                       # started, ever
         self._lock = threading.RLock()
@@ -129,17 +134,21 @@ class CrtTransport:
             f"/{quote(key, safe='/~')}"
         job = Put(host, path, [*headers, ("Host", host), ("Content-Length", str(len(body)))],
                    body, answered)
-        self._reserve(len(body))
-        job.started = time.monotonic()
-        with self._lock:
-            self._live[job] = time.monotonic() + self.timeout
-            self.puts += 1
-        self._sign(job)
+        with self._room:
+            self._room.wait_for(lambda: self._takes(len(body)))
+            start = not self._waiting and self._fits(len(body))
+            if start:
+                self._reserve(job)
+            else:
+                self._waiting.append(job)
+                self._running[2] += len(body)
+        if start:
+            self._start(job)
 
     def wait_room(self, size: int, timeout: float) -> bool:
-        """Wait up to `timeout` seconds until a body of `size` bytes would start at once."""
+        """Wait up to `timeout` seconds until a `put()` of `size` bytes would not block."""
         with self._room:
-            return self._room.wait_for(lambda: self._fits(size), timeout)
+            return self._room.wait_for(lambda: self._takes(size), timeout)
 
     def in_flight(self) -> int:
         """How many PUTs may run at once now: the window's size."""
@@ -159,12 +168,17 @@ class CrtTransport:
         connections (those of running PUTs close when they end)."""
         self._closed = True
         if abandon:
+            with self._room:
+                waiting, self._waiting = list(self._waiting), collections.deque()
+                self._running[2] = 0
+            for job in waiting:
+                _answer(job, PutError(None, None, "cancelled"))
             with self._lock:
                 live = list(self._live)
             for job in live:
                 job.cancel()
         with self._room:
-            self._room.wait_for(lambda: self._running[0] == 0, timeout)
+            self._room.wait_for(lambda: self._running[0] == 0 and not self._waiting, timeout)
         self._stopping.set()
         self._watchdog.join(5.0)
         if self.puts:  # a consumer that never started says nothing more than its error
@@ -177,6 +191,13 @@ class CrtTransport:
                 connection.close()
 
     # --- one PUT: sign, connect (or reuse), send, answer; again on a failed connection ---
+
+    def _start(self, job: Put) -> None:
+        job.started = time.monotonic()
+        with self._lock:
+            self._live[job] = job.started + self.timeout
+            self.puts += 1
+        self._sign(job)
 
     def _sign(self, job: Put) -> None:
         job.request = http.HttpRequest("PUT", job.path, http.HttpHeaders(job.headers),
@@ -276,10 +297,7 @@ class CrtTransport:
                 return  # answered already
         answered = isinstance(outcome, Answer) or outcome.status is not None
         self._release(len(job.body), time.monotonic() - job.started if answered else None)
-        try:
-            job.answered(outcome)
-        except BaseException:  # never let an exception escape into CRT's thread
-            pass
+        _answer(job, outcome)
 
     def _take_idle(self, host: str) -> Any:
         with self._lock:
@@ -302,22 +320,38 @@ class CrtTransport:
     # --- limits and the watchdog ------------------------------------------------------------
 
     def _fits(self, size: int) -> bool:
+        """A body of `size` may start now (called with _room held)."""
         return self._running[0] == 0 or (
             self._running[0] < self.window.size and self._running[1] + size <= self._max_bytes)
 
-    def _reserve(self, size: int) -> None:
-        with self._room:
-            self._room.wait_for(lambda: self._fits(size))
-            self._running[0] += 1
-            self._running[1] += size
+    def _takes(self, size: int) -> bool:
+        """A `put()` of `size` would start now or wait in the line (called with _room held):
+        the line holds a window's worth, and running and waiting bodies the byte budget."""
+        if not self._waiting and self._fits(size):
+            return True
+        return len(self._waiting) < self.window.size and \
+            self._running[1] + self._running[2] + size <= self._max_bytes
+
+    def _reserve(self, job: Put) -> None:
+        self._running[0] += 1
+        self._running[1] += len(job.body)
 
     def _release(self, size: int, latency: float | None) -> None:
+        """A PUT ended: its room goes to the PUTs waiting in line, started from here."""
         with self._room:
             if latency is not None:
                 self.window.answered(latency, self._running[0])
             self._running[0] -= 1
             self._running[1] -= size
+            starting = []
+            while self._waiting and self._fits(len(self._waiting[0].body)):
+                job = self._waiting.popleft()
+                self._running[2] -= len(job.body)
+                self._reserve(job)
+                starting.append(job)
             self._room.notify_all()
+        for job in starting:
+            self._start(job)
 
     def _cancel_overdue(self) -> None:
         while not self._stopping.wait(min(1.0, self.timeout / 4)):
@@ -326,6 +360,13 @@ class CrtTransport:
                 overdue = [job for job, deadline in self._live.items() if now > deadline]
             for job in overdue:
                 job.cancel(timed_out=True)
+
+
+def _answer(job: Put, outcome: Answer | PutError) -> None:
+    try:
+        job.answered(outcome)
+    except BaseException:  # never let an exception escape into CRT's thread
+        pass
 
 
 def _allow_open_files(wanted: int) -> None:
