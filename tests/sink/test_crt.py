@@ -99,7 +99,7 @@ def test_byte_budget_throttles_but_never_blocks_a_body_larger_than_it(rclone_s3)
     bucket = rclone_s3.make_bucket("budget")
     with closing(uploader(rclone_s3)) as up:
         transport = up.transport
-        transport._max_bytes = 200_000  # a budget smaller than one body
+        transport._slots.max_bytes = 200_000  # a budget smaller than one body
         futures = [up.put(bucket, f"b{i}", bytes([i]) * 300_000, {}) for i in range(6)]
         assert all(f.result(30).bytes_out == 300_000 for f in futures)
 
