@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from sftppush.config import S3Config
 from sftppush.errors import Throttled, TransientError
 from sftppush.sink import crt
 from tests.e2e.tls import TlsTerminator, self_signed
@@ -138,3 +139,29 @@ def test_a_store_asking_to_slow_down_gets_fewer_puts_in_flight_and_loses_nothing
     assert not left and throttled == proxy.answered >= 60
     for key, body in bodies.items():
         assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body
+
+
+def test_puts_beyond_the_window_wait_in_line_and_start_as_answers_make_room(
+        moto_server, s3_bucket, fault_proxy):
+    # A caller busy elsewhere (the consumer opening its next files) must not leave the pipe
+    # empty: a window's worth more is taken at once and started by the answers, and only a
+    # full line blocks.
+    proxy = fault_proxy(moto_server.port)
+    with closing(uploader(SimpleNamespace(endpoint_url=proxy.url), S3Config(max_in_flight=2),
+                          in_flight=2)) as up:
+        transport = up.transport
+        proxy.stall()
+        futures: list = []
+        putting = threading.Thread(target=lambda: futures.extend(
+            up.put(s3_bucket, f"k{i}", b"x" * 100, {}) for i in range(4)))
+        putting.start()  # 2 run, 2 wait in line: none of these blocks
+        putting.join(2)
+        alive = putting.is_alive()
+        if alive:
+            proxy.restore()
+        assert not alive and transport.puts == 2
+        assert not transport.wait_room(100, 0.3)  # the line is full: a fifth would block
+        proxy.restore()
+        assert all(f.result(30).verified_by for f in futures)
+        assert transport.puts == 4 and transport.wait_room(100, 0)
+    assert count(moto_server, s3_bucket) == 4
