@@ -231,7 +231,7 @@ def test_retry_fail_replay_purge_and_counts_stay_true(tmp_path: Path) -> None:
         assert q.get(b.id).state == State.PENDING and q.get(b.id).attempts == 0
         assert q.purge_done(older_than=15, now=120) == 1
         assert q.get(c.id) is None and q.get(d.id) is not None
-        db = q._conn
+        db = q.db._conn
         real = dict(db.execute("SELECT state, count(*) FROM entries GROUP BY state").fetchall())
         kept = {s: n for s, n in db.execute("SELECT state, n FROM counts") if n}
         assert real == kept
@@ -358,7 +358,7 @@ def test_a_schema_1_file_is_migrated_in_place_and_keeps_its_versions(tmp_path: P
                     (v.path, v.source, v.size, v.mtime_ns, v.inode, v.found_by, state))
     old.close()
     with Queue(path) as q:
-        db = q._conn
+        db = q.db._conn
         assert db.execute("PRAGMA user_version").fetchone()[0] == Queue.SCHEMA_VERSION
         assert [r[2] for r in db.execute("PRAGMA index_info(entries_version)")] == \
             ["path", "inode", "size", "mtime_ns", "ctime_ns"]
@@ -468,7 +468,7 @@ def test_only_claims_of_dead_processes_of_this_host_come_back_before_their_lease
         held = {name: e.id for name, e in zip(owners, claims, strict=True)}
         # As if each had made its claim itself (a claim would take the dead ones back).
         for name, owner in owners.items():
-            q._conn.execute("UPDATE entries SET owner = ? WHERE id = ?",
+            q.db._conn.execute("UPDATE entries SET owner = ? WHERE id = ?",
                             (f"{owner}/0123456789ab", held[name]))
         back = q.claim(me, lease_seconds=300, limit=10, now=1001)
         assert sorted(e.id for e in back) == sorted([held["dead"], held["pid reused"]])
@@ -746,8 +746,8 @@ def test_an_upload_in_progress_is_kept_by_its_entry_for_a_resume(tmp_path: Path)
         assert q.get(a.id).sha256 == "ab" * 32 and q.get(a.id).to_json()["sha256"] == "ab" * 32
         # A failed entry's upload is not resumable; a purged entry's record goes with it.
         assert q.fail(b, "boom") and q.resumable_uploads("u/f1") == set()
-        q._conn.execute("DELETE FROM entries WHERE id = ?", (b.id,))
-        assert q._conn.execute("SELECT count(*) FROM uploads").fetchone() == (0,)
+        q.db._conn.execute("DELETE FROM entries WHERE id = ?", (b.id,))
+        assert q.db._conn.execute("SELECT count(*) FROM uploads").fetchone() == (0,)
 
 
 def test_a_key_given_up_in_a_batch_is_free_for_the_entries_after_it(tmp_path: Path) -> None:
@@ -802,7 +802,7 @@ def test_a_batch_of_keys_is_answered_as_one_by_one_statements_would(tmp_path: Pa
     with Queue(tmp_path / "new.db") as q:
         q.enqueue_many([FileVersion(rnd.choice(paths), "u", n, n, n, n, "rescan")
                         for n in range(rnd.randint(4, 14))], now=1000)
-        with q._transaction() as db:
+        with q.db.transaction() as db:
             for (i,) in db.execute("SELECT id FROM entries").fetchall():
                 # A row with a key holds it; one with an ETag uploaded there (a failed
                 # row holds a key only then).
@@ -826,7 +826,7 @@ def test_a_batch_of_keys_is_answered_as_one_by_one_statements_would(tmp_path: Pa
         got = q.take_keys(wanted, now=1000)
         with q.reading() as db:
             got_keys = db.execute("SELECT id, key, etag FROM entries ORDER BY id").fetchall()
-    with Queue(tmp_path / "old.db") as old, old._transaction() as db:
+    with Queue(tmp_path / "old.db") as old, old.db.transaction() as db:
         expected = [_take_key_one_by_one(db, e, key, 1000) for e, key in wanted]
         expected_keys = db.execute("SELECT id, key, etag FROM entries ORDER BY id").fetchall()
     assert got == expected
