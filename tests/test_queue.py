@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from sftppush.errors import QueueError
+from sftppush.outcomes import LeaseLost
 from sftppush.queue.entries import KEPT, VANISHED, Entry, FileVersion, KeyTaken, State, Stored
 from sftppush.queue.owners import owner_token
 from sftppush.queue.queue import Queue
+from sftppush.sink.multipart import Part, Resumable
 from sftppush.status import read as read_stats
 
 from .conftest import REPO
@@ -748,6 +750,36 @@ def test_an_upload_in_progress_is_kept_by_its_entry_for_a_resume(tmp_path: Path)
         assert q.fail(b, "boom") and q.resumable_uploads("u/f1") == set()
         q.db._conn.execute("DELETE FROM entries WHERE id = ?", (b.id,))
         assert q.db._conn.execute("SELECT count(*) FROM uploads").fetchone() == (0,)
+
+
+def test_the_journal_hands_an_upload_to_the_next_claimant_and_needs_the_lease(
+        tmp_path: Path) -> None:
+    """The sink's multipart Journal over a claimed entry: what one claimant recorded is
+    the next one's to resume, a write without the lease raises LeaseLost (the next
+    claimant may be resuming the upload), and the upload's end keeps the object's sha256."""
+    upload = Resumable("up-1", "bucket", "u/f0", part_size=8 << 20, every=1, started=5.0)
+    parts = [Part(n, 8 << 20, f"etag-{n}", f"md5-{n}", None, at=6.0 + n) for n in (1, 2)]
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(1))
+        (first,) = q.claim("w1", 60)
+        journal = q.journal(first, Resumable.of)
+        assert journal.recorded() is None and journal.kept("u/f0") == set()
+        journal.started(upload)
+        journal.completed(parts[0])
+        assert q.release(first)
+        (again,) = q.claim("w2", 60)
+        resumed = q.journal(again, Resumable.of)
+        assert resumed.recorded() == replace(upload, parts=(parts[0],))
+        with pytest.raises(LeaseLost, match=f"id={first.id}"):
+            journal.completed(parts[1])
+        resumed.completed(parts[1])
+        assert resumed.recorded() == replace(upload, parts=tuple(parts))
+        assert resumed.kept("u/f0") == {"up-1"}
+        journal.ended("cd" * 32)  # no lease: changes nothing (the ack finds it lost)
+        assert resumed.recorded() is not None and q.get(again.id).sha256 is None
+        resumed.ended("ab" * 32)
+        assert resumed.recorded() is None and resumed.kept("u/f0") == set()
+        assert q.get(again.id).sha256 == "ab" * 32
 
 
 def test_a_key_given_up_in_a_batch_is_free_for_the_entries_after_it(tmp_path: Path) -> None:
