@@ -191,7 +191,7 @@ def prepare(entry: Entry, cfg: Config, sink: Sink, *, take_key: TakeKey | None =
         cap = cfg.consumer.max_decompressed_bytes
         if fmt is None and safe.st.st_size > cap:  # a sparse 1 TB file, say
             raise PermanentError(f"file size {safe.st.st_size} exceeds "
-                                 f"max_decompressed_bytes={cap}")
+                                 f"max_decompressed_bytes={cap}", reason="too_large")
         key = object_key(source, entry.path, fmt)
         return Prepared(entry, source, safe, fmt, key,
                         metadata(source, entry.path, safe.st.st_size, safe.st.st_mtime_ns),
@@ -298,7 +298,8 @@ def _first_upload(entry: Entry, key: str, taken: KeyTaken | None) -> bool:
         raise TransientError(f"key {key} is being uploaded from {shown(taken.holder)}:"
                              " waiting for that upload to end")
     if taken.holder is not None:
-        raise PermanentError(f"key collision: {key} holds {shown(taken.holder)}", final=True)
+        raise PermanentError(f"key collision: {key} holds {shown(taken.holder)}", final=True,
+                             reason="key_collision")
     return not taken.known
 
 
