@@ -5,7 +5,6 @@ parts read and write them. It runs no statement."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -117,14 +116,14 @@ class Rows(Protocol):
 
     @property
     def description(self) -> Any: ...
-    def __iter__(self) -> Iterator[Sequence[Any]]: ...
+    def fetchall(self) -> list[Any]: ...
 
 
 def entries_of(rows: Rows) -> list[Entry]:
     """The Entries of the rows of `SELECT *` (or `RETURNING *`) on the entries table, by
     column name: a file migrated from an older schema has its columns in another order."""
     names = [d[0] for d in rows.description]
-    return [_entry(dict(zip(names, row, strict=True))) for row in rows]
+    return [_entry(dict(zip(names, row, strict=True))) for row in rows.fetchall()]
 
 
 def _entry(data: dict[str, Any]) -> Entry:
