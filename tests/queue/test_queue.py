@@ -25,8 +25,7 @@ from sftppush.queue.owners import owner_token
 from sftppush.queue.queue import Queue
 from sftppush.sink.multipart import Part, Resumable
 from sftppush.status import read as read_stats
-
-from .conftest import REPO
+from tests.conftest import REPO
 
 STORED = Stored("0123abcd", "sha256-of-the-body")  # what an upload recorded
 
