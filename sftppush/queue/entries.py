@@ -1,14 +1,13 @@
 """What a queue row is: a file version (what the watcher and rescan enqueue), an entry (that
-version and where it stands), and the answer of a key reservation. Plain data; queue.py
-reads and writes them."""
+version and where it stands), and the answer of a key reservation. Plain data; the queue's
+parts read and write them. It runs no statement."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 class State(StrEnum):
@@ -112,14 +111,22 @@ class KeyTaken:
     waits: bool = False
 
 
-# Entry's fields are the columns read back: a FileVersion's first, then the queue's.
-FIELDS = tuple(f.name for f in fields(Entry))
-COLUMNS = ", ".join(FIELDS)
+class Rows(Protocol):
+    """A cursor after a statement that returns rows (its columns named in `description`)."""
+
+    @property
+    def description(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
 
 
-def entry_of(row: Sequence[Any]) -> Entry:
-    """An Entry from a row of COLUMNS."""
-    data = dict(zip(FIELDS, row, strict=True))
+def entries_of(rows: Rows) -> list[Entry]:
+    """The Entries of the rows of `SELECT *` (or `RETURNING *`) on the entries table, by
+    column name: a file migrated from an older schema has its columns in another order."""
+    names = [d[0] for d in rows.description]
+    return [_entry(dict(zip(names, row, strict=True))) for row in rows.fetchall()]
+
+
+def _entry(data: dict[str, Any]) -> Entry:
     data["path"] = bytes(data["path"])
     data["state"] = State(data["state"])  # an unknown state is an error, not a guess
     return Entry(**data)

@@ -1,6 +1,10 @@
 """The queue file: persist-queue's SQLite set-up, the schema and its migrations, and the one
-way to run a statement (a transaction under the file's lock). queue.py says what the rows
-mean; status.py reads them through `reading()`."""
+way to run a statement (a transaction under the file's lock).
+
+The queue's parts (entries, keys, uploads, counters, commands) each hold this file and say
+what its rows mean; status.py reads them through `reading()`. It never says what a row means
+and runs no statement but the schema's.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ClassVar
 
 from persistqueue.sqlbase import SQLiteBase
 
@@ -22,10 +25,10 @@ class _Connection(SQLiteBase):
     """persist-queue's SQLite set-up and nothing more: one connection, WAL, a busy timeout.
 
     Its queue (a thread-lock-only get, pickled items, an in-process size counter) is not
-    used; the schema is QueueFile's, every statement is queue.py's.
+    used; the schema is this module's, every other statement the queue parts'.
     """
 
-    _SQL_CREATE = ""  # its _init runs this; the schema is QueueFile._SCHEMA, applied by version
+    _SQL_CREATE = ""  # its _init runs this; the schema is SCHEMA, applied by version
 
     def __init__(self, file: Path, timeout: float, readonly: bool = False) -> None:
         self.readonly = readonly
@@ -33,8 +36,8 @@ class _Connection(SQLiteBase):
 
     def _new_db_connection(self, path: str, _multithreading: bool,
                            timeout: float) -> sqlite3.Connection:
-        # Shared by the Queue's threads under its lock, so not bound to the opening thread;
-        # autocommit, so that every write is QueueFile._transaction()'s BEGIN IMMEDIATE.
+        # Shared by the queue's threads under its lock, so not bound to the opening thread;
+        # autocommit, so that every write is QueueFile.transaction()'s BEGIN IMMEDIATE.
         if self.readonly:
             return _read_only(Path(path, self.db_file_name), timeout)
         conn = super()._new_db_connection(path, True, timeout)
@@ -43,67 +46,74 @@ class _Connection(SQLiteBase):
         return conn
 
 
+SCHEMA_VERSION = 4
+# The (state, due) index serves claim, the expired-lease sweep, purge and throughput;
+# (path, state) finds the other versions of a path in flight (claim, supersede) without
+# walking the done versions a path keeps for dedup; (key) finds who holds a key. Counts
+# are kept by triggers so `queue status` never scans the table.
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS entries ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " path BLOB NOT NULL, source TEXT NOT NULL, size INTEGER NOT NULL,"
+    " mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL DEFAULT 0,"
+    " inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
+    " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+    " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT, key TEXT, sha256 TEXT,"
+    " etag TEXT)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS entries_version"
+    " ON entries (path, inode, size, mtime_ns, ctime_ns)",
+    "CREATE INDEX IF NOT EXISTS entries_state_due ON entries (state, due)",
+    "CREATE INDEX IF NOT EXISTS entries_path_state ON entries (path, state)",
+    "CREATE INDEX IF NOT EXISTS entries_key ON entries (key) WHERE key IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO counts VALUES"
+    " ('pending', 0), ('claimed', 0), ('done', 0), ('failed', 0)",
+    "CREATE TRIGGER IF NOT EXISTS entries_counted_in AFTER INSERT ON entries"
+    " BEGIN UPDATE counts SET n = n + 1 WHERE state = new.state; END",
+    "CREATE TRIGGER IF NOT EXISTS entries_counted_move AFTER UPDATE OF state ON entries"
+    " WHEN old.state <> new.state BEGIN"
+    " UPDATE counts SET n = n - 1 WHERE state = old.state;"
+    " UPDATE counts SET n = n + 1 WHERE state = new.state; END",
+    "CREATE TRIGGER IF NOT EXISTS entries_counted_out AFTER DELETE ON entries"
+    " BEGIN UPDATE counts SET n = n - 1 WHERE state = old.state; END",
+    # What happened, kept apart from the entries so that purging forgets none of it:
+    # totals (uploads, bytes, failures and retries by reason), uploads per second for
+    # the trailing windows, and the last sign of life of each long-running role.
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT NOT NULL, label TEXT NOT NULL,"
+    " value REAL NOT NULL, PRIMARY KEY (name, label))",
+    "CREATE TABLE IF NOT EXISTS throughput (second INTEGER PRIMARY KEY,"
+    " uploads INTEGER NOT NULL, bytes INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS heartbeats (role TEXT PRIMARY KEY, owner TEXT NOT NULL,"
+    " at REAL NOT NULL)",
+    # A multipart upload in progress, kept by its entry for a resume: the sink's own
+    # JSON (`detail`, and one item per completed part), opaque here.
+    "CREATE TABLE IF NOT EXISTS uploads (entry_id INTEGER PRIMARY KEY, upload_id TEXT"
+    " NOT NULL, key TEXT NOT NULL, detail TEXT NOT NULL, parts TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS uploads_key ON uploads (key)",
+    "CREATE TRIGGER IF NOT EXISTS entries_upload_out AFTER DELETE ON entries"
+    " BEGIN DELETE FROM uploads WHERE entry_id = old.id; END",
+)
+# What takes a file of user_version N to N + 1; SCHEMA then creates what is missing.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE entries ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0",
+        "DROP INDEX entries_version",
+        "ALTER TABLE entries ADD COLUMN key TEXT"),
+    2: ("ALTER TABLE entries ADD COLUMN sha256 TEXT",),  # and new tables; counters at 0
+    # A done row of schema 3 recorded no ETag: it no longer proves its path wrote its key
+    # (a re-send then asks the store first: If-None-Match, and on 412 whose object).
+    3: ("ALTER TABLE entries ADD COLUMN etag TEXT",),
+}
+# The schema's statements are a fixed list run in order (SCHEMA, then the version), each
+# written whole; a PRAGMA takes no parameter, so the version is written into its statement.
+READ_VERSION = "PRAGMA user_version"
+SET_VERSION = f"PRAGMA user_version = {SCHEMA_VERSION}"
+# A file made before the schema version was recorded has the entries table at version 0.
+HAS_ENTRIES = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entries'"
+
+
 class QueueFile:
     """One open queue file; its threads share the connection through an internal lock."""
-
-    SCHEMA_VERSION = 4
-    # The (state, due) index serves claim, the expired-lease sweep, purge and throughput;
-    # (path, state) finds the other versions of a path in flight (claim, supersede) without
-    # walking the done versions a path keeps for dedup; (key) finds who holds a key. Counts
-    # are kept by triggers so `queue status` never scans the table.
-    _SCHEMA = (
-        "CREATE TABLE IF NOT EXISTS entries ("
-        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-        " path BLOB NOT NULL, source TEXT NOT NULL, size INTEGER NOT NULL,"
-        " mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL DEFAULT 0,"
-        " inode INTEGER NOT NULL, found_by TEXT NOT NULL,"
-        " state TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'done', 'failed')),"
-        " owner TEXT, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-        " enqueued_at REAL NOT NULL, last_error TEXT, note TEXT, key TEXT, sha256 TEXT,"
-        " etag TEXT)",
-        "CREATE UNIQUE INDEX IF NOT EXISTS entries_version"
-        " ON entries (path, inode, size, mtime_ns, ctime_ns)",
-        "CREATE INDEX IF NOT EXISTS entries_state_due ON entries (state, due)",
-        "CREATE INDEX IF NOT EXISTS entries_path_state ON entries (path, state)",
-        "CREATE INDEX IF NOT EXISTS entries_key ON entries (key) WHERE key IS NOT NULL",
-        "CREATE TABLE IF NOT EXISTS counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
-        "INSERT OR IGNORE INTO counts VALUES"
-        " ('pending', 0), ('claimed', 0), ('done', 0), ('failed', 0)",
-        "CREATE TRIGGER IF NOT EXISTS entries_counted_in AFTER INSERT ON entries"
-        " BEGIN UPDATE counts SET n = n + 1 WHERE state = new.state; END",
-        "CREATE TRIGGER IF NOT EXISTS entries_counted_move AFTER UPDATE OF state ON entries"
-        " WHEN old.state <> new.state BEGIN"
-        " UPDATE counts SET n = n - 1 WHERE state = old.state;"
-        " UPDATE counts SET n = n + 1 WHERE state = new.state; END",
-        "CREATE TRIGGER IF NOT EXISTS entries_counted_out AFTER DELETE ON entries"
-        " BEGIN UPDATE counts SET n = n - 1 WHERE state = old.state; END",
-        # What happened, kept apart from the entries so that purging forgets none of it:
-        # totals (uploads, bytes, failures and retries by reason), uploads per second for
-        # the trailing windows, and the last sign of life of each long-running role.
-        "CREATE TABLE IF NOT EXISTS counters (name TEXT NOT NULL, label TEXT NOT NULL,"
-        " value REAL NOT NULL, PRIMARY KEY (name, label))",
-        "CREATE TABLE IF NOT EXISTS throughput (second INTEGER PRIMARY KEY,"
-        " uploads INTEGER NOT NULL, bytes INTEGER NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS heartbeats (role TEXT PRIMARY KEY, owner TEXT NOT NULL,"
-        " at REAL NOT NULL)",
-        # A multipart upload in progress, kept by its entry for a resume: the sink's own
-        # JSON (`detail`, and one item per completed part), opaque here.
-        "CREATE TABLE IF NOT EXISTS uploads (entry_id INTEGER PRIMARY KEY, upload_id TEXT"
-        " NOT NULL, key TEXT NOT NULL, detail TEXT NOT NULL, parts TEXT NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS uploads_key ON uploads (key)",
-        "CREATE TRIGGER IF NOT EXISTS entries_upload_out AFTER DELETE ON entries"
-        " BEGIN DELETE FROM uploads WHERE entry_id = old.id; END",
-    )
-    # What takes a file of user_version N to N + 1; _SCHEMA then creates what is missing.
-    _MIGRATIONS: ClassVar[dict[int, tuple[str, ...]]] = {
-        1: ("ALTER TABLE entries ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0",
-            "DROP INDEX entries_version",
-            "ALTER TABLE entries ADD COLUMN key TEXT"),
-        2: ("ALTER TABLE entries ADD COLUMN sha256 TEXT",),  # and new tables; counters at 0
-        # A done row of schema 3 recorded no ETag: it no longer proves its path wrote its key
-        # (a re-send then asks the store first: If-None-Match, and on 412 whose object).
-        3: ("ALTER TABLE entries ADD COLUMN etag TEXT",),
-    }
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
                  timeout: float = 30.0, readonly: bool = False,
@@ -126,13 +136,13 @@ class QueueFile:
             self._conn = self._sqlite._conn
             # Read-only commands must not wait for the write lock: only an older (or new)
             # file gets the schema statements.
-            with self._transaction(write=False) as db:
-                (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version != self.SCHEMA_VERSION and readonly:
+            with self.transaction(write=False) as db:
+                version = _version(db)
+            if version != SCHEMA_VERSION and readonly:
                 raise QueueError(f"queue: {self.file} has schema {version}, this sftppush"
-                                 f" reads {self.SCHEMA_VERSION}: start the watcher to upgrade")
-            if version != self.SCHEMA_VERSION:
-                with self._transaction() as db:
+                                 f" reads {SCHEMA_VERSION}: start the watcher to upgrade")
+            if version != SCHEMA_VERSION:
+                with self.transaction() as db:
                     self._upgrade(db)
         except sqlite3.DatabaseError as exc:
             self.close()
@@ -143,21 +153,19 @@ class QueueFile:
 
     def _upgrade(self, db: sqlite3.Cursor) -> None:
         # Read again under the write lock: another process may have upgraded meanwhile.
-        (version,) = db.execute("PRAGMA user_version").fetchone()
-        if version > self.SCHEMA_VERSION:
+        version = _version(db)
+        if version > SCHEMA_VERSION:
             raise QueueError(f"queue: {self.file} has schema {version}, newer than this"
-                             f" sftppush knows ({self.SCHEMA_VERSION}): upgrade sftppush")
-        if version == 0 and db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entries'"
-        ).fetchone():
+                             f" sftppush knows ({SCHEMA_VERSION}): upgrade sftppush")
+        if version == 0 and db.execute(HAS_ENTRIES).fetchone():
             version = 1  # made before the schema version was recorded: the same table
         if version:  # an existing file: brought up to date step by step
-            for step in range(version, self.SCHEMA_VERSION):
-                for statement in self._MIGRATIONS[step]:
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step]:
                     db.execute(statement)
-        for statement in self._SCHEMA:
+        for statement in SCHEMA:
             db.execute(statement)
-        db.execute(f"PRAGMA user_version = {self.SCHEMA_VERSION}")
+        db.execute(SET_VERSION)
 
     def __enter__(self) -> QueueFile:
         return self
@@ -171,17 +179,19 @@ class QueueFile:
                 self._sqlite.close()
             self._conn = None
 
-    def _now(self, now: float | None) -> float:
+    def now(self, now: float | None) -> float:
         """The time a write acts at: the caller's, else the clock read now, which in a write
         is after BEGIN IMMEDIATE (that may have waited for the busy timeout)."""
         return self.clock() if now is None else now
 
     def reading(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
         """One read transaction: a consistent view, no write lock (status.py's numbers)."""
-        return self._transaction(write=False)
+        return self.transaction(write=False)
 
     @contextlib.contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Cursor]:
+    def transaction(self, write: bool = True) -> Iterator[sqlite3.Cursor]:
+        """The one way to run statements: BEGIN IMMEDIATE (BEGIN to read), COMMIT, and a
+        ROLLBACK on any error; a database error comes out as one QueueError line."""
         with self._lock:
             if self._conn is None:
                 raise QueueError(f"queue: {self.file} is closed")
@@ -200,6 +210,12 @@ class QueueFile:
                 raise QueueError(f"queue: {self.file}: {exc}") from None
             finally:
                 cur.close()
+
+
+def _version(db: sqlite3.Cursor) -> int:
+    """The schema version the file records (0: none recorded)."""
+    (version,) = db.execute(READ_VERSION).fetchone()
+    return int(version)
 
 
 def _read_only(file: Path, timeout: float) -> sqlite3.Connection:

@@ -42,7 +42,7 @@ from sftppush.runtime.policy import (
     decide,
 )
 from sftppush.runtime.wake import QueueWatch, watch_or_none
-from sftppush.sink.multipart import Part, Resumable
+from sftppush.sink.multipart import Resumable
 from sftppush.sink.s3 import Sink
 
 log = logging.getLogger("sftppush.consumer")
@@ -60,36 +60,6 @@ class Claim:
     entry: Entry
     expires: float
     lost: bool = False
-
-
-@dataclass(frozen=True)
-class QueueJournal:
-    """A claimed entry as the record of its multipart upload (multipart.Journal): kept in the
-    queue so that whoever claims the entry next resumes it. Writes need the lease."""
-
-    queue: Queue
-    entry: Entry
-
-    def recorded(self) -> Resumable | None:
-        found = self.queue.upload_of(self.entry)
-        return Resumable.of(*found) if found else None
-
-    def started(self, upload: Resumable) -> None:
-        self._held(self.queue.start_upload(self.entry, upload.upload_id, upload.key,
-                                           upload.detail()))
-
-    def completed(self, part: Part) -> None:
-        self._held(self.queue.add_upload_part(self.entry, part.to_json()))
-
-    def ended(self, sha256: str | None) -> None:
-        self.queue.end_upload(self.entry, sha256)  # a lost lease shows at the ack
-
-    def kept(self, key: str) -> set[str]:
-        return self.queue.resumable_uploads(key)
-
-    def _held(self, ok: bool) -> None:
-        if not ok:  # another consumer holds the entry now, and may be resuming this upload
-            raise LeaseLost(f"lease lost id={self.entry.id}")
 
 
 def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
@@ -336,7 +306,7 @@ class Consumer:
                                            take_key=lambda key: self.queue.take_key(
                                                claim.entry, key),
                                            cancel=self.cancel,
-                                           journal=QueueJournal(self.queue, claim.entry),
+                                           journal=self.queue.journal(claim.entry, Resumable.of),
                                            nlink_retry_after=self.tuning.nlink_retry_after)
         except Exception as exc:  # every failure is settled by the loop, none kills a worker
             result = exc

@@ -68,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-purge-") as tmp:
         path = Path(tmp) / "queue.db"
         fill_sftppush(path, args.entries, 0).close()
-        with Queue(path) as q, q._transaction() as db:  # finished an hour ago
+        with Queue(path) as q, q.db.transaction() as db:  # finished an hour ago
             db.execute("UPDATE entries SET due = ?", (time.time() - 3600,))
         size_before = file_bytes(path)
         quiet = claims_while(path, lambda: time.sleep(args.baseline_seconds))

@@ -30,7 +30,7 @@ def fill_sftppush(path: Path, retained: int, measured: int) -> Queue:
     for start in range(0, retained, chunk):
         q.enqueue_many(FileVersion(f"/home/u/old/{i}".encode(), "u", 4096, i, i, i, "rescan")
                        for i in range(start, min(retained, start + chunk)))
-    with q._transaction() as db:
+    with q.db.transaction() as db:
         db.execute("UPDATE entries SET state = 'done'")
     q.enqueue_many(FileVersion(f"/home/u/new/{i}".encode(), "u", 4096, i, i, i, "close_write")
                    for i in range(measured))

@@ -447,7 +447,7 @@ def remaining_files(directory: Path) -> int:
 
 # Steps of a small file in the consumer, by the function that does them (inclusive time).
 STEPS = (
-    ("claim", ("claim (sftppush/queue/queue.py",)),
+    ("claim", ("claim (sftppush/queue/lifecycle.py",)),
     ("open (prepare)", ("prepare",)), ("  safe open", ("open_in_root",)),
     ("  detect, key, metadata", ("detect_fd", "object_key", "metadata")),
     ("take_keys", ("take_key",)), ("send_opened", ("send_opened",)),

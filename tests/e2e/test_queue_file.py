@@ -37,7 +37,7 @@ def _header_overwritten(path: Path) -> None:
 def _truncated(path: Path) -> None:
     _populated_queue(path)
     with Queue(path) as q:  # fold the WAL back so the truncation hits the main file
-        q._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        q.db._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     size = path.stat().st_size
     assert size > 64 * 1024, "the queue must span many pages for this test to mean anything"
     os.truncate(path, size // 3)

@@ -108,7 +108,7 @@ def test_a_read_only_queue_writes_nothing_and_creates_nothing(tmp_path: Path) ->
 
 
 def test_an_older_queue_file_is_not_upgraded_by_a_reader(tmp_path: Path) -> None:
-    with Queue(tmp_path / "q.db") as q, q._transaction() as db:
+    with Queue(tmp_path / "q.db") as q, q.db.transaction() as db:
         db.execute("PRAGMA user_version = 2")
     with pytest.raises(QueueError, match="start the watcher to upgrade"):
         Queue(tmp_path / "q.db", readonly=True)

@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from sftppush.errors import QueueError
+from sftppush.outcomes import LeaseLost
 from sftppush.queue.entries import KEPT, VANISHED, Entry, FileVersion, KeyTaken, State, Stored
 from sftppush.queue.owners import owner_token
 from sftppush.queue.queue import Queue
+from sftppush.sink.multipart import Part, Resumable
 from sftppush.status import read as read_stats
 from tests.conftest import REPO
 
@@ -230,7 +232,7 @@ def test_retry_fail_replay_purge_and_counts_stay_true(tmp_path: Path) -> None:
         assert q.get(b.id).state == State.PENDING and q.get(b.id).attempts == 0
         assert q.purge_done(older_than=15, now=120) == 1
         assert q.get(c.id) is None and q.get(d.id) is not None
-        db = q._conn
+        db = q.db._conn
         real = dict(db.execute("SELECT state, count(*) FROM entries GROUP BY state").fetchall())
         kept = {s: n for s, n in db.execute("SELECT state, n FROM counts") if n}
         assert real == kept
@@ -357,7 +359,7 @@ def test_a_schema_1_file_is_migrated_in_place_and_keeps_its_versions(tmp_path: P
                     (v.path, v.source, v.size, v.mtime_ns, v.inode, v.found_by, state))
     old.close()
     with Queue(path) as q:
-        db = q._conn
+        db = q.db._conn
         assert db.execute("PRAGMA user_version").fetchone()[0] == Queue.SCHEMA_VERSION
         assert [r[2] for r in db.execute("PRAGMA index_info(entries_version)")] == \
             ["path", "inode", "size", "mtime_ns", "ctime_ns"]
@@ -467,7 +469,7 @@ def test_only_claims_of_dead_processes_of_this_host_come_back_before_their_lease
         held = {name: e.id for name, e in zip(owners, claims, strict=True)}
         # As if each had made its claim itself (a claim would take the dead ones back).
         for name, owner in owners.items():
-            q._conn.execute("UPDATE entries SET owner = ? WHERE id = ?",
+            q.db._conn.execute("UPDATE entries SET owner = ? WHERE id = ?",
                             (f"{owner}/0123456789ab", held[name]))
         back = q.claim(me, lease_seconds=300, limit=10, now=1001)
         assert sorted(e.id for e in back) == sorted([held["dead"], held["pid reused"]])
@@ -745,8 +747,38 @@ def test_an_upload_in_progress_is_kept_by_its_entry_for_a_resume(tmp_path: Path)
         assert q.get(a.id).sha256 == "ab" * 32 and q.get(a.id).to_json()["sha256"] == "ab" * 32
         # A failed entry's upload is not resumable; a purged entry's record goes with it.
         assert q.fail(b, "boom") and q.resumable_uploads("u/f1") == set()
-        q._conn.execute("DELETE FROM entries WHERE id = ?", (b.id,))
-        assert q._conn.execute("SELECT count(*) FROM uploads").fetchone() == (0,)
+        q.db._conn.execute("DELETE FROM entries WHERE id = ?", (b.id,))
+        assert q.db._conn.execute("SELECT count(*) FROM uploads").fetchone() == (0,)
+
+
+def test_the_journal_hands_an_upload_to_the_next_claimant_and_needs_the_lease(
+        tmp_path: Path) -> None:
+    """The sink's multipart Journal over a claimed entry: what one claimant recorded is
+    the next one's to resume, a write without the lease raises LeaseLost (the next
+    claimant may be resuming the upload), and the upload's end keeps the object's sha256."""
+    upload = Resumable("up-1", "bucket", "u/f0", part_size=8 << 20, every=1, started=5.0)
+    parts = [Part(n, 8 << 20, f"etag-{n}", f"md5-{n}", None, at=6.0 + n) for n in (1, 2)]
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many(versions(1))
+        (first,) = q.claim("w1", 60)
+        journal = q.journal(first, Resumable.of)
+        assert journal.recorded() is None and journal.kept("u/f0") == set()
+        journal.started(upload)
+        journal.completed(parts[0])
+        assert q.release(first)
+        (again,) = q.claim("w2", 60)
+        resumed = q.journal(again, Resumable.of)
+        assert resumed.recorded() == replace(upload, parts=(parts[0],))
+        with pytest.raises(LeaseLost, match=f"id={first.id}"):
+            journal.completed(parts[1])
+        resumed.completed(parts[1])
+        assert resumed.recorded() == replace(upload, parts=tuple(parts))
+        assert resumed.kept("u/f0") == {"up-1"}
+        journal.ended("cd" * 32)  # no lease: changes nothing (the ack finds it lost)
+        assert resumed.recorded() is not None and q.get(again.id).sha256 is None
+        resumed.ended("ab" * 32)
+        assert resumed.recorded() is None and resumed.kept("u/f0") == set()
+        assert q.get(again.id).sha256 == "ab" * 32
 
 
 def test_a_key_given_up_in_a_batch_is_free_for_the_entries_after_it(tmp_path: Path) -> None:
@@ -801,7 +833,7 @@ def test_a_batch_of_keys_is_answered_as_one_by_one_statements_would(tmp_path: Pa
     with Queue(tmp_path / "new.db") as q:
         q.enqueue_many([FileVersion(rnd.choice(paths), "u", n, n, n, n, "rescan")
                         for n in range(rnd.randint(4, 14))], now=1000)
-        with q._transaction() as db:
+        with q.db.transaction() as db:
             for (i,) in db.execute("SELECT id FROM entries").fetchall():
                 # A row with a key holds it; one with an ETag uploaded there (a failed
                 # row holds a key only then).
@@ -825,7 +857,7 @@ def test_a_batch_of_keys_is_answered_as_one_by_one_statements_would(tmp_path: Pa
         got = q.take_keys(wanted, now=1000)
         with q.reading() as db:
             got_keys = db.execute("SELECT id, key, etag FROM entries ORDER BY id").fetchall()
-    with Queue(tmp_path / "old.db") as old, old._transaction() as db:
+    with Queue(tmp_path / "old.db") as old, old.db.transaction() as db:
         expected = [_take_key_one_by_one(db, e, key, 1000) for e, key in wanted]
         expected_keys = db.execute("SELECT id, key, etag FROM entries ORDER BY id").fetchall()
     assert got == expected

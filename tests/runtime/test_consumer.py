@@ -374,5 +374,5 @@ def test_a_cold_stop_says_it_abandoned_uploads_only_when_some_were_in_flight(
 
 def _make_due(q: Queue) -> None:
     """Every pending entry due now (their retry delays skipped)."""
-    with q._transaction() as db:
+    with q.db.transaction() as db:
         db.execute("UPDATE entries SET due = 0 WHERE state = 'pending'")

@@ -20,7 +20,7 @@ from tests.conftest import REPO
 def fill_done(q: Queue, n: int, finished: float) -> None:
     q.enqueue_many((FileVersion(f"/home/u/old/{i}".encode(), "u", 10, i, i, i, "rescan")
                     for i in range(n)), now=finished)
-    with q._transaction() as db:
+    with q.db.transaction() as db:
         db.execute("UPDATE entries SET state = 'done', due = ?", (finished,))
 
 
