@@ -189,7 +189,7 @@ def test_an_idle_consumer_wakes_when_the_queue_is_written(
     def idle(thread: threading.Thread) -> bool:
         """The consumer has looked, found nothing, and waits for an outcome or a wake-up."""
         frame = sys._current_frames().get(thread.ident or 0)
-        return frame is not None and frame.f_code.co_qualname == "Inbox.take"
+        return frame is not None and frame.f_code.co_qualname in ("Inbox.take", "Inbox._wait")
 
     with consumer_thread(cfg, tuning, workers=2) as thread:
         wait_until(lambda: idle(thread), 20, "the consumer idle in its wait")

@@ -3,9 +3,9 @@
 Owns claiming in batches with a lease (leases.py renews it while uploads run), waking when
 the queue is written (wake.py), applying what an outcome means for an entry (policy.py:
 ack in batches, retry later with a growing capped delay, fail at max_attempts, release on
-stop), `--drain` and SIGTERM. How an entry is sent is its lane's (lanes.py): the consumer
-never calls the pipeline or the sink's transports, and never fails an entry for a transient
-error.
+stop), `--drain` and SIGTERM, as initialize/loop/shutdown under signals.drive(). How an
+entry is sent is its lane's (lanes.py): the consumer never calls the pipeline or the sink's
+transports, and never fails an entry for a transient error.
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ class QueueJournal:
 
 def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
         stop: threading.Event | None = None, tuning: Tuning | None = None) -> None:
-    """Consume until `stop` is set (or SIGTERM/SIGINT), or until drained with `drain`."""
+    """Consume until `stop` is set (or SIGTERM/SIGINT), or until drained with `drain`.
+    A `stop` that is a signals.Flag ends the loop's wait at once; another waits its turn
+    (an outcome, a wake-up or the poll interval)."""
     tuning = tuning or Tuning()
     workers = workers or cfg.consumer.workers
     memory.fix_mmap_threshold()
@@ -83,9 +85,9 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
                     " cannot tell whether a client still writes it, and what a client writes"
                     " after the delete is lost")
     sink = Sink.from_config(cfg.defaults, cfg.consumer.s3, tuning.transfer(workers))
-    cancel = threading.Event()
+    cancel = signals.Flag()
     own_signals = stop is None
-    stop = stop or threading.Event()
+    stop = stop or signals.Flag()
     with contextlib.ExitStack() as restore:
         if own_signals:  # first signal: warm stop (finish in-flight uploads); second: abandon
             restore.enter_context(signals.on_stop(stop, cancel))
@@ -96,7 +98,8 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
         memory.release_free_memory()
         try:
             with Queue(cfg.queue.path) as q:
-                Consumer(cfg, q, sink, workers, tuning, stop, cancel).loop(drain)
+                loop = Consumer(cfg, q, sink, workers, tuning, stop, cancel)
+                signals.drive(stop, loop.initialize, lambda: loop.loop(drain), loop.shutdown)
         finally:
             sink.close(abandon=cancel.is_set())
     if own_signals and cancel.is_set():
@@ -139,25 +142,30 @@ class Consumer:
         """The claims held now, by entry id."""
         return self.leases.held
 
-    def loop(self, drain: bool) -> None:
+    def initialize(self) -> None:
         log.info("consumer started owner=%s workers=%d queue=%s", self.owner,
                  self.lane.workers, self.cfg.queue.path)
-        self.inbox.watch(self.queue.file)
-        # The loop sleeps on its inbox (up to poll_interval): a stop, warm or cold, must
-        # wake it, whoever sets it (a signal handler, which must not block, or a caller).
-        threading.Thread(target=self._wake_on_stop, name="stop-waker", daemon=True).start()
+        # The loop sleeps on its inbox (up to poll_interval): a stop, warm or cold, wakes it
+        # when its flag has a file descriptor (signals.Flag), whoever sets it.
+        self.inbox.open(self.queue.file, [f for f in (self.stop, self.cancel)
+                                          if isinstance(f, signals.Flag)])
         self.leases.start()
+
+    def loop(self, drain: bool) -> bool:
+        """One round: claim, renew, settle what is ready; False once drained."""
+        claimed, full = self._claim()
+        self.leases.renew_if_due()
+        if drain and not claimed and not self.inflight and self._drained():
+            log.info("drained owner=%s", self.owner)
+            return False
+        self._settle(wait=0 if full else self._idle_wait())
+        return True
+
+    def shutdown(self, ended: bool) -> None:
+        """Warm stop: unstarted entries are released by the workers; running ones finish. A
+        cold stop (cancel) waits no longer for the store, nor does a loop that raised."""
         try:
-            while not self.stop.is_set():
-                claimed, full = self._claim()
-                self.leases.renew_if_due()
-                if drain and not claimed and not self.inflight and self._drained():
-                    log.info("drained owner=%s", self.owner)
-                    break
-                self._settle(wait=0 if full else self._idle_wait())
-            # Warm stop: unstarted entries are released by the workers; running ones finish.
-            # A cold stop (cancel) waits no longer for the store.
-            while self.inflight and not self.cancel.is_set():
+            while ended and self.inflight and not self.cancel.is_set():
                 self._settle(wait=self.tuning.poll_interval)
                 self.leases.renew_if_due()
         finally:
@@ -179,13 +187,6 @@ class Consumer:
         if abandoned and self.cancel.is_set():
             log.warning("cold stop: abandoned uploads in flight count=%d owner=%s",
                         len(abandoned), self.owner)
-
-    def _wake_on_stop(self) -> None:
-        for event in (self.stop, self.cancel):
-            while not event.wait(0.5):
-                if self.inbox.closed:
-                    return
-            self.inbox.stir()
 
     def _idle_wait(self) -> float:
         # The WAL is written a moment before the commit is visible to readers: just after a

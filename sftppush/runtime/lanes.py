@@ -10,8 +10,11 @@ for the entry (the consumer's policy does), and never acks, retries or fails one
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue as stdqueue
+import select
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
@@ -26,6 +29,7 @@ from sftppush.queue.entries import Entry, KeyTaken
 from sftppush.queue.queue import Queue
 from sftppush.runtime.leases import Claim, Leases
 from sftppush.runtime.wake import QueueWatch, watch_or_none
+from sftppush.signals import Flag
 from sftppush.sink.multipart import Journal
 from sftppush.sink.s3 import Sink
 
@@ -60,9 +64,16 @@ class Inbox:
         self.woken_at = 0.0
         self._watch: QueueWatch | None = None
         self._listening = True
-        self.closed = False
+        # Readable when an item is put (an eventfd), polled with the stop flags' fds: so a
+        # loop's wait ends on a result, a wake-up or a stop alike. None until open().
+        self._ready: int | None = None
+        self._stops: list[Flag] = []
 
-    def watch(self, queue_file: Path) -> None:
+    def open(self, queue_file: Path, stops: list[Flag]) -> None:
+        """Wait on the queue's writes (wake.py) too, and end a wait when one of `stops` is
+        set; until then `take()` waits on items alone."""
+        self._ready = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._stops = stops
         self._watch = watch_or_none(queue_file, self.wake)
 
     def listen(self, on: bool) -> None:
@@ -72,31 +83,40 @@ class Inbox:
             (self._watch.resume if on else self._watch.pause)()
 
     def close(self) -> None:
-        self.closed = True
         if self._watch is not None:
             self._watch.close()
 
+    def __del__(self) -> None:
+        # Not in close(): a PUT's answer may still come after it, and a write to a closed
+        # descriptor number could land in whatever file took the number next.
+        if self._ready is not None:
+            os.close(self._ready)
+
     def put(self, claim: Claim, outcome: object) -> None:
-        self._items.put(Result(claim, outcome))
+        self._put(Result(claim, outcome))
 
     def wake(self) -> None:
         if not self.woken:  # one wake-up in the queue is enough
             self.woken = True
-            self._items.put(None)
+            self._put(None)
 
-    def stir(self) -> None:
-        """End the loop's wait now (a stop), whether or not a wake-up is queued."""
-        self._items.put(None)
+    def _put(self, item: Result | None) -> None:
+        self._items.put(item)
+        if self._ready is not None:
+            os.eventfd_write(self._ready, 1)
 
     def empty(self) -> bool:
         return self._items.empty()
 
     def take(self, wait: float) -> list[Result]:
-        """Every result that is ready, waiting up to `wait` for the first item."""
+        """Every result that is ready, waiting up to `wait` for the first item (or a stop)."""
         ready: list[Result | None] = []
         try:
-            ready.append(self._items.get(timeout=wait) if wait > 0 else
-                         self._items.get_nowait())
+            if wait > 0 and self._items.empty():
+                if self._ready is None:  # not opened (a test stepping the loop): items alone
+                    ready.append(self._items.get(timeout=wait))
+                else:
+                    self._wait(self._ready, wait)
             while True:
                 ready.append(self._items.get_nowait())
         except stdqueue.Empty:
@@ -105,6 +125,16 @@ class Inbox:
             self.woken = False
             self.woken_at = self._monotonic()
         return [r for r in ready if r is not None]
+
+    def _wait(self, ready: int, timeout: float) -> None:
+        poller = select.poll()
+        poller.register(ready, select.POLLIN)
+        for stop in self._stops:
+            if not stop.is_set():  # a set one stays readable: the loop knows it already
+                poller.register(stop.fileno(), select.POLLIN)
+        if poller.poll(timeout * 1000):
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(ready)  # before the items are read: none is missed
 
 
 class Lane(Protocol):
