@@ -27,17 +27,28 @@ class Throttled(TransientError):
     a sign of too many requests in flight."""
 
 
+# Why an entry failed, for counters and metric labels: a few fixed values, never the message
+# (one label value per path or key would grow without bound). "other": the store's refusals
+# (access denied, no such bucket, ...) and whatever has no class of its own.
+# An entry uploaded but not deleted fails as "no_lease" or "cannot_delete" (outcomes.Undeleted).
+REASONS = ("corrupt", "too_large", "key_collision", "key_too_long", "refused", "permission",
+           "unreadable", "unsupported", "internal", "other")
+
+
 class PermanentError(SftppushError):
     """Retrying the same way will not help; counts an attempt, failed at max_attempts.
 
-    `retry_after` asks for a short fixed delay instead of the growing one, for conditions
-    that usually clear by themselves (a hard link that is the middle of a link+unlink rename).
-    `final` fails the entry at once: no attempt can help until an operator acts (a key
-    collision).
+    `reason` is its class (one of REASONS), given where it is raised. `retry_after` asks
+    for a short fixed delay instead of the growing one, for conditions that usually clear
+    by themselves (a hard link that is the middle of a link+unlink rename). `final` fails
+    the entry at once: no attempt can help until an operator acts (a key collision).
     """
 
     def __init__(self, message: str, retry_after: float | None = None,
-                 final: bool = False) -> None:
+                 final: bool = False, reason: str = "other") -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown failure reason {reason!r}")
         super().__init__(message)
         self.retry_after = retry_after
         self.final = final
+        self.reason = reason

@@ -95,15 +95,17 @@ class CappedReader:
         try:
             data = op(size)
         except CORRUPT as exc:
-            raise PermanentError(f"corrupt {self.fmt or 'file'}: {_reason(exc)}") from None
+            raise PermanentError(f"corrupt {self.fmt or 'file'}: {_reason(exc)}",
+                                 reason="corrupt") from None
         except Exception as exc:  # zstandard.ZstdError has no common base with the others
             if zstandard is not None and isinstance(exc, zstandard.ZstdError):
-                raise PermanentError(f"corrupt zstd: {exc}") from None
+                raise PermanentError(f"corrupt zstd: {exc}", reason="corrupt") from None
             raise
         self.total += data if isinstance(data, int) else len(data)
         if self.fmt is not None and self.total > self.cap:
             raise PermanentError(
-                f"decompressed size exceeds max_decompressed_bytes={self.cap}")
+                f"decompressed size exceeds max_decompressed_bytes={self.cap}",
+                reason="too_large")
         return data
 
     def close(self) -> None:
@@ -127,9 +129,10 @@ def inflate(data: bytes, fmt: str | None, cap: int, most: int) -> bytes:
     try:
         out = _gunzip(data, want)
     except CORRUPT as exc:
-        raise PermanentError(f"corrupt gzip: {_reason(exc)}") from None
+        raise PermanentError(f"corrupt gzip: {_reason(exc)}", reason="corrupt") from None
     if len(out) > cap:
-        raise PermanentError(f"decompressed size exceeds max_decompressed_bytes={cap}")
+        raise PermanentError(f"decompressed size exceeds max_decompressed_bytes={cap}",
+                             reason="too_large")
     return out
 
 
@@ -176,7 +179,8 @@ def _open(raw: BinaryIO, fmt: str | None) -> Reader:
     if fmt == "zstd" and zstandard is not None:
         return io.BufferedReader(_Zstd(raw), buffer_size=1 << 20)
     raise PermanentError(f"unsupported compression {fmt}: the Python module for it is not"
-                         " installed (zstandard, a dependency of sftppush): reinstall sftppush")
+                         " installed (zstandard, a dependency of sftppush): reinstall sftppush",
+                         reason="unsupported")
 
 
 class _Streams(io.RawIOBase):

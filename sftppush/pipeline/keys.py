@@ -81,7 +81,7 @@ def object_key(source: Source, path: bytes, fmt: str | None) -> str:
             if len(path) >= PATH_MAX else ""
         raise PermanentError(f"key too long: {len(key.encode())} bytes, S3 allows at most"
                              f" {MAX_KEY_BYTES}{over}: shorten the file's name or"
-                             " directories", final=True)
+                             " directories", final=True, reason="key_too_long")
     return key
 
 

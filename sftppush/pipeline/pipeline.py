@@ -210,7 +210,7 @@ def _open(entry: Entry, cfg: Config, nlink_retry_after: float, *, look_up_vanish
         cap = cfg.consumer.max_decompressed_bytes
         if fmt is None and safe.st.st_size > cap:  # a sparse 1 TB file, say
             raise PermanentError(f"file size {safe.st.st_size} exceeds "
-                                 f"max_decompressed_bytes={cap}")
+                                 f"max_decompressed_bytes={cap}", reason="too_large")
         return Opened(entry, source, safe, fmt, object_key(source, entry.path, fmt),
                       metadata(source, entry.path, safe.st.st_size, safe.st.st_mtime_ns),
                       started)
@@ -310,7 +310,8 @@ def _first_upload(entry: Entry, key: str, taken: KeyTaken | None) -> bool:
         raise TransientError(f"key {key} is being uploaded from {shown(taken.holder)}:"
                              " waiting for that upload to end")
     if taken.holder is not None:
-        raise PermanentError(f"key collision: {key} holds {shown(taken.holder)}", final=True)
+        raise PermanentError(f"key collision: {key} holds {shown(taken.holder)}", final=True,
+                             reason="key_collision")
     return not taken.known
 
 

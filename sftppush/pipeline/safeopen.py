@@ -251,7 +251,8 @@ def open_in_root(root: bytes | str, path: bytes | str,
     inside = root_b.rstrip(b"/") + b"/"
     parts = path_b[len(inside):].split(b"/")
     if not path_b.startswith(inside) or path_b == inside or b".." in parts:
-        raise PermanentError(f"refused: {os.fsdecode(path_b)} is outside the source root")
+        raise PermanentError(f"refused: {os.fsdecode(path_b)} is outside the source root",
+                             reason="refused")
     try:
         # The root itself is the operator's configuration and may be a symlink (e.g. /home).
         dir_fd = os.open(root_b, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -340,13 +341,17 @@ def _open_component(name: bytes, dir_fd: int, flags: int, path: bytes) -> int:
         # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR, not ELOOP: look which it was.
         if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and _is_symlink(name, dir_fd)):
             raise PermanentError(
-                f"refused: {os.fsdecode(path)}: {os.fsdecode(name)} is a symlink") from None
+                f"refused: {os.fsdecode(path)}: {os.fsdecode(name)} is a symlink",
+                reason="refused") from None
         if exc.errno == errno.ENOTDIR:
             raise PermanentError(
-                f"refused: {os.fsdecode(path)}: {os.fsdecode(name)} is not a directory") from None
+                f"refused: {os.fsdecode(path)}: {os.fsdecode(name)} is not a directory",
+                reason="refused") from None
         if exc.errno in (errno.EACCES, errno.EPERM):
-            raise PermanentError(f"cannot open {os.fsdecode(path)}: permission denied") from None
-        raise PermanentError(f"cannot open {os.fsdecode(path)}: {exc.strerror}") from None
+            raise PermanentError(f"cannot open {os.fsdecode(path)}: permission denied",
+                                 reason="permission") from None
+        raise PermanentError(f"cannot open {os.fsdecode(path)}: {exc.strerror}",
+                             reason="unreadable") from None
 
 
 def _is_symlink(name: bytes, dir_fd: int) -> bool:
@@ -361,8 +366,9 @@ def _check(st: os.stat_result, path: bytes, nlink_retry_after: float) -> None:
         kind = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
                 stat.S_IFBLK: "a device", stat.S_IFDIR: "a directory"}.get(
                     stat.S_IFMT(st.st_mode), "not a regular file")
-        raise PermanentError(f"refused: {os.fsdecode(path)} is {kind}, not a regular file")
+        raise PermanentError(f"refused: {os.fsdecode(path)} is {kind}, not a regular file",
+                             reason="refused")
     if st.st_nlink > 1:
         raise PermanentError(
             f"refused: {os.fsdecode(path)} has {st.st_nlink} hard links",
-            retry_after=nlink_retry_after)
+            retry_after=nlink_retry_after, reason="refused")

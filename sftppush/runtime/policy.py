@@ -94,29 +94,6 @@ def jittered(delay: float) -> float:
     return delay * random.uniform(0.8, 1.2)
 
 
-# Reason classes of errors, for counters and metric labels: a few fixed values, never the
-# message itself (one label value per path or key would grow without bound). By how the
-# message starts (it may name a path, which may contain anything after that).
-REASONS = (
-    ("corrupt ", "corrupt"),
-    ("decompressed size exceeds", "too_large"),
-    ("file size ", "too_large"),
-    ("key collision:", "key_collision"),
-    ("refused: ", "refused"),
-    ("cannot open ", "unreadable"),
-    ("internal error:", "internal"),
-    ("unsupported compression", "unsupported"),
-)
-
-
-def reason_class(error: str) -> str:
-    """The class of a permanent error's message: one of REASONS' classes, "permission",
-    else "other" (the store's refusals: access denied, no such bucket, ...)."""
-    if error.startswith("cannot open ") and error.endswith(": permission denied"):
-        return "permission"
-    return next((cls for start, cls in REASONS if error.startswith(start)), "other")
-
-
 def decide(entry: Entry, outcome: object, streak: int, tuning: Tuning, max_attempts: int,
            jitter: Callable[[float], float] = jittered) -> Action:
     """What `outcome` (a pipeline result or an exception) means for `entry`, which has had
@@ -140,14 +117,14 @@ def decide(entry: Entry, outcome: object, streak: int, tuning: Tuning, max_attem
                           "throttled" if isinstance(outcome, Throttled) else "transient")
     if not isinstance(outcome, PermanentError):
         return decide(entry, PermanentError(
-            f"internal error: {type(outcome).__name__}: {outcome}"), streak, tuning,
-            max_attempts, jitter)
+            f"internal error: {type(outcome).__name__}: {outcome}", reason="internal"),
+            streak, tuning, max_attempts, jitter)
     error = str(outcome)
     if outcome.final or entry.attempts + 1 >= max_attempts:
-        return Fail(error, reason_class(error))
+        return Fail(error, outcome.reason)
     delay = outcome.retry_after if outcome.retry_after is not None else backoff(
         entry.attempts + 1, tuning.permanent_delay, tuning.permanent_delay_max)
-    return RetryLater(error, delay, True, reason_class(error))
+    return RetryLater(error, delay, True, outcome.reason)
 
 
 def stored(uploaded: Uploaded | None) -> Stored | None:

@@ -208,7 +208,8 @@ class Sink:
             return
         if not found.names(metadata):
             raise PermanentError(f"key collision: {key} holds {found.metadata.get(SOURCE_KEY)}:"
-                                 f"{found.metadata.get(NAME_KEY)}", final=True)
+                                 f"{found.metadata.get(NAME_KEY)}", final=True,
+                                 reason="key_collision")
 
     def where(self, bucket: str | None) -> Where:
         return Where(bucket, getattr(getattr(self.client, "meta", None), "endpoint_url", None))

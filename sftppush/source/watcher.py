@@ -3,9 +3,9 @@
 Owns what each event means (close-write, rename, link+unlink rename, new and removed
 directories, mounts that change), which walks to queue (new dirs, overflow recovery, the
 directories without a watch), and sd_notify; the watch descriptors are watches.py's, the
-walks scans.py's, the raw reads events.py's, the queue's upkeep (heartbeat, gauges, purge)
-upkeep.py's. It must never open a data file (one lstat per name, nothing more) and never
-talk to S3, so an outage cannot slow it.
+walks scans.py's, the raw reads events.py's, the names still being written waits.py's, the
+queue's upkeep (heartbeat, gauges, purge) upkeep.py's. It must never open a data file (one
+lstat per name, nothing more) and never talk to S3, so an outage cannot slow it.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from sftppush.source.mounts import below, mount_table
 from sftppush.source.scan import ignore_matcher, symlink_on_the_way
 from sftppush.source.scans import Scans
 from sftppush.source.upkeep import Upkeep
+from sftppush.source.waits import Names, Waits
 from sftppush.source.watches import Root, Watches
 
 log = logging.getLogger("sftppush.watcher")
 
-GRACE = 0.2               # s an IN_CREATE waits for its IN_OPEN; a fresh scanned file, its close
 FRESH_NS = 2_000_000_000  # a scanned file younger than this may still be open for writing
 BUSY_DELAY = 0.005        # s to let a burst's events gather, so one transaction takes many
 MAX_WAIT = 1.0            # s; an external `stop` event is noticed at least this often
@@ -47,8 +47,53 @@ MAX_WAIT = 1.0            # s; an external `stop` event is noticed at least this
 class _Batch:
     """What one pass of the loop enqueues in one transaction."""
 
-    names: dict[bytes, tuple[str, str]] = field(default_factory=dict)  # path -> source, found_by
+    names: Names = field(default_factory=dict)  # path -> source, found_by
     scanned: list[FileVersion] = field(default_factory=list)
+
+
+class _Poll:
+    """What the watcher waits on: inotify, the stop signal's fd, the mount table (POLLPRI
+    when something is mounted or unmounted); and whether the last read found a burst."""
+
+    def __init__(self, inotify: INotify, wakeup: int | None) -> None:
+        self.poller = select.poll()
+        self.poller.register(inotify.fileno(), select.POLLIN)
+        self.wakeup = wakeup  # readable when a signal arrived
+        if wakeup is not None:
+            self.poller.register(wakeup, select.POLLIN)
+        self.mounts = mount_table()
+        if self.mounts is not None:
+            self.poller.register(self.mounts.fileno(), select.POLLPRI)
+        self.busy = False  # the last read found events
+
+    def wait(self, timeout: float) -> bool:
+        """Until something is readable or `timeout` s; True if the mount table changed."""
+        remounted = False
+        for fd, _ in self.poller.poll(timeout * 1000):
+            if fd == self.wakeup:
+                signals.drain(fd)
+            elif self.mounts is not None and fd == self.mounts.fileno():
+                remounted = True
+            elif self.busy and timeout:  # a burst: one commit per few ms, not per file
+                time.sleep(BUSY_DELAY)
+        return remounted
+
+    def close(self) -> None:
+        if self.mounts is not None:
+            self.mounts.close()
+
+
+class _Watchdog:
+    """sd_notify WATCHDOG=1 at half the unit's WatchdogSec, if it has one."""
+
+    def __init__(self) -> None:
+        self.every = notify.watchdog_interval()
+        self.next = 0.0 if self.every else float("inf")
+
+    def ping(self, now: float) -> None:
+        if self.every and now >= self.next:
+            notify.notify("WATCHDOG=1")
+            self.next = now + self.every
 
 
 def run(cfg: Config, *, rescan: bool = True, stop: threading.Event | None = None) -> None:
@@ -80,24 +125,11 @@ class Watcher:
                           source.root)
         self.watches = Watches(inotify, self.roots, self.ignored, clock)
         self.scans = Scans(self.watches, cfg.watch.ignore, clock)
-        self.created: dict[bytes, tuple[float, str]] = {}  # IN_CREATE seen, no IN_OPEN yet
-        self.linked: set[bytes] = set()                    # created, then opened: await close
-        self.touched: set[bytes] = set()                   # attributes changed while open
-        self.opens: dict[bytes, int] = {}                  # names open as far as we saw
-        self.fresh: dict[bytes, tuple[float, str]] = {}    # scanned, maybe still being written
-        self.poller = select.poll()
-        self.poller.register(inotify.fileno(), select.POLLIN)
-        self.wakeup = wakeup  # readable when a signal arrived
-        if wakeup is not None:
-            self.poller.register(wakeup, select.POLLIN)
-        self.mounts = mount_table()  # POLLPRI when something is mounted or unmounted
-        if self.mounts is not None:
-            self.poller.register(self.mounts.fileno(), select.POLLPRI)
+        self.waits = Waits()
+        self.poll = _Poll(inotify, wakeup)
         self.upkeep = Upkeep(queue, cfg.queue.keep_done, owner_token())
-        self.ping_every = notify.watchdog_interval()
-        self.next_ping = 0.0 if self.ping_every else float("inf")
+        self.watchdog = _Watchdog()
         self.enqueued = 0
-        self.busy = False  # the last read found events
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -135,18 +167,10 @@ class Watcher:
     def step(self, stop: threading.Event | None = None, wait: bool = True) -> None:
         """Wait for events (or a deadline), read them all, enqueue what they mean at once;
         `wait=False` takes what is there now (a test stepping the watcher)."""
-        timeout = self._timeout() if wait else 0.0
-        remounted = False
-        for fd, _ in self.poller.poll(timeout * 1000):
-            if fd == self.wakeup:
-                signals.drain(fd)
-            elif self.mounts is not None and fd == self.mounts.fileno():
-                remounted = True
-            elif self.busy and timeout:  # a burst: one commit per few ms, not per file
-                time.sleep(BUSY_DELAY)
+        remounted = self.poll.wait(self._timeout() if wait else 0.0)
         now = self.clock()
         data = read_all(self.inotify.fileno())
-        self.busy = bool(data)
+        self.poll.busy = bool(data)
         batch = _Batch()
         self._handle(data, now, batch)
         if remounted:
@@ -160,9 +184,7 @@ class Watcher:
         self._commit(batch)
         if now >= self.upkeep.due() and not (stop is not None and stop.is_set()):
             self.upkeep.run(now)
-        if self.ping_every and now >= self.next_ping:
-            notify.notify("WATCHDOG=1")
-            self.next_ping = now + self.ping_every
+        self.watchdog.ping(now)
 
     def shutdown(self) -> None:
         """Commit what was read and decided so far; what was not, the next start-up scan finds."""
@@ -174,8 +196,7 @@ class Watcher:
         for scan in self.scans:  # the next start-up rescan makes up for these
             log.warning("scan unfinished source=%s dir=%s why=%s", scan.root.source.name,
                         shown(scan.top), scan.why.replace(" ", "_"))
-        if self.mounts is not None:
-            self.mounts.close()
+        self.poll.close()
         log.info("watcher stopped enqueued=%d", self.enqueued)
 
     # --- events --------------------------------------------------------------------------
@@ -196,64 +217,8 @@ class Watcher:
                 if mask & F.ISDIR:
                     self._dir_event(mask, path, where[1])
                 else:
-                    self._file_event(mask, path, where[1].source.name, now, batch.names)
-
-    def _file_event(self, mask: int, path: bytes, source: str, now: float,
-                    names: dict[bytes, tuple[str, str]]) -> None:
-        if mask & F.CLOSE_WRITE:
-            self._closed(path)
-            self._settled(path)
-            names[path] = (source, "close_write")
-        elif mask & F.MOVED_TO:
-            self._settled(path)
-            names[path] = (source, "moved_to")
-        elif mask & F.CREATE:
-            self.created.pop(path, None)  # re-insert: the dict stays in order of arrival
-            self.created[path] = (now, source)
-        elif mask & F.OPEN:
-            self.opens[path] = self.opens.get(path, 0) + 1
-            if self.created.pop(path, None) is not None:
-                self.linked.add(path)
-        elif mask & F.CLOSE_NOWRITE:
-            self._closed_reading(path, source, names)
-        elif mask & F.ATTRIB:
-            self._attrib(path, source, names)
-        elif mask & (F.MOVED_FROM | F.DELETE):
-            self._settled(path)
-            self.opens.pop(path, None)
-            names.pop(path, None)
-
-    def _attrib(self, path: bytes, source: str, names: dict[bytes, tuple[str, str]]) -> None:
-        if path in self.opens:  # a writer's close-write takes it; a reader's, below
-            self.touched.add(path)
-        elif path not in self.created and path not in self.linked:
-            names.setdefault(path, (source, "attrib"))
-
-    def _closed_reading(self, path: bytes, source: str,
-                        names: dict[bytes, tuple[str, str]]) -> None:
-        """A close of a name opened to read: a link seen whole, or a change made meanwhile."""
-        if self._closed(path):
-            return
-        if path in self.linked:
-            self.linked.discard(path)  # created, opened only to read, closed: a link
-            names[path] = (source, "created")
-        elif path in self.touched:  # changed while a reader (a consumer) had it open
-            self.touched.discard(path)
-            names.setdefault(path, (source, "attrib"))
-
-    def _closed(self, path: bytes) -> bool:
-        """One close of `path`; True while it is still open elsewhere."""
-        n = self.opens.pop(path, 0) - 1
-        if n > 0:
-            self.opens[path] = n
-        return n > 0
-
-    def _settled(self, path: bytes) -> None:
-        """An event that enqueues `path` itself ends every wait on it."""
-        self.created.pop(path, None)
-        self.linked.discard(path)
-        self.touched.discard(path)
-        self.fresh.pop(path, None)
+                    self.waits.file_event(mask, path, where[1].source.name, now,
+                                          batch.names)
 
     def _dir_event(self, mask: int, path: bytes, root: Root) -> None:
         if mask & (F.CREATE | F.MOVED_TO):
@@ -272,8 +237,8 @@ class Watcher:
         """Something was mounted or unmounted. Inside a source's tree, the directory at the
         mount point is another one now (the mounted one, or the one it covered): watch and
         scan it afresh. A source dir, or a dir above it, mounted over is looked for again."""
-        assert self.mounts is not None
-        added, removed = self.mounts.changed()
+        assert self.poll.mounts is not None
+        added, removed = self.poll.mounts.changed()
         for point in sorted(added | removed):
             why = "mount" if point in added else "unmount"
             for root in list(self.watches.present_roots()):
@@ -290,33 +255,20 @@ class Watcher:
     def _unwatch_tree(self, top: bytes, why: str = "moved away") -> None:
         """A directory left the tree: drop its watches, and every wait on a name below it."""
         self.watches.unwatch_tree(top, why)
-        prefix = top + b"/"
-        for waiting in (self.created, self.fresh, self.opens):
-            for path in [p for p in waiting if p.startswith(prefix)]:
-                del waiting[path]
-        self.linked = {p for p in self.linked if not p.startswith(prefix)}
-        self.touched = {p for p in self.touched if not p.startswith(prefix)}
+        self.waits.forget_below(top)
 
     def _overflow(self) -> None:
         # Events were dropped: what we knew of open files is unreliable, and any directory
         # created meanwhile is unwatched. Rescan every root (walks re-add the watches).
         log.warning("inotify queue overflowed: rescanning roots=%d", len(self.roots))
-        self.opens.clear()
-        self.linked.clear()
-        self.touched.clear()
+        self.waits.lost_events()
         for root in self.watches.present_roots():
             self.scans.add(root, root.path, "overflow")
 
     def _decide(self, now: float, batch: _Batch, everything: bool) -> None:
         """Take the waiting names whose grace is over (all of them when stopping)."""
-        for waiting, how in ((self.created, "created"), (self.fresh, "rescan")):
-            while waiting:
-                path, (since, source) = next(iter(waiting.items()))
-                if since + GRACE > now and not everything:
-                    break
-                del waiting[path]
-                if path not in self.opens:  # an open one is taken at its close-write
-                    batch.names.setdefault(path, (source, how))
+        for path, source, how in self.waits.due(now, everything):
+            batch.names.setdefault(path, (source, how))
 
     def _commit(self, batch: _Batch) -> None:
         versions = batch.scanned
@@ -344,11 +296,10 @@ class Watcher:
         fresh_after = time.time_ns() - FRESH_NS
         for version in self.scans.advance(now):
             path = version.path
-            if path in self.opens or path in batch.names:
+            if self.waits.is_open(path) or path in batch.names:
                 continue  # its close-write (or the event just read) enqueues it
             if version.mtime_ns >= fresh_after:
-                self.fresh.pop(path, None)
-                self.fresh[path] = (now, version.source)
+                self.waits.hold_fresh(path, now, version.source)
             else:
                 batch.scanned.append(version)
 
@@ -369,10 +320,8 @@ class Watcher:
         if self.scans:
             return 0.0
         now = self.clock()
-        until = [now + MAX_WAIT, self.upkeep.due(), self.next_ping, self.watches.next_check(),
-                 self.watches.unwatched.due()]
-        for waiting in (self.created, self.fresh):
-            if waiting:
-                until.append(next(iter(waiting.values()))[0] + GRACE)
+        until = [now + MAX_WAIT, self.upkeep.due(), self.watchdog.next,
+                 self.watches.next_check(), self.watches.unwatched.due(),
+                 *self.waits.next_due()]
         return max(0.001, min(until) - now)
 

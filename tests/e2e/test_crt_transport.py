@@ -12,7 +12,7 @@ import pytest
 from sftppush.errors import Throttled, TransientError
 from sftppush.sink import crt
 from tests.e2e.tls import TlsTerminator, self_signed
-from tests.test_crt import closing, count, uploader
+from tests.sink.test_crt import closing, count, uploader
 
 
 def test_a_kept_alive_connection_the_store_dropped_fails_no_put(moto_server, s3_bucket,

@@ -79,7 +79,7 @@ def test_a_missing_bucket_is_named_with_its_fix(tmp_path, source_tree, rclone_s3
 def test_an_untrusted_certificate_waits_and_says_aws_ca_bundle(
         tmp_path, source_tree, rclone_s3, tls_listener: str) -> None:
     # boto3's lane only: awscrt's TLS (s2n) waits 10-30 s after a failed handshake before it
-    # says so ("blinding"); its message is checked in tests/test_s3.py.
+    # says so ("blinding"); its message is checked in tests/sink/test_s3.py.
     run = product(tmp_path, source_tree, tls_listener, "some-bucket", rclone_s3.env(),
                   files=("large.csv",))
     for name, entry in errors_once_tried(run, ("pending",)).items():

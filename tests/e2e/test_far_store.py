@@ -10,7 +10,7 @@ import os
 from types import SimpleNamespace
 
 from sftppush.config import S3Config
-from tests.test_crt import closing, uploader
+from tests.sink.test_crt import closing, uploader
 
 
 def test_no_body_waits_for_100_continue_on_either_upload_path(moto_server, s3_bucket,

@@ -184,3 +184,10 @@ def test_file_still_open_for_writing_waits_for_its_close(run):
     run.open_file = None
     wait_until(lambda: f"{SOURCE_KEY}/slow.csv" in run.objects(), 60, "slow.csv after its close")
     assert run.objects()[f"{SOURCE_KEY}/slow.csv"] == b"first half\nsecond half\n"
+
+
+def test_each_failure_is_counted_under_the_reason_its_error_carries(run):
+    """The metric label is the class the error was raised with: the two symlinks (to a file,
+    to a directory), the hard link and the FIFO are refused, the bomb is too large, the
+    truncated gzip corrupt."""
+    assert run.product.status()["failures"] == {"refused": 4, "too_large": 1, "corrupt": 1}

@@ -71,6 +71,7 @@ def test_keys_and_paths_past_the_limits_end_failed_at_once_naming_the_limit(
                              detail=lambda: (product.entries(), product.log_tail()))
         plain = write_plain(up)
         wait_until(lambda: not plain.exists(), 30, "a plain file uploaded meanwhile")
+        failures = product.status()["failures"]
     finally:
         product.stop_all()
     by_path = {os.fsencode(e["path"]): e for e in entries}
@@ -83,6 +84,7 @@ def test_keys_and_paths_past_the_limits_end_failed_at_once_naming_the_limit(
         assert "S3 allows at most 1024" in error and "over PATH_MAX (4096)" in error, error
         assert by_path[path]["attempts"] == 1
     assert all(exists(p) for p in (at_start, long_key, long_path)), "failed files stay"
+    assert failures == {"key_too_long": 3}, "counted under their own reason, not other"
     keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]}
     assert keys == {"sftpuser1/upload/plain.csv"}
 

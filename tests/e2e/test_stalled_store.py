@@ -24,7 +24,7 @@ from sftppush.runtime import consumer
 from sftppush.sink.s3 import Sink
 from sftppush.sink.transfer import RetryPolicy, Transfer
 from tests.conftest import consumer_thread, wait_until
-from tests.test_consumer import consumer_process, states, write_and_enqueue
+from tests.runtime.test_consumer import consumer_process, states, write_and_enqueue
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sftppush.queue.entries import State
 from sftppush.sink.transfer import RetryPolicy
-from tests.test_consumer import states, write_and_enqueue
+from tests.runtime.test_consumer import states, write_and_enqueue
 
 
 def throttled_retries(run_cli: Any, config: Any) -> float:

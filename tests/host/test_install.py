@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.host.conftest import CONSUMERS, WATCH, Server
 from tests.host.machine import require_bootable
+from tests.host.server import CONSUMERS, WATCH, Server
 
 require_bootable()
 

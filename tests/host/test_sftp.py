@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.host.conftest import USERS, Server
 from tests.host.machine import require_bootable
+from tests.host.server import USERS, Server
 
 require_bootable()
 

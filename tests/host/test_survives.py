@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tests.host.conftest import CONSUMERS, USERS, WATCH, Server
 from tests.host.machine import require_bootable
+from tests.host.server import CONSUMERS, USERS, WATCH, Server
 
 require_bootable()
 

@@ -67,8 +67,9 @@ def test_zstd_without_its_module_is_refused_never_stored_compressed(
     assert detect(data) == "zstd"
     with pytest.raises(PermanentError, match="unsupported compression zstd"):
         CappedReader(io.BytesIO(data), "zstd", 1 << 20).read()
-    with pytest.raises(PermanentError, match="unsupported compression zstd"):
+    with pytest.raises(PermanentError, match="unsupported compression zstd") as raised:
         inflate(data, "zstd", 1 << 20, 1 << 20)
+    assert raised.value.reason == "unsupported"
 
 
 def test_zip_and_plain_text_are_not_compressed() -> None:
@@ -78,8 +79,9 @@ def test_zip_and_plain_text_are_not_compressed() -> None:
 
 
 def test_truncated_gzip_is_a_permanent_error() -> None:
-    with pytest.raises(PermanentError, match="corrupt gzip: truncated"):
+    with pytest.raises(PermanentError, match="corrupt gzip: truncated") as raised:
         read_all(gzip.compress(BODY)[:-100], "gzip")
+    assert raised.value.reason == "corrupt"
 
 
 @pytest.mark.parametrize(("fmt", "data"), [

@@ -103,7 +103,7 @@ def test_a_key_over_s3s_1024_bytes_is_a_final_error_naming_the_limit() -> None:
         with pytest.raises(PermanentError, match=r"^key too long: 10\d\d bytes, S3 allows "
                                                  r"at most 1024: shorten") as raised:
             object_key(SOURCE, top + name, fmt)
-        assert raised.value.final
+        assert raised.value.final and raised.value.reason == "key_too_long"
     deep = top + b"/".join([b"d" * 250] * 17) + b"/f"
     with pytest.raises(PermanentError, match=r"the path is \d+ bytes, over PATH_MAX \(4096\)"):
         object_key(SOURCE, deep, None)

@@ -9,8 +9,7 @@ import yaml
 
 from sftppush.config import Target, load
 from sftppush.errors import ConfigError
-
-from .conftest import SourceTree
+from tests.conftest import SourceTree
 
 # (what is wrong, YAML text with {userpath} filled in, a fragment the error line must name)
 MALFORMED = [

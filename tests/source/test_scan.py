@@ -15,8 +15,7 @@ from sftppush.pipeline.safeopen import DELETING_PREFIX
 from sftppush.queue.queue import Queue
 from sftppush.source.scan import Counts, ignore_matcher, rescan, scan_source, walk
 from sftppush.status import read as read_stats
-
-from .conftest import WatcherProcess, WatchTree, child_env, cli_argv
+from tests.conftest import WatcherProcess, WatchTree, child_env, cli_argv
 
 DEFAULT_IGNORE = ("*.filepart", "*.part", "*.tmp", ".*")
 

@@ -1,7 +1,7 @@
 """How many parts of one multipart upload are in flight: more when each waits on a store far
 away (its bandwidth-delay product), never more than the memory ceiling, and no more when the
 store itself is the bottleneck. Model stores behind Multipart's `call` seam: pure sizing logic,
-not uploading (that is tests/test_s3.py's, on real servers)."""
+not uploading (that is tests/sink/test_s3.py's, on real servers)."""
 
 from __future__ import annotations
 

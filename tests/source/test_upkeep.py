@@ -14,8 +14,7 @@ from sftppush.queue.entries import FileVersion
 from sftppush.queue.queue import PURGE_BATCH, Queue
 from sftppush.source.upkeep import PURGE_PAUSE, Upkeep
 from sftppush.status import read
-
-from .conftest import REPO
+from tests.conftest import REPO
 
 
 def fill_done(q: Queue, n: int, finished: float) -> None:

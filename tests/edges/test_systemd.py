@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
 INSTALLED_ENTRY_POINT = "/opt/sftppush/bin/sftppush"
 INSTALLED_CONFIG = "/etc/sftppush/config.yaml"

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from sftppush import __version__
-
-from .conftest import REPO, SourceTree
+from tests.conftest import REPO, SourceTree
 
 
 def test_version(run_cli) -> None:

@@ -13,8 +13,7 @@ from sftppush import __version__
 from sftppush.queue.entries import FileVersion, State, Stored
 from sftppush.queue.queue import Queue
 from sftppush.status import read as read_stats
-
-from .conftest import SourceTree
+from tests.conftest import SourceTree
 
 STORED = Stored("0123abcd", "sha256-of-the-body")  # what an upload recorded
 

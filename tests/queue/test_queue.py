@@ -23,8 +23,7 @@ from sftppush.queue.entries import KEPT, VANISHED, Entry, FileVersion, KeyTaken,
 from sftppush.queue.owners import owner_token
 from sftppush.queue.queue import Queue
 from sftppush.status import read as read_stats
-
-from .conftest import REPO
+from tests.conftest import REPO
 
 STORED = Stored("0123abcd", "sha256-of-the-body")  # what an upload recorded
 

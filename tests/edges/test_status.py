@@ -16,8 +16,7 @@ from sftppush.locals3 import free_port
 from sftppush.queue.entries import FileVersion, Stored
 from sftppush.queue.queue import Queue
 from sftppush.status import Stats, prometheus, read
-
-from .conftest import SourceTree, child_env, cli_argv, wait_until
+from tests.conftest import SourceTree, child_env, cli_argv, wait_until
 
 STORED = Stored("0123abcd", "sha256-of-the-body")  # what an upload recorded
 

@@ -20,8 +20,7 @@ from sftppush.queue.queue import Queue
 from sftppush.source.events import events
 from sftppush.source.watcher import Watcher
 from sftppush.source.watches import SUBDIR_MASK
-
-from .conftest import WatcherProcess, WatchTree, cli_argv, stopped_after
+from tests.conftest import WatcherProcess, WatchTree, cli_argv, stopped_after
 
 MAX_QUEUED_EVENTS = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
 

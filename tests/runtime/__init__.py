@@ -1,0 +1,1 @@
+"""Tests of sftppush/runtime: the consumer, its policy, the supervisor, wake-ups."""

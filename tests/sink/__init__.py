@@ -1,0 +1,1 @@
+"""Tests of sftppush/sink: PUTs over awscrt and boto3, multipart, requests in flight."""

@@ -1,0 +1,1 @@
+"""Tests of sftppush/source: the watcher, scans, sd_notify, upkeep."""

@@ -1,0 +1,1 @@
+"""What the tests of every room share, outside the fixtures (tests/conftest.py)."""

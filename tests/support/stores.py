@@ -1,0 +1,57 @@
+"""The S3 endpoints tests run against, on loopback: moto's server mode and `rclone serve s3`,
+each with its URL, the made-up credentials it accepts, a boto3 client for assertions and the
+environment a child sftppush needs to reach it and nothing else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+
+from sftppush.locals3 import LocalS3
+from tests.support.processes import FAKE_ACCESS_KEY, FAKE_REGION, FAKE_SECRET_KEY, clean_aws_env
+
+
+class S3Server:
+    """An S3 API endpoint on loopback: its URL and the credentials it accepts."""
+
+    def __init__(self, port: int, access_key: str, secret_key: str) -> None:
+        self.port = port
+        self.endpoint_url = f"http://127.0.0.1:{port}"
+        self.access_key = access_key
+        self.secret_key = secret_key
+
+    def client(self) -> Any:
+        return boto3.session.Session(
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            region_name=FAKE_REGION,
+        ).client("s3", endpoint_url=self.endpoint_url, config=botocore.config.Config(
+            s3={"addressing_style": "path"}, retries={"total_max_attempts": 2},
+            connect_timeout=2, read_timeout=30,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required"))
+
+    def env(self) -> dict[str, str]:
+        env = clean_aws_env(os.environ)
+        env.update({"AWS_ACCESS_KEY_ID": self.access_key,
+                    "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                    "AWS_DEFAULT_REGION": FAKE_REGION,
+                    "AWS_CONFIG_FILE": os.devnull,
+                    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                    "AWS_EC2_METADATA_DISABLED": "true",
+                    "SFTPPUSH_DEFAULTS_ENDPOINT_URL": self.endpoint_url,
+                    "SFTPPUSH_DEFAULTS_AWSREGION": FAKE_REGION})
+        return env
+
+
+class RcloneS3(S3Server, LocalS3):
+    """`rclone serve s3` over a directory: objects are plain files, so they survive restarts."""
+
+    def __init__(self, root: Path, log: Path) -> None:
+        # The same made-up keys as moto's, so in-process code under test works with either.
+        LocalS3.__init__(self, root, access_key=FAKE_ACCESS_KEY, secret_key=FAKE_SECRET_KEY,
+                         log=log)
+        S3Server.__init__(self, self.port, FAKE_ACCESS_KEY, FAKE_SECRET_KEY)
