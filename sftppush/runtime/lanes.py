@@ -67,13 +67,13 @@ class Inbox:
         # Readable when an item is put (an eventfd), polled with the stop flags' fds: so a
         # loop's wait ends on a result, a wake-up or a stop alike. None until open().
         self._ready: int | None = None
-        self._stops: list[Flag] = []
+        self._stops: list[tuple[Flag, int]] = []
 
     def open(self, queue_file: Path, stops: list[Flag]) -> None:
         """Wait on the queue's writes (wake.py) too, and end a wait when one of `stops` is
         set; until then `take()` waits on items alone."""
         self._ready = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._stops = stops
+        self._stops = [(stop, stop.fileno()) for stop in stops]
         self._watch = watch_or_none(queue_file, self.wake)
 
     def listen(self, on: bool) -> None:
@@ -129,9 +129,9 @@ class Inbox:
     def _wait(self, ready: int, timeout: float) -> None:
         poller = select.poll()
         poller.register(ready, select.POLLIN)
-        for stop in self._stops:
+        for stop, fd in self._stops:
             if not stop.is_set():  # a set one stays readable: the loop knows it already
-                poller.register(stop.fileno(), select.POLLIN)
+                poller.register(fd, select.POLLIN)
         if poller.poll(timeout * 1000):
             with contextlib.suppress(BlockingIOError):
                 os.eventfd_read(ready)  # before the items are read: none is missed
