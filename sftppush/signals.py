@@ -1,10 +1,12 @@
-"""SIGTERM/SIGINT for every long-running command: one context that turns them into flags.
+"""SIGTERM/SIGINT for every long-running command: one context that turns them into flags,
+and one driver that runs a command's loop until its flag is set.
 
 Owns installing the handlers (main thread only), the self-pipe that ends a loop's wait, and
-putting back the previous handlers, wake-up fd and signal mask. A handler only sets events,
-never logs or works; as `Event.set()` takes the event's lock, the main thread must never sit
-in `stop.wait()`/`cancel.wait()` (a handler runs between any two of its bytecodes): it waits
-on the pipe (`Stopping.wait`).
+putting back the previous handlers, wake-up fd and signal mask; `Flag`, a stop event a loop
+can poll() on with its other file descriptors; `drive()`, huey's initialize/loop/shutdown
+shape. A handler only sets events, never logs or works; as `Event.set()` takes the event's
+lock, the main thread must never sit in `stop.wait()`/`cancel.wait()` (a handler runs between
+any two of its bytecodes): it waits on a file descriptor (`Stopping.wait`, `Flag.fileno`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import select
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
 
@@ -48,6 +50,44 @@ class Stopping:
         if poller.poll(timeout * 1000):
             drain(self._fd)
         return self.stop.is_set()
+
+
+class Flag(threading.Event):
+    """A stop event whose `fileno()` turns readable when it is set, so that a loop waits on
+    it in the same poll() as its other work, whoever sets it: a signal handler (one
+    non-blocking write, which never waits) or another thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def set(self) -> None:
+        super().set()
+        with suppress(BlockingIOError, OSError):  # full (already readable) or closed
+            os.write(self._write, b"\0")
+
+    def fileno(self) -> int:
+        return self._read
+
+    def __del__(self) -> None:
+        for fd in (self._read, self._write):
+            with suppress(OSError):
+                os.close(fd)
+
+
+def drive(stop: threading.Event, initialize: Callable[[], None], loop: Callable[[], object],
+          shutdown: Callable[[bool], None]) -> None:
+    """Every long-running process's shape (huey's consumer): `initialize()`, then `loop()`
+    (one round, waiting at most a moment) until `stop` is set or it returns False, and
+    `shutdown(ended)` whatever happened; `ended` is False when a round raised."""
+    initialize()
+    ended = False
+    try:
+        while not stop.is_set() and loop() is not False:
+            pass
+        ended = True
+    finally:
+        shutdown(ended)
 
 
 class _Handler:

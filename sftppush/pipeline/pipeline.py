@@ -1,10 +1,10 @@
 """One queue entry, start to finish: safe open → decompress → upload → verify → delete.
 
-Owns the order of those steps and the checks between them (min age, superseded versions,
-vanished files, lease still ours before the delete), for both of the sink's transports:
-`process()` streams; `open_small()`, `send_opened()` and `finish_sent()` put a small body
-without waiting. It raises TransientError/PermanentError and never touches the queue: the
-consumer decides what an outcome means for the entry.
+Owns those steps and the checks between them (min age, superseded versions, vanished files,
+lease still ours before the delete): `process()` runs them all for a stream; for a small
+file's single PUT, the put lane (runtime/lanes.py) calls `open_small()`, `small_body()` and
+`finish()` in its own order. It raises TransientError/PermanentError and never touches the
+queue: the consumer decides what an outcome means for the entry.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,15 +48,7 @@ WRITING_RETRY = 5.0  # s until a file that a client still holds open for writing
 
 
 @dataclass(frozen=True)
-class Sent:
-    """A small body's PUT has started; `finish()` it once `future` is done."""
-
-    prepared: Prepared
-    future: Future[Uploaded]
-
-
-@dataclass
-class Prepared:
+class Opened:
     """A file version opened safely and checked, with its key and metadata; close() it."""
 
     entry: Entry
@@ -67,8 +58,6 @@ class Prepared:
     key: str
     meta: dict[str, str]
     started: float
-    if_absent: bool = False  # the key is new to the queue: upload only if no object is there
-    stored: Uploaded | None = None  # an earlier attempt's upload, still there: delete only
 
     def reader(self, cap: int) -> CappedReader:
         """The decompressed stream of the file, refusing to go past `cap` bytes; raises
@@ -78,6 +67,23 @@ class Prepared:
 
     def close(self) -> None:
         self.safe.close()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An opened file with what the queue and the store said of its key: ready to upload."""
+
+    opened: Opened
+    if_absent: bool  # the key is new to the queue: upload only if no object is there
+    stored: Uploaded | None  # an earlier attempt's upload, still there: delete only
+
+
+@dataclass(frozen=True)
+class Body:
+    """A small file's whole decompressed body, and whether its PUT is conditional."""
+
+    data: bytes
+    if_absent: bool
 
 
 def process(entry: Entry, cfg: Config, sink: Sink, *,
@@ -93,28 +99,28 @@ def process(entry: Entry, cfg: Config, sink: Sink, *,
                        nlink_retry_after=nlink_retry_after)
     if not isinstance(prepared, Prepared):
         return prepared
+    opened = prepared.opened
     try:
         if prepared.stored is not None:
-            return finish(prepared, prepared.stored, still_ours, cfg.consumer)
-        reader = prepared.reader(cfg.consumer.max_decompressed_bytes)
+            return finish(opened, prepared.stored, still_ours, cfg.consumer)
+        reader = opened.reader(cfg.consumer.max_decompressed_bytes)
         try:
-            uploaded = sink.upload(prepared.source.target.bucket, prepared.key, reader,
-                                   prepared.meta, cancel, prepared.if_absent, journal)
+            uploaded = sink.upload(opened.source.target.bucket, opened.key, reader,
+                                   opened.meta, cancel, prepared.if_absent, journal)
         finally:
             reader.close()
-        return finish(prepared, uploaded, still_ours, cfg.consumer)
+        return finish(opened, uploaded, still_ours, cfg.consumer)
     except Superseded as exc:
-        log.info("superseded id=%d path=%s reason=%s", entry.id, entry.display_path, exc)
-        return Done(f"superseded: {exc}")
+        return _cut_short(entry, exc)
     finally:
-        prepared.close()
+        opened.close()
 
 
 def open_small(entry: Entry, cfg: Config, sink: Sink, *,
-               nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Prepared | Done | Held | None:
-    """The first half of a small file's upload without waiting (the sink's fast transport):
-    `prepare()` it, its key not yet taken. The caller takes the keys of several opened files
-    in one queue transaction and passes each answer to `send_opened()`.
+               nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Opened | Done | Held | None:
+    """A small file's steps before its key is taken, without waiting on the store: min age,
+    safe open, superseded versions. The caller takes the keys of several opened files in one
+    queue transaction and passes each answer to `small_body()`.
 
     None: nothing opened, `process()` it instead (a vanished file, or one uploaded by an
     earlier attempt: both ask the store, which may wait). Done/Held: no upload needed.
@@ -122,47 +128,60 @@ def open_small(entry: Entry, cfg: Config, sink: Sink, *,
     if entry.etag is not None:
         return None
     try:
-        return prepare(entry, cfg, sink, nlink_retry_after=nlink_retry_after,
-                       look_up_vanished=False)
+        found = _open(entry, cfg, nlink_retry_after, look_up_vanished=False, sink=sink)
     except Vanished:
         return None
+    return found
 
 
-def send_opened(prepared: Prepared, taken: KeyTaken | None, cfg: Config,
-                sink: Sink) -> Sent | Done | None:
-    """The second half: given the queue's answer to taking the key (take_keys), start the
-    PUT. None: the body is too big for one fast PUT, `process()` it instead. Raises
-    LeaseLost or the key collision; `prepared` is closed unless a Sent is returned."""
-    entry = prepared.entry
+def small_body(opened: Opened, taken: KeyTaken | None, cfg: Config,
+               bound: int) -> Body | Done | None:
+    """Given the queue's answer to taking the key (take_keys), the body for one PUT. None:
+    it is over `bound` bytes, `process()` it instead. Raises LeaseLost or the key collision;
+    `opened` stays open only when a Body is returned."""
     try:
-        prepared.if_absent = _first_upload(entry, prepared.key, taken)
-        body = read_small(prepared, cfg.consumer.max_decompressed_bytes, sink.max_small)
-        if body is None:
-            prepared.close()
+        if_absent = _first_upload(opened.entry, opened.key, taken)
+        data = read_small(opened, cfg.consumer.max_decompressed_bytes, bound)
+        if data is None:
+            opened.close()
             return None
-        return Sent(prepared, sink.put(prepared.source.target.bucket, prepared.key, body,
-                                       prepared.meta, prepared.if_absent))
+        return Body(data, if_absent)
     except Superseded as exc:
-        prepared.close()
-        log.info("superseded id=%d path=%s reason=%s", entry.id, entry.display_path, exc)
-        return Done(f"superseded: {exc}")
+        opened.close()
+        return _cut_short(opened.entry, exc)
     except BaseException:
-        prepared.close()
+        opened.close()
         raise
 
 
 def prepare(entry: Entry, cfg: Config, sink: Sink, *, take_key: TakeKey | None = None,
-            now: float | None = None, nlink_retry_after: float = NLINK_RETRY_SECONDS,
-            look_up_vanished: bool = True) -> Prepared | Done | Held:
+            now: float | None = None,
+            nlink_retry_after: float = NLINK_RETRY_SECONDS) -> Prepared | Done | Held:
     """Steps before the upload: min age, safe open, vanished and superseded versions, and
     the key, which `take_key` (the queue's record of keys) may refuse: SPEC 3's one key,
     one local path. Without it nothing is checked and every upload is unconditional.
 
     Done or Held means the entry needs no upload now; otherwise the caller owns the returned
-    Prepared and must close it. A vanished file takes a HEAD of its key (retried while the
-    store is down); with `look_up_vanished=False` it raises Vanished instead, for callers that
-    must not wait on S3.
+    Prepared and must close its file. A vanished file takes a HEAD of its key (retried while
+    the store is down).
     """
+    opened = _open(entry, cfg, nlink_retry_after, look_up_vanished=True, sink=sink, now=now)
+    if not isinstance(opened, Opened):
+        return opened
+    try:
+        key = opened.key
+        return Prepared(opened,
+                        take_key is not None and _first_upload(entry, key, take_key(key)),
+                        _still_stored(entry, opened.source, key, sink))
+    except BaseException:
+        opened.close()
+        raise
+
+
+def _open(entry: Entry, cfg: Config, nlink_retry_after: float, *, look_up_vanished: bool,
+          sink: Sink, now: float | None = None) -> Opened | Done | Held:
+    """Min age, safe open, vanished (see `prepare`; without `look_up_vanished` it raises
+    Vanished, for callers that must not wait on S3), superseded versions, and the key."""
     now = time.time() if now is None else now
     source = cfg.source(entry.source)
     if source is None:
@@ -192,46 +211,34 @@ def prepare(entry: Entry, cfg: Config, sink: Sink, *, take_key: TakeKey | None =
         if fmt is None and safe.st.st_size > cap:  # a sparse 1 TB file, say
             raise PermanentError(f"file size {safe.st.st_size} exceeds "
                                  f"max_decompressed_bytes={cap}", reason="too_large")
-        key = object_key(source, entry.path, fmt)
-        return Prepared(entry, source, safe, fmt, key,
-                        metadata(source, entry.path, safe.st.st_size, safe.st.st_mtime_ns),
-                        started,
-                        take_key is not None and _first_upload(entry, key, take_key(key)),
-                        _still_stored(entry, source, key, sink))
+        return Opened(entry, source, safe, fmt, object_key(source, entry.path, fmt),
+                      metadata(source, entry.path, safe.st.st_size, safe.st.st_mtime_ns),
+                      started)
     except BaseException:
         safe.close()
         raise
 
 
-def read_small(prepared: Prepared, cap: int, bound: int) -> bytes | None:
+def read_small(opened: Opened, cap: int, bound: int) -> bytes | None:
     """The whole decompressed body if it is at most `bound` bytes, else None (stream it).
 
     Reads the file in one go; raises Superseded unless that is exactly the size seen at open.
     """
-    data = read_full(_Exactly(prepared.safe.fd, prepared.safe.st.st_size),
-                     prepared.safe.st.st_size + 1)
-    body = inflate(data, prepared.fmt, cap, bound)
+    data = read_full(_Exactly(opened.safe.fd, opened.safe.st.st_size),
+                     opened.safe.st.st_size + 1)
+    body = inflate(data, opened.fmt, cap, bound)
     return body if len(body) <= bound else None
 
 
-def finish_sent(sent: Sent, still_ours: Callable[[], bool],
-             consumer: ConsumerConfig) -> Done | Undeleted:
-    """`finish()` a small body's PUT once its future is done (it raises what the PUT did)."""
-    try:
-        return finish(sent.prepared, sent.future.result(), still_ours, consumer)
-    finally:
-        sent.prepared.close()
-
-
-def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool],
+def finish(opened: Opened, uploaded: Uploaded, still_ours: Callable[[], bool],
            consumer: ConsumerConfig) -> Done | Undeleted:
     """Steps after a verified upload: log it, then delete the file if it is still that
     version, nobody has it open for writing and the lease is still ours. Raises LeaseLost
     (never deleting) when the lease is not."""
-    entry, safe = prepared.entry, prepared.safe
-    ms = (time.monotonic() - prepared.started) * 1000
+    entry, safe = opened.entry, opened.safe
+    ms = (time.monotonic() - opened.started) * 1000
     log.info("uploaded id=%d key=%s bytes_in=%d bytes_out=%d ms=%d parts=%d verified=%s"
-             " sha256=%s", entry.id, prepared.key, safe.st.st_size, uploaded.bytes_out, ms,
+             " sha256=%s", entry.id, opened.key, safe.st.st_size, uploaded.bytes_out, ms,
              uploaded.parts, uploaded.verified_by, uploaded.sha256)
     if not same_version(os.fstat(safe.fd), safe.st):
         # Written to while we read it (ctime catches a re-send that restores the mtime): its
@@ -249,21 +256,21 @@ def finish(prepared: Prepared, uploaded: Uploaded, still_ours: Callable[[], bool
         log.info("not deleted id=%d path=%s reason=replaced by a newer version", entry.id,
                  entry.display_path)
         return Done("superseded: replaced; newer version kept", uploaded)
-    return _undeleted(prepared, uploaded, kept)
+    return _undeleted(opened, uploaded, kept)
 
 
-def _undeleted(prepared: Prepared, uploaded: Uploaded, kept: Kept) -> Undeleted:
+def _undeleted(opened: Opened, uploaded: Uploaded, kept: Kept) -> Undeleted:
     """What an operator reads of a file that was uploaded and is still on disk."""
-    path = prepared.entry.display_path
+    path = opened.entry.display_path
     if kept.reason == WRITING:  # a client holds it open: its close may bring no new version
         log.info("not deleted id=%d path=%s reason=still open for writing",
-                 prepared.entry.id, path)
+                 opened.entry.id, path)
         return Undeleted(uploaded, f"still being written: {path} is open for writing;"
                          " uploaded, deleted once closed", WRITING, WRITING_RETRY)
     if kept.reason == "no_lease":
         return Undeleted(uploaded, f"no lease: cannot tell whether {path} is still open for"
                          f" writing ({kept.detail}); uploaded, kept", "no_lease")
-    return Undeleted(uploaded, f"cannot delete: {shown(os.path.dirname(prepared.entry.path))}"
+    return Undeleted(uploaded, f"cannot delete: {shown(os.path.dirname(opened.entry.path))}"
                      f" not writable by {user_name()} ({kept.detail}); uploaded, kept",
                      "cannot_delete")
 
@@ -278,6 +285,11 @@ def _still_stored(entry: Entry, source: Source, key: str, sink: Sink) -> Uploade
         return None
     return Uploaded(source.target.bucket, key, size, entry.sha256 or "", 0, "recorded",
                     entry.etag)
+
+
+def _cut_short(entry: Entry, exc: Superseded) -> Done:
+    log.info("superseded id=%d path=%s reason=%s", entry.id, entry.display_path, exc)
+    return Done(f"superseded: {exc}")
 
 
 def _superseded(entry: Entry, source: Source) -> Done:

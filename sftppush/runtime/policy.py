@@ -164,3 +164,21 @@ class Breaker:
         self.failing = self.pauses = 0
         self.until = 0.0
         return paused
+
+
+class Verdicts:
+    """`decide()` with what one process remembers between outcomes: each entry's transient
+    streak (forgotten at any other outcome) and the Breaker."""
+
+    def __init__(self, tuning: Tuning) -> None:
+        self.tuning = tuning
+        self.streaks: dict[int, int] = {}  # entry id -> transient outcomes in a row
+        self.breaker = Breaker(tuning.outage_after, tuning.transient_delay,
+                               tuning.transient_delay_max)
+
+    def judge(self, entry: Entry, outcome: object, max_attempts: int) -> Action:
+        streak = self.streaks.pop(entry.id, 0)
+        action = decide(entry, outcome, streak, self.tuning, max_attempts)
+        if isinstance(outcome, TransientError):
+            self.streaks[entry.id] = streak + 1
+        return action

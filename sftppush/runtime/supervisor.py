@@ -76,18 +76,29 @@ def run(cfg: Config, *, global_args: Sequence[str], sources: Sequence[str] = (),
             tempfile.TemporaryDirectory(prefix="sftppush-run-") as tmp:
         ready = _ReadySocket(Path(tmp) / "notify")
         children[0].env = {**env, "NOTIFY_SOCKET": str(ready.path)}
-        try:
+
+        def loop() -> None:
+            if ready.poll() and on_ready is not None:
+                on_ready()
             for child in children:
-                child.start()
-            while not stop.is_set():
-                if ready.poll() and on_ready is not None:
-                    on_ready()
-                for child in children:
-                    _tend(child)
-                stopping.wait(0.5)
-        finally:
+                _tend(child)
+            stopping.wait(0.5)
+
+        def shutdown(_ended: bool) -> None:
             _shutdown(children)
             ready.close()
+
+        signals.drive(stop, lambda: _start(children, ready), loop, shutdown)
+
+
+def _start(children: list[Child], ready: _ReadySocket) -> None:
+    try:
+        for child in children:
+            child.start()
+    except BaseException:  # those started are stopped, as when the loop ends
+        _shutdown(children)
+        ready.close()
+        raise
 
 
 def _tend(child: Child) -> None:

@@ -102,12 +102,8 @@ def run(cfg: Config, *, rescan: bool = True, stop: threading.Event | None = None
     with signals.on_stop(stop) as stopping, Queue(cfg.queue.path) as queue, \
             INotify(nonblocking=True) as inotify:
         watcher = Watcher(cfg, queue, inotify, wakeup=stopping.fileno())
-        watcher.start(rescan)
-        try:
-            while not stop.is_set():
-                watcher.step(stop)
-        finally:
-            watcher.shutdown()
+        signals.drive(stop, lambda: watcher.start(rescan), lambda: watcher.step(stop),
+                      lambda _ended: watcher.shutdown())
 
 
 class Watcher:

@@ -448,12 +448,13 @@ def remaining_files(directory: Path) -> int:
 # Steps of a small file in the consumer, by the function that does them (inclusive time).
 STEPS = (
     ("claim", ("claim (sftppush/queue/lifecycle.py",)),
-    ("open (prepare)", ("prepare",)), ("  safe open", ("open_in_root",)),
+    ("open (open_small)", ("open_small",)), ("  safe open", ("open_in_root",)),
     ("  detect, key, metadata", ("detect_fd", "object_key", "metadata")),
-    ("take_keys", ("take_key",)), ("send_opened", ("send_opened",)),
+    ("take_keys", ("take_key",)), ("put lane (_put)", ("_put (sftppush/runtime/lanes.py",)),
     ("  read + inflate", ("read_small",)), ("  Sink.put", ("put (sftppush/sink/s3.py",)),
     ("    CrtTransport.put", ("put (sftppush/sink/crt.py",)),
-    ("finish_sent (finish)", ("finish_sent",)), ("  log line", ("info (logging",)),
+    ("settled (finish)", ("settled (sftppush/runtime/lanes.py",)),
+    ("  log line", ("info (logging",)),
     ("  unlink", ("unlink (sftppush/pipeline/safeopen.py",)), ("decide", ("decide",)),
     ("ack_many", ("ack_many",)), ("renew", ("renew_leases",)),
     ("has_due", ("has_due",)),

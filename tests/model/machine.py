@@ -140,11 +140,11 @@ class Consumer:
         return {"claim": True, "work": bool(self.pool.waiting),
                 "deliver": bool(self.transport and self.transport.pending),
                 "verify": bool(self.verify.waiting),
-                "settle": not self.c.outcomes.empty(), "flush": bool(self.c.acks)}[action]
+                "settle": not self.c.inbox.empty(), "flush": bool(self.c.acks)}[action]
 
     def act(self, action: str) -> None:
         if action == "claim":
-            self.c._renew_if_due()
+            self.c.leases.renew_if_due()
             self.c._claim()
         elif action == "work":
             self.pool.run_one()
@@ -502,7 +502,7 @@ class Model(RuleBasedStateMachine):
         self.cfg = replace(self.cfg, consumer=consumer)
         self.ever_kept |= not consumer.delete_after_upload
         for c in self.consumers:
-            c.c.cfg = self.cfg
+            c.c.cfg = c.c.lane.cfg = self.cfg
 
     # --- what must hold after every step --------------------------------------------------
 

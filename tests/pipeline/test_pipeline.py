@@ -301,12 +301,13 @@ def test_a_read_cut_short_by_an_in_place_resend_is_superseded_never_uploaded(
     enqueue(cfg, f)
     prepared = pipeline.prepare(_claim(cfg), cfg, sink)
     assert isinstance(prepared, pipeline.Prepared)
+    opened = prepared.opened
     try:
         _resend_in_place(f, b"short\n")  # truncated while we hold it open, same inode
         with pytest.raises(outcomes.Superseded, match="at open"):
-            sink.upload(s3_bucket, prepared.key, prepared.reader(2**40), prepared.meta)
+            sink.upload(s3_bucket, opened.key, opened.reader(2**40), opened.meta)
     finally:
-        prepared.close()
+        opened.close()
     assert f.read_bytes() == b"short\n"
     assert_nothing_in(s3_client, s3_bucket)
 
@@ -317,13 +318,14 @@ def test_a_small_file_cut_short_before_its_fast_put_is_superseded(
     f = source_tree.upload / "small.csv"
     f.write_bytes(CSV)
     enqueue(cfg, f)
-    prepared = pipeline.prepare(_claim(cfg), cfg, _uploader(cfg))
+    opened = pipeline.open_small(_claim(cfg), cfg, _uploader(cfg))
+    assert isinstance(opened, pipeline.Opened)
     try:
         _resend_in_place(f, CSV[:100])
         with pytest.raises(outcomes.Superseded):
-            pipeline.read_small(prepared, 2**40, 8 * MB)
+            pipeline.read_small(opened, 2**40, 8 * MB)
     finally:
-        prepared.close()
+        opened.close()
 
 
 def test_a_plain_file_over_max_decompressed_bytes_is_refused(

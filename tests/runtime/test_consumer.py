@@ -189,7 +189,7 @@ def test_an_idle_consumer_wakes_when_the_queue_is_written(
     def idle(thread: threading.Thread) -> bool:
         """The consumer has looked, found nothing, and waits for an outcome or a wake-up."""
         frame = sys._current_frames().get(thread.ident or 0)
-        return frame is not None and frame.f_code.co_name == "_settle"
+        return frame is not None and frame.f_code.co_qualname in ("Inbox.take", "Inbox._wait")
 
     with consumer_thread(cfg, tuning, workers=2) as thread:
         wait_until(lambda: idle(thread), 20, "the consumer idle in its wait")
@@ -336,15 +336,16 @@ def test_transient_streaks_are_forgotten_whatever_the_next_outcome(source_tree: 
             for round_ in range(3):  # each entry: transient, transient, then an end
                 claims = [consumer.Claim(e, e.due) for e in q.claim(loop.owner, 60, 500)]
                 for claim in claims:
-                    loop._apply(claim, TransientError("S3 unreachable") if round_ < 2
-                                else ends[claim.entry.id % len(ends)])
+                    loop._apply(consumer.Result(claim, TransientError("S3 unreachable")
+                                                if round_ < 2
+                                                else ends[claim.entry.id % len(ends)]))
                 if round_ < 2:
-                    assert len(loop.transient_streak) == 500
+                    assert len(loop.verdicts.streaks) == 500
                     _make_due(q)
             loop._flush_acks()
         finally:
-            loop.pool.shutdown()
-    assert loop.transient_streak == {}
+            loop.lane.shutdown(cold=False)
+    assert loop.verdicts.streaks == {}
 
 
 def test_a_cold_stop_says_it_abandoned_uploads_only_when_some_were_in_flight(
@@ -369,7 +370,7 @@ def test_a_cold_stop_says_it_abandoned_uploads_only_when_some_were_in_flight(
                 "cold stop: abandoned uploads in flight count=1"]
             assert q.counts()[State.PENDING] == 1 and not loop.inflight
         finally:
-            loop.pool.shutdown()
+            loop.lane.shutdown(cold=False)
 
 
 def _make_due(q: Queue) -> None:

@@ -16,9 +16,10 @@ def consumer_thread(cfg: Any, tuning: Any = None, workers: int = 1,
     The stop event is ours, so no signal handler of pytest is replaced; the block's end sets
     it, joins the thread and re-raises what the consumer raised.
     """
+    from sftppush import signals
     from sftppush.runtime import consumer
 
-    stop = threading.Event()
+    stop = signals.Flag()  # its set() ends the consumer's wait at once
     errors: list[BaseException] = []
 
     def target() -> None:
