@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftppush.errors import PermanentError
+from sftppush.queue.entries import shown
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO for reading must not wait for a writer; it is refused after fstat.
@@ -154,7 +155,7 @@ class SafeFile:
             _rename_noreplace(self.dir_fd, private, self.name)
         except FileExistsError:
             log.warning("set aside name=%s kept_as=%s reason=name taken by a newer file",
-                        os.fsdecode(self.name), os.fsdecode(private))
+                        shown(self.name), shown(private))
 
 
 @contextlib.contextmanager
@@ -196,8 +197,8 @@ def remove_set_aside(root: bytes | str, path: bytes | str, inode: int, size: int
         if (safe.st.st_ino, safe.st.st_size, safe.st.st_mtime_ns) != (inode, size, mtime_ns):
             return False
         os.unlink(safe.name, dir_fd=safe.dir_fd)
-    log.info("removed set-aside name=%s kept_as=%s", os.fsdecode(name),
-             os.fsdecode(set_aside_name(inode)))
+    log.info("removed set-aside name=%s kept_as=%s", shown(name),
+             shown(set_aside_name(inode)))
     return True
 
 

@@ -232,6 +232,23 @@ def test_a_version_left_aside_by_a_killed_consumer_is_removed_by_the_retry(
     assert files_in(f.parent) == ["b.csv"]
 
 
+def test_a_set_aside_removed_under_a_name_not_utf8_is_logged_escaped(
+        tree: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    # A name's bytes reach the log as escapes, never as lone surrogates that no UTF-8
+    # stream (a journal, a log file, pytest-xdist's reports) can encode.
+    root, _ = tree
+    f = root / "upload" / os.fsdecode(b"p\xe9.csv")
+    f.write_bytes(b"v1")
+    with open_in_root(root, f) as safe:
+        st = safe.st
+        assert safe._set_aside() is not None
+    with caplog.at_level("INFO", logger="sftppush.safeopen"):
+        assert safeopen.remove_set_aside(root, f, st.st_ino, st.st_size, st.st_mtime_ns)
+    [line] = [r.getMessage() for r in caplog.records if "removed set-aside" in r.message]
+    assert "name=p\\xe9.csv" in line
+    line.encode("utf-8")
+
+
 def test_a_file_still_open_for_writing_is_never_deleted(tree: tuple[Path, Path]) -> None:
     # A client re-sending in place opened the file (O_TRUNC) and has not written yet: the
     # version we read (empty) is unchanged, but deleting it would lose what the client writes
