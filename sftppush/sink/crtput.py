@@ -13,7 +13,7 @@ import io as stdio
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _CODE_RE = re.compile(rb"<Code>([^<]{1,100})</Code>")
@@ -36,31 +36,77 @@ class PutError(Exception):
         self.code = code
 
 
+@dataclass(frozen=True)
+class Request:
+    """What one PUT sends, built once: where, its headers (each attempt signs a copy) and its
+    body."""
+
+    host: str
+    path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass
+class Heard:
+    """What the store said to the attempt in flight: status, headers, an error's XML."""
+
+    status: int | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    error_body: bytearray = field(default_factory=bytearray)
+
+
 class Put:
     """One PUT's state across its attempts. Its connection is closed to stop it (a timeout
     or a cold stop); the attempt in flight then completes with an error and is not retried."""
 
     def __init__(self, host: str, path: str, headers: list[tuple[str, str]], body: bytes,
                  answered: Callable[[Answer | PutError], None]) -> None:
-        self.host, self.path, self.headers, self.body = host, path, headers, body
+        self.sent = Request(host, path, headers, body)
         self.answered = answered
-        self.request: Any = None
+        self.request: Any = None  # awscrt's HttpRequest, signed for the attempt in flight
         self.attempts = 1
         self.started = 0.0  # time.monotonic() once it had room
         self.stopped = False
         self.timed_out = False
-        self.status: int | None = None
-        self.response: list[tuple[str, str]] = []
-        self.error_body = bytearray()
+        self.heard = Heard()
         self._connection: Any = None
         self._lock = threading.Lock()
+
+    @property
+    def host(self) -> str:
+        return self.sent.host
+
+    @property
+    def path(self) -> str:
+        return self.sent.path
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return self.sent.headers
+
+    @property
+    def body(self) -> bytes:
+        return self.sent.body
+
+    @property
+    def status(self) -> int | None:
+        return self.heard.status
+
+    @property
+    def response(self) -> list[tuple[str, str]]:
+        return self.heard.headers
+
+    @property
+    def error_body(self) -> bytearray:
+        return self.heard.error_body
 
     def attach(self, connection: Any) -> bool:
         with self._lock:
             if self.stopped:
                 return False
             self._connection = connection
-            self.status, self.response, self.error_body = None, [], bytearray()
+            self.heard = Heard()
             return True
 
     def detach(self) -> Any:
@@ -83,11 +129,11 @@ class Put:
     def on_response(self, status_code: int, headers: list[tuple[str, str]],
                     **_: Any) -> None:
         keep_thread_state()
-        self.status, self.response = status_code, headers
+        self.heard.status, self.heard.headers = status_code, headers
 
     def on_body(self, chunk: bytes, **_: Any) -> None:
-        if len(self.error_body) < 4096:  # an error's XML; a PUT's answer has no body
-            self.error_body += chunk
+        if len(self.heard.error_body) < 4096:  # an error's XML; a PUT's answer has no body
+            self.heard.error_body += chunk
 
 
 _kept = threading.local()  # lives in a thread's Python thread state: set once it is kept

@@ -52,17 +52,17 @@ class Sink:
                  verify_pool: Executor | None = None) -> None:
         transfer = transfer or Transfer()
         self.client = client
-        self.part_size = s3.part_size_mb * 2**20
+        part_size = s3.part_size_mb * 2**20
         self.retry = transfer.retry
         self.checksum = store_checksum(s3.checksum)
         self.extra = options(s3)
         # Under SSE-KMS (and SSE-C) an ETag is not an MD5 of the body.
         self.opaque = str(s3.sse).startswith("aws:kms")
-        self.multipart = Multipart(self.call, self.part_size, self.checksum, self.extra,
+        self.multipart = Multipart(self.call, part_size, self.checksum, self.extra,
                                    self.opaque, transfer.part_memory, transfer.spool_above,
                                    transfer.part_memory_max)
         self.transport = transport
-        self.max_small = min(transfer.max_small, self.part_size,
+        self.max_small = min(transfer.max_small, part_size,
                              transport.max_body if transport else 0)
         self._credentials = credentials or (lambda: True)
         # The headers every fast PUT carries, built once.
@@ -270,11 +270,12 @@ class Sink:
             return self.multipart.upload(bucket, key, [], reader, metadata, cancel, journal,
                                          recorded)
         # Small-file fast path: most files end within the first read, one PUT of bytes.
-        head = read_full(reader, min(SMALL_BODY, self.part_size))
-        if len(head) < min(SMALL_BODY, self.part_size):
+        part_size = self.multipart.part_size
+        head = read_full(reader, min(SMALL_BODY, part_size))
+        if len(head) < min(SMALL_BODY, part_size):
             return self._put_single(bucket, key, head, metadata, cancel, if_absent)
-        first = read_part(reader, self.part_size, head)
-        second = read_part(reader, self.part_size) if len(first) == self.part_size else None
+        first = read_part(reader, part_size, head)
+        second = read_part(reader, part_size) if len(first) == part_size else None
         if not second:
             return self._put_single(bucket, key, first, metadata, cancel, if_absent)
         if if_absent:
