@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import statistics
+from dataclasses import dataclass, field
 
 GROW = 1.25            # a step up while below the threshold: the first, ...
 GROW_MAX = 2.0         # ... up to this after steps that cost no latency (TCP's slow start) ...
@@ -23,6 +24,25 @@ SHRINK = 0.875
 MIN_EPOCH = 8          # answers: fewer say too little about the median
 FULL = 0.85            # the window is full when this share of it ran, on average
 RECENT = 32            # epochs whose medians make "the lowest recent median"
+
+
+@dataclass
+class _Epoch:
+    """The answers of the epoch being measured."""
+
+    latencies: list[float] = field(default_factory=list)
+    running: int = 0          # the requests running at each answer, summed
+    throttled: bool = False   # the store asked to slow down in it
+
+
+@dataclass
+class _Probe:
+    """The step up being measured, and how big the next one is."""
+
+    step: tuple[float, float] | None = None  # (size, median) before a step up
+    factor: float = GROW                     # the next step up, below the threshold
+    settling: bool = False                   # the epoch after a step: not measured
+    rest: int = 0                            # epochs to wait before the next try
 
 
 class Window:
@@ -61,15 +81,10 @@ class Window:
         self.largest = self.floor             # the largest size so far
         self.throttles = 0                    # times the store asked to slow down
         self.cuts = 0                         # ... that cut the window
-        self._latencies: list[float] = []     # of this epoch's answers
-        self._running = 0                     # ... and the requests running at each, summed
+        self._epoch = _Epoch()
         self._medians: collections.deque[float] = collections.deque(maxlen=RECENT)
-        self._throttled = False               # in this epoch
         self._since_cut = self.floor          # answers since the last cut
-        self._step: tuple[float, float] | None = None  # (size, median) before a step up
-        self._factor = GROW                   # the next step up, below the threshold
-        self._settling = False                # the epoch after a step: not measured
-        self._rest = 0
+        self._probe = _Probe()
 
     @property
     def size(self) -> int:
@@ -79,54 +94,54 @@ class Window:
     def throttled(self) -> None:
         """The store asked to slow down (503 SlowDown, 429, a throttling code)."""
         self.throttles += 1
-        self._throttled = True
+        self._epoch.throttled = True
         if self._since_cut >= self.size:  # once per window of answers, as TCP once per RTT
             self.cuts += 1
             self._since_cut = 0
             self.limit = max(1.0, self.limit / 2)
             self.threshold = self.limit
-            self._step = None
+            self._probe.step = None
 
     def answered(self, latency: float, running: int) -> None:
         """One answer came, `latency` seconds after its request started, while `running`
         requests were in flight (itself included)."""
         self._since_cut += 1
-        self._latencies.append(latency)
-        self._running += running
-        if len(self._latencies) >= max(self.min_epoch, self.size):
+        self._epoch.latencies.append(latency)
+        self._epoch.running += running
+        if len(self._epoch.latencies) >= max(self.min_epoch, self.size):
             self._decide()
 
     def _decide(self) -> None:
-        latencies, self._latencies = self._latencies, []
+        latencies, self._epoch.latencies = self._epoch.latencies, []
         median = statistics.median(latencies)
         self._medians.append(median)
-        full = self._running >= FULL * self.size * len(latencies)
-        self._running = 0
-        throttled, self._throttled = self._throttled, False
+        full = self._epoch.running >= FULL * self.size * len(latencies)
+        self._epoch.running = 0
+        throttled, self._epoch.throttled = self._epoch.throttled, False
         if throttled:
             return  # cut already, at the throttle
         if self.limit < self.floor:
             self.limit = min(float(self.floor), self.limit + max(1.0, self.limit / 8))
         elif median > RISE * min(self._medians) + RISE_SLACK:
             self.limit = max(float(self.floor), self.limit * SHRINK)
-            self._step = None
-        elif self._settling:
-            self._settling = False
-        elif self._step is not None:
+            self._probe.step = None
+        elif self._probe.settling:
+            self._probe.settling = False
+        elif self._probe.step is not None:
             if self._paid(median) and full:
                 self._grow(median)  # the next step at once: two epochs a step
         elif full:
             self._grow(median)
 
     def _grow(self, median: float) -> None:
-        if self._rest:
-            self._rest -= 1
+        if self._probe.rest:
+            self._probe.rest -= 1
             return
-        grown = max(self.limit + 1, self.limit * self._factor) if self.limit < self.threshold else \
-            self.limit + max(1.0, self.limit * GROW_AFTER)
+        grown = max(self.limit + 1, self.limit * self._probe.factor) \
+            if self.limit < self.threshold else self.limit + max(1.0, self.limit * GROW_AFTER)
         grown = min(float(self.ceiling), grown)
         if int(grown) > self.size:
-            self._step, self._settling = (self.limit, median), True
+            self._probe.step, self._probe.settling = (self.limit, median), True
             self.limit = grown
             self.largest = max(self.largest, self.size)
 
@@ -134,18 +149,18 @@ class Window:
         """Whether the step up just measured paid. If not, a big step goes back halfway (and
         that is measured next as a step from the same start), a small one back to before it,
         and the window rests."""
-        (before, was), self._step = self._step, None
+        (before, was), self._probe.step = self._probe.step, None
         step = self.limit / before
         if median / was > 1 + (step - 1) * PAID + NOISE:  # it only queued
-            self._factor = GROW
+            self._probe.factor = GROW
             halfway = before * (1 + step) / 2
             if step > GROW and int(halfway) > int(before):
-                self._step, self._settling = (before, was), True
+                self._probe.step, self._probe.settling = (before, was), True
                 self.limit = halfway
             else:
-                self.limit, self._rest = before, REST
+                self.limit, self._probe.rest = before, REST
             return False
         # Latency held: the link set it, not the store; bigger steps until one costs some.
-        self._factor = min(GROW_MAX, 1 + 2 * (self._factor - 1)) if median / was <= 1 + NOISE \
-            else GROW
+        self._probe.factor = min(GROW_MAX, 1 + 2 * (self._probe.factor - 1)) \
+            if median / was <= 1 + NOISE else GROW
         return True
