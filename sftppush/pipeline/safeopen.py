@@ -196,7 +196,15 @@ def remove_set_aside(root: bytes | str, path: bytes | str, inode: int, size: int
     with safe:
         if (safe.st.st_ino, safe.st.st_size, safe.st.st_mtime_ns) != (inode, size, mtime_ns):
             return False
-        os.unlink(safe.name, dir_fd=safe.dir_fd)
+        try:
+            os.unlink(safe.name, dir_fd=safe.dir_fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            # A directory the service cannot write (now): the next rescan hands it back.
+            log.warning("set-aside kept name=%s kept_as=%s reason=%s", shown(name),
+                        shown(set_aside_name(inode)), exc.strerror)
+            return False
     log.info("removed set-aside name=%s kept_as=%s", shown(name),
              shown(set_aside_name(inode)))
     return True

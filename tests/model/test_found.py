@@ -187,3 +187,27 @@ def test_a_private_name_left_while_its_directory_was_away_goes_at_a_later_scan()
            ("quiesce", {}),
            ("dir_renamed_back", {"d": b"a"}),
            ("quiesce", {}))
+
+
+def test_a_set_aside_in_a_directory_made_unwritable_fails_no_entry_as_internal() -> None:
+    """Found by the long profile (20 min) on main: killed between the set-aside and the
+    unlink, then the directory made immutable; the next claim's removal of the private
+    name met EPERM, which failed the entry as an internal error, and nothing removed the
+    name once the directory was writable again. Now the name stays while the directory
+    cannot be written, and the first rescan after that hands the entry back."""
+    replay({"crt": False, "conditional": False, "checksums": "validate", "opaque": False,
+            "delete": True},
+           ("open_and_hold", {"d": b"b", "name": b"n\nl.txt"}),
+           ("consumer_killed", {"which": 0, "when": "unlink", "after": 0, "reached": True}),
+           ("held_file_closed", {"which": 0, "write_first": True}),
+           ("watcher_reads_events", {}),
+           ("consumers_run", {}),
+           ("consumer_started", {}),
+           ("dir_unwritable", {"d": b"b", "on": True}),
+           ("consumers_run", {}),
+           ("consumers_run", {}),
+           ("consumers_run", {}),
+           ("consumers_run", {}),
+           ("quiesce", {}),
+           ("dir_unwritable", {"d": b"b", "on": False}),
+           ("quiesce", {}))
