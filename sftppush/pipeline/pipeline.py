@@ -328,8 +328,9 @@ def _vanished(entry: Entry, source: Source, sink: Sink) -> Done:
     for key in candidate_keys(source, entry.path):
         found = sink.head(bucket, key)
         if found is not None:
-            # A consumer killed between the set-aside and the unlink of this version.
-            remove_set_aside(source.root, entry.path, entry.inode, entry.size, entry.mtime_ns)
+            if entry.etag is None:  # else removed above
+                remove_set_aside(source.root, entry.path, entry.inode, entry.size,
+                                 entry.mtime_ns)
             log.info("vanished id=%d path=%s object=exists key=%s", entry.id, entry.display_path,
                      key)
             ours = key == entry.key and \
