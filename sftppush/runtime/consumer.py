@@ -5,21 +5,22 @@ the queue is written (wake.py), applying what an outcome means for an entry (pol
 ack in batches, retry later with a growing capped delay, fail at max_attempts, release on
 stop), `--drain` and SIGTERM, as initialize/loop/shutdown under signals.drive(). How an
 entry is sent is its lane's (lanes.py): the consumer never calls the pipeline or the sink's
-transports, and never fails an entry for a transient error.
+transports, and never fails an entry for a transient error. A cold stop hands the claims
+back and returns; the uploads still waiting run on daemon threads (threads.Pool) and end
+with the process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 
-from sftppush import signals
+from sftppush import signals, threads
 from sftppush.config import Config
 from sftppush.errors import PermanentError, TransientError
 from sftppush.outcomes import Done, Held, LeaseLost, Undeleted, UploadCancelled
@@ -71,12 +72,6 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
                 signals.drive(stop, loop.initialize, lambda: loop.loop(drain), loop.shutdown)
         finally:
             sink.close(abandon=cancel.is_set())
-    if own_signals and cancel.is_set():
-        # A cold stop: the claims are handed back, but a worker thread still waiting on the
-        # store would hold the interpreter's exit (executors join their threads) until its
-        # read timeout. Its upload dies with the process.
-        logging.shutdown()
-        os._exit(0)
 
 
 class Consumer:
@@ -101,7 +96,7 @@ class Consumer:
         self.acks = Acks(q, tuning, monotonic)
         self.verdicts = Verdicts(tuning)
         stream = StreamLane(cfg, sink, q, self.leases, self.inbox,
-                            pool or ThreadPoolExecutor(workers, thread_name_prefix="worker"),
+                            pool or threads.Pool(workers, "worker"),
                             workers, (stop, cancel), lambda entry: q.journal(entry, Resumable.of),
                             tuning.nlink_retry_after)
         self.lane: Lane = PutLane(stream, tuning.poll_interval) if sink.fast else stream
