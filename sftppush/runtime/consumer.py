@@ -25,6 +25,7 @@ from sftppush.config import Config
 from sftppush.errors import PermanentError, TransientError
 from sftppush.outcomes import Done, Held, LeaseLost, Undeleted, UploadCancelled
 from sftppush.queue.entries import Entry, State
+from sftppush.queue.lifecycle import Entries
 from sftppush.queue.owners import owner_token
 from sftppush.queue.queue import Queue
 from sftppush.runtime import memory
@@ -85,17 +86,17 @@ class Consumer:
         leases follow the queue's clock) default to this process's; a test that steps the
         consumer passes its own."""
         self.cfg = cfg
-        self.queue = q
+        self.entries = q.entries  # the queue's part the loop claims and settles through
         self.tuning = tuning
         self.stop, self.cancel = stop, cancel
         self.owner = owner or owner_token()
         self.monotonic = monotonic
-        self.leases = Leases(q, cfg.queue.lease_seconds, monotonic)
+        self.leases = Leases(q.entries, cfg.queue.lease_seconds, monotonic)
         # Outcomes of the lanes, and wake-ups: "the queue was written, look again".
         self.inbox = Inbox(monotonic)
-        self.acks = Acks(q, tuning, monotonic)
+        self.acks = Acks(q.entries, tuning, monotonic)
         self.verdicts = Verdicts(tuning)
-        stream = StreamLane(cfg, sink, q, self.leases, self.inbox,
+        stream = StreamLane(cfg, sink, q.keys, self.leases, self.inbox,
                             pool or threads.Pool(workers, "worker"),
                             workers, (stop, cancel), lambda entry: q.journal(entry, Resumable.of),
                             tuning.nlink_retry_after)
@@ -111,7 +112,7 @@ class Consumer:
                  self.lane.workers, self.cfg.queue.path)
         # The loop sleeps on its inbox (up to poll_interval): a stop, warm or cold, wakes it
         # when its flag has a file descriptor (signals.Flag), whoever sets it.
-        self.inbox.open(self.queue.file, [f for f in (self.stop, self.cancel)
+        self.inbox.open(self.entries.file.file, [f for f in (self.stop, self.cancel)
                                           if isinstance(f, signals.Flag)])
         self.leases.start()
 
@@ -146,7 +147,7 @@ class Consumer:
         abandoned = list(self.inflight.values())
         for claim in abandoned:
             del self.inflight[claim.entry.id]
-            if not self.queue.release(claim.entry):
+            if not self.entries.release(claim.entry):
                 self._lease_lost(claim.entry, "abandon")
         if abandoned and self.cancel.is_set():
             log.warning("cold stop: abandoned uploads in flight count=%d owner=%s",
@@ -170,10 +171,10 @@ class Consumer:
         # the read-only "anything due?" first, so an idle consumer writes nothing.
         if room <= 0 or (self.inflight and room < batch // 2):
             return 0, False
-        if not self.queue.has_due():
+        if not self.entries.has_due():
             self.inbox.listen(True)
             return 0, False
-        entries = self.queue.claim(self.owner, self.lease_seconds, limit=room)
+        entries = self.entries.claim(self.owner, self.lease_seconds, limit=room)
         # A full claim: more is waiting, and outcomes bring this loop back for it; wake-ups
         # by queue writes (its own among them) matter again once a claim finds less.
         self.inbox.listen(len(entries) < room)
@@ -187,7 +188,7 @@ class Consumer:
 
     def _drained(self) -> bool:
         self._flush_acks()
-        counts = self.queue.counts()
+        counts = self.entries.counters.counts()
         return counts[State.PENDING] == 0 and counts[State.CLAIMED] == 0
 
     def _settle(self, wait: float) -> None:
@@ -220,15 +221,15 @@ class Consumer:
             self._lease_lost(entry, "delete")
             return
         if isinstance(action, Release):
-            ok = self.queue.release(entry)
+            ok = self.entries.release(entry)
             log.info("released id=%d path=%s", entry.id, entry.display_path)
         elif isinstance(action, Fail):
-            ok = self.queue.fail(entry, action.error, reason=action.reason,
+            ok = self.entries.fail(entry, action.error, reason=action.reason,
                                  stored=action.stored)
             log.error("failed id=%d path=%s attempts=%d error=%s", entry.id,
                       entry.display_path, entry.attempts + 1, action.error)
         else:
-            ok = self.queue.retry_later(entry, action.error, action.delay, action.count_attempt,
+            ok = self.entries.retry_later(entry, action.error, action.delay, action.count_attempt,
                                         reason=action.reason, stored=action.stored)
             if logged:
                 log.warning("retry later id=%d path=%s attempts=%d delay=%.1f error=%s",
@@ -258,8 +259,9 @@ class Consumer:
 class Acks:
     """Acks written together: up to ack_batch of them, none waiting over ack_delay."""
 
-    def __init__(self, queue: Queue, tuning: Tuning, monotonic: Callable[[], float]) -> None:
-        self.queue = queue
+    def __init__(self, entries: Entries, tuning: Tuning, monotonic: Callable[[], float]
+                 ) -> None:
+        self.entries = entries
         self.batch, self.delay = tuning.ack_batch, tuning.ack_delay
         self.monotonic = monotonic
         self.pending: list[tuple[Claim, Ack]] = []
@@ -288,6 +290,6 @@ class Acks:
         if not self.pending:
             return []
         done, self.pending = self.pending, []
-        return self.queue.ack_many([(c.entry, ack.note) for c, ack in done],
+        return self.entries.ack_many([(c.entry, ack.note) for c, ack in done],
                                    uploaded={c.entry.id: ack.uploaded for c, ack in done
                                              if ack.uploaded})
