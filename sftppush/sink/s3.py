@@ -1,16 +1,15 @@
 """The sink: one upload interface over two transports, with verify.
 
 Streams and multipart go through one boto3 client; small in-memory bodies through awscrt
-(crt.py, a transport only) when it is installed. Both share the options of SPEC 3, checksum
-encoding and verification; what each answer of the store means (TransientError or
-PermanentError, verified or not) is answers.py's. It must never touch local files or the
-queue.
+(crt.py, a transport only). Both share the options of SPEC 3 and checksum encoding; a
+single PUT is built once and its answer settled once, whichever transport sent it
+(single.py); what a failure means (TransientError or PermanentError) is answers.py's. What
+needs the store again (a HEAD to verify, a 412's "whose object?") happens here. It must
+never touch local files or the queue.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import os
 import threading
@@ -27,20 +26,27 @@ from sftppush.config import Defaults, S3Config
 from sftppush.errors import PermanentError, Throttled, TransientError
 from sftppush.outcomes import Uploaded
 from sftppush.sink import crt
-from sftppush.sink.answers import NOT_FOUND, Where, classify, error_code, verified_by
+from sftppush.sink.answers import NOT_FOUND, Where, classify, error_code
 from sftppush.sink.client import OPTION_HEADERS, crt_credentials, make_client, make_session, options
 from sftppush.sink.multipart import Journal, Multipart
 from sftppush.sink.parts import PartBody, Reader, read_full, read_part, store_checksum
+from sftppush.sink.single import (
+    NAME_KEY,
+    SHA256_KEY,
+    SOURCE_KEY,
+    Answer,
+    PutError,
+    Settled,
+    Single,
+    Taken,
+    Unverified,
+    Verified,
+    settle,
+)
 from sftppush.sink.transfer import Transfer
 
 log = logging.getLogger("sftppush.s3")
 
-SHA256_KEY = "sftppush-sha256"
-SOURCE_KEY = "sftppush-source"
-NAME_KEY = "sftppush-original-name"
-# User metadata as request headers, the names sftppush sends spelled once.
-_META = {name: f"x-amz-meta-{name}" for name in (
-    SOURCE_KEY, NAME_KEY, "sftppush-original-size", "sftppush-mtime", SHA256_KEY)}
 SMALL_BODY = 2**20  # read first; a body that ends within it never gets a part-sized buffer
 class Sink:
     """Uploads to S3: `upload()` streams a reader (boto3, multipart above one part);
@@ -69,7 +75,6 @@ class Sink:
         # The headers every fast PUT carries, built once.
         self._headers = [("Content-Type", "application/octet-stream"),
                          *((OPTION_HEADERS[name], value) for name, value in self.extra.items())]
-        self._checksum_header = self.checksum.header if self.checksum else ""
         if self.checksum:
             self._headers.append(("x-amz-sdk-checksum-algorithm", self.checksum.name.upper()))
         # HEADs that verify fast PUTs run here, never on a CRT thread or the caller's loop.
@@ -121,69 +126,49 @@ class Sink:
         if self._credentials() is None:
             out.set_exception(TransientError("S3: no usable AWS credentials yet"))
             return out
-        sha = hashlib.sha256(body).hexdigest()
-        md5 = hashlib.md5(body, usedforsecurity=False)
-        sent = self.checksum.of(body) if self.checksum else None
-        headers = [("Content-MD5", base64.b64encode(md5.digest()).decode()), *self._headers]
-        if sent:
-            headers.append((self._checksum_header, sent))
-        headers += [(_META.get(name) or f"x-amz-meta-{name}", value)
-                    for name, value in metadata.items()]
-        headers.append((_META[SHA256_KEY], sha))
-        if if_absent:
-            headers.append(("If-None-Match", "*"))
+        single = Single.of(bucket, key, body, metadata, self.checksum, if_absent)
 
-        def answered(answer: crt.Answer | crt.PutError) -> None:
+        def answered(answer: Answer | PutError) -> None:
             try:
-                if isinstance(answer, crt.PutError):
-                    if answer.status == 412 and if_absent:  # someone's object is there: whose?
-                        self._verify.submit(self._settle, out, self._replace, bucket, key, body,
-                                            metadata, None)
-                        return
-                    error = classify(answer, where=self.where(bucket))
-                    if isinstance(error, Throttled):
-                        self.transport.throttled()  # fewer in flight from now on
-                    out.set_exception(error)
-                    return
-                etag = answer.headers.get("etag", "")
-                how = verified_by(self.checksum, sent, answer.headers.get(self._checksum_header),
-                                  etag, md5.hexdigest, self.opaque)
+                settled = settle(single, answer, self.checksum, self.opaque,
+                                 lambda: self.where(bucket))
+            except Throttled as exc:
+                self.transport.throttled()  # fewer in flight from now on
+                out.set_exception(exc)
+                return
             except BaseException as exc:
                 out.set_exception(classify(exc))
                 return
-            if how:
-                out.set_result(self._uploaded(bucket, key, len(body), sha, how, etag))
+            if isinstance(settled, Verified):
+                out.set_result(single.uploaded(settled.how, settled.etag))
             else:  # a HEAD waits on the store: never on a CRT thread
-                self._verify.submit(self._settle, out, self._uploaded, bucket, key, len(body),
-                                    sha, None, "")
+                self._verify.submit(self._settle, out, single, settled)
 
-        self.transport.put(bucket, key, body, headers, answered)
+        self.transport.put(bucket, key, body, single.headers(self._headers, self.checksum),
+                           answered)
         return out
 
-    @staticmethod
-    def _settle(out: Future[Uploaded], work: Callable[..., Uploaded], *args: Any) -> None:
-        """`out` gets what `work(*args)` returns or raises (classified): the part of a fast
+    def _settle(self, out: Future[Uploaded], single: Single, settled: Settled) -> None:
+        """`out` gets what `_finish` returns or raises (classified): the part of a fast
         PUT's settling that waits on the store, run on the verify pool."""
         try:
-            out.set_result(work(*args))
+            out.set_result(self._finish(single, settled, None))
         except BaseException as exc:
             out.set_exception(classify(exc))
 
-    def _replace(self, bucket: str, key: str, body: bytes | bytearray,
-                 metadata: dict[str, str], cancel: threading.Event | None) -> Uploaded:
-        """A conditional PUT found an object at `key` (412, either transport): replace it
-        with an unconditional PUT if it came from the same local path, else `may_replace`
+    def _finish(self, single: Single, settled: Settled,
+                cancel: threading.Event | None) -> Uploaded:
+        """A single PUT's verified upload, from what its answer meant (either transport):
+        verified already; checked by a HEAD; or, an object found at the key (412), replaced
+        by an unconditional PUT if it came from the same local path, else `may_replace`
         raises the key collision."""
-        self.may_replace(bucket, key, metadata)
-        return self._put_single(bucket, key, body, metadata, cancel)
-
-    def _uploaded(self, bucket: str, key: str, size: int, sha: str, how: str | None,
-                  etag: str) -> Uploaded:
-        """A single PUT's verified upload: verified `how` by its answer, else (None) by a
-        HEAD of the object (either transport)."""
-        if how is None:
-            how, etag = "head", self.verify_head(bucket, key, size, sha)
-        return Uploaded(bucket, key, size, sha, 0, how, etag.strip('"'))
+        if isinstance(settled, Taken):
+            self.may_replace(single.bucket, single.key, single.metadata)
+            return self._put_single(single.unconditional(), cancel)
+        if isinstance(settled, Unverified):
+            return single.uploaded("head", self.verify_head(
+                single.bucket, single.key, len(single.body), single.sha))
+        return single.uploaded(settled.how, settled.etag)
 
     def head(self, bucket: str, key: str) -> Found | None:
         """The object at `key` as HEAD shows it, or None if there is none."""
@@ -274,11 +259,13 @@ class Sink:
         part_size = self.multipart.part_size
         head = read_full(reader, min(SMALL_BODY, part_size))
         if len(head) < min(SMALL_BODY, part_size):
-            return self._put_single(bucket, key, head, metadata, cancel, if_absent)
+            return self._put_single(Single.of(bucket, key, head, metadata, self.checksum,
+                                              if_absent), cancel)
         first = read_part(reader, part_size, head)
         second = read_part(reader, part_size) if len(first) == part_size else None
         if not second:
-            return self._put_single(bucket, key, first, metadata, cancel, if_absent)
+            return self._put_single(Single.of(bucket, key, first, metadata, self.checksum,
+                                              if_absent), cancel)
         if if_absent:
             self.may_replace(bucket, key, metadata)
         parts = [first, second]
@@ -287,28 +274,27 @@ class Sink:
         del head, first, second
         return self.multipart.upload(bucket, key, parts, reader, metadata, cancel, journal)
 
-    def _put_single(self, bucket: str, key: str, body: bytes | bytearray, metadata: dict[str, str],
-                    cancel: threading.Event | None, if_absent: bool = False) -> Uploaded:
-        sha = hashlib.sha256(body).hexdigest()
-        args = {"Bucket": bucket, "Key": key, "Metadata": {**metadata, SHA256_KEY: sha},
-                "Body": PartBody(body) if len(body) > SMALL_BODY else body, **self.extra}
-        sent = self.checksum.of(body) if self.checksum else None
-        if self.checksum:
-            args.update({"ChecksumAlgorithm": self.checksum.name.upper(),
-                         self.checksum.param: sent})
+    def _put_single(self, single: Single, cancel: threading.Event | None) -> Uploaded:
+        """One single PUT through boto3 (retried in place), settled as a fast one is."""
+        return self._finish(single, settle(single, self._send(single, cancel), self.checksum,
+                                           self.opaque, lambda: self.where(single.bucket)),
+                            cancel)
+
+    def _send(self, single: Single, cancel: threading.Event | None) -> Answer | PutError:
+        """boto3's answer to `single` in the awscrt transport's terms: the headers that
+        settle reads, or a 412 to a conditional PUT. Other errors raise, classified."""
+        body = PartBody(single.body) if len(single.body) > SMALL_BODY else single.body
         try:
-            resp = self.call("put_object", cancel, **args,
-                             **({"IfNoneMatch": "*"} if if_absent else {}))
+            resp = self.call("put_object", cancel,
+                             **single.arguments(self.extra, self.checksum, body))
         except PermanentError as exc:
-            if not (if_absent and error_code(exc) == "PreconditionFailed"):
-                raise
-            return self._replace(bucket, key, body, metadata, cancel)
-        etag = str(resp.get("ETag", ""))
-        how = verified_by(self.checksum, sent,
-                          resp.get(self.checksum.param) if self.checksum else None, etag,
-                          lambda: hashlib.md5(body, usedforsecurity=False).hexdigest(),
-                          self.opaque)
-        return self._uploaded(bucket, key, len(body), sha, how, etag)
+            if single.if_absent and error_code(exc) == "PreconditionFailed":
+                return PutError(412, "PreconditionFailed", str(exc))
+            raise
+        headers = {"etag": str(resp.get("ETag", ""))}
+        if self.checksum and resp.get(self.checksum.param):
+            headers[self.checksum.header] = resp[self.checksum.param]
+        return Answer(headers)
 
     def verify_head(self, bucket: str, key: str, size: int, sha: str) -> str:
         """Check the object's size and `sftppush-sha256` through HEAD; its ETag."""
