@@ -4,7 +4,9 @@ upkeep and operator commands.
 Owns composing them, one part a concern as rq's registries are: the file (queuefile.py),
 entries from enqueue to done (lifecycle.py), key reservations (keys.py), the multipart
 journal (uploads.py), counters (counters.py), and what operators ask (commands.py). Each
-method here hands its call to the part that owns it; it never runs a statement itself.
+method here hands its call to the part that owns it; it never runs a statement itself. A
+consumer's loop, which runs per file, holds the parts it writes through (`entries`, `keys`)
+and calls them directly.
 """
 
 from __future__ import annotations

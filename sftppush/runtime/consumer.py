@@ -5,25 +5,27 @@ the queue is written (wake.py), applying what an outcome means for an entry (pol
 ack in batches, retry later with a growing capped delay, fail at max_attempts, release on
 stop), `--drain` and SIGTERM, as initialize/loop/shutdown under signals.drive(). How an
 entry is sent is its lane's (lanes.py): the consumer never calls the pipeline or the sink's
-transports, and never fails an entry for a transient error.
+transports, and never fails an entry for a transient error. A cold stop hands the claims
+back and returns; the uploads still waiting run on daemon threads (threads.Pool) and end
+with the process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 
-from sftppush import signals
+from sftppush import signals, threads
 from sftppush.config import Config
 from sftppush.errors import PermanentError, TransientError
 from sftppush.outcomes import Done, Held, LeaseLost, Undeleted, UploadCancelled
 from sftppush.queue.entries import Entry, State
+from sftppush.queue.lifecycle import Entries
 from sftppush.queue.owners import owner_token
 from sftppush.queue.queue import Queue
 from sftppush.runtime import memory
@@ -71,12 +73,6 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
                 signals.drive(stop, loop.initialize, lambda: loop.loop(drain), loop.shutdown)
         finally:
             sink.close(abandon=cancel.is_set())
-    if own_signals and cancel.is_set():
-        # A cold stop: the claims are handed back, but a worker thread still waiting on the
-        # store would hold the interpreter's exit (executors join their threads) until its
-        # read timeout. Its upload dies with the process.
-        logging.shutdown()
-        os._exit(0)
 
 
 class Consumer:
@@ -90,18 +86,18 @@ class Consumer:
         leases follow the queue's clock) default to this process's; a test that steps the
         consumer passes its own."""
         self.cfg = cfg
-        self.queue = q
+        self.entries = q.entries  # the queue's part the loop claims and settles through
         self.tuning = tuning
         self.stop, self.cancel = stop, cancel
         self.owner = owner or owner_token()
         self.monotonic = monotonic
-        self.leases = Leases(q, cfg.queue.lease_seconds, monotonic)
+        self.leases = Leases(q.entries, cfg.queue.lease_seconds, monotonic)
         # Outcomes of the lanes, and wake-ups: "the queue was written, look again".
         self.inbox = Inbox(monotonic)
-        self.acks = Acks(q, tuning.batching, monotonic)
+        self.acks = Acks(q.entries, tuning.batching, monotonic)
         self.verdicts = Verdicts(tuning.retries)
-        stream = StreamLane(cfg, sink, q, self.leases, self.inbox,
-                            pool or ThreadPoolExecutor(workers, thread_name_prefix="worker"),
+        stream = StreamLane(cfg, sink, q.keys, self.leases, self.inbox,
+                            pool or threads.Pool(workers, "worker"),
                             workers, (stop, cancel), lambda entry: q.journal(entry, Resumable.of),
                             tuning.retries.nlink_retry_after)
         self.lane: Lane = PutLane(stream, tuning.batching.poll_interval) if sink.fast else stream
@@ -116,7 +112,7 @@ class Consumer:
                  self.lane.workers, self.cfg.queue.path)
         # The loop sleeps on its inbox (up to poll_interval): a stop, warm or cold, wakes it
         # when its flag has a file descriptor (signals.Flag), whoever sets it.
-        self.inbox.open(self.queue.file, [f for f in (self.stop, self.cancel)
+        self.inbox.open(self.entries.file.file, [f for f in (self.stop, self.cancel)
                                           if isinstance(f, signals.Flag)])
         self.leases.start()
 
@@ -151,7 +147,7 @@ class Consumer:
         abandoned = list(self.inflight.values())
         for claim in abandoned:
             del self.inflight[claim.entry.id]
-            if not self.queue.release(claim.entry):
+            if not self.entries.release(claim.entry):
                 self._lease_lost(claim.entry, "abandon")
         if abandoned and self.cancel.is_set():
             log.warning("cold stop: abandoned uploads in flight count=%d owner=%s",
@@ -175,10 +171,10 @@ class Consumer:
         # the read-only "anything due?" first, so an idle consumer writes nothing.
         if room <= 0 or (self.inflight and room < batch // 2):
             return 0, False
-        if not self.queue.has_due():
+        if not self.entries.has_due():
             self.inbox.listen(True)
             return 0, False
-        entries = self.queue.claim(self.owner, self.lease_seconds, limit=room)
+        entries = self.entries.claim(self.owner, self.lease_seconds, limit=room)
         # A full claim: more is waiting, and outcomes bring this loop back for it; wake-ups
         # by queue writes (its own among them) matter again once a claim finds less.
         self.inbox.listen(len(entries) < room)
@@ -192,7 +188,7 @@ class Consumer:
 
     def _drained(self) -> bool:
         self._flush_acks()
-        counts = self.queue.counts()
+        counts = self.entries.counters.counts()
         return counts[State.PENDING] == 0 and counts[State.CLAIMED] == 0
 
     def _settle(self, wait: float) -> None:
@@ -225,15 +221,15 @@ class Consumer:
             self._lease_lost(entry, "delete")
             return
         if isinstance(action, Release):
-            ok = self.queue.release(entry)
+            ok = self.entries.release(entry)
             log.info("released id=%d path=%s", entry.id, entry.display_path)
         elif isinstance(action, Fail):
-            ok = self.queue.fail(entry, action.error, reason=action.reason,
+            ok = self.entries.fail(entry, action.error, reason=action.reason,
                                  stored=action.stored)
             log.error("failed id=%d path=%s attempts=%d error=%s", entry.id,
                       entry.display_path, entry.attempts + 1, action.error)
         else:
-            ok = self.queue.retry_later(entry, action.error, action.delay, action.count_attempt,
+            ok = self.entries.retry_later(entry, action.error, action.delay, action.count_attempt,
                                         reason=action.reason, stored=action.stored)
             if logged:
                 log.warning("retry later id=%d path=%s attempts=%d delay=%.1f error=%s",
@@ -263,9 +259,9 @@ class Consumer:
 class Acks:
     """Acks written together: up to ack_batch of them, none waiting over ack_delay."""
 
-    def __init__(self, queue: Queue, batching: Batching, monotonic: Callable[[], float]
+    def __init__(self, entries: Entries, batching: Batching, monotonic: Callable[[], float]
                  ) -> None:
-        self.queue = queue
+        self.entries = entries
         self.batch, self.delay = batching.ack_batch, batching.ack_delay
         self.monotonic = monotonic
         self.pending: list[tuple[Claim, Ack]] = []
@@ -294,6 +290,6 @@ class Acks:
         if not self.pending:
             return []
         done, self.pending = self.pending, []
-        return self.queue.ack_many([(c.entry, ack.note) for c, ack in done],
+        return self.entries.ack_many([(c.entry, ack.note) for c, ack in done],
                                    uploaded={c.entry.id: ack.uploaded for c, ack in done
                                              if ack.uploaded})

@@ -26,7 +26,7 @@ from sftppush.config import Config
 from sftppush.outcomes import Done, UploadCancelled, Uploaded
 from sftppush.pipeline import pipeline
 from sftppush.queue.entries import Entry, KeyTaken
-from sftppush.queue.queue import Queue
+from sftppush.queue.keys import Keys
 from sftppush.runtime.leases import Claim, Leases
 from sftppush.runtime.wake import QueueWatch, watch_or_none
 from sftppush.signals import Flag
@@ -159,12 +159,12 @@ class Lane(Protocol):
 class StreamLane:
     """Worker threads, each running `pipeline.process` for one claim."""
 
-    def __init__(self, cfg: Config, sink: Sink, queue: Queue, leases: Leases, inbox: Inbox,
+    def __init__(self, cfg: Config, sink: Sink, keys: Keys, leases: Leases, inbox: Inbox,
                  pool: Executor, workers: int, stops: tuple[threading.Event, threading.Event],
                  journal: Callable[[Entry], Journal], nlink_retry_after: float) -> None:
         self.cfg = cfg
         self.sink = sink
-        self.queue = queue
+        self.keys = keys
         self.leases = leases
         self.inbox = inbox
         self.pool = pool
@@ -194,7 +194,7 @@ class StreamLane:
             result: object = pipeline.process(
                 claim.entry, self.cfg, self.sink,
                 still_ours=lambda: self.leases.still_ours(claim),
-                take_key=lambda key: self.queue.take_key(claim.entry, key),
+                take_key=lambda key: self.keys.take_key(claim.entry, key),
                 cancel=self.cancel, journal=self.journal(claim.entry),
                 nlink_retry_after=self.nlink_retry_after)
         except Exception as exc:  # every failure is settled by the loop, none kills a worker
@@ -277,7 +277,7 @@ class PutLane:
             return
         inbox = self.stream.inbox
         try:
-            taken = self.stream.queue.take_keys([(o.entry, o.key) for _, o in opened])
+            taken = self.stream.keys.take_keys([(o.entry, o.key) for _, o in opened])
         except Exception as exc:
             for claim, one in opened:
                 one.close()

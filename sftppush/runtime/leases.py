@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sftppush.queue.entries import Entry
-from sftppush.queue.queue import Queue
+from sftppush.queue.lifecycle import Entries
 
 
 @dataclass(slots=True)
@@ -28,8 +28,10 @@ class Claim:
 class Leases:
     """The held claims of one process and the timer that renews their leases."""
 
-    def __init__(self, queue: Queue, seconds: float, monotonic: Callable[[], float]) -> None:
-        self.queue = queue
+    def __init__(self, entries: Entries, seconds: float, monotonic: Callable[[], float]
+                 ) -> None:
+        self.entries = entries
+        self.clock = entries.file.clock  # the queue's: leases are written by it
         self.seconds = seconds
         self.monotonic = monotonic
         self.held: dict[int, Claim] = {}
@@ -50,15 +52,15 @@ class Leases:
 
     def expired(self, claim: Claim) -> bool:
         """Lost, or run out by the queue's clock: start nothing more for it."""
-        return claim.lost or self.queue.clock() >= claim.expires
+        return claim.lost or self.clock() >= claim.expires
 
     def still_ours(self, claim: Claim) -> bool:
         """Checked just before a delete: the lease must be ours with time to spare."""
         if claim.lost:
             return False
-        if self.queue.clock() < claim.expires - min(5.0, self.seconds / 4):
+        if self.clock() < claim.expires - min(5.0, self.seconds / 4):
             return True
-        lost, expires = self.queue.renew_leases([claim.entry], self.seconds)
+        lost, expires = self.entries.renew_leases([claim.entry], self.seconds)
         if lost:
             claim.lost = True
             return False
@@ -78,7 +80,7 @@ class Leases:
         claims = [c for c in list(self.held.values()) if not c.lost]
         if not claims:
             return
-        renewed, expires = self.queue.renew_leases([c.entry for c in claims], self.seconds)
+        renewed, expires = self.entries.renew_leases([c.entry for c in claims], self.seconds)
         lost = {e.id for e in renewed}
         for c in claims:
             if c.entry.id in lost:

@@ -18,10 +18,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from sftppush import threads
 from sftppush.errors import PermanentError, TransientError
 from sftppush.outcomes import UploadCancelled, Uploaded
 from sftppush.sink.answers import error_code
@@ -190,7 +191,7 @@ class Multipart:
         ended."""
         budget = Budget(self.parts.size * self.part_size)
         futures: list[Future[SentPart]] = []
-        pool = ThreadPoolExecutor(self.parts.ceiling, thread_name_prefix="part")
+        pool = threads.Pool(self.parts.ceiling, "part")
 
         def answered(latency: float) -> None:  # one part's UploadPart, `latency` s
             with self._parts_lock:

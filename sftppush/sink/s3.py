@@ -15,13 +15,14 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import tenacity
 
+from sftppush import threads
 from sftppush.config import Defaults, S3Config
 from sftppush.errors import PermanentError, Throttled, TransientError
 from sftppush.outcomes import Uploaded
@@ -72,7 +73,7 @@ class Sink:
         if self.checksum:
             self._headers.append(("x-amz-sdk-checksum-algorithm", self.checksum.name.upper()))
         # HEADs that verify fast PUTs run here, never on a CRT thread or the caller's loop.
-        self._verify = verify_pool or ThreadPoolExecutor(2, thread_name_prefix="verify")
+        self._verify = verify_pool or threads.Pool(2, "verify")
 
     @classmethod
     def from_config(cls, defaults: Defaults, s3: S3Config,
