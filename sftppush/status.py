@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,33 +34,73 @@ WINDOWS = {"minute": 60, "hour": 3600}
 
 
 @dataclass(frozen=True)
-class Stats:
+class Backlog:
+    """The entries in the queue now, by state, and the errors they failed with or wait out."""
+
     pending: int
     claimed: int
     done: int
     failed: int
     oldest_pending_age_s: float | None
-    uploaded_last_minute: int
-    uploaded_last_hour: int
-    bytes_last_minute: int
-    bytes_last_hour: int
-    top_errors: list[tuple[str, int]] = field(default_factory=list)
-    # Totals since the queue file was made: they survive purges and restarts.
-    uploads_total: int = 0
-    uploaded_bytes_total: int = 0
+    top_errors: list[tuple[str, int]] = field(default_factory=list)  # (error, entries)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Files uploaded and verified in a trailing window, and their source bytes."""
+
+    uploads: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Since the queue file was made: they survive purges and restarts."""
+
+    uploads: int = 0
+    bytes: int = 0
     last_upload_at: float | None = None
     failures: dict[str, int] = field(default_factory=dict)  # by reason class
     retries: dict[str, int] = field(default_factory=dict)   # by reason class
-    watcher_heartbeat_at: float | None = None
+
+
+@dataclass(frozen=True)
+class WatcherHealth:
+    """The watcher as the queue last heard of it."""
+
+    heartbeat_at: float | None = None
+    unwatched_dirs: int = 0  # no watch (watch limit reached): scanned on a timer
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Everything `queue status` and the metrics show, read at one moment."""
+
+    backlog: Backlog
+    last_minute: Throughput
+    last_hour: Throughput
+    totals: Totals = field(default_factory=Totals)
+    watcher: WatcherHealth = field(default_factory=WatcherHealth)
     file_bytes: int = 0  # the queue file with its WAL
     in_flight: list[Progress] = field(default_factory=list)  # multipart uploads under way
-    watcher_unwatched_dirs: int = 0  # no watch (watch limit reached): scanned on a timer
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["top_errors"] = [{"error": e, "count": n} for e, n in self.top_errors]
-        data["in_flight"] = [p.to_json() for p in self.in_flight]
-        return data
+        """One flat object, its keys in this order: operators' scripts read them so, however
+        the records above group them."""
+        backlog, totals = self.backlog, self.totals
+        return {
+            "pending": backlog.pending, "claimed": backlog.claimed, "done": backlog.done,
+            "failed": backlog.failed, "oldest_pending_age_s": backlog.oldest_pending_age_s,
+            "uploaded_last_minute": self.last_minute.uploads,
+            "uploaded_last_hour": self.last_hour.uploads,
+            "bytes_last_minute": self.last_minute.bytes, "bytes_last_hour": self.last_hour.bytes,
+            "top_errors": [{"error": e, "count": n} for e, n in backlog.top_errors],
+            "uploads_total": totals.uploads, "uploaded_bytes_total": totals.bytes,
+            "last_upload_at": totals.last_upload_at, "failures": dict(totals.failures),
+            "retries": dict(totals.retries), "watcher_heartbeat_at": self.watcher.heartbeat_at,
+            "file_bytes": self.file_bytes, "in_flight": [p.to_json() for p in self.in_flight],
+            "watcher_unwatched_dirs": self.watcher.unwatched_dirs,
+        }
 
 
 def read(q: Queue, now: float | None = None) -> Stats:
@@ -70,9 +110,9 @@ def read(q: Queue, now: float | None = None) -> Stats:
         counts = dict(db.execute("SELECT state, n FROM counts").fetchall())
         (oldest,) = db.execute(
             "SELECT min(enqueued_at) FROM entries WHERE state = 'pending'").fetchone()
-        window = {name: db.execute("SELECT coalesce(sum(uploads), 0), coalesce(sum(bytes), 0)"
-                                   " FROM throughput WHERE second > ?",
-                                   (int(now) - seconds,)).fetchone()
+        window = {name: Throughput(*db.execute(
+            "SELECT coalesce(sum(uploads), 0), coalesce(sum(bytes), 0)"
+            " FROM throughput WHERE second > ?", (int(now) - seconds,)).fetchone())
                   for name, seconds in WINDOWS.items()}
         # Errors of failed entries and of pending ones waiting out a retry delay.
         top = db.execute(
@@ -85,21 +125,21 @@ def read(q: Queue, now: float | None = None) -> Stats:
         beat = db.execute("SELECT at FROM heartbeats WHERE role = 'watcher'").fetchone()
         going = in_flight(db, now)
     return Stats(
-        pending=counts.get("pending", 0), claimed=counts.get("claimed", 0),
-        done=counts.get("done", 0), failed=counts.get("failed", 0),
-        oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
-        uploaded_last_minute=window["minute"][0], uploaded_last_hour=window["hour"][0],
-        bytes_last_minute=window["minute"][1], bytes_last_hour=window["hour"][1],
-        top_errors=[(e, n) for e, n in top],
-        uploads_total=int(counters.get("uploads", {}).get("", 0)),
-        uploaded_bytes_total=int(counters.get("uploaded_bytes", {}).get("", 0)),
-        last_upload_at=counters.get("last_upload_at", {}).get(""),
-        failures={k: int(v) for k, v in counters.get("failures", {}).items()},
-        retries={k: int(v) for k, v in counters.get("retries", {}).items()},
-        watcher_heartbeat_at=beat[0] if beat else None,
+        backlog=Backlog(pending=counts.get("pending", 0), claimed=counts.get("claimed", 0),
+                        done=counts.get("done", 0), failed=counts.get("failed", 0),
+                        oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest),
+                        top_errors=[(e, n) for e, n in top]),
+        last_minute=window["minute"], last_hour=window["hour"],
+        totals=Totals(uploads=int(counters.get("uploads", {}).get("", 0)),
+                      bytes=int(counters.get("uploaded_bytes", {}).get("", 0)),
+                      last_upload_at=counters.get("last_upload_at", {}).get(""),
+                      failures={k: int(v) for k, v in counters.get("failures", {}).items()},
+                      retries={k: int(v) for k, v in counters.get("retries", {}).items()}),
+        watcher=WatcherHealth(
+            heartbeat_at=beat[0] if beat else None,
+            unwatched_dirs=int(counters.get("watcher_unwatched_dirs", {}).get("", 0))),
         file_bytes=file_bytes(q.file),
         in_flight=going,
-        watcher_unwatched_dirs=int(counters.get("watcher_unwatched_dirs", {}).get("", 0)),
     )
 
 
@@ -113,29 +153,31 @@ def file_bytes(path: Path) -> int:
 
 
 def text(stats: Stats, path: Path) -> str:
-    age = "-" if stats.oldest_pending_age_s is None else f"{stats.oldest_pending_age_s:.0f}s"
-    beat = ("never" if stats.watcher_heartbeat_at is None
-            else f"{max(0.0, time.time() - stats.watcher_heartbeat_at):.0f}s ago")
+    backlog, totals, watcher = stats.backlog, stats.totals, stats.watcher
+    minute, hour = stats.last_minute, stats.last_hour
+    age = "-" if backlog.oldest_pending_age_s is None else f"{backlog.oldest_pending_age_s:.0f}s"
+    beat = ("never" if watcher.heartbeat_at is None
+            else f"{max(0.0, time.time() - watcher.heartbeat_at):.0f}s ago")
     lines = [
         f"queue {path} ({stats.file_bytes / 2**20:.1f} MiB with WAL)",
-        f"  pending {stats.pending}  claimed {stats.claimed}  done {stats.done}"
-        f"  failed {stats.failed}  oldest pending {age}",
-        f"  uploaded last minute {stats.uploaded_last_minute} ({stats.bytes_last_minute} bytes)"
-        f"  last hour {stats.uploaded_last_hour} ({stats.bytes_last_hour} bytes)",
-        f"  uploaded in all {stats.uploads_total} ({stats.uploaded_bytes_total} bytes)"
-        f"  last upload {_when(stats.last_upload_at)}  watcher heartbeat {beat}"
-        f"  unwatched dirs {stats.watcher_unwatched_dirs}",
+        f"  pending {backlog.pending}  claimed {backlog.claimed}  done {backlog.done}"
+        f"  failed {backlog.failed}  oldest pending {age}",
+        f"  uploaded last minute {minute.uploads} ({minute.bytes} bytes)"
+        f"  last hour {hour.uploads} ({hour.bytes} bytes)",
+        f"  uploaded in all {totals.uploads} ({totals.bytes} bytes)"
+        f"  last upload {_when(totals.last_upload_at)}  watcher heartbeat {beat}"
+        f"  unwatched dirs {watcher.unwatched_dirs}",
     ]
-    if stats.failures:
+    if totals.failures:
         lines.append("  failures ever (since the queue file was made), by reason: " + "  ".join(
-            f"{reason} {n}" for reason, n in sorted(stats.failures.items()))
-            + f"  (failed now: {stats.failed}, see queue list --state failed)")
+            f"{reason} {n}" for reason, n in sorted(totals.failures.items()))
+            + f"  (failed now: {backlog.failed}, see queue list --state failed)")
     if stats.in_flight:
         lines.append("  uploads in flight:")
         lines += [f"    id {p.id}: {p.text()}  {p.path}" for p in stats.in_flight]
-    if stats.top_errors:
+    if backlog.top_errors:
         lines.append("  top errors:")
-        lines += [f"    {count:>6}  {error}" for error, count in stats.top_errors]
+        lines += [f"    {count:>6}  {error}" for error, count in backlog.top_errors]
     return "\n".join(lines)
 
 
@@ -167,40 +209,40 @@ def metrics(stats: Stats) -> Iterator[Metric]:
     entries = GaugeMetricFamily("sftppush_queue_entries", "Queue entries per state.",
                                 labels=["state"])
     for state in ("pending", "claimed", "done", "failed"):
-        entries.add_metric([state], getattr(stats, state))
+        entries.add_metric([state], getattr(stats.backlog, state))
     yield entries
     yield GaugeMetricFamily("sftppush_oldest_pending_age_seconds",
                             "Age of the oldest pending entry (0 when none).",
-                            value=stats.oldest_pending_age_s or 0)
+                            value=stats.backlog.oldest_pending_age_s or 0)
     uploads = GaugeMetricFamily("sftppush_uploads", "Files uploaded in the trailing window.",
                                 labels=["window"])
     volume = GaugeMetricFamily("sftppush_uploaded_bytes",
                                "Source bytes uploaded in the trailing window.",
                                labels=["window"])
-    for window in WINDOWS:
-        uploads.add_metric([window], getattr(stats, f"uploaded_last_{window}"))
-        volume.add_metric([window], getattr(stats, f"bytes_last_{window}"))
+    for window, numbers in (("minute", stats.last_minute), ("hour", stats.last_hour)):
+        uploads.add_metric([window], numbers.uploads)
+        volume.add_metric([window], numbers.bytes)
     yield uploads
     yield volume
     yield CounterMetricFamily("sftppush_upload_files", "Files uploaded and verified.",
-                              value=stats.uploads_total)
+                              value=stats.totals.uploads)
     yield CounterMetricFamily("sftppush_upload_source_bytes",
                               "Source (on disk) bytes of the files uploaded.",
-                              value=stats.uploaded_bytes_total)
+                              value=stats.totals.bytes)
     for name, what, by_reason in (("failures", "Entries failed, by reason class.",
-                                   stats.failures),
+                                   stats.totals.failures),
                                   ("retries", "Entries sent back to wait for another try,"
-                                   " by reason class.", stats.retries)):
+                                   " by reason class.", stats.totals.retries)):
         family = CounterMetricFamily(f"sftppush_{name}", what, labels=["reason"])
         for reason, n in sorted(by_reason.items()):
             family.add_metric([reason], n)
         yield family
     yield GaugeMetricFamily("sftppush_last_upload_timestamp_seconds",
                             "Unix time of the last successful upload (0: none yet).",
-                            value=stats.last_upload_at or 0)
+                            value=stats.totals.last_upload_at or 0)
     yield GaugeMetricFamily("sftppush_watcher_heartbeat_timestamp_seconds",
                             "Unix time of the watcher's last heartbeat (0: none yet).",
-                            value=stats.watcher_heartbeat_at or 0)
+                            value=stats.watcher.heartbeat_at or 0)
     yield GaugeMetricFamily("sftppush_queue_file_bytes",
                             "Size of the queue file with its WAL.", value=stats.file_bytes)
     yield GaugeMetricFamily("sftppush_uploads_in_flight",
@@ -212,7 +254,7 @@ def metrics(stats: Stats) -> Iterator[Metric]:
     yield GaugeMetricFamily("sftppush_watcher_unwatched_dirs",
                             "Directories without an inotify watch (the watch limit was"
                             " reached), scanned every few seconds instead.",
-                            value=stats.watcher_unwatched_dirs)
+                            value=stats.watcher.unwatched_dirs)
 
 
 def prometheus(stats: Stats) -> str:

@@ -189,7 +189,7 @@ def consume_until_drained(upload_path: str) -> Callable[..., None]:
         tuning.setdefault("retry", RetryPolicy(attempts=2, initial=0.01, maximum=0.05))
         tuning.setdefault("poll_interval", 0.02)
         tuning.setdefault("crt", upload_path == "crt")
-        with consumer_thread(cfg, consumer.Tuning(**tuning), workers, drain=True) as thread:
+        with consumer_thread(cfg, consumer.Tuning.of(**tuning), workers, drain=True) as thread:
             thread.join(timeout)
             if thread.is_alive():
                 pytest.fail(f"consumer did not drain within {timeout}s")

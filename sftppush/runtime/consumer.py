@@ -31,7 +31,7 @@ from sftppush.queue.queue import Queue
 from sftppush.runtime import memory
 from sftppush.runtime.lanes import Inbox, Lane, PutLane, Result, StreamLane
 from sftppush.runtime.leases import Claim, Leases
-from sftppush.runtime.policy import Ack, Action, Drop, Fail, Release, Tuning, Verdicts
+from sftppush.runtime.policy import Ack, Action, Batching, Drop, Fail, Release, Tuning, Verdicts
 from sftppush.sink.multipart import Resumable
 from sftppush.sink.s3 import Sink
 
@@ -94,13 +94,13 @@ class Consumer:
         self.leases = Leases(q.entries, cfg.queue.lease_seconds, monotonic)
         # Outcomes of the lanes, and wake-ups: "the queue was written, look again".
         self.inbox = Inbox(monotonic)
-        self.acks = Acks(q.entries, tuning, monotonic)
-        self.verdicts = Verdicts(tuning)
+        self.acks = Acks(q.entries, tuning.batching, monotonic)
+        self.verdicts = Verdicts(tuning.retries)
         stream = StreamLane(cfg, sink, q.keys, self.leases, self.inbox,
                             pool or threads.Pool(workers, "worker"),
                             workers, (stop, cancel), lambda entry: q.journal(entry, Resumable.of),
-                            tuning.nlink_retry_after)
-        self.lane: Lane = PutLane(stream, tuning.poll_interval) if sink.fast else stream
+                            tuning.retries.nlink_retry_after)
+        self.lane: Lane = PutLane(stream, tuning.batching.poll_interval) if sink.fast else stream
 
     @property
     def inflight(self) -> dict[int, Claim]:
@@ -131,7 +131,7 @@ class Consumer:
         cold stop (cancel) waits no longer for the store, nor does a loop that raised."""
         try:
             while ended and self.inflight and not self.cancel.is_set():
-                self._settle(wait=self.tuning.poll_interval)
+                self._settle(wait=self.tuning.batching.poll_interval)
                 self.leases.renew_if_due()
         finally:
             self.inbox.close()
@@ -158,14 +158,14 @@ class Consumer:
         # wake-up, look again shortly rather than a whole poll interval later.
         if self.monotonic() - self.inbox.woken_at < WAKE_RECHECK * 3:
             return WAKE_RECHECK
-        return self.tuning.poll_interval
+        return self.tuning.batching.poll_interval
 
     def _claim(self) -> tuple[int, bool]:
         """Claim what there is room for and start it in the lane: (how many, whether that
         filled the batch)."""
         if not self.verdicts.breaker.closed(self.monotonic()):
             return 0, False  # the store seems down: the backlog waits in the queue, untouched
-        batch = self.tuning.claim_batch or self.lane.batch()
+        batch = self.tuning.batching.claim_batch or self.lane.batch()
         room = batch - len(self.inflight)
         # Claim in batches: wait until half the batch is free (or nothing is held), and ask
         # the read-only "anything due?" first, so an idle consumer writes nothing.
@@ -259,10 +259,10 @@ class Consumer:
 class Acks:
     """Acks written together: up to ack_batch of them, none waiting over ack_delay."""
 
-    def __init__(self, entries: Entries, tuning: Tuning, monotonic: Callable[[], float]
+    def __init__(self, entries: Entries, batching: Batching, monotonic: Callable[[], float]
                  ) -> None:
         self.entries = entries
-        self.batch, self.delay = tuning.ack_batch, tuning.ack_delay
+        self.batch, self.delay = batching.ack_batch, batching.ack_delay
         self.monotonic = monotonic
         self.pending: list[tuple[Claim, Ack]] = []
         self.since = 0.0

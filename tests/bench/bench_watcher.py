@@ -90,7 +90,7 @@ def burst(base: Path, files: int, dirs: int, writers: int, paused: bool, timeout
             t0 = time.perf_counter()  # from SIGCONT: the watcher's own work only
             watcher.signal(signal.SIGCONT)
         deadline = time.monotonic() + timeout
-        while read_stats(queue).pending < files and time.monotonic() < deadline:
+        while read_stats(queue).backlog.pending < files and time.monotonic() < deadline:
             time.sleep(0.01)
         elapsed = time.perf_counter() - t0
         cpu = cpu_seconds(watcher.proc.pid) - cpu0

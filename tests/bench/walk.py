@@ -72,7 +72,7 @@ def main() -> int:
         threading.setprofile(calls)
         stop = threading.Event()
         thread = threading.Thread(target=consumer.run, args=(cfg,), kwargs={
-            "workers": 2, "stop": stop, "tuning": consumer.Tuning(crt=True)})
+            "workers": 2, "stop": stop, "tuning": consumer.Tuning.of(crt=True)})
         thread.start()
         while not _idle(thread):
             time.sleep(0.05)

@@ -72,9 +72,9 @@ def test_stalled_store_sends_entries_back_to_pending_keeps_leases_then_uploads_a
     bodies = write_and_enqueue(cfg, source_tree.upload, range(4), 1000)
     # One PUT in flight: the loop holds the other claims while it waits for a slot, for
     # longer than a lease, since a stalled PUT takes the whole request timeout.
-    tuning = consumer.Tuning(retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.05),
-                             transient_delay=0.2, transient_delay_max=0.5, poll_interval=0.05,
-                             crt=True, crt_in_flight=1, claim_batch=8, read_timeout=4 * lease)
+    tuning = consumer.Tuning.of(retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.05),
+                                transient_delay=0.2, transient_delay_max=0.5, poll_interval=0.05,
+                                crt=True, crt_in_flight=1, claim_batch=8, read_timeout=4 * lease)
     with consumer_thread(cfg, tuning), restored(proxy):
         wait_until(lambda: states(cfg)[State.CLAIMED] == 4, 30, "all four claimed")
         time.sleep(2 * lease)  # every lease would have run out unless renewed
@@ -109,9 +109,9 @@ def test_a_vanished_file_looked_up_in_a_stalled_store_does_not_stop_the_claim_lo
     (source_tree.upload / "f0000.bin.gz").unlink()  # vanished before its turn
     bodies = write_and_enqueue(cfg, source_tree.upload, range(1, 4), 1000)
     proxy.stall()
-    tuning = consumer.Tuning(retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.05),
-                             poll_interval=0.05, crt=True, claim_batch=8,
-                             read_timeout=8 * lease)
+    tuning = consumer.Tuning.of(retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.05),
+                                poll_interval=0.05, crt=True, claim_batch=8,
+                                read_timeout=8 * lease)
     with consumer_thread(cfg, tuning), restored(proxy):
         wait_until(lambda: states(cfg)[State.CLAIMED] == 4, 30, "all four claimed")
         time.sleep(3 * lease)  # the HEAD is still waiting; leases would have run out

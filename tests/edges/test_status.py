@@ -3,6 +3,7 @@ Prometheus names, the queue opened read-only, and `sftppush metrics` over real H
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import urllib.request
@@ -15,7 +16,7 @@ from sftppush.errors import QueueError
 from sftppush.locals3 import free_port
 from sftppush.queue.entries import FileVersion, Stored
 from sftppush.queue.queue import Queue
-from sftppush.status import Stats, prometheus, read
+from sftppush.status import prometheus, read
 from tests.conftest import SourceTree, child_env, cli_argv, wait_until
 
 STORED = Stored("0123abcd", "sha256-of-the-body")  # what an upload recorded
@@ -54,12 +55,12 @@ def test_counters_survive_purging_and_reopening(tmp_path: Path) -> None:
         assert q.purge_done(older_than=3600, now=now) == 6
     with Queue(path) as q:
         after = read(q, now)
-    assert after.done == 0 and before.done == 6
+    assert after.backlog.done == 0 and before.backlog.done == 6
     for stats in (before, after):
-        assert (stats.uploads_total, stats.uploaded_bytes_total) == (4, 1000 + 1001 + 1002 + 1005)
-        assert stats.last_upload_at == pytest.approx(now - 7200)
-        assert stats.failures == {"corrupt": 1} and stats.retries == {"transient": 1}
-        assert stats.uploaded_last_hour == 0  # two hours ago
+        assert (stats.totals.uploads, stats.totals.bytes) == (4, 1000 + 1001 + 1002 + 1005)
+        assert stats.totals.last_upload_at == pytest.approx(now - 7200)
+        assert stats.totals.failures == {"corrupt": 1} and stats.totals.retries == {"transient": 1}
+        assert stats.last_hour.uploads == 0  # two hours ago
 
 
 def test_trailing_windows_count_uploads_not_done_entries(tmp_path: Path) -> None:
@@ -67,10 +68,10 @@ def test_trailing_windows_count_uploads_not_done_entries(tmp_path: Path) -> None
         now = time.time()
         settle(q, now - 30)
         stats = read(q, now)
-        assert (stats.uploaded_last_minute, stats.uploaded_last_hour) == (4, 4)
-        assert stats.bytes_last_minute == 1000 + 1001 + 1002 + 1005
+        assert (stats.last_minute.uploads, stats.last_hour.uploads) == (4, 4)
+        assert stats.last_minute.bytes == 1000 + 1001 + 1002 + 1005
         later = read(q, now + 120)
-        assert (later.uploaded_last_minute, later.uploaded_last_hour) == (0, 4)
+        assert (later.last_minute.uploads, later.last_hour.uploads) == (0, 4)
 
 
 def test_prometheus_text_keeps_the_old_names_and_adds_the_counters(tmp_path: Path) -> None:
@@ -99,12 +100,12 @@ def test_a_read_only_queue_writes_nothing_and_creates_nothing(tmp_path: Path) ->
     with Queue(tmp_path / "q.db") as q:
         settle(q, time.time())
     with Queue(tmp_path / "q.db", readonly=True) as ro:  # no writer: read as immutable
-        assert read(ro).uploads_total == 4
+        assert read(ro).totals.uploads == 4
         with pytest.raises(QueueError, match="readonly"):
             ro.beat("watcher", "me")
     with Queue(tmp_path / "q.db") as q, Queue(tmp_path / "q.db", readonly=True) as ro:
         q.beat("watcher", "w", now=5.0)  # a writer has the file open: WAL read
-        assert read(ro).watcher_heartbeat_at == 5.0
+        assert read(ro).watcher.heartbeat_at == 5.0
 
 
 def test_an_older_queue_file_is_not_upgraded_by_a_reader(tmp_path: Path) -> None:
@@ -151,10 +152,10 @@ def test_the_endpoint_serves_the_queue_live_over_http(source_tree: SourceTree,
         got = samples(scrape(port))
         expected = read(q)
     assert got[("sftppush_queue_up", ())] == 1
-    assert got[("sftppush_upload_files_total", ())] == expected.uploads_total == 4
-    assert got[("sftppush_queue_entries", (("state", "done"),))] == expected.done
+    assert got[("sftppush_upload_files_total", ())] == expected.totals.uploads == 4
+    assert got[("sftppush_queue_entries", (("state", "done"),))] == expected.backlog.done
     assert got[("sftppush_watcher_heartbeat_timestamp_seconds", ())] == pytest.approx(
-        expected.watcher_heartbeat_at)
+        expected.watcher.heartbeat_at)
     with Queue(source_tree.queue_path) as q:  # each scrape reads afresh
         q.enqueue_many(versions(3, 50))
     assert samples(scrape(port))[("sftppush_queue_entries", (("state", "pending"),))] == 3
@@ -168,7 +169,38 @@ def test_metrics_listen_must_be_host_and_port(source_tree: SourceTree, run_cli) 
     assert "--listen: '9464' is not HOST:PORT" in result.stderr
 
 
-def test_stats_json_has_every_field() -> None:
-    data = Stats(0, 0, 0, 0, None, 0, 0, 0, 0).to_json()
-    assert {"pending", "claimed", "done", "failed", "oldest_pending_age_s", "uploads_total",
-            "file_bytes", "watcher_heartbeat_at"} <= set(data)
+# `queue status --json` as operators' scripts read it: one flat object, these keys in this
+# order, whatever the records behind it look like.
+STATUS_KEYS = ["pending", "claimed", "done", "failed", "oldest_pending_age_s",
+               "uploaded_last_minute", "uploaded_last_hour", "bytes_last_minute",
+               "bytes_last_hour", "top_errors", "uploads_total", "uploaded_bytes_total",
+               "last_upload_at", "failures", "retries", "watcher_heartbeat_at", "file_bytes",
+               "in_flight", "watcher_unwatched_dirs"]
+PROGRESS_KEYS = ["id", "path", "key", "parts_done", "parts_total", "bytes_sent", "bytes_per_s"]
+
+
+def test_status_json_keeps_its_keys_their_order_and_nesting(tmp_path: Path) -> None:
+    now = time.time()
+    with Queue(tmp_path / "q.db") as q:
+        settle(q, now - 30)
+        q.enqueue_many(versions(2, 100), now=now - 5)  # one claimed, one pending
+        (big,) = q.claim("w", 60, now=now)
+        q.start_upload(big, "up-1", "u/f100", json.dumps(
+            {"bucket": "b", "part_size": 5 * 2**20, "every": 1000, "started": now - 20}))
+        q.add_upload_part(big, json.dumps({"number": 1, "size": 5 * 2**20, "etag": "e",
+                                           "md5": "m", "checksum": None, "at": now - 10}))
+        q.beat("watcher", "w", now=now)
+        q.set_gauges({"watcher_unwatched_dirs": 2})
+        data = json.loads(json.dumps(read(q, now).to_json()))
+    with Queue(tmp_path / "empty.db") as q:
+        empty = read(q, now).to_json()
+    assert list(data) == list(empty) == STATUS_KEYS
+    assert data["top_errors"] == [{"error": "corrupt gzip: x", "count": 1}]
+    assert data["failures"] == {"corrupt": 1} and data["retries"] == {}
+    assert [list(p) for p in data["in_flight"]] == [PROGRESS_KEYS]
+    assert data["in_flight"][0]["id"] == big.id and data["watcher_unwatched_dirs"] == 2
+    scalars = [k for k in STATUS_KEYS if k not in ("top_errors", "failures", "retries",
+                                                   "in_flight")]
+    assert all(isinstance(data[k], int | float) for k in scalars)
+    assert [empty[k] for k in ("top_errors", "failures", "retries", "in_flight")] == \
+        [[], {}, {}, []]

@@ -235,7 +235,7 @@ class Model(RuleBasedStateMachine):
             cfg.consumer, s3=replace(cfg.consumer.s3, part_size_mb=self.part_mb)))
         self.transfer = Transfer(retry=RetryPolicy(attempts=2, initial=0.0, maximum=0.0),
                                  part_memory=2**20, fast=crt, max_small=2**20)
-        self.tuning = consumer_mod.Tuning(
+        self.tuning = consumer_mod.Tuning.of(
             retry=self.transfer.retry, transient_delay=1.0, transient_delay_max=8.0,
             permanent_delay=1.0, permanent_delay_max=8.0, claim_batch=4, crt=crt,
             nlink_retry_after=1.0)

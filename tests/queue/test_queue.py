@@ -70,8 +70,8 @@ def test_claim_is_exclusive_across_processes(tmp_path: Path) -> None:
     assert len(claimed) == 20_000
     assert len(set(claimed)) == 20_000, "an entry was claimed twice"
     with Queue(path) as q:
-        stats = read_stats(q)
-    assert (stats.done, stats.pending, stats.claimed) == (20_000, 0, 0)
+        backlog = read_stats(q).backlog
+    assert (backlog.done, backlog.pending, backlog.claimed) == (20_000, 0, 0)
 
 
 # Claims up to 10 entries as owner argv[3] (owner_token() if absent), then sleeps.
@@ -220,11 +220,12 @@ def test_retry_fail_replay_purge_and_counts_stay_true(tmp_path: Path) -> None:
         assert q.ack(c, now=100, uploaded=STORED) and q.ack(d, now=110, uploaded=STORED)
         assert q.release(e, now=100)
         stats = read_stats(q, now=120)
-        assert (stats.pending, stats.claimed, stats.done, stats.failed) == (2, 0, 2, 1)
-        assert stats.oldest_pending_age_s == pytest.approx(20)
-        assert stats.uploaded_last_minute == 2 and stats.bytes_last_minute == c.size + d.size
-        assert (stats.failures, stats.retries) == ({"corrupt": 1}, {"transient": 1})
-        assert ("corrupt gzip", 1) in stats.top_errors and ("timeout", 1) in stats.top_errors
+        backlog = stats.backlog
+        assert (backlog.pending, backlog.claimed, backlog.done, backlog.failed) == (2, 0, 2, 1)
+        assert backlog.oldest_pending_age_s == pytest.approx(20)
+        assert stats.last_minute.uploads == 2 and stats.last_minute.bytes == c.size + d.size
+        assert (stats.totals.failures, stats.totals.retries) == ({"corrupt": 1}, {"transient": 1})
+        assert ("corrupt gzip", 1) in backlog.top_errors and ("timeout", 1) in backlog.top_errors
         assert [x.id for x in q.claim("w", 60, limit=5, now=101)] == [e.id], "retry came early"
         assert q.get(a.id).attempts == 0 and q.get(b.id).attempts == 1
         assert q.replay(ids=[c.id]) == 0, "only failed entries are replayed"
@@ -266,7 +267,7 @@ def test_opening_does_not_wait_for_another_writer(tmp_path: Path) -> None:
     try:
         started = time.monotonic()
         with Queue(path, create=False, timeout=5) as q:
-            assert read_stats(q).pending == 0
+            assert read_stats(q).backlog.pending == 0
         assert time.monotonic() - started < 2
     finally:
         writer.execute("ROLLBACK")
@@ -304,7 +305,7 @@ def test_a_batch_of_acks_reports_each_lost_lease_and_settles_only_the_held_ones(
         assert (q.get(b.id).state, q.get(b.id).note) == (State.DONE, None)
         assert (q.get(c.id).state, q.get(c.id).owner) == (State.CLAIMED, c_again.owner)
         assert (q.get(d.id).state, q.get(d.id).owner) == (State.CLAIMED, d.owner)
-        assert read_stats(q).uploads_total == 2
+        assert read_stats(q).totals.uploads == 2
 
 
 def test_queue_holds_persist_queue_and_does_not_pretend_to_be_one(tmp_path: Path) -> None:
@@ -318,7 +319,7 @@ def test_queue_holds_persist_queue_and_does_not_pretend_to_be_one(tmp_path: Path
         assert q.get(e.id) == e
         assert q.ack_many([(e, "ok")]) == []
         assert q.get(e.id).state == State.DONE and q.get(e.id).note == "ok"
-        assert read_stats(q).done == 1 and read_stats(q).pending == 2
+        assert read_stats(q).backlog.done == 1 and read_stats(q).backlog.pending == 2
     with pytest.raises(QueueError, match="closed"):
         read_stats(q)
 
@@ -375,10 +376,10 @@ def test_a_schema_1_file_is_migrated_in_place_and_keeps_its_versions(tmp_path: P
         (e, *_) = q.claim("w", 60, limit=5)
         assert e.path == pending.path and e.ctime_ns == 0 and e.key is None
         assert q.take_key(e, "u/f1") == KeyTaken(holder=None, known=False)
-        stats = read_stats(q)
-        assert (stats.pending + stats.claimed, stats.done) == (2, 2)  # rewritten superseded
+        backlog = read_stats(q).backlog
+        assert (backlog.pending + backlog.claimed, backlog.done) == (2, 2)  # rewritten superseded
     with Queue(path) as q:  # opening it again changes nothing
-        assert read_stats(q).done == 2 and q.get(e.id).state == State.CLAIMED
+        assert read_stats(q).backlog.done == 2 and q.get(e.id).state == State.CLAIMED
 
 
 def test_a_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -531,8 +532,8 @@ def test_a_new_version_retires_the_older_pending_ones(tmp_path: Path) -> None:
         assert e3.state == State.PENDING
         assert (e1.state, e1.note) == (State.DONE, f"superseded by id {e2.id}")
         assert (e2.state, e2.note) == (State.DONE, f"superseded by id {e3.id}")
-        assert read_stats(q).pending == 2, "another path's version was retired"
-        assert read_stats(q).uploaded_last_minute == 0
+        assert read_stats(q).backlog.pending == 2, "another path's version was retired"
+        assert read_stats(q).last_minute.uploads == 0
 
 
 IN_ORDER_CLAIMER = """
@@ -570,7 +571,7 @@ def test_versions_of_a_path_are_one_at_a_time_in_order_across_processes(
         q.enqueue_many(FileVersion(**{**v.__dict__, "size": v.size + 1}) for v in first)
         for e in held:
             assert q.release(e)
-        assert read_stats(q).pending == 200
+        assert read_stats(q).backlog.pending == 200
     procs = [python(IN_ORDER_CLAIMER, str(path)) for _ in range(4)]
     log = []
     for p in procs:
@@ -601,7 +602,7 @@ def test_a_version_that_vanished_is_queued_again_when_seen_whatever_its_key_hold
             assert (entry.state, entry.attempts, entry.note, entry.due, entry.enqueued_at) == \
                 (State.PENDING, 0, None, 1002, 1002)
         assert sorted(x.id for x in q.claim("w", 60, limit=5, now=1002)) == [a.id, b.id]
-        assert read_stats(q).done == 0
+        assert read_stats(q).backlog.done == 0
 
 
 def two_paths_one_key(q: Queue, now: float = 1000) -> tuple[Entry, Entry]:

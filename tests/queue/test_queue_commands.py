@@ -143,7 +143,7 @@ def test_purge_done_older_than(filled: SourceTree, run_cli) -> None:
     result = run_cli("--config", filled.config_path, "queue", "purge", "--done-older-than", "7d")
     assert result.returncode == 0 and "purged 1 done entry" in result.stdout
     with Queue(filled.queue_path) as q:
-        assert read_stats(q).done == 1
+        assert read_stats(q).backlog.done == 1
 
 
 def test_purge_bad_duration_is_exit_2(filled: SourceTree, run_cli) -> None:

@@ -56,9 +56,9 @@ def test_s3_outage_of_200_files_loses_nothing(source_tree: Any, pipeline_config:
     cfg = pipeline_config(server=rclone_s3, bucket=bucket, max_attempts=1)
     stored = rclone_s3.root / bucket
     bodies = write_and_enqueue(cfg, source_tree.upload, range(150), 200_000)
-    tuning = consumer.Tuning(retry=RetryPolicy(attempts=3, initial=0.02, maximum=0.1),
-                             transient_delay=0.1, transient_delay_max=0.5, poll_interval=0.02,
-                             crt=upload_path == "crt")
+    tuning = consumer.Tuning.of(retry=RetryPolicy(attempts=3, initial=0.02, maximum=0.1),
+                                transient_delay=0.1, transient_delay_max=0.5, poll_interval=0.02,
+                                crt=upload_path == "crt")
 
     def retried_pending() -> list[str]:
         with Queue(cfg.queue.path) as q:
@@ -182,7 +182,7 @@ def test_an_idle_consumer_wakes_when_the_queue_is_written(
         upload_path: str) -> None:
     cfg = pipeline_config()
     # A poll interval far beyond the test's timeout: only the wake-up can start the upload.
-    tuning = consumer.Tuning(poll_interval=3600, crt=upload_path == "crt")
+    tuning = consumer.Tuning.of(poll_interval=3600, crt=upload_path == "crt")
     with Queue(cfg.queue.path):
         pass  # the queue file exists before the consumer watches its directory
 
@@ -206,7 +206,7 @@ def test_a_consumer_that_worked_through_a_backlog_wakes_again_when_idle(
     # Full claims pause the queue watch (outcomes bring the loop back); once the backlog is
     # gone it must watch again, or the next file would wait the poll interval (here: for ever).
     cfg = pipeline_config()
-    tuning = consumer.Tuning(poll_interval=3600, claim_batch=4, crt=upload_path == "crt")
+    tuning = consumer.Tuning.of(poll_interval=3600, claim_batch=4, crt=upload_path == "crt")
     bodies = write_and_enqueue(cfg, source_tree.upload, range(20), 1000)
     with consumer_thread(cfg, tuning, workers=2):
         wait_until(lambda: states(cfg)[State.DONE] == 20, 30, "the backlog of 20")
@@ -237,7 +237,7 @@ def test_uploads_leave_no_reference_cycles_behind(
         gc.disable()
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
-            with consumer_thread(cfg, consumer.Tuning(crt=True), workers=2):
+            with consumer_thread(cfg, consumer.Tuning.of(crt=True), workers=2):
                 wait_until(lambda: states(cfg)[State.DONE] == files.stop, 30, "the files")
             gc.collect()
             # type(), not isinstance(): the garbage may hold weak proxies to objects gone.
@@ -276,7 +276,7 @@ def test_a_fast_upload_whose_etag_is_not_the_md5_is_verified_by_head_off_the_loo
     bodies = write_and_enqueue(cfg, source_tree.upload, range(6), 1000)
     caplog.set_level("INFO", logger="sftppush.pipeline")
     consumer.run(cfg, workers=2, drain=True, stop=threading.Event(),
-                 tuning=consumer.Tuning(crt=True, poll_interval=0.02))
+                 tuning=consumer.Tuning.of(crt=True, poll_interval=0.02))
     uploaded = [r for r in caplog.records if r.getMessage().startswith("uploaded id=")]
     assert len(uploaded) == 6
     assert all("verified=head" in r.getMessage() for r in uploaded)
@@ -298,9 +298,9 @@ def test_while_the_store_is_down_the_backlog_waits_in_the_queue_untried_then_all
     cfg = pipeline_config(server=store, bucket=bucket)
     store.stop()
     bodies = write_and_enqueue(cfg, source_tree.upload, range(1000), 100)
-    tuning = consumer.Tuning(retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.05),
-                             transient_delay=1.0, transient_delay_max=2.0, poll_interval=0.02,
-                             crt=upload_path == "crt", connect_timeout=1.0)
+    tuning = consumer.Tuning.of(retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.05),
+                                transient_delay=1.0, transient_delay_max=2.0, poll_interval=0.02,
+                                crt=upload_path == "crt", connect_timeout=1.0)
     caplog.set_level("INFO", logger="sftppush.consumer")
     with consumer_thread(cfg, tuning, workers=4):
         wait_until(lambda: sum("store failing: no new claims" in r.getMessage()

@@ -84,7 +84,7 @@ def test_rescan_enqueues_missing_files_once_and_counts_what_it_did(watch_tree: W
     with Queue(watch_tree.queue_path) as q:
         dry = rescan(cfg, q, dry_run=True)
         assert (dry.found, dry.enqueued, dry.already, dry.ignored) == (6, 6, 0, 2)
-        assert read_stats(q).pending == 0
+        assert read_stats(q).backlog.pending == 0
 
         first = rescan(cfg, q)
         assert (first.found, first.enqueued, first.already) == (6, 6, 0)

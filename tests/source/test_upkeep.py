@@ -40,10 +40,10 @@ def test_purges_only_done_entries_past_their_keep_a_batch_at_a_time(tmp_path: Pa
         assert q.fail(failed, "corrupt gzip: cut short", now=now - 100)
         upkeep = Upkeep(q, keep_done=60, owner="host/1/2")
         upkeep.run(clock[0])
-        assert read(q).done == PURGE_BATCH + 11, "one batch per turn"
+        assert read(q).backlog.done == PURGE_BATCH + 11, "one batch per turn"
         assert upkeep.due() == clock[0] + PURGE_PAUSE
-        assert read(q).watcher_heartbeat_at is not None
-        while read(q).done > 1:
+        assert read(q).watcher.heartbeat_at is not None
+        while read(q).backlog.done > 1:
             clock[0] = upkeep.due()
             upkeep.run(clock[0])
         assert upkeep.purged == 2 * PURGE_BATCH + 10
@@ -58,7 +58,7 @@ def test_keep_done_0_keeps_them_forever(tmp_path: Path) -> None:
         fill_done(q, 10, 0.0)
         upkeep = Upkeep(q, keep_done=0, owner="o")
         upkeep.run(upkeep.due())
-        assert read(q).done == 10 and upkeep.due() == upkeep.next_beat
+        assert read(q).backlog.done == 10 and upkeep.due() == upkeep.next_beat
 
 
 CLAIMER = """
