@@ -24,7 +24,7 @@ def test_results_and_errors_reach_their_futures() -> None:
 
 
 def test_no_more_threads_run_at_once_than_the_pool_has_workers() -> None:
-    pool = Pool(3, "t")
+    pool = Pool(3, "three")
     running, most = 0, 0
     lock = threading.Lock()
 
@@ -42,7 +42,7 @@ def test_no_more_threads_run_at_once_than_the_pool_has_workers() -> None:
         f.result(10)
     pool.shutdown()
     assert most == 3
-    assert len({t.name for t in threading.enumerate() if t.name.startswith("t_")}) == 0
+    assert [t.name for t in threading.enumerate() if t.name.startswith("three_")] == []
 
 
 def test_an_idle_thread_takes_the_next_job_instead_of_a_new_thread_starting() -> None:
