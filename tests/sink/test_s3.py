@@ -562,3 +562,34 @@ def test_fixed_keys_reach_awscrt_as_they_are_refreshable_ones_are_asked_each_tim
     ask = crt_credentials(rotating)
     assert callable(ask)
     assert [ask().access_key, ask().access_key] == ["AKIAFIRST", "AKIASECOND"]
+
+
+@pytest.mark.parametrize("transport", ["awscrt", "boto3"])
+def test_a_conditional_put_onto_an_object_replaces_ours_and_refuses_another_path_s(
+        moto_server: S3Server, s3_client: Any, s3_bucket: str, transport: str) -> None:
+    # moto honours If-None-Match: each conditional PUT below gets a 412, which both
+    # transports must settle the same way (sink/single.py's settle, then Sink._finish).
+    up = uploader(moto_server.endpoint_url, fast=transport == "awscrt")
+    ours = {"sftppush-source": "alice", "sftppush-original-name": "a.csv.gz"}
+
+    def send(key: str, body: bytes) -> Any:
+        if transport == "awscrt":
+            return up.put(s3_bucket, key, body, ours, if_absent=True).result(30)
+        return up.upload(s3_bucket, key, io.BytesIO(body), ours, if_absent=True)
+
+    try:
+        s3_client.put_object(Bucket=s3_bucket, Key="mine", Body=b"older", Metadata=ours)
+        done = send("mine", b"newer version of a.csv")
+        assert done.verified_by and done.sha256 == hashlib.sha256(
+            b"newer version of a.csv").hexdigest()
+        s3_client.put_object(Bucket=s3_bucket, Key="theirs", Body=b"bob's", Metadata={
+            "sftppush-source": "bob", "sftppush-original-name": "a.csv.gz"})
+        with pytest.raises(PermanentError, match=r"key collision: theirs holds bob:a\.csv\.gz") \
+                as refused:
+            send("theirs", b"alice's a.csv")
+        assert refused.value.final
+    finally:
+        up.close()
+    assert s3_client.get_object(Bucket=s3_bucket, Key="mine")["Body"].read() == \
+        b"newer version of a.csv"
+    assert s3_client.get_object(Bucket=s3_bucket, Key="theirs")["Body"].read() == b"bob's"
