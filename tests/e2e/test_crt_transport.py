@@ -16,15 +16,18 @@ from tests.e2e.tls import TlsTerminator, self_signed
 from tests.sink.test_crt import closing, count, uploader
 
 
-def test_a_kept_alive_connection_the_store_dropped_fails_no_put(moto_server, s3_bucket,
-                                                                      fault_proxy):
-    proxy = fault_proxy(moto_server.port)
+def test_a_kept_alive_connection_the_store_dropped_fails_no_put(rclone_s3, fault_proxy):
+    # rclone keeps connections alive; moto's server (werkzeug) answers every request with
+    # "Connection: close", so behind it there would be no kept-alive connection to drop.
+    bucket = rclone_s3.make_bucket("dropped")
+    proxy = fault_proxy(rclone_s3.port)
     with closing(uploader(SimpleNamespace(endpoint_url=proxy.url))) as up:
-        assert up.put(s3_bucket, "first", b"1" * 100, {}).result(30).verified_by
+        assert up.put(bucket, "first", b"1" * 100, {}).result(30).verified_by
+        time.sleep(0.2)  # a connection the store closed after its answer would be gone by now
         assert proxy.reset() >= 1, "the first PUT's connection was not kept open"
         for i in range(5):  # each on a connection that works, none failed by the reset
-            assert up.put(s3_bucket, f"after/{i}", b"2" * 100, {}).result(30).verified_by
-    assert count(moto_server, s3_bucket) == 6
+            assert up.put(bucket, f"after/{i}", b"2" * 100, {}).result(30).verified_by
+    assert count(rclone_s3, bucket) == 6
 
 
 def test_puts_whose_connections_are_reset_mid_request_are_sent_again(moto_server, s3_bucket,
