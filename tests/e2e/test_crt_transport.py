@@ -14,6 +14,7 @@ from sftppush.errors import Throttled, TransientError
 from sftppush.sink import crt
 from tests.e2e.tls import TlsTerminator, self_signed
 from tests.sink.test_crt import closing, count, uploader
+from tests.support.processes import wait_until
 
 
 def test_a_kept_alive_connection_the_store_dropped_fails_no_put(rclone_s3, fault_proxy):
@@ -34,9 +35,10 @@ def test_puts_whose_connections_are_reset_mid_request_are_sent_again(moto_server
                                                                      fault_proxy):
     proxy = fault_proxy(moto_server.port)
     with closing(uploader(SimpleNamespace(endpoint_url=proxy.url))) as up:
-        proxy.slow(0.5)  # every request is still on its way when its connection is reset
+        proxy.slow(3)  # every request is still on its way when its connection is reset
         futures = [up.put(s3_bucket, f"k{i}", f"{i}".encode() * 1000, {}) for i in range(8)]
-        time.sleep(0.2)
+        wait_until(lambda: proxy.open_connections == 8, 2.5, "8 connections open",
+                   detail=lambda: proxy.open_connections)
         assert proxy.reset() == 8
         proxy.restore()
         assert all(f.result(30).verified_by for f in futures)
