@@ -304,7 +304,8 @@ class Multipart:
     def _verify(self, bucket: str, key: str, size: int, resp: dict[str, Any],
                 crc: str | None, expected: str) -> str:
         """The store's full-object checksum when it answers one; else the ETag, which is the
-        MD5 of the parts' MD5s plus -N except under SSE-KMS: then only the size can tell."""
+        MD5 of the parts' MD5s plus -N except under SSE-KMS: then only the size can tell, of
+        the object the completion made (HEAD shows its ETag: not someone else's write since)."""
         ck = self.checksum
         answered = resp.get(ck.param) if ck else None
         if ck and answered and "-" not in answered:  # "-N": a composite, not ours to compare
@@ -318,9 +319,11 @@ class Multipart:
         if not self.opaque_etags:
             raise TransientError(f"S3 verify {key}: multipart ETag {etag} != {expected} "
                                  "computed from the parts sent")
-        stored = self.call("head_object", Bucket=bucket, Key=key).get("ContentLength")
-        if stored != size:
-            raise TransientError(f"S3 verify {key}: stored size {stored} != sent {size}")
+        head = self.call("head_object", Bucket=bucket, Key=key)
+        stored, now = head.get("ContentLength"), str(head.get("ETag", "")).strip('"')
+        if stored != size or now != etag:
+            raise TransientError(f"S3 verify {key}: stored size {stored} ETag {now} != sent"
+                                 f" {size}, completed as {etag}")
         return "size"
 
     def _upload_part(self, upload: Resumable, number: int, body: Body, stream: Tally,
