@@ -18,11 +18,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sftppush.sink.crtlink import Credentials, Endpoint, Pool, Signer
 from sftppush.sink.crtput import Answer, Body, Put, PutError, failure, keep_thread_state
 from sftppush.sink.inflight import Window
+
+if TYPE_CHECKING:
+    from sftppush.sink.single import Single
 
 try:
     from awscrt import http
@@ -110,6 +113,11 @@ class CrtTransport:
                    body, answered)
         if self._slots.take(job):
             self._start(job)
+
+    def send(self, single: Single, answered: Callable[[Answer | PutError], None]) -> None:
+        """Start the single PUT `single` (single.py) as `put()` does: the sink's one
+        interface to a transport, as s3.Boto3Put's."""
+        self.put(single.bucket, single.key, single.body, single.headers(), answered)
 
     def wait_room(self, size: int, timeout: float) -> bool:
         """Wait up to `timeout` seconds until a `put()` of `size` bytes would not block."""

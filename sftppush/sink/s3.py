@@ -2,9 +2,10 @@
 
 Streams and multipart go through one boto3 client; small in-memory bodies through awscrt
 (crt.py, a transport only). Both share the options of SPEC 3 and checksum encoding; a
-single PUT is built once and its answer settled once, whichever transport sent it
-(single.py); what a failure means (TransientError or PermanentError) is answers.py's. What
-needs the store again (a HEAD to verify, a 412's "whose object?") happens here. It must
+single PUT is built once (single.py) and sent by either transport through the same
+`send(single, answered)` (crt.CrtTransport, Boto3Put here), and its answer is settled
+once; what a failure means (TransientError or PermanentError) is answers.py's. What needs
+the store again (a HEAD to verify, a 412's "whose object?") happens here. It must
 never touch local files or the queue.
 """
 
@@ -37,6 +38,7 @@ from sftppush.sink.single import (
     Answer,
     PutError,
     Settled,
+    Shape,
     Single,
     Taken,
     Unverified,
@@ -72,11 +74,12 @@ class Sink:
         self.max_small = min(transfer.max_small, part_size,
                              transport.max_body if transport else 0)
         self._credentials = credentials or (lambda: True)
-        # The headers every fast PUT carries, built once.
-        self._headers = [("Content-Type", "application/octet-stream"),
-                         *((OPTION_HEADERS[name], value) for name, value in self.extra.items())]
+        # What every single PUT carries, built once.
+        common = [("Content-Type", "application/octet-stream"),
+                  *((OPTION_HEADERS[name], value) for name, value in self.extra.items())]
         if self.checksum:
-            self._headers.append(("x-amz-sdk-checksum-algorithm", self.checksum.name.upper()))
+            common.append(("x-amz-sdk-checksum-algorithm", self.checksum.name.upper()))
+        self.shape = Shape(self.checksum, self.extra, tuple(common), self.opaque)
         # HEADs that verify fast PUTs run here, never on a CRT thread or the caller's loop.
         self._verify = verify_pool or threads.Pool(2, "verify")
 
@@ -126,12 +129,11 @@ class Sink:
         if self._credentials() is None:
             out.set_exception(TransientError("S3: no usable AWS credentials yet"))
             return out
-        single = Single.of(bucket, key, body, metadata, self.checksum, if_absent)
+        single = Single.of(self.shape, bucket, key, body, metadata, if_absent)
 
         def answered(answer: Answer | PutError) -> None:
             try:
-                settled = settle(single, answer, self.checksum, self.opaque,
-                                 lambda: self.where(bucket))
+                settled = settle(single, answer, lambda: self.where(bucket))
             except Throttled as exc:
                 self.transport.throttled()  # fewer in flight from now on
                 out.set_exception(exc)
@@ -144,8 +146,7 @@ class Sink:
             else:  # a HEAD waits on the store: never on a CRT thread
                 self._verify.submit(self._settle, out, single, settled)
 
-        self.transport.put(bucket, key, body, single.headers(self._headers, self.checksum),
-                           answered)
+        self.transport.send(single, answered)
         return out
 
     def _settle(self, out: Future[Uploaded], single: Single, settled: Settled) -> None:
@@ -259,12 +260,12 @@ class Sink:
         part_size = self.multipart.part_size
         head = read_full(reader, min(SMALL_BODY, part_size))
         if len(head) < min(SMALL_BODY, part_size):
-            return self._put_single(Single.of(bucket, key, head, metadata, self.checksum,
+            return self._put_single(Single.of(self.shape, bucket, key, head, metadata,
                                               if_absent), cancel)
         first = read_part(reader, part_size, head)
         second = read_part(reader, part_size) if len(first) == part_size else None
         if not second:
-            return self._put_single(Single.of(bucket, key, first, metadata, self.checksum,
+            return self._put_single(Single.of(self.shape, bucket, key, first, metadata,
                                               if_absent), cancel)
         if if_absent:
             self.may_replace(bucket, key, metadata)
@@ -276,25 +277,10 @@ class Sink:
 
     def _put_single(self, single: Single, cancel: threading.Event | None) -> Uploaded:
         """One single PUT through boto3 (retried in place), settled as a fast one is."""
-        return self._finish(single, settle(single, self._send(single, cancel), self.checksum,
-                                           self.opaque, lambda: self.where(single.bucket)),
-                            cancel)
-
-    def _send(self, single: Single, cancel: threading.Event | None) -> Answer | PutError:
-        """boto3's answer to `single` in the awscrt transport's terms: the headers that
-        settle reads, or a 412 to a conditional PUT. Other errors raise, classified."""
-        body = PartBody(single.body) if len(single.body) > SMALL_BODY else single.body
-        try:
-            resp = self.call("put_object", cancel,
-                             **single.arguments(self.extra, self.checksum, body))
-        except PermanentError as exc:
-            if single.if_absent and error_code(exc) == "PreconditionFailed":
-                return PutError(412, "PreconditionFailed", str(exc))
-            raise
-        headers = {"etag": str(resp.get("ETag", ""))}
-        if self.checksum and resp.get(self.checksum.param):
-            headers[self.checksum.header] = resp[self.checksum.param]
-        return Answer(headers)
+        answers: list[Answer | PutError] = []
+        Boto3Put(self.call, cancel).send(single, answers.append)
+        return self._finish(single, settle(single, answers[0],
+                                           lambda: self.where(single.bucket)), cancel)
 
     def verify_head(self, bucket: str, key: str, size: int, sha: str) -> str:
         """Check the object's size and `sftppush-sha256` through HEAD; its ETag."""
@@ -311,6 +297,31 @@ class Sink:
         recorded (a retry that only has a file to delete), else None."""
         found = self.head(bucket, key)
         return found.size if found is not None and found.etag == etag else None
+
+
+class Boto3Put:
+    """boto3 as a transport for single PUTs, with crt.CrtTransport's `send(single,
+    answered)`: put_object through the sink's `call` (retried in place on transient errors,
+    until `cancel` is set), answered on the calling thread before `send` returns, with the
+    store's headers as awscrt would hand them back or a 412 to a conditional PUT. Other
+    errors raise, classified by `call` (they were retried already)."""
+
+    def __init__(self, call: Callable[..., Any], cancel: threading.Event | None) -> None:
+        self.call, self.cancel = call, cancel
+
+    def send(self, single: Single, answered: Callable[[Answer | PutError], None]) -> None:
+        body = PartBody(single.body) if len(single.body) > SMALL_BODY else single.body
+        try:
+            resp = self.call("put_object", self.cancel, **single.arguments(body))
+        except PermanentError as exc:
+            if single.if_absent and error_code(exc) == "PreconditionFailed":
+                answered(PutError(412, "PreconditionFailed", str(exc)))
+                return
+            raise
+        headers, checksum = {"etag": str(resp.get("ETag", ""))}, single.shape.checksum
+        if checksum and resp.get(checksum.param):
+            headers[checksum.header] = resp[checksum.param]
+        answered(Answer(headers))
 
 
 @dataclass(frozen=True)

@@ -454,6 +454,10 @@ class Transport:
     def throttled(self) -> None:
         """A 503 SlowDown: CrtTransport shrinks its window; the model has none to shrink."""
 
+    def send(self, single: Any, answered: Callable[[crt.Answer | crt.PutError], None]) -> None:
+        """As CrtTransport.send: the PUT with the headers awscrt would send."""
+        self.put(single.bucket, single.key, single.body, single.headers(), answered)
+
     def put(self, bucket: str, key: str, body: bytes, headers: list[tuple[str, str]],
             answered: Callable[[crt.Answer | crt.PutError], None]) -> None:
         self.pending.append(PendingPut(bucket, key, bytes(body),

@@ -211,3 +211,22 @@ def test_a_set_aside_in_a_directory_made_unwritable_fails_no_entry_as_internal()
            ("quiesce", {}),
            ("dir_unwritable", {"d": b"b", "on": False}),
            ("quiesce", {}))
+
+
+def test_a_held_file_first_written_while_its_directory_is_away_keeps_its_own_key() -> None:
+    """Found by the long profile at a7d2100, in the model's own bookkeeping: a file held
+    open, first written to while its directory was renamed out of the source, was recorded
+    under the name outside the source as well, and the key check raised ValueError for it."""
+    replay({"crt": False, "conditional": False, "checksums": "validate", "opaque": False,
+            "delete": False},
+           ("consumer_started", {}),
+           ("open_and_hold", {"d": b"a", "name": b"rep "}),
+           ("held_file_closed", {"which": 0, "write_first": False}),
+           ("open_and_hold", {"d": b"a", "name": b"rep "}),
+           ("consumers_run", {}),
+           ("delete_after_upload_switched", {}),
+           ("consumers_run", {}),
+           ("dir_renamed_away", {"d": b"a"}),
+           ("held_file_written", {"which": 0}),
+           ("dir_renamed_back", {"d": b"a"}),
+           ("quiesce", {}))

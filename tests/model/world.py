@@ -159,7 +159,8 @@ class World:
             w.version = self._new(before.content if before else b"", False, finished=False)
             if where is not None and before is not None:
                 before.fate = "superseded"
-                w.version.paths.add(w.path)
+                if where is self.files:  # a parked name is not a source path: its path
+                    w.version.paths.add(w.path)  # is added when its directory comes back
                 w.version.fate = "on disk" if where is self.files else "away"
                 where[w.path] = (w.inode, w.version.n)
         w.version.states.append(w.version.content + chunk)

@@ -12,7 +12,7 @@ from sftppush.errors import PermanentError, Throttled, TransientError
 from sftppush.sink.answers import Where
 from sftppush.sink.crtput import Answer, PutError
 from sftppush.sink.parts import store_checksum
-from sftppush.sink.single import Single, Taken, Unverified, Verified, settle
+from sftppush.sink.single import Shape, Single, Taken, Unverified, Verified, settle
 
 CHECKSUM = store_checksum("when_supported")
 BODY = b"one small file\n" * 10
@@ -20,19 +20,22 @@ META = {"sftppush-source": "alice", "sftppush-original-name": "a.csv.gz"}
 MD5 = hashlib.md5(BODY).hexdigest()
 
 
-def single(if_absent: bool = False, checksum=CHECKSUM) -> Single:
-    return Single.of("b", "k", BODY, META, checksum, if_absent)
+COMMON = (("Content-Type", "application/octet-stream"),)
 
 
-def settled(s: Single, answer, checksum=CHECKSUM, opaque: bool = False):
-    return settle(s, answer, checksum, opaque, lambda: Where("b", "http://127.0.0.1:1"))
+def single(if_absent: bool = False, checksum=CHECKSUM, opaque: bool = False) -> Single:
+    return Single.of(Shape(checksum, {}, COMMON, opaque), "b", "k", BODY, META, if_absent)
+
+
+def settled(s: Single, answer):
+    return settle(s, answer, lambda: Where("b", "http://127.0.0.1:1"))
 
 
 def test_both_transports_send_the_same_metadata_sha_checksum_and_condition() -> None:
     for if_absent in (False, True):
         s = single(if_absent)
-        headers = dict(s.headers([("Content-Type", "application/octet-stream")], CHECKSUM))
-        args = s.arguments({}, CHECKSUM, BODY)
+        headers = dict(s.headers())
+        args = s.arguments(BODY)
         sha = hashlib.sha256(BODY).hexdigest()
         assert args["Metadata"] == {**META, "sftppush-sha256": sha}
         assert {k.removeprefix("x-amz-meta-"): v for k, v in headers.items()
@@ -52,16 +55,15 @@ def test_an_answered_checksum_verifies_and_a_different_one_means_other_bytes() -
 
 def test_without_a_checksum_an_md5_etag_verifies_and_another_etag_means_other_bytes() -> None:
     s = single(checksum=None)
-    assert settled(s, Answer({"etag": f'"{MD5}"'}), checksum=None) == Verified("etag", f'"{MD5}"')
+    assert settled(s, Answer({"etag": f'"{MD5}"'})) == Verified("etag", f'"{MD5}"')
     with pytest.raises(TransientError, match="is not the MD5 of the body"):
-        settled(s, Answer({"etag": '"0123"'}), checksum=None)
+        settled(s, Answer({"etag": '"0123"'}))
 
 
 def test_an_answer_that_proves_nothing_is_left_for_a_head() -> None:
-    s = single(checksum=None)
-    assert settled(s, Answer({"etag": '"kms"'}), checksum=None, opaque=True) == \
+    assert settled(single(checksum=None, opaque=True), Answer({"etag": '"kms"'})) == \
         Unverified('"kms"')
-    assert settled(s, Answer({}), checksum=None) == Unverified("")
+    assert settled(single(checksum=None), Answer({})) == Unverified("")
 
 
 def test_412_is_someone_s_object_only_for_a_conditional_put() -> None:
