@@ -35,9 +35,11 @@ def test_puts_whose_connections_are_reset_mid_request_are_sent_again(moto_server
                                                                      fault_proxy):
     proxy = fault_proxy(moto_server.port)
     with closing(uploader(SimpleNamespace(endpoint_url=proxy.url))) as up:
-        proxy.slow(3)  # every request is still on its way when its connection is reset
+        # Every request is held on its way, however long the 8 connections take to open:
+        # each is still in flight when its connection is reset.
+        proxy.stall()
         futures = [up.put(s3_bucket, f"k{i}", f"{i}".encode() * 1000, {}) for i in range(8)]
-        wait_until(lambda: proxy.open_connections == 8, 2.5, "8 connections open",
+        wait_until(lambda: proxy.open_connections == 8, 30, "8 connections open",
                    detail=lambda: proxy.open_connections)
         assert proxy.reset() == 8
         proxy.restore()

@@ -48,13 +48,20 @@ def uploading(run: Bucketed) -> bool:
     return any(e["state"] == "claimed" for e in run.product.entries())
 
 
+def slowed(run: Bucketed) -> None:
+    """The stalled store answers again, at about 6 MB/s: the first upload, held until the
+    file was being sent again, still takes seconds."""
+    run.proxy.restore()
+    run.proxy.slow(0.01)
+
+
 @pytest.mark.parametrize("how", ["rename_over", "in_place"])
 def test_a_newer_version_sent_during_a_slow_upload_is_the_one_left_in_s3(
         how: str, tmp_path: Path, source_tree, pipeline_config, moto_server, s3_client,
         s3_bucket, fault_proxy) -> None:
     run = started(tmp_path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
                   fault_proxy)
-    run.proxy.slow(0.01)  # about 6 MB/s: the first version takes seconds
+    run.proxy.stall()  # until the newer version is sent: the older upload cannot end first
     path = source_tree.upload / "data.csv"
     older, newer = body(24 * MIB, 1), body(1 * MIB, 2)
     try:
@@ -68,6 +75,7 @@ def test_a_newer_version_sent_during_a_slow_upload_is_the_one_left_in_s3(
             with open(path, "r+b") as f:  # O_TRUNC as sftp-server opens it, same inode
                 f.truncate(0)
                 f.write(newer)
+        slowed(run)
         settle(run, source_tree.upload)
     finally:
         run.product.stop_all()
@@ -82,7 +90,7 @@ def test_an_in_place_resend_keeping_size_and_mtime_is_uploaded(
     # (inode, size, mtime) stay the same: only ctime tells the re-send from the first send.
     run = started(tmp_path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
                   fault_proxy)
-    run.proxy.slow(0.01)
+    run.proxy.stall()  # until the re-send: the first send's upload cannot end first
     path = source_tree.upload / "data.csv"
     older, newer = body(12 * MIB, 1), body(12 * MIB, 2)
     try:
@@ -91,6 +99,7 @@ def test_an_in_place_resend_keeping_size_and_mtime_is_uploaded(
         wait_until(lambda: uploading(run), 30, "the first send's upload")
         with open(path, "r+b") as f:
             f.truncate(0)
+            slowed(run)
             time.sleep(0.2)  # the consumer may read an empty or half-written file meanwhile
             f.write(newer)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))

@@ -11,6 +11,7 @@ from concurrent.futures import CancelledError
 import pytest
 
 from sftppush.threads import Pool
+from tests.support.processes import wait_until
 
 
 def test_results_and_errors_reach_their_futures() -> None:
@@ -50,7 +51,9 @@ def test_an_idle_thread_takes_the_next_job_instead_of_a_new_thread_starting() ->
     try:
         for _ in range(10):
             pool.submit(lambda: None).result(5)
-            time.sleep(0.01)  # the thread is back waiting before the next submit
+            # Its result is set just before the thread counts itself idle: wait for that,
+            # not for a fixed 10 ms a loaded host may not give it.
+            wait_until(lambda: pool._idle._value == 1, 5, "the thread back waiting")
         assert [t.name for t in threading.enumerate() if t.name.startswith("idle_")] == ["idle_0"]
     finally:
         pool.shutdown()
@@ -61,7 +64,7 @@ def test_shutdown_cancelling_futures_cancels_what_has_not_started() -> None:
     release = threading.Event()
     started = pool.submit(release.wait, 10)
     waiting = [pool.submit(lambda: "ran") for _ in range(3)]
-    time.sleep(0.05)
+    wait_until(started.running, 5, "the first job to start")  # a loaded host may take a while
     pool.shutdown(wait=False, cancel_futures=True)
     release.set()
     assert started.result(5) is True

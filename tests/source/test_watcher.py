@@ -391,10 +391,13 @@ def test_sigterm_at_any_moment_of_its_life_exits_0_promptly(watch_tree: WatchTre
     seed = random.randrange(1 << 32)
     print(f"seed={seed}")
     rng = random.Random(seed)
+    # "Promptly": the stop is honoured, not lost. A stop held until the handlers are in place
+    # lands once the interpreter has started (0.1-0.4 s idle, several seconds on a loaded
+    # host); a lost one would never end the process, so the bound is there to catch a hang.
     for run in range(20):
         log = tmp_path / f"watcher-{run}.log"
         stop = (signal.SIGINT, signal.SIGTERM) if rng.random() < 0.5 else (signal.SIGTERM,)
         with signals.blocked():  # started as `run` starts it: stop signals held until ready
             status = stopped_after(cli_argv("--config", watch_tree.config, "watch"), log,
-                                   rng.uniform(0, 1.0), stop, timeout=5)
+                                   rng.uniform(0, 1.0), stop, timeout=30)
         assert status == 0, f"seed={seed} run={run}: status {status}\n{log.read_text()[-3000:]}"
