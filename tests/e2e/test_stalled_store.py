@@ -65,7 +65,7 @@ def test_a_stalled_put_becomes_transient_after_the_request_timeout(
 
 def test_stalled_store_sends_entries_back_to_pending_keeps_leases_then_uploads_all(
         source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
-    lease = 1.0
+    lease = 2.0  # renewed every 0.67 s: a loaded host may hold the loop up 1.3 s
     cfg, proxy, bucket = stalled_setup(pipeline_config, rclone_s3, fault_proxy, lease,
                                        max_attempts=1)
     proxy.stall()
@@ -103,7 +103,7 @@ def test_a_vanished_file_looked_up_in_a_stalled_store_does_not_stop_the_claim_lo
         source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
     # A vanished file takes a boto3 HEAD of its key, retried while the store does not answer.
     # Were it run in the claim loop, the loop would stop renewing the other leases it holds.
-    lease = 1.0
+    lease = 2.0  # renewed every 0.67 s: a loaded host may hold the loop up 1.3 s
     cfg, proxy, bucket = stalled_setup(pipeline_config, rclone_s3, fault_proxy, lease)
     write_and_enqueue(cfg, source_tree.upload, range(1), 1000)
     (source_tree.upload / "f0000.bin.gz").unlink()  # vanished before its turn
