@@ -254,12 +254,12 @@ def queue_replay(ctx: click.Context, all_failed: bool, ids: tuple[int, ...]) -> 
 def queue_purge(ctx: click.Context, older_than: str) -> None:
     """Drop done entries finished longer ago than DURATION (those of files kept by
     delete_after_upload: false only once the file is gone)."""
-    from sftppush.source.scan import still_on_disk
+    from sftppush.source.scan import still_needed
     from sftppush.source.upkeep import PURGE_PAUSE
 
     seconds = parse_duration(older_than, "--done-older-than")
     with _open_queue(_config(ctx, need_sources=False)) as q:
-        count = q.purge_done(seconds, pause=PURGE_PAUSE, still_there=still_on_disk)
+        count = q.purge_done(seconds, pause=PURGE_PAUSE, still_there=still_needed)
     click.echo(f"purged {count} done entr{'y' if count == 1 else 'ies'}")
 
 

@@ -33,7 +33,7 @@ from sftppush.pipeline.safeopen import (
     remove_set_aside,
     same_version,
 )
-from sftppush.queue.entries import KEPT, VANISHED, Entry, KeyTaken, shown
+from sftppush.queue.entries import AWAY, KEPT, VANISHED, Entry, KeyTaken, shown
 from sftppush.queue.owners import user_name
 from sftppush.sink.multipart import Journal
 from sftppush.sink.parts import read_full
@@ -321,8 +321,11 @@ def _vanished(entry: Entry, source: Source, sink: Sink) -> Done:
     entry, or its object found). If an object of its path is at the key this entry took (a
     consumer killed after uploading it, between the set-aside and the unlink or before the
     ack), the entry records that object, so that its path keeps the key: on a store that
-    ignores If-None-Match, the queue's record is all that stops another path's upload."""
+    ignores If-None-Match, the queue's record is all that stops another path's upload. A
+    version gone with its directory (AWAY) may be under its private name there: the note
+    keeps the entry until the directory is back and the name removed."""
     bucket = source.target.bucket
+    away = not os.path.isdir(os.path.dirname(entry.path))
     if entry.etag is not None:  # this version's verified upload was recorded
         remove_set_aside(source.root, entry.path, entry.inode, entry.size, entry.mtime_ns)
     for key in candidate_keys(source, entry.path):
@@ -335,7 +338,8 @@ def _vanished(entry: Entry, source: Source, sink: Sink) -> Done:
                      key)
             ours = key == entry.key and \
                 found.names(metadata(source, entry.path, entry.size, entry.mtime_ns))
-            return Done(f"{VANISHED}; object exists at {key}", Uploaded(
+            gone = AWAY if away and (ours or entry.etag is not None) else VANISHED
+            return Done(f"{gone}; object exists at {key}", Uploaded(
                 bucket, key, found.size or 0, found.metadata.get(SHA256_KEY, ""), 0,
                 "recorded", found.etag) if ours else None)
     log.warning("vanished id=%d path=%s object=missing", entry.id, entry.display_path)

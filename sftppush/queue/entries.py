@@ -25,6 +25,12 @@ VANISHED = "vanished"
 # row is the only record that this version was uploaded: a purge keeps it while the file is
 # there, or the next rescan would upload the file again.
 KEPT = "kept"
+# The note of an entry whose verified version vanished with its directory (renamed away by
+# its client): a consumer killed between its set-aside and its unlink may have left it under
+# its private name in that directory. A purge keeps the row while the directory is away or
+# holds that name, so that the rescan that meets the name once the directory is back hands
+# the entry to a consumer, which removes the name (sweep_set_asides).
+AWAY = f"{VANISHED} with its directory"
 
 
 def shown(path: bytes) -> str:

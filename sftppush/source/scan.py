@@ -21,8 +21,8 @@ from itertools import islice
 from pathlib import Path
 
 from sftppush.config import Config, Source
-from sftppush.pipeline.safeopen import DELETING_PREFIX
-from sftppush.queue.entries import FileVersion, shown
+from sftppush.pipeline.safeopen import DELETING_PREFIX, set_aside_name
+from sftppush.queue.entries import AWAY, Entry, FileVersion, shown
 from sftppush.queue.queue import Queue
 from sftppush.source import longpaths
 from sftppush.source.watches import watch_limit
@@ -172,6 +172,17 @@ def still_on_disk(v: FileVersion) -> bool:
         return False
     return (st.st_ino, st.st_size, st.st_mtime_ns) == (v.inode, v.size, v.mtime_ns) and \
         v.ctime_ns in (0, st.st_ctime_ns)
+
+
+def still_needed(entry: Entry) -> bool:
+    """Does a done entry a purge keeps until it is not needed still say something the disk
+    needs? A kept file's (KEPT): while its version is at its path. One gone with its
+    directory (AWAY): while the directory is away, or holds its private name."""
+    if (entry.note or "").startswith(AWAY):
+        directory = os.path.dirname(entry.path)
+        return not os.path.isdir(directory) or \
+            os.path.lexists(os.path.join(directory, set_aside_name(entry.inode)))
+    return still_on_disk(entry)
 
 
 def scan_source(source: Source, ignore: tuple[str, ...], *, counts: Counts | None = None,

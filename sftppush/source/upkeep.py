@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from sftppush.errors import QueueError
 from sftppush.queue.queue import PURGE_BATCH, Queue
-from sftppush.source.scan import still_on_disk
+from sftppush.source.scan import still_needed
 
 log = logging.getLogger("sftppush.upkeep")
 
@@ -59,7 +59,7 @@ class Upkeep:
         if now >= self.next_purge:
             self.next_purge = now + self.purge_every
             n = self._guarded(lambda: self.queue.purge_some(
-                self.keep_done, still_there=still_on_disk), "purge")
+                self.keep_done, still_there=still_needed), "purge")
             self.sweep += n or 0
             if n == PURGE_BATCH:  # more to go: the next batch after a pause
                 self.next_purge = now + PURGE_PAUSE

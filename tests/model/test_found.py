@@ -247,3 +247,31 @@ def test_a_multipart_object_overwritten_after_its_completion_is_not_taken_as_ver
            ("consumers_run", {}),
            ("rescan", {}),
            ("consumers_run", {}))
+
+
+def test_a_private_name_in_a_directory_away_past_a_purge_goes_once_it_is_back() -> None:
+    """Found by the long profile at 0f85dc7 (34 min): a consumer killed between its set-aside
+    and its unlink; the client renamed the directory away, the entry was done as vanished,
+    and a purge dropped it before the directory came back, so no entry was left to take
+    the `.sftppush-deleting.<inode>` away."""
+    replay({"crt": False, "conditional": False, "checksums": "validate", "opaque": False,
+            "delete": False},
+           ("consumer_started", {}),
+           ("store_fails_next", {"n": 2}),
+           ("delete_after_upload_switched", {}),
+           ("consumers_run", {}),
+           ("rename_over", {"d": b"a", "name": b"x.csv", "size": 300}),
+           ("rename_over", {"d": b"b", "name": b"x.csv", "size": 300}),
+           ("consumer_killed", {"after": 0, "reached": False, "when": "unlink", "which": 0}),
+           ("rescan", {}),
+           ("consumers_run", {}),
+           ("consumer_started", {}),
+           ("delete_after_upload_switched", {}),
+           ("dir_renamed_away", {"d": b"b"}),
+           ("dir_renamed_away", {"d": b"a"}),
+           ("quiesce", {}),
+           ("consumers_run", {}),
+           ("consumers_run", {}),
+           ("done_entries_purged", {}),
+           ("dir_renamed_back", {"d": b"b"}),
+           ("quiesce", {}))

@@ -12,8 +12,9 @@ import yaml
 
 from sftppush import config
 from sftppush.pipeline.safeopen import DELETING_PREFIX
+from sftppush.queue.entries import AWAY, FileVersion, Stored
 from sftppush.queue.queue import Queue
-from sftppush.source.scan import Counts, ignore_matcher, rescan, scan_source, walk
+from sftppush.source.scan import Counts, ignore_matcher, rescan, scan_source, still_needed, walk
 from sftppush.status import read as read_stats
 from tests.conftest import WatcherProcess, WatchTree, child_env, cli_argv
 
@@ -158,3 +159,28 @@ def test_rescan_while_the_watcher_runs_queues_nothing_twice(watch_tree: WatchTre
         else:
             assert e.size < st.st_size or e.mtime_ns < st.st_mtime_ns, e
     assert finished == {p: 1 for p in written}
+
+
+def test_a_version_gone_with_its_directory_keeps_its_entry_while_it_may_be_set_aside(
+        tmp_path: Path) -> None:
+    """A consumer killed between its set-aside and its unlink, and the directory renamed away
+    by its client: the done entry (AWAY) is all that leads a later rescan to the private
+    name, so purges keep it while the directory is away or holds that name."""
+    directory = tmp_path / "home" / "u1" / "up" / "b"
+    directory.mkdir(parents=True)
+    path = directory / "x.csv"
+    path.write_bytes(b"x" * 300)
+    st = path.stat()
+    private = directory / (DELETING_PREFIX + str(st.st_ino).encode()).decode()
+    with Queue(tmp_path / "q.db") as q:
+        q.enqueue_many([FileVersion.of(path, "u1", st, "rescan")], now=100)
+        (entry,) = q.claim("w", 60, now=100)
+        path.rename(private)  # the set-aside; then the consumer was killed
+        directory.rename(tmp_path / "away")
+        q.ack_many([(entry, f"{AWAY}; object exists at u1/up/b/x.csv")], now=100,
+                   uploaded={entry.id: Stored("0123abcd", "sha")})
+        assert q.purge_done(older_than=10, now=200, still_there=still_needed) == 0
+        (tmp_path / "away").rename(directory)
+        assert q.purge_done(older_than=10, now=300, still_there=still_needed) == 0
+        private.unlink()  # what the consumer the rescan hands the entry to does
+        assert q.purge_done(older_than=10, now=400, still_there=still_needed) == 1
