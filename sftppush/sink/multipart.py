@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from sftppush import threads
 from sftppush.errors import PermanentError, TransientError
 from sftppush.outcomes import UploadCancelled, Uploaded
-from sftppush.sink.answers import error_code
+from sftppush.sink.answers import CORRUPTED_CODES, error_code
 from sftppush.sink.inflight import Window
 from sftppush.sink.parts import (
     READ_CHUNK,
@@ -137,7 +137,8 @@ class Multipart:
         """Upload `parts` (already read) and the rest of `reader`; verified.
 
         With a `journal`, each completed part is recorded, and an upload that fails for any
-        reason but a PermanentError or a BadPart is kept for a resume: `resume` (that record;
+        reason but a PermanentError, a BadPart or a completion refused as damaged (BadDigest)
+        is kept for a resume: `resume` (that record;
         then nothing may have been read) continues it, sending only the parts not recorded,
         or aborts it and raises TransientError when the stream is not what was sent before."""
         stream = Tally(reader, self.checksum)
@@ -145,15 +146,20 @@ class Multipart:
         kept = self._resume(resume, journal) if resume else None
         upload = resume if resume and kept is not None else \
             self._create(bucket, key, metadata, cancel, journal)
+        completing = False
         try:
             self._send(upload, parts, stream, done, cancel, journal, kept or {})
             ck = self.checksum
             whole = {ck.param: ck.b64(stream.crc), "ChecksumType": "FULL_OBJECT"} if ck else {}
+            completing = True
             resp = self.call("complete_multipart_upload", cancel, Bucket=bucket, Key=key,
                              UploadId=upload.upload_id,
                              MultipartUpload={"Parts": [part for part, _ in done]}, **whole)
         except BaseException as exc:
-            if journal is None or isinstance(exc, (PermanentError, BadPart)):
+            # A completion refused for its whole-object checksum: a part was stored otherwise
+            # than sent, and a resume would join the same parts again.
+            spoiled = completing and error_code(exc) in CORRUPTED_CODES
+            if journal is None or spoiled or isinstance(exc, (PermanentError, BadPart)):
                 self._give_up(bucket, key, upload.upload_id, journal)
             raise
         etag = hashlib.md5(b"".join(md5 for _, md5 in done), usedforsecurity=False).hexdigest()

@@ -275,3 +275,19 @@ def test_a_private_name_in_a_directory_away_past_a_purge_goes_once_it_is_back() 
            ("done_entries_purged", {}),
            ("dir_renamed_back", {"d": b"b"}),
            ("quiesce", {}))
+
+
+def test_a_completion_refused_for_a_part_stored_damaged_starts_the_upload_over() -> None:
+    """Found by the long profile at eca2f43 (and there since the model began): a store that
+    validates checksums stored one part otherwise than it received it; the completion was
+    refused (BadDigest, the whole-object checksum), and every retry resumed the same upload,
+    joined the same parts and was refused again: the file never got uploaded."""
+    replay({"crt": False, "conditional": False, "checksums": "validate", "opaque": True,
+            "delete": False},
+           ("write", {"d": b"a", "name": b"x.csv", "size": 300}),
+           ("done_entries_purged", {}),
+           ("rename_over", {"d": b"a", "name": b"big.bin", "size": 300}),
+           ("rescan", {}),
+           ("store_lies_next", {"lie": "corrupt"}),
+           ("consumers_run", {}),
+           ("quiesce", {}))
