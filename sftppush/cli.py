@@ -253,7 +253,8 @@ def queue_replay(ctx: click.Context, all_failed: bool, ids: tuple[int, ...]) -> 
 @click.pass_context
 def queue_purge(ctx: click.Context, older_than: str) -> None:
     """Drop done entries finished longer ago than DURATION (those of files kept by
-    delete_after_upload: false only once the file is gone)."""
+    delete_after_upload: false only once the file is gone, those of files gone with their
+    directory only once no private name of theirs can be left in it)."""
     from sftppush.source.scan import still_needed
     from sftppush.source.upkeep import PURGE_PAUSE
 

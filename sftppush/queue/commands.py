@@ -26,7 +26,8 @@ UPDATE entries SET state = 'pending', owner = NULL, due = ?, attempts = 0
 REPLAY_FAILED_ID = """
 UPDATE entries SET state = 'pending', owner = NULL, due = ?, attempts = 0
  WHERE state = 'failed' AND id = ?"""
-# Done entries past their keep, except those of kept files (KEPT): the next three decide.
+# Done entries past their keep, except those of kept files (KEPT) and of versions gone with
+# their directory (AWAY): the next three decide.
 PURGE_DONE = """
 DELETE FROM entries WHERE id IN (SELECT id FROM entries
                                   WHERE state = 'done' AND due < ? AND note IS NOT ?
@@ -103,7 +104,7 @@ class Commands:
 
     def _purge_batch(self, older_than: float, now: float | None, batch: int,
                      still_there: Callable[[Entry], bool] | None) -> tuple[int, int]:
-        """(dropped, looked at): the entries past their keep, then those of kept files."""
+        """(dropped, looked at): the entries past their keep, then the KEPT and AWAY ones."""
         with self.file.transaction() as db:
             now = self.file.now(now)
             db.execute(PURGE_DONE, (now - older_than, KEPT, AWAY + "%", batch))

@@ -138,9 +138,9 @@ class Multipart:
 
         With a `journal`, each completed part is recorded, and an upload that fails for any
         reason but a PermanentError, a BadPart or a completion refused as damaged (BadDigest)
-        is kept for a resume: `resume` (that record;
-        then nothing may have been read) continues it, sending only the parts not recorded,
-        or aborts it and raises TransientError when the stream is not what was sent before."""
+        is kept for a resume: `resume` (that record; then nothing may have been read)
+        continues it, sending only the parts not recorded, or aborts it and raises
+        TransientError when the stream is not what was sent before."""
         stream = Tally(reader, self.checksum)
         done: list[SentPart] = []
         kept = self._resume(resume, journal) if resume else None
