@@ -166,10 +166,16 @@ class Consumer:
         if not self.verdicts.breaker.closed(self.monotonic()):
             return 0, False  # the store seems down: the backlog waits in the queue, untouched
         batch = self.tuning.batching.claim_batch or self.lane.batch()
+        breaker = self.verdicts.breaker
+        if breaker.pauses:  # the store was failing: a few entries find out whether it is back
+            batch = min(batch, breaker.after)
         room = batch - len(self.inflight)
-        # Claim in batches: wait until half the batch is free (or nothing is held), and ask
-        # the read-only "anything due?" first, so an idle consumer writes nothing.
-        if room <= 0 or (self.inflight and room < batch // 2):
+        # Claim in batches: wait until a quarter of the batch is free (or nothing is held),
+        # and ask the read-only "anything due?" first, so an idle consumer writes nothing.
+        # Not half: with the fast lane's batch of twice its window, the window ran dry while
+        # the loop claimed and opened the next half (a fifth to a third of a far store's
+        # round trip), and a window not full does not grow.
+        if room <= 0 or (self.inflight and room < batch // 4):
             return 0, False
         if not self.entries.has_due():
             self.inbox.listen(True)

@@ -42,7 +42,7 @@ class Batching:
     poll_interval: float = 0.2          # idle: "anything due?" (read-only) at least this often
     claim_batch: int = 0                # most entries held at once; 0 = twice the fast
                                         # transport's window (at least 64), else 2 x workers.
-                                        # Claims wait until half of it is free.
+                                        # Claims wait until a quarter of it is free.
     ack_batch: int = 64                 # acks are written together, up to this many ...
     ack_delay: float = 0.02             # ... or after this long
 
@@ -53,8 +53,9 @@ class Lanes:
     in parts, and how much each may hold."""
 
     crt: bool = True                    # small files through awscrt when it is importable
-    crt_in_flight: int = 32             # fast PUTs in flight at first (the window follows the
-                                        # link from there, up to consumer.s3.max_in_flight)
+    crt_in_flight: int = 0              # fast PUTs in flight at first (0: as many as
+                                        # consumer.s3.max_in_flight); the window follows the
+                                        # link from there
     lane_max_body: int = 8 * 2**20      # decompressed bytes; larger files stream via boto3
     part_memory: int = 32 * 2**20       # per large upload: bytes of part buffers
 
@@ -184,7 +185,9 @@ def stored(uploaded: Uploaded | None) -> Stored | None:
 class Breaker:
     """The store as one process sees it. After `after` transient outcomes with no success
     between, new claims pause for a growing, capped delay, rather than trying (and logging)
-    the whole backlog one entry after another during an outage."""
+    the whole backlog one entry after another during an outage; after a pause, until an
+    upload succeeds, the consumer claims `after` entries at most (a probe, not a batch of
+    up to twice the fast path's window)."""
 
     def __init__(self, after: int, first: float, cap: float,
                  jitter: Callable[[float], float] = jittered) -> None:

@@ -36,6 +36,7 @@ log = logging.getLogger("sftppush.crt")
 
 # One PUT can carry at most 5 GiB.
 MAX_BODY = 5 * 1024**3
+FLOOR = 32  # the least PUTs in flight rising latency shrinks the window to
 
 
 def available() -> bool:
@@ -57,8 +58,13 @@ class CrtTransport:
     (opening the next files) leaves no gap in the pipe. `put()` blocks while that line is
     full too, so callers get backpressure and flat memory (`wait_room()` waits for that in
     slices, without starting anything). The window starts at
-    `min_in_flight` and follows the link up to `max_in_flight` (inflight.Window: it grows while
-    latency holds, shrinks when it rises or when the store asks to slow down, `throttled()`).
+    `in_flight` (0: at `max_in_flight`, where s5cmd's 256 workers stay) and follows the link
+    between FLOOR (or `in_flight`, if lower) and `max_in_flight` (inflight.Window: it grows
+    while latency holds, shrinks when it rises or when the store asks to slow down,
+    `throttled()`). Starting at the top costs a store on loopback some queueing until the
+    window has shrunk; starting at 32 cost a far one the first seconds of a burst (on a host
+    whose CPU the store and the delay line share, latency rose while the window grew, and
+    4,000 files at 100 ms went 10-15% slower than starting at 256).
     Connections are kept alive for the next request, as many as the window. A request with
     no outcome after `request_timeout` seconds has its connection closed and fails with status
     None, as does one whose connection failed `max_retries` + 1 times. An answer, 5xx included,
@@ -67,7 +73,7 @@ class CrtTransport:
 
     def __init__(self, *, region: str, credentials: Callable[[], Credentials] | Credentials,
                  endpoint_url: str | None = None, max_body: int = MAX_BODY,
-                 min_in_flight: int = 32, max_in_flight: int = 256,
+                 in_flight: int = 0, max_in_flight: int = 256,
                  max_in_flight_bytes: int = 64 * 2**20,
                  max_retries: int = 2, connect_timeout_ms: int = 3000,
                  request_timeout: float = 60.0, ca_file: str | None = None) -> None:
@@ -78,7 +84,9 @@ class CrtTransport:
         self.max_body = min(MAX_BODY, max_body)
         self.max_retries = max_retries
         self.timeout = request_timeout
-        self._slots = Slots(Window(min_in_flight, max_in_flight), max_in_flight_bytes)
+        start = in_flight or max_in_flight
+        self._slots = Slots(Window(min(FLOOR, start), max_in_flight, start=start),
+                            max_in_flight_bytes)
         self._pool = Pool(lambda: self._slots.window.size)
         self._live = Live(request_timeout)
         self._closed = False

@@ -48,8 +48,9 @@ class _Probe:
 class Window:
     """The most requests in flight, between 1 and `ceiling`; `size` is the current one.
 
-    It starts at `floor` (what a store on loopback needs: more only queues there) and decides
-    once per epoch, one window's worth of answers (about one round trip while it is full):
+    It starts at `start` (default `floor`, what a store on loopback needs: more only queues
+    there) and decides once per epoch, one window's worth of answers (about one round trip
+    while it is full):
 
     - Grow while throughput grows. When the window was full (on average, requests running
       filled FULL of it: the sender is faster than the window lets it be), it grows a step,
@@ -72,18 +73,19 @@ class Window:
       per epoch whatever the latency (until the next throttle).
     """
 
-    def __init__(self, floor: int = 32, ceiling: int = 256, min_epoch: int = MIN_EPOCH) -> None:
+    def __init__(self, floor: int = 32, ceiling: int = 256, min_epoch: int = MIN_EPOCH,
+                 start: int | None = None) -> None:
         self.min_epoch = min_epoch  # answers an epoch takes at least
         self.ceiling = max(1, ceiling)
         self.floor = max(1, min(floor, self.ceiling))
-        self.limit = float(self.floor)
+        self.limit = float(max(self.floor, min(start or self.floor, self.ceiling)))
         self.threshold = float(self.ceiling)  # growth above it is careful (TCP's ssthresh)
-        self.largest = self.floor             # the largest size so far
+        self.largest = self.size              # the largest size so far
         self.throttles = 0                    # times the store asked to slow down
         self.cuts = 0                         # ... that cut the window
         self._epoch = _Epoch()
         self._medians: collections.deque[float] = collections.deque(maxlen=RECENT)
-        self._since_cut = self.floor          # answers since the last cut
+        self._since_cut = self.size           # answers since the last cut
         self._probe = _Probe()
 
     @property

@@ -94,7 +94,7 @@ class Sink:
             transport = crt.CrtTransport(
                 region=session.region_name or "us-east-1", credentials=crt_credentials(session),
                 endpoint_url=defaults.endpoint_url, max_body=s3.part_size_mb * 2**20,
-                min_in_flight=transfer.in_flight, max_in_flight=s3.max_in_flight,
+                in_flight=transfer.in_flight, max_in_flight=s3.max_in_flight,
                 connect_timeout_ms=int(transfer.connect_timeout * 1000),
                 request_timeout=transfer.read_timeout,
                 ca_file=os.environ.get("AWS_CA_BUNDLE") or None)  # as boto3 takes it

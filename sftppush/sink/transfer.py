@@ -32,6 +32,7 @@ class Transfer:
     part_memory_max: int = 48 * 2**20   # first, and at most when the link needs more
     spool_above: int = 16 * 2**20       # bigger parts wait in a temporary file
     fast: bool = True                   # small bodies through awscrt when it is installed
-    in_flight: int = 32                 # awscrt PUTs in flight at first: the window grows
-                                        # from here up to consumer.s3.max_in_flight
+    in_flight: int = 0                  # awscrt PUTs in flight at first (0: as many as
+                                        # consumer.s3.max_in_flight); the window follows the
+                                        # link from there (crt.CrtTransport)
     max_small: int = 8 * 2**20          # the largest body the fast transport takes

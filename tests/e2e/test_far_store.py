@@ -37,5 +37,6 @@ def test_puts_reuse_kept_alive_connections_no_more_than_the_window(rclone_s3, fa
             futures = [up.put(bucket, f"k{batch}-{i}", b"x" * 100, {}) for i in range(32)]
             assert all(f.result(30).verified_by for f in futures)
         most = up.transport.window.ceiling
-        assert up.transport.window.size <= 40  # loopback: more in flight would only queue
+    # The window starts at its ceiling (256); 32 PUTs at a time open no more connections than
+    # they need, and reuse them.
     assert 32 <= proxy.accepted <= 48 < most, proxy.accepted  # 320 PUTs

@@ -157,21 +157,21 @@ def stopped_twice(cfg: Any, proxy: Any, rclone_s3: Any, busy: int, connections: 
 
 def test_a_second_sigterm_while_every_fast_slot_is_held_by_a_stalled_store_exits_at_once(
         source_tree: Any, pipeline_config: Any, rclone_s3: Any, fault_proxy: Any) -> None:
-    # A real consumer process at its default settings (32 fast PUTs in flight, a 60 s request
-    # timeout), all of its PUTs stalled: the first SIGTERM waits for them (a warm stop),
-    # the second abandons them and the process is gone at once, not a timeout later.
-    # 64 claimed (a full batch), 32 PUTs started (CRT opens some 25 connections), the 33rd waits.
+    # A real consumer process at its default settings (256 fast PUTs in flight at first, a
+    # 60 s request timeout), all of its PUTs stalled: the first SIGTERM waits for them (a
+    # warm stop), the second abandons them and the process is gone at once, not a timeout
+    # later. All 300 claimed (a batch is twice the window), 256 PUTs started, 44 wait.
     cfg, proxy, _bucket = stalled_setup(pipeline_config, rclone_s3, fault_proxy, 300)
     proxy.stall()
-    write_and_enqueue(cfg, source_tree.upload, range(80), 1000)
-    _, took = stopped_twice(cfg, proxy, rclone_s3, busy=64, connections=16)
+    write_and_enqueue(cfg, source_tree.upload, range(300), 1000)
+    _, took = stopped_twice(cfg, proxy, rclone_s3, busy=300, connections=128)
     assert took < 5.0, f"the cold stop took {took:.1f}s"
     # Nothing was lost: the abandoned claims come back (their owner is gone), no file left
     # its disk unverified, nothing failed.
     with Queue(cfg.queue.path) as q:
-        assert len(q.claim("after", 60, limit=100)) == 80
+        assert len(q.claim("after", 60, limit=400)) == 300
     assert states(cfg)[State.FAILED] == 0
-    assert len(list(source_tree.upload.iterdir())) == 80
+    assert len(list(source_tree.upload.iterdir())) == 300
 
 
 def test_a_second_sigterm_while_a_streaming_upload_is_stalled_exits_at_once(

@@ -119,3 +119,25 @@ def test_after_throttling_the_window_comes_back_to_its_floor_then_grows_additive
     assert 32 in sizes and sizes == sorted(sizes)
     above = [b - a for a, b in itertools.pairwise(sizes) if a >= 32]
     assert above and max(above) <= max(2, 256 // 16), sizes  # additive, not x1.25
+
+
+def test_a_window_started_at_the_top_keeps_a_far_pipe_full_from_the_first_round_trip():
+    # 100 ms x 2,000/s: a pipe of 200. Started at 256 (crt.CrtTransport's default) the first
+    # epoch already runs at the store's rate; started at 32 it takes round trips to get there.
+    top = run(Window(32, 256, start=256), 0.100, 2000, epochs=5)
+    assert top[0] == 256 and min(top) >= 200, top
+    assert run(Window(32, 256), 0.100, 2000, epochs=1)[0] < 200
+
+
+def test_a_window_started_at_the_top_comes_down_when_it_only_queues():
+    # On loopback the first answers come while few requests run (the sender is still opening
+    # files): that is the latency the window is held to. Then 256 in flight at a store busy at
+    # 1,800/s only queue (142 ms), and the window shrinks an eighth an epoch to its floor.
+    window = Window(32, 256, start=256)
+    assert window.size == window.largest == 256
+    for _ in range(window.size):
+        window.answered(0.002, 8)
+    sizes = run(window, 0.001, 1800)
+    down = sizes.index(32)
+    assert sizes[:down] == sorted(sizes[:down], reverse=True) and down <= 20, sizes
+    assert probing(sizes[down:], 32), sizes
