@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import boto3
+import botocore.auth
 import botocore.config
 import botocore.credentials
 import botocore.exceptions
@@ -46,7 +47,27 @@ def make_client(session: boto3.session.Session, defaults: Defaults, s3: S3Config
     )
     client = session.client("s3", endpoint_url=defaults.endpoint_url, config=config)
     client.meta.events.register_last("before-call.s3", _no_expect)
+    client.meta.events.register_first("choose-signer.s3.UploadPart", _part_signer)
     return client
+
+
+# botocore's own S3 SigV4 signer under a name of ours (a new entry: the map's others stay).
+PART_SIGNER = "sftppush-s3v4"
+botocore.auth.AUTH_TYPE_MAPS.setdefault(PART_SIGNER, botocore.auth.S3SigV4Auth)
+
+
+def _part_signer(context: dict[str, Any], signing_name: str, **_: Any) -> str | None:
+    """UploadPart signed by botocore's Python S3 SigV4 signer, not the awscrt one botocore
+    picks when awscrt is installed. Both sign the same request the same way (the payload's
+    sha256 over http; over https with a checksum header, none); the awscrt one reads the
+    part through Python 4 KiB at a time to hash it, the Python one 1 MiB at a time with
+    hashlib: about 1 s of CPU per GiB less, a tenth of what a large file costs the consumer.
+    Only the case where botocore would choose plain "s3v4" is taken (None: botocore's
+    choice stands)."""
+    if signing_name == "s3" and context.get("auth_type") == "v4" \
+            and not context.get("unsigned_payload"):
+        return PART_SIGNER
+    return None
 
 
 def _no_expect(params: dict[str, Any], **_: Any) -> None:

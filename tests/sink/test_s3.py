@@ -304,6 +304,30 @@ def test_multipart_to_rclone_with_no_open_uploads_and_capitalised_metadata(rclon
     assert (rclone_s3.root / bucket / "big").read_bytes() == body
 
 
+def test_parts_are_signed_over_their_sha256_by_botocores_own_signer(rclone_s3: Any) -> None:
+    # UploadPart goes through botocore's Python S3 signer (client.py), which hashes a part
+    # 1 MiB at a time instead of through Python 4 KiB at a time. rclone (--auth-key) checks
+    # every signature: the parts landing whole is what says the signer signs them right.
+    from sftppush.sink.client import PART_SIGNER
+
+    bucket = rclone_s3.make_bucket("signed")
+    body = os.urandom(MB) * 11
+    up = uploader(rclone_s3.endpoint_url)
+    signers: list[str] = []
+    hashes: list[str] = []
+    events = up.client.meta.events
+    events.register("before-sign.s3.UploadPart",
+                    lambda signature_version, **_: signers.append(signature_version))
+    events.register("before-send.s3.UploadPart",
+                    lambda request, **_: hashes.append(
+                        bytes(request.headers["X-Amz-Content-SHA256"]).decode()))
+    done = up.upload(bucket, "big", io.BytesIO(body), {"sftppush-source": "s"})
+    assert done.parts == 3 and (rclone_s3.root / bucket / "big").read_bytes() == body
+    assert signers == [PART_SIGNER] * 3
+    parts = [body[i:i + 5 * MB] for i in range(0, len(body), 5 * MB)]
+    assert sorted(hashes) == sorted(hashlib.sha256(p).hexdigest() for p in parts)
+
+
 
 class Generated:
     """`size` bytes of a repeated block, made as they are read: the test holds no body."""
