@@ -168,7 +168,7 @@ class Consumer:
         batch = self.tuning.batching.claim_batch or self.lane.batch()
         breaker = self.verdicts.breaker
         if breaker.pauses:  # the store was failing: a few entries find out whether it is back
-            batch = min(batch, breaker.after)
+            batch = min(batch, max(1, breaker.after))
         room = batch - len(self.inflight)
         # Claim in batches: wait until a quarter of the batch is free (or nothing is held),
         # and ask the read-only "anything due?" first, so an idle consumer writes nothing.
