@@ -19,11 +19,12 @@ PAID = 0.5             # a step pays when latency rose by less than this share o
 NOISE = 0.05           # ... give or take this much (an epoch's median is not exact); one
                        # within NOISE cost nothing: the next step is bigger
 REST = 8               # epochs before a step that did not pay is tried again
-RISE, RISE_SLACK = 2.0, 0.010  # latency above RISE x the lowest recent median + slack: shrink
+RISE, RISE_SLACK = 2.0, 0.010  # latency above RISE x the lowest recent low + slack: shrink
+LOW = 0.1              # an epoch's low: this quantile of its latencies
 SHRINK = 0.875
 MIN_EPOCH = 8          # answers: fewer say too little about the median
 FULL = 0.85            # the window is full when this share of it ran, on average
-RECENT = 32            # epochs whose medians make "the lowest recent median"
+RECENT = 32            # epochs whose lows make "the lowest recent low"
 
 
 @dataclass
@@ -65,7 +66,10 @@ class Window:
       x1.25 one all the way, resting REST epochs before it tries again. On a far link
       latency holds as the window grows, until the store is busy; on loopback the first
       step already only adds queueing; a sender busy elsewhere (its CPU) never fills it.
-    - Shrink on rising latency: beyond RISE x the lowest median of the last RECENT epochs,
+    - Shrink on rising latency: beyond RISE x the lowest low (the 10th percentile of an
+      epoch's latencies, not its median: a window started high may queue at the store from
+      its first epoch on, whose first answers still came before the queue) of the last
+      RECENT epochs,
       an eighth per epoch, not below `floor`.
     - Shrink on throttling (`throttled()`: 503 SlowDown, 429, throttling codes), at most once
       per window of answers as TCP once per round trip: halved, down to one request; growth
@@ -84,7 +88,7 @@ class Window:
         self.throttles = 0                    # times the store asked to slow down
         self.cuts = 0                         # ... that cut the window
         self._epoch = _Epoch()
-        self._medians: collections.deque[float] = collections.deque(maxlen=RECENT)
+        self._lows: collections.deque[float] = collections.deque(maxlen=RECENT)
         self._since_cut = self.size           # answers since the last cut
         self._probe = _Probe()
 
@@ -116,7 +120,7 @@ class Window:
     def _decide(self) -> None:
         latencies, self._epoch.latencies = self._epoch.latencies, []
         median = statistics.median(latencies)
-        self._medians.append(median)
+        self._lows.append(sorted(latencies)[int(len(latencies) * LOW)])
         full = self._epoch.running >= FULL * self.size * len(latencies)
         self._epoch.running = 0
         throttled, self._epoch.throttled = self._epoch.throttled, False
@@ -124,7 +128,7 @@ class Window:
             return  # cut already, at the throttle
         if self.limit < self.floor:
             self.limit = min(float(self.floor), self.limit + max(1.0, self.limit / 8))
-        elif median > RISE * min(self._medians) + RISE_SLACK:
+        elif median > RISE * min(self._lows) + RISE_SLACK:
             self.limit = max(float(self.floor), self.limit * SHRINK)
             self._probe.step = None
         elif self._probe.settling:

@@ -141,3 +141,17 @@ def test_a_window_started_at_the_top_comes_down_when_it_only_queues():
     down = sizes.index(32)
     assert sizes[:down] == sorted(sizes[:down], reverse=True) and down <= 20, sizes
     assert probing(sizes[down:], 32), sizes
+
+
+def test_a_window_started_at_the_top_comes_down_even_when_its_first_epoch_queued():
+    # Several consumers start at once on one store on loopback: 4 x 256 PUTs fill its queue
+    # within the first epoch, whose answers took 0.5 to 142 ms as the queue built. Its median
+    # (71 ms) is queueing already: held to that, 256 in flight (142 ms) would stay for good.
+    # Held to its low (14 ms), the window shrinks an eighth an epoch until latency is within
+    # 2 x 14 + 10 ms (68 in flight), then probes a step above that now and then.
+    window = Window(32, 256, start=256)
+    for i in range(1, 257):
+        window.answered(0.142 * i / 256, i)
+    sizes = run(window, 0.001, 1800)
+    assert sizes[:8] == sorted(sizes[:8], reverse=True) and sizes[7] < 80, sizes
+    assert max(sizes[8:]) <= 68 * 1.25, sizes
