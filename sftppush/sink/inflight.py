@@ -119,8 +119,9 @@ class Window:
 
     def _decide(self) -> None:
         latencies, self._epoch.latencies = self._epoch.latencies, []
+        latencies.sort()  # once, for the median and the low
         median = statistics.median(latencies)
-        self._lows.append(sorted(latencies)[int(len(latencies) * LOW)])
+        self._lows.append(latencies[int(len(latencies) * LOW)])
         full = self._epoch.running >= FULL * self.size * len(latencies)
         self._epoch.running = 0
         throttled, self._epoch.throttled = self._epoch.throttled, False
