@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.bench.common import (
+    Deletions,
     PySpy,
     RcloneS3,
     Sftppush,
@@ -34,11 +35,11 @@ from tests.bench.common import (
     filesystem_of,
     proc_cpu_seconds,
     rclone_copy,
-    remaining_files,
     report,
     s5cmd_cp,
     small_body,
     thread_cpu_seconds,
+    thread_cpu_waits,
 )
 from tests.bench.delayline import DelayLine
 
@@ -55,16 +56,17 @@ def run_sftppush(server: RcloneS3, root: Path, bucket: str, prefix: str, blobs: 
             if profile else None
         cpu0 = app.cpu()
         threads0 = thread_cpu_seconds(app.procs["consumer0"].pid)
+        waits0 = thread_cpu_waits(app.procs["consumer0"].pid)
+        deletions = spying.enter_context(Deletions(target))
         started = time.perf_counter()
         for i, blob in enumerate(blobs):
             (target / f"f{i:06d}.csv.gz").write_bytes(blob)
         written = time.perf_counter() - started
-        deadline = time.monotonic() + timeout
-        while (left := remaining_files(app.upload)) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        left = deletions.wait(len(blobs), timeout)
         elapsed = time.perf_counter() - started
         cpu = {k: v - cpu0.get(k, 0.0) for k, v in app.cpu().items()}
         threads = by_thread_name(threads0, thread_cpu_seconds(app.procs["consumer0"].pid))
+        waits = by_thread_name(waits0, thread_cpu_waits(app.procs["consumer0"].pid))
         spying.close()
         if spy is not None:
             print("\n".join(spy.summary()), flush=True)
@@ -85,6 +87,10 @@ def run_sftppush(server: RcloneS3, root: Path, bucket: str, prefix: str, blobs: 
     print("  # consumer0 CPU ms per file by thread name: " + ", ".join(
         f"{name} {seconds / len(blobs) * 1000:.2f}" for name, seconds in sorted(
             threads.items(), key=lambda kv: -kv[1]) if seconds > 0), flush=True)
+    if waits:
+        print(f"  # consumer0 s waiting for a CPU (run queue) in the {elapsed:.2f} s, by thread"
+              " name: " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(
+                  waits.items(), key=lambda kv: -kv[1]) if seconds >= 0.01), flush=True)
     return elapsed, cpu
 
 
