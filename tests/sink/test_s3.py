@@ -342,6 +342,32 @@ def test_a_parts_body_is_hashed_for_its_signature_over_http_only(scheme: str) ->
     assert "Authorization" in seen
 
 
+def test_parts_sent_over_https_unsigned_are_accepted_by_a_store_that_checks_signatures(
+        rclone_s3: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same over a real https endpoint: rclone (--auth-key) behind a TLS terminator
+    # checks each part's signature, made over UNSIGNED-PAYLOAD, and stores the parts whole.
+    from tests.e2e.tls import TlsTerminator, self_signed
+
+    cert, key = self_signed(tmp_path)
+    terminator = TlsTerminator(rclone_s3.port, cert, key)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+    try:
+        bucket = rclone_s3.make_bucket("tls")
+        up = uploader(f"https://127.0.0.1:{terminator.port}")
+        hashes: list[str] = []
+        up.client.meta.events.register(
+            "before-send.s3.UploadPart", lambda request, **_: hashes.append(
+                bytes(request.headers["X-Amz-Content-SHA256"]).decode()))
+        body = os.urandom(MB) * 11
+        done = up.upload(bucket, "big", io.BytesIO(body), {"sftppush-source": "s"})
+    finally:
+        terminator.close()
+    assert done.parts == 3 and done.verified_by == "etag"
+    assert hashes == ["UNSIGNED-PAYLOAD"] * 3
+    assert terminator.handshakes >= 1
+    assert (rclone_s3.root / bucket / "big").read_bytes() == body
+
+
 def test_parts_are_signed_over_their_sha256_by_botocores_own_signer(rclone_s3: Any) -> None:
     # UploadPart goes through botocore's Python S3 signer (client.py), which hashes a part
     # 1 MiB at a time instead of through Python 4 KiB at a time. rclone (--auth-key) checks
