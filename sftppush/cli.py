@@ -123,7 +123,7 @@ def consume(ctx: click.Context, workers: int | None, drain: bool,
 
     cfg = _config(ctx, sources=sources, **{"consumer.workers": workers})
     with progress.Reporter(cfg.queue.path, owner_token()):  # a line per large upload / 30 s
-        consumer.run(cfg, drain=drain)
+        consumer.run(cfg, drain=drain, own_process=True)
 
 
 @cli.command()

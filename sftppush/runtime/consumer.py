@@ -44,10 +44,12 @@ __all__ = ["Claim", "Consumer", "Result", "Tuning", "run"]
 
 
 def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
-        stop: threading.Event | None = None, tuning: Tuning | None = None) -> None:
+        stop: threading.Event | None = None, tuning: Tuning | None = None,
+        own_process: bool = False) -> None:
     """Consume until `stop` is set (or SIGTERM/SIGINT), or until drained with `drain`.
     A `stop` that is a signals.Flag ends the loop's wait at once; another waits its turn
-    (an outcome, a wake-up or the poll interval)."""
+    (an outcome, a wake-up or the poll interval). `own_process`: the process is this
+    consumer's (`sftppush consume`), not a test's or a host's that runs it in passing."""
     tuning = tuning or Tuning()
     workers = workers or cfg.consumer.workers
     memory.fix_mmap_threshold()
@@ -66,7 +68,7 @@ def run(cfg: Config, *, workers: int | None = None, drain: bool = False,
             # The lease safeopen holds while it deletes a file breaks with SIGIO when a client
             # opens that file for writing meanwhile; its default action would end us.
             signal.signal(signal.SIGIO, signal.SIG_IGN)
-        memory.release_free_memory()
+        memory.release_free_memory(freeze=own_process)
         try:
             with Queue(cfg.queue.path) as q:
                 loop = Consumer(cfg, q, sink, workers, tuning, stop, cancel)
