@@ -165,10 +165,10 @@ class Consumer:
     def _claim(self) -> tuple[int, bool]:
         """Claim what there is room for and start it in the lane: (how many, whether that
         filled the batch)."""
-        if not self.verdicts.breaker.closed(self.monotonic()):
+        breaker = self.verdicts.breaker
+        if not breaker.closed(self.monotonic()):
             return 0, False  # the store seems down: the backlog waits in the queue, untouched
         batch = self.tuning.batching.claim_batch or self.lane.batch()
-        breaker = self.verdicts.breaker
         if breaker.pauses:  # the store was failing: a few entries find out whether it is back
             batch = min(batch, max(1, breaker.after))
         room = batch - len(self.inflight)

@@ -69,8 +69,7 @@ class Window:
     - Shrink on rising latency: beyond RISE x the lowest low (the 10th percentile of an
       epoch's latencies, not its median: a window started high may queue at the store from
       its first epoch on, whose first answers still came before the queue) of the last
-      RECENT epochs,
-      an eighth per epoch, not below `floor`.
+      RECENT epochs, an eighth per epoch, not below `floor`.
     - Shrink on throttling (`throttled()`: 503 SlowDown, 429, throttling codes), at most once
       per window of answers as TCP once per round trip: halved, down to one request; growth
       above that level is then a sixteenth a step, and below `floor` it grows back an eighth
