@@ -132,6 +132,8 @@ def at_distance(server: RcloneS3, root: Path, bucket: str, src: Path, blobs: lis
         rates: dict[str, float] = {}
         runs = iter(range(10**6))  # a fresh prefix for every run of a peer
         for name, measure in PEERS if args.peers else ():
+            if args.only and not any(name.startswith(only) for only in args.only):
+                continue
             rates[name] = best_of(args.repeat, lambda name=name, measure=measure: with_cpu(
                 server, line, peers, name,
                 lambda: measure(server, src, bucket, f"{tag}/peer{next(runs)}"))).rate
@@ -172,6 +174,9 @@ def main() -> None:
                              " every side at each; sftppush at each is compared with the first")
     parser.add_argument("--no-peers", dest="peers", action="store_false",
                         help="sftppush alone (quick A/B runs; the targets need the peers)")
+    parser.add_argument("--peer", dest="only", action="append", default=None, metavar="NAME",
+                        help="measure only the peers whose name starts with NAME (repeatable;"
+                             " e.g. --peer s5cmd for quick A/B runs)")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
                         help="record the first consumer with py-spy (raw stacks to FILE) and"
                              " print where its time went")
