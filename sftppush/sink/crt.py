@@ -98,6 +98,11 @@ class CrtTransport:
         return self._slots.window
 
     @property
+    def connections(self) -> int:
+        """Connections opened, ever (one per PUT that found no idle one kept alive)."""
+        return self._pool.misses
+
+    @property
     def puts(self) -> int:
         """PUTs started, ever."""
         return self._slots.started
@@ -152,8 +157,9 @@ class CrtTransport:
         self._live.stop()
         window = self._slots.window
         if self.puts:  # a consumer that never started says nothing more than its error
-            log.info("fast path closed puts=%d window=%d largest=%d throttles=%d", self.puts,
-                     window.size, window.largest, window.throttles)
+            log.info("fast path closed puts=%d window=%d largest=%d throttles=%d"
+                     " connections=%d", self.puts, window.size, window.largest,
+                     window.throttles, self.connections)
         self._pool.close()
 
     # --- one PUT: sign, connect (or reuse), send, answer; again on a failed connection ---

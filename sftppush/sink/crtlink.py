@@ -115,15 +115,17 @@ class Pool:
         self.idle: dict[str, list[Any]] = {}
         self.lock = threading.Lock()
         self.closed = False
+        self.misses = 0  # takes that found none: each opens a new connection
 
     def take(self, host: str) -> Any:
-        """An open idle connection to `host`, or None."""
+        """An open idle connection to `host`, or None (the caller opens one)."""
         with self.lock:
             connections = self.idle.get(host, [])
             while connections:
                 connection = connections.pop()
                 if connection.is_open():
                     return connection
+            self.misses += 1
         return None
 
     def give_back(self, host: str, connection: Any) -> None:

@@ -209,3 +209,15 @@ def test_max_in_flight_caps_the_window_from_the_start(rclone_s3):
         futures = [up.put(bucket, f"c{i}", b"x" * 100, {}) for i in range(40)]
         assert all(f.result(30).verified_by for f in futures)
         assert window.size <= 4
+
+
+def test_connections_are_kept_alive_and_reused(rclone_s3):
+    bucket = rclone_s3.make_bucket("alive")
+    with closing(uploader(rclone_s3, S3Config(max_in_flight=4))) as up:
+        for i in range(30):  # one at a time: each finds the one before's connection idle
+            assert up.put(bucket, f"a{i}", b"x" * 100, {}).result(30).verified_by
+        assert up.transport.connections == 1
+        # A burst opens no more connections than the window lets run at once.
+        futures = [up.put(bucket, f"b{i}", b"y" * 100, {}) for i in range(60)]
+        assert all(f.result(30).verified_by for f in futures)
+        assert 1 < up.transport.connections <= 4
