@@ -46,6 +46,10 @@ class QueueWatch:
         self._stop_r, self._stop_w = os.pipe()
         self._armed = threading.Event()
         self._armed.set()
+        # pause() waits out a wake-up under way, so that none comes after it returns; a
+        # write seen just as it paused is owed, and resume() wakes for it.
+        self._gate = threading.Lock()
+        self._owed = False
         self._thread = threading.Thread(target=self._run if self._inotify else self._poll,
                                         name="queue-watch", daemon=True)
         self._thread.start()
@@ -63,8 +67,10 @@ class QueueWatch:
             ready, _, _ = select.select(fds, [], [])
             if self._stop_r in ready:
                 return
+            if not self._armed.is_set():
+                continue  # paused while it waited: the events stay in the kernel for resume()
             if any(event.name == self._name for event in self._inotify.read(timeout=0)):
-                self._wake()
+                self._wake_if_armed()
                 # Under load every commit writes the WAL. Unread identical events coalesce in
                 # the kernel, so a short pause turns thousands of reads a second into a few.
                 time.sleep(COALESCE_SECONDS)
@@ -81,7 +87,7 @@ class QueueWatch:
             now = self._stat()
             if now != seen:
                 seen = now
-                self._wake()
+                self._wake_if_armed()
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -90,14 +96,27 @@ class QueueWatch:
             return None
         return st.st_ino, st.st_size, st.st_mtime_ns
 
+    def _wake_if_armed(self) -> None:
+        with self._gate:
+            if self._armed.is_set():
+                self._wake()
+            else:
+                self._owed = True
+
     def pause(self) -> None:
-        """No wake-ups until resume(): the caller has work enough (a deep backlog), and each
-        of its own commits would otherwise wake it and this thread for nothing."""
-        self._armed.clear()
+        """No wake-ups from its return until resume(): the caller has work enough (a deep
+        backlog), and each of its own commits would otherwise wake it and this thread for
+        nothing."""
+        with self._gate:
+            self._armed.clear()
 
     def resume(self) -> None:
         """Wake-ups again; a write made while paused wakes the caller at once."""
-        self._armed.set()
+        with self._gate:
+            self._armed.set()
+            owed, self._owed = self._owed, False
+        if owed:
+            self._wake()
 
     def close(self) -> None:
         os.write(self._stop_w, b"x")

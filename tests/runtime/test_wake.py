@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ def _inotify(tmp_path: Path) -> None:
 
 
 def enqueue_one(q: Queue, tmp_path: Path, name: str) -> None:
-    p = tmp_path / name
+    # Not in the queue's directory: there its events would wake the watch's select too.
+    (tmp_path / "files").mkdir(exist_ok=True)
+    p = tmp_path / "files" / name
     p.write_bytes(b"x")
     q.enqueue_many([FileVersion.of(p, "s", p.stat(), "close_write")])
 
@@ -30,13 +33,12 @@ def test_a_write_made_while_paused_wakes_at_resume_and_none_before(tmp_path: Pat
     with Queue(tmp_path / "queue.db") as q, QueueWatch(q.file, woken.set) as watch:
         enqueue_one(q, tmp_path, "a")
         assert woken.wait(5), "a write wakes an unpaused watch"
+        # Paused while its thread waits in select for the next event (that is where it is
+        # after a wake-up and its coalescing pause): no write after pause() wakes anyone.
+        time.sleep(0.05)
         watch.pause()
         woken.clear()
-        # The watch thread may have been waiting in select when paused: its next event
-        # still wakes once; after that it reads nothing until resumed.
         enqueue_one(q, tmp_path, "b")
-        woken.wait(0.2)
-        woken.clear()
         enqueue_one(q, tmp_path, "c")
         assert not woken.wait(0.3), "a paused watch wakes nobody"
         watch.resume()
@@ -45,7 +47,7 @@ def test_a_write_made_while_paused_wakes_at_resume_and_none_before(tmp_path: Pat
 
 # Run where the user may have no inotify watch at all, as when the watcher holds them all.
 WITHOUT_WATCHES = """
-import sys, threading
+import sys, threading, time
 from pathlib import Path
 from sftppush.queue.queue import FileVersion, Queue
 from sftppush.runtime.wake import watch_or_none
@@ -58,8 +60,8 @@ with Queue(tmp / "queue.db") as q:
     (tmp / "a").write_bytes(b"x")
     q.enqueue_many([FileVersion.of(tmp / "a", "s", (tmp / "a").stat(), "close_write")])
     assert woken.wait(5), "a write did not wake the polling watch"
+    time.sleep(0.05)  # paused while it waits for its next look
     watch.pause()
-    woken.wait(0.2)  # a look under way when paused may still wake once
     woken.clear()
     q.enqueue_many([FileVersion(b"/b", "s", 1, 1, 1, 1, "close_write")])
     assert not woken.wait(0.3), "a paused watch woke"
