@@ -53,19 +53,19 @@ def run(directory: Path, log_level: str = "info") -> None:
     (directory / "s3" / BUCKET).mkdir(parents=True, exist_ok=True)
     store = LocalS3(directory / "s3", log=directory / "s3.log")
     config_path = directory / "config.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "defaults": {"userpath": str(directory / "home"), "s3target": BUCKET,
-                     "awsregion": "us-east-1", "endpoint_url": store.endpoint},
-        "watch": {"source": [{"name": SOURCE, "paths": ["/upload"]}]},
-        "queue": {"path": str(directory / "queue.db"), "lease_seconds": 60},
-        "consumer": {"workers": 2, "s3": {"checksum": "when_required"}},
-    }, sort_keys=False))
-    cfg = load(config_path, env={})
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "SFTPPUSH_")) and k not in ("NOTIFY_SOCKET",)}
-    env.update(store.credentials_env())
-    store.start()
+    store.start()  # first: its port is known once it listens
     try:
+        config_path.write_text(yaml.safe_dump({
+            "defaults": {"userpath": str(directory / "home"), "s3target": BUCKET,
+                         "awsregion": "us-east-1", "endpoint_url": store.endpoint},
+            "watch": {"source": [{"name": SOURCE, "paths": ["/upload"]}]},
+            "queue": {"path": str(directory / "queue.db"), "lease_seconds": 60},
+            "consumer": {"workers": 2, "s3": {"checksum": "when_required"}},
+        }, sort_keys=False))
+        cfg = load(config_path, env={})
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("AWS_", "SFTPPUSH_")) and k not in ("NOTIFY_SOCKET",)}
+        env.update(store.credentials_env())
         print(f"sftppush demo: local S3 at {store.endpoint} (bucket {BUCKET}), objects stored as "
               f"files under {directory / 's3' / BUCKET}/", flush=True)
         print(f"sftppush demo: copy files into {upload}/ and watch them move; Ctrl-C stops.",

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sftppush.locals3 import free_port, stop_process, wait_for_port
+from sftppush.locals3 import free_port, start_on_free_port, stop_process
 from tests.support.consumers import consumer_thread
 from tests.support.processes import (
     FAKE_ACCESS_KEY,
@@ -99,14 +99,11 @@ def _isolated_aws_environment() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's server mode as a subprocess on a free loopback port, for behaviour tests."""
-    port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
-    proc = subprocess.Popen(
+    proc, port = start_on_free_port(lambda port: subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=clean_aws_env(os.environ),
-    )
+        stdout=log, stderr=subprocess.STDOUT, env=clean_aws_env(os.environ)))
     try:
-        wait_for_port(port, proc)
         yield S3Server(port, FAKE_ACCESS_KEY, FAKE_SECRET_KEY)
     finally:
         stop_process(proc)

@@ -20,9 +20,12 @@ class S3Server:
 
     def __init__(self, port: int, access_key: str, secret_key: str) -> None:
         self.port = port
-        self.endpoint_url = f"http://127.0.0.1:{port}"
         self.access_key = access_key
         self.secret_key = secret_key
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def client(self) -> Any:
         return boto3.session.Session(
