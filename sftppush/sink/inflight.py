@@ -25,6 +25,8 @@ SHRINK = 0.875
 MIN_EPOCH = 8          # answers: fewer say too little about the median
 FULL = 0.85            # the window is full when this share of it ran, on average
 RECENT = 32            # epochs whose lows make "the lowest recent low"
+PIPE_GAIN = 2.0        # rising latency never shrinks it below this many pipes (BBR's gain) ...
+RATE_RECENT = 8        # ... a pipe being the best recent epoch's rate x the lowest recent low
 
 
 @dataclass
@@ -33,6 +35,7 @@ class _Epoch:
 
     latencies: list[float] = field(default_factory=list)
     running: int = 0          # the requests running at each answer, summed
+    waited: float = 0.0       # their latencies, summed
     throttled: bool = False   # the store asked to slow down in it
 
 
@@ -69,7 +72,13 @@ class Window:
     - Shrink on rising latency: beyond RISE x the lowest low (the 10th percentile of an
       epoch's latencies, not its median: a window started high may queue at the store from
       its first epoch on, whose first answers still came before the queue) of the last
-      RECENT epochs, an eighth per epoch, not below `floor`.
+      RECENT epochs, an eighth per epoch, not below `floor`, nor below two pipes (BBR's
+      gain: a pipe is the best rate of the last RATE_RECENT epochs, by Little's law, times
+      the lowest low). Where requests queue at the store, two pipes hold twice the low, under
+      the threshold: the rule stops above them anyway. Where something else raised latency
+      (the cores the store or the sender share, busy elsewhere), fewer requests would not
+      lower it and would leave the link idle: the window stays at two pipes, and a rise that
+      lasts lowers it only as the rate it delivers falls.
     - Shrink on throttling (`throttled()`: 503 SlowDown, 429, throttling codes), at most once
       per window of answers as TCP once per round trip: halved, down to one request; growth
       above that level is then a sixteenth a step, and below `floor` it grows back an eighth
@@ -88,6 +97,7 @@ class Window:
         self.cuts = 0                         # ... that cut the window
         self._epoch = _Epoch()
         self._lows: collections.deque[float] = collections.deque(maxlen=RECENT)
+        self._rates: collections.deque[float] = collections.deque(maxlen=RATE_RECENT)
         self._since_cut = self.size           # answers since the last cut
         self._probe = _Probe()
 
@@ -113,6 +123,7 @@ class Window:
         self._since_cut += 1
         self._epoch.latencies.append(latency)
         self._epoch.running += running
+        self._epoch.waited += latency
         if len(self._epoch.latencies) >= max(self.min_epoch, self.size):
             self._decide()
 
@@ -122,14 +133,17 @@ class Window:
         median = statistics.median(latencies)
         self._lows.append(latencies[int(len(latencies) * LOW)])
         full = self._epoch.running >= FULL * self.size * len(latencies)
-        self._epoch.running = 0
+        # Little's law: answers a second = requests in flight / latency, both on average.
+        self._rates.append(self._epoch.running / max(self._epoch.waited, 1e-9))
+        self._epoch.running, self._epoch.waited = 0, 0.0
         throttled, self._epoch.throttled = self._epoch.throttled, False
         if throttled:
             return  # cut already, at the throttle
         if self.limit < self.floor:
             self.limit = min(float(self.floor), self.limit + max(1.0, self.limit / 8))
         elif median > RISE * min(self._lows) + RISE_SLACK:
-            self.limit = max(float(self.floor), self.limit * SHRINK)
+            self.limit = max(float(self.floor), self.limit * SHRINK,
+                             min(self.limit, self._pipes()))
             self._probe.step = None
         elif self._probe.settling:
             self._probe.settling = False
@@ -138,6 +152,12 @@ class Window:
                 self._grow(median)  # the next step at once: two epochs a step
         elif full:
             self._grow(median)
+
+    def _pipes(self) -> float:
+        """PIPE_GAIN times what the link holds at the best recent rate: a window above it
+        queues at the store, one below it leaves the link idle whatever made latency rise
+        (a store's or sender's CPU busy elsewhere, not the requests in flight)."""
+        return PIPE_GAIN * max(self._rates) * min(self._lows)
 
     def _grow(self, median: float) -> None:
         if self._probe.rest:

@@ -84,6 +84,21 @@ def test_rising_latency_shrinks_the_window_down_to_its_floor_not_below():
     assert probing(sizes[down:], 32)
 
 
+def test_a_short_rise_of_latency_the_window_does_not_cause_leaves_it_where_it_was():
+    # 40 ms x 2,500/s: a pipe of 100. Then for 5 epochs every answer takes 100 ms more however
+    # many run (the cores the store or the sender share are busy elsewhere): fewer requests
+    # in flight would not bring it down, only leave the link idle. The window stays at two
+    # pipes of the best recent rate, no lower.
+    window = Window(32, 256)
+    run(window, 0.040, 2500)
+    before = window.size
+    assert before >= 100
+    for _ in range(5):
+        for _ in range(window.size):
+            window.answered(max(0.040, window.size / 2500) + 0.100, window.size)
+    assert window.size == before
+
+
 def test_a_store_asking_to_slow_down_halves_the_window_once_per_window_of_answers():
     window = Window(32, 256)
     run(window, 0.100, 2000)
