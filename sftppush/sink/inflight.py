@@ -134,11 +134,12 @@ class Window:
         self._lows.append(latencies[int(len(latencies) * LOW)])
         full = self._epoch.running >= FULL * self.size * len(latencies)
         # Little's law: answers a second = requests in flight / latency, both on average.
-        self._rates.append(self._epoch.running / max(self._epoch.waited, 1e-9))
+        rate = self._epoch.running / max(self._epoch.waited, 1e-9)
         self._epoch.running, self._epoch.waited = 0, 0.0
         throttled, self._epoch.throttled = self._epoch.throttled, False
         if throttled:
-            return  # cut already, at the throttle
+            return  # cut already, at the throttle (whose quick refusals are no rate)
+        self._rates.append(rate)
         if self.limit < self.floor:
             self.limit = min(float(self.floor), self.limit + max(1.0, self.limit / 8))
         elif median > RISE * min(self._lows) + RISE_SLACK:
@@ -154,10 +155,9 @@ class Window:
             self._grow(median)
 
     def _pipes(self) -> float:
-        """PIPE_GAIN times what the link holds at the best recent rate: a window above it
-        queues at the store, one below it leaves the link idle whatever made latency rise
-        (a store's or sender's CPU busy elsewhere, not the requests in flight)."""
-        return PIPE_GAIN * max(self._rates) * min(self._lows)
+        """PIPE_GAIN times what the link holds at the best recent rate and the lowest recent
+        low; 0 before an epoch unthrottled."""
+        return PIPE_GAIN * max(self._rates) * min(self._lows) if self._rates else 0.0
 
     def _grow(self, median: float) -> None:
         if self._probe.rest:
