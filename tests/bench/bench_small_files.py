@@ -19,6 +19,7 @@ import contextlib
 import gzip
 import os
 import resource
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,7 +47,21 @@ from tests.bench.delayline import DelayLine
 
 def run_sftppush(server: RcloneS3, root: Path, bucket: str, prefix: str, blobs: list[bytes],
                  consumers: int, workers: int | None, timeout: float,
-                 profile: Path | None = None) -> tuple[float, dict]:
+                 profile: Path | None = None, keep_logs: Path | None = None
+                 ) -> tuple[float, dict]:
+    """One sftppush run; `keep_logs`: a directory its processes' logs are copied into, once
+    they have stopped (the run's tree is temporary), whether the run went well or not."""
+    try:
+        return _run_sftppush(server, root, bucket, prefix, blobs, consumers, workers, timeout,
+                             profile)
+    finally:
+        if keep_logs is not None and (root / "logs").is_dir():
+            shutil.copytree(root / "logs", keep_logs / f"{root.name}-{time.strftime('%H%M%S')}")
+
+
+def _run_sftppush(server: RcloneS3, root: Path, bucket: str, prefix: str, blobs: list[bytes],
+                  consumers: int, workers: int | None, timeout: float,
+                  profile: Path | None) -> tuple[float, dict]:
     with Sftppush(server, root, bucket, prefix, consumers, workers) as app, \
             contextlib.ExitStack() as spying:
         target = app.upload / "2026"
@@ -140,7 +155,7 @@ def at_distance(server: RcloneS3, root: Path, bucket: str, src: Path, blobs: lis
         line0 = line.cpu() if line else 0.0
         elapsed, cpu = run_sftppush(server, root / f"sftppush-{tag}", bucket, f"{tag}/sftppush",
                                     blobs, args.consumers, args.workers, args.timeout,
-                                    args.py_spy)
+                                    args.py_spy, args.keep_logs)
         if line:
             cpu["delay line"] = line.cpu() - line0
     rate = n / elapsed
@@ -177,6 +192,8 @@ def main() -> None:
     parser.add_argument("--peer", dest="only", action="append", default=None, metavar="NAME",
                         help="measure only the peers whose name starts with NAME (repeatable;"
                              " e.g. --peer s5cmd for quick A/B runs)")
+    parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
+                        help="copy each sftppush run's logs (watcher, consumers) into DIR")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
                         help="record the first consumer with py-spy (raw stacks to FILE) and"
                              " print where its time went")
