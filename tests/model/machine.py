@@ -184,7 +184,8 @@ class Model(RuleBasedStateMachine):
         self.ever_kept = False   # delete_after_upload was false at some point
         self.purged = False
         self.kept_versions: set[int] = set()
-        self.deleted: dict[str, int] = {}  # key -> newest version deleted after its upload
+        # (key, path) -> the newest version of that path deleted after its upload to key
+        self.deleted: dict[tuple[str, bytes], int] = {}
         self.owner: dict[str, str] = {}    # key -> the path (shown) whose content it holds
         self.seen_writes = 0
         self.patches = contextlib.ExitStack()
@@ -552,9 +553,11 @@ class Model(RuleBasedStateMachine):
             not self.store.conditional and self.purged)
         if before != path and not may_move:
             raise Violation(f"object {key!r} of {before!r} replaced by {path!r}")
-        if before == path and self.deleted.get(key, 0) > v.n:
+        # Per path: where the key may move (above), another path's deletions say nothing.
+        newest = max((self.deleted.get((key, p), 0) for p in paths), default=0)
+        if before == path and newest > v.n:
             raise Violation(f"object {key!r}: version {v.n} landed after version"
-                            f" {self.deleted[key]} was uploaded and deleted")
+                            f" {newest} was uploaded and deleted")
         self.owner[key] = path
 
     @invariant()
@@ -569,7 +572,7 @@ class Model(RuleBasedStateMachine):
                 raise Violation(f"{path!r} (version {v.n}) deleted, but the store holds"
                                 f" {'nothing' if obj is None else len(obj.body)} at {key!r}")
             v.fate = "deleted"
-            self.deleted[key] = max(self.deleted.get(key, 0), v.n)
+            self.deleted[key, path] = max(self.deleted.get((key, path), 0), v.n)
 
     @invariant()
     def queue_counters_equal_its_entries(self) -> None:

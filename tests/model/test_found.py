@@ -291,3 +291,21 @@ def test_a_completion_refused_for_a_part_stored_damaged_starts_the_upload_over()
            ("store_lies_next", {"lie": "corrupt"}),
            ("consumers_run", {}),
            ("quiesce", {}))
+
+
+def test_a_key_that_moved_after_a_purge_is_not_held_to_the_other_paths_deletions() -> None:
+    """The model's own false positive (long profile at a6913a8): on a store without
+    conditional writes a key may move to another path once a purge made the queue forget
+    (SPEC 3); that path's retried PUT (its answer lost) was checked against the version of
+    the first path that was deleted, "version 1 landed after version 4"."""
+    replay({"crt": False, "conditional": False, "checksums": "validate", "opaque": False,
+            "delete": False},
+           ("consumer_started", {}),
+           ("delete_after_upload_switched", {}),
+           ("open_and_hold", {"d": b"b", "name": b"p%E9"}),
+           ("rename_over", {"d": b"b", "name": b"p\xe9", "size": 300}),
+           ("quiesce", {}),
+           ("done_entries_purged", {}),
+           ("failed_replayed", {}),
+           ("store_loses_next_answer", {}),
+           ("consumers_run", {}))
