@@ -309,3 +309,19 @@ def test_a_key_that_moved_after_a_purge_is_not_held_to_the_other_paths_deletions
            ("failed_replayed", {}),
            ("store_loses_next_answer", {}),
            ("consumers_run", {}))
+
+
+def test_a_kept_file_is_uploaded_again_once_someone_else_replaced_its_object() -> None:
+    """The model's own false positive (long profile at 61b163c): a file kept in a directory
+    the service cannot write, replayed after someone else wrote its key, is rightly uploaded
+    again (the recorded upload's object is gone); the model counted that as a duplicate."""
+    replay({"crt": False, "conditional": False, "checksums": "validate", "opaque": False,
+            "delete": True},
+           ("consumer_started", {}),
+           ("open_and_hold", {"d": b"a", "name": b"n\nl.txt"}),
+           ("dir_unwritable", {"d": b"a", "on": True}),
+           ("quiesce", {}),
+           ("delete_after_upload_switched", {}),
+           ("failed_replayed", {}),
+           ("someone_else_writes_the_key", {"d": b"a", "name": b"n\nl.txt"}),
+           ("quiesce", {}))
