@@ -35,7 +35,6 @@ class _Epoch:
 
     latencies: list[float] = field(default_factory=list)
     running: int = 0          # the requests running at each answer, summed
-    waited: float = 0.0       # their latencies, summed
     throttled: bool = False   # the store asked to slow down in it
 
 
@@ -123,7 +122,6 @@ class Window:
         self._since_cut += 1
         self._epoch.latencies.append(latency)
         self._epoch.running += running
-        self._epoch.waited += latency
         if len(self._epoch.latencies) >= max(self.min_epoch, self.size):
             self._decide()
 
@@ -134,8 +132,8 @@ class Window:
         self._lows.append(latencies[int(len(latencies) * LOW)])
         full = self._epoch.running >= FULL * self.size * len(latencies)
         # Little's law: answers a second = requests in flight / latency, both on average.
-        rate = self._epoch.running / max(self._epoch.waited, 1e-9)
-        self._epoch.running, self._epoch.waited = 0, 0.0
+        rate = self._epoch.running / max(sum(latencies), 1e-9)
+        self._epoch.running = 0
         throttled, self._epoch.throttled = self._epoch.throttled, False
         if throttled:
             return  # cut already, at the throttle (whose quick refusals are no rate)
@@ -156,8 +154,8 @@ class Window:
 
     def _pipes(self) -> float:
         """PIPE_GAIN times what the link holds at the best recent rate and the lowest recent
-        low; 0 before an epoch unthrottled."""
-        return PIPE_GAIN * max(self._rates) * min(self._lows) if self._rates else 0.0
+        low (asked only after an unthrottled epoch's rate is in)."""
+        return PIPE_GAIN * max(self._rates) * min(self._lows)
 
     def _grow(self, median: float) -> None:
         if self._probe.rest:
