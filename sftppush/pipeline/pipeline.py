@@ -137,11 +137,14 @@ def open_small(entry: Entry, cfg: Config, sink: Sink, *,
 def small_body(opened: Opened, taken: KeyTaken | None, cfg: Config,
                bound: int) -> Body | Done | None:
     """Given the queue's answer to taking the key (take_keys), the body for one PUT. None:
-    it is over `bound` bytes, `process()` it instead. Raises LeaseLost or the key collision;
-    `opened` stays open only when a Body is returned."""
+    it is over `bound` bytes, or its key is in doubt (KeyTaken.doubt), so `process()` it
+    instead. Raises LeaseLost or the key collision; `opened` stays open only when a Body
+    is returned."""
     try:
         if_absent = _first_upload(opened.entry, opened.key, taken)
-        data = read_small(opened, cfg.consumer.max_decompressed_bytes, bound)
+        # In doubt, the object decides, by a HEAD that waits on the store: process() it.
+        data = None if taken is not None and taken.doubt is not None else \
+            read_small(opened, cfg.consumer.max_decompressed_bytes, bound)
         if data is None:
             opened.close()
             return None
@@ -170,9 +173,13 @@ def prepare(entry: Entry, cfg: Config, sink: Sink, *, take_key: TakeKey | None =
         return opened
     try:
         key = opened.key
-        return Prepared(opened,
-                        take_key is not None and _first_upload(entry, key, take_key(key)),
-                        _still_stored(entry, opened.source, key, sink))
+        if_absent = False
+        if take_key is not None:
+            taken = take_key(key)
+            if_absent = _first_upload(entry, key, taken)
+            if taken is not None and taken.doubt is not None:
+                _look_first(opened, taken.doubt, sink)
+        return Prepared(opened, if_absent, _still_stored(entry, opened.source, key, sink))
     except BaseException:
         opened.close()
         raise
@@ -313,6 +320,17 @@ def _first_upload(entry: Entry, key: str, taken: KeyTaken | None) -> bool:
         raise PermanentError(f"key collision: {key} holds {shown(taken.holder)}", final=True,
                              reason="key_collision")
     return not taken.known
+
+
+def _look_first(opened: Opened, doubt: bytes, sink: Sink) -> None:
+    """A done entry of another path (`doubt`) took this key and recorded no upload: its PUT
+    may have landed all the same (its answer lost). On a store that ignores If-None-Match
+    nothing else would stop this upload, so the object's metadata decides first: another
+    path's is a key collision (raised); this path's, none, or one sftppush did not write
+    goes on, still conditional."""
+    log.info("key in doubt id=%d key=%s taken_by=%s: asking the store whose object it is",
+             opened.entry.id, opened.key, shown(doubt))
+    sink.may_replace(opened.source.target.bucket, opened.key, opened.meta)
 
 
 def _vanished(entry: Entry, source: Source, sink: Sink) -> Done:

@@ -110,11 +110,15 @@ class KeyTaken:
     nothing was set), else None; `known`: an entry of this same path recorded a verified
     upload to this key (Stored), so the object there is this path's to replace; `waits`:
     the holder's upload is still in flight (pending or claimed, nothing recorded yet): it
-    may fail and give the key up, so this entry tries again later instead of failing."""
+    may fail and give the key up, so this entry tries again later instead of failing;
+    `doubt`: the path of a done entry that took the key and recorded no upload (it was
+    superseded, say): its PUT may have landed, so the object's own metadata must show
+    whose it is before this entry uploads (set only with no holder and not known)."""
 
     holder: bytes | None
     known: bool
     waits: bool = False
+    doubt: bytes | None = None
 
 
 class Rows(Protocol):

@@ -44,9 +44,11 @@ class Keys:
         """Reserve `key` for this entry's upload: one key, one local path (SPEC 3).
 
         In one transaction: if an entry of another path holds the key (claimed, pending or
-        done; a failed one holds none), returns KeyTaken(holder=that path) and sets
-        nothing; else records the key on this entry. None means the lease was lost (or
-        ran out: an upload must not start on it) and nothing was set.
+        done with its upload recorded; a failed one holds none), returns
+        KeyTaken(holder=that path) and sets nothing; else records the key on this entry
+        (with `doubt` if a done entry of another path holds it recording no upload).
+        None means the lease was lost (or ran out: an upload must not start on it) and
+        nothing was set.
         """
         return self.take_keys([(entry, key)], now)[0]
 
@@ -93,14 +95,21 @@ class Keys:
 def key_answer(holders: Holders, entry: Entry, leased: bool) -> KeyTaken | None:
     """take_key's answer for `entry` from the rows holding its key (id -> path, whether it
     recorded a verified upload, whether it is settled: done or with its upload recorded):
-    None without a lease; the oldest settled holder of another path, else the oldest one
-    still in flight (`waits`: its upload may yet fail); else whether a version of this path
-    (this entry included) verifiably wrote the key."""
+    None without a lease; the oldest holder of another path that recorded an upload, else
+    the oldest one still in flight (`waits`: its upload may yet fail); else whether a
+    version of this path (this entry included) verifiably wrote the key.
+
+    A done holder of another path that recorded no upload (superseded) proves nothing
+    about the object (SPEC 3): its PUT may have landed with the answer lost, or never have
+    been sent. Unless this path's own upload is recorded, it is named as `doubt`, and the
+    object's own metadata decides (the caller looks before it uploads)."""
     if not leased:
         return None
-    others = [i for i, (path, _, _) in holders.items() if path != entry.path]
-    if settled := [i for i in others if holders[i][2]]:
-        return KeyTaken(holder=holders[min(settled)][0], known=False)
-    if others:
-        return KeyTaken(holder=holders[min(others)][0], known=False, waits=True)
-    return KeyTaken(holder=None, known=any(stored for _, stored, _ in holders.values()))
+    others = sorted(i for i, (path, _, _) in holders.items() if path != entry.path)
+    if stored := [i for i in others if holders[i][1]]:
+        return KeyTaken(holder=holders[stored[0]][0], known=False)
+    if flying := [i for i in others if not holders[i][2]]:
+        return KeyTaken(holder=holders[flying[0]][0], known=False, waits=True)
+    known = any(recorded for _, recorded, _ in holders.values())
+    return KeyTaken(holder=None, known=known,
+                    doubt=holders[others[0]][0] if others and not known else None)

@@ -88,6 +88,42 @@ def test_a_newer_version_after_a_failed_first_never_replaces_another_paths_objec
     assert gz.exists()
 
 
+def test_the_path_that_owns_an_object_replaces_it_after_another_paths_entry_was_superseded(
+        tmp_path: Path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
+        fault_proxy) -> None:
+    """a.csv is uploaded and its entry purged; a.csv.gz v1 takes the key, fails once and is
+    superseded by v2, which collides. v1's done entry keeps the key (its PUT might have
+    landed) but recorded no upload: it proves nothing. a.csv's re-send owns the object and
+    replaces it; before, the queue refused it as colliding with a.csv.gz."""
+    run = product(tmp_path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
+                  fault_proxy)
+    key = f"{PREFIX}/a.csv"
+    plain = source_tree.upload / "a.csv"
+    plain.write_bytes(body(4096, 1))
+    run.rescan()
+    run.drain()
+    purge(run)
+    gz = source_tree.upload / "a.csv.gz"
+    gz.write_bytes(gzip.compress(body(4096, 2)))
+    run.rescan()
+    run.proxy.refuse()
+    run.product.start("consumer", "consume")
+    wait_until(lambda: "unreachable" in (entry_of(run, gz).get("last_error") or ""), 60,
+               "a.csv.gz v1 failing once", detail=lambda: entry_of(run, gz))
+    assert run.product.stop("consumer") == 0
+    run.proxy.restore()
+    gz.write_bytes(gzip.compress(body(4096, 3)))
+    run.rescan()
+    run.drain()
+    assert entry_of(run, gz)["state"] == "failed", entry_of(run, gz)
+    plain.write_bytes(body(4096, 4))  # a.csv v2, from the path that owns the object
+    run.rescan()
+    run.drain()
+    assert entry_of(run, plain)["state"] == "done", entry_of(run, plain)
+    assert run.read(key) == body(4096, 4) and not plain.exists()
+    assert gz.exists(), "the colliding file is kept"
+
+
 def test_a_name_with_edge_spaces_is_its_own_objects_path_after_a_purge(
         tmp_path: Path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
         fault_proxy) -> None:

@@ -325,3 +325,56 @@ def test_a_kept_file_is_uploaded_again_once_someone_else_replaced_its_object() -
            ("failed_replayed", {}),
            ("someone_else_writes_the_key", {"d": b"a", "name": b"n\nl.txt"}),
            ("quiesce", {}))
+
+
+def test_the_path_that_owns_an_object_is_not_refused_for_a_superseded_entrys_key() -> None:
+    """Long profile at a6913a8: p\\xe9 owns the object, its done entry purged; p%E9's
+    replayed entry takes the key, fails once and is superseded, keeping the key with no
+    upload recorded. p\\xe9's next version was refused before any request went out, "failed
+    as colliding with its own object". Such a holder is a doubt: the object decides."""
+    replay({"crt": False, "conditional": True, "checksums": "validate", "opaque": True,
+            "delete": False},
+           ("consumer_started", {}),
+           ("delete_after_upload_switched", {}),
+           ("open_and_hold", {"d": b"b", "name": b"p%E9"}),
+           ("rename_over", {"d": b"b", "name": b"p\xe9", "size": 300}),
+           ("consumers_run", {}),
+           ("delete_after_upload_switched", {}),
+           ("delete_after_upload_switched", {}),
+           ("quiesce", {}),
+           ("failed_replayed", {}),
+           ("done_entries_purged", {}),
+           ("store_fails_next", {"n": 1}),
+           ("store_down", {"down": True}),
+           ("consumers_run", {}),
+           ("resend_keeping_mtime", {"d": b"b", "name": b"p%E9"}),
+           ("open_and_hold", {"d": b"b", "name": b"p\xe9"}),
+           ("watcher_reads_events", {}),
+           ("consumers_run", {}))
+
+
+def test_a_superseded_entry_whose_put_landed_still_keeps_its_key_on_a_store_without_if_none_match(
+        ) -> None:
+    """The other side of the doubt above: p%E9's PUT landed, its answer lost, and its
+    consumer died before the retry; the entry was superseded. On a store that ignores
+    If-None-Match only a look at the object (its sftppush-source and name) stops p\\xe9
+    from replacing p%E9's object; without it p\\xe9 did, and p%E9's next version then
+    failed as colliding with its own object."""
+    replay({"crt": False, "conditional": False, "checksums": "validate", "opaque": False,
+            "delete": False},
+           ("consumer_started", {}),
+           ("write", {"d": b"b", "name": b"p%E9", "size": 300}),
+           ("watcher_reads_events", {}),
+           ("store_loses_next_answer", {}),
+           ("consumer_killed", {"which": 0, "when": "request", "after": 1, "reached": True}),
+           ("consumers_run", {}),
+           ("time_passes", {"seconds": 61.0, "reached": True}),
+           ("consumer_started", {}),
+           ("resend_keeping_mtime", {"d": b"b", "name": b"p%E9"}),
+           ("watcher_reads_events", {}),
+           ("open_and_hold", {"d": b"b", "name": b"p%E9"}),
+           ("write", {"d": b"b", "name": b"p\xe9", "size": 300}),
+           ("watcher_reads_events", {}),
+           ("consumers_run", {}),
+           ("time_passes", {"seconds": 31.0, "reached": True}),
+           ("consumers_run", {}))

@@ -628,12 +628,12 @@ def test_one_key_one_local_path_in_either_order(tmp_path: Path, first_is: str) -
                                                                     known=False, waits=True)
         assert q.get(second.id).key is None and q.get(first.id).key == "u/a.csv"
         # The holder keeps the key while it waits for a retry (its PUT may have landed),
-        # and once it is done: then the second collides for good.
+        # and once its upload is recorded: then the second collides for good.
         assert q.retry_later(first, "timeout", 0, count_attempt=False, now=1002)
         assert q.take_key(second, "u/a.csv", now=1002) == KeyTaken(first.path, False, True)
         (again,) = q.claim("w", 60, now=1003)
         assert again.id == first.id and again.key == "u/a.csv"
-        assert q.ack(again, now=1004) and q.get(first.id).key == "u/a.csv"
+        assert q.ack(again, now=1004, uploaded=STORED) and q.get(first.id).key == "u/a.csv"
         assert q.take_key(second, "u/a.csv", now=1005) == KeyTaken(first.path, False)
         assert q.take_key(second, "u/other.csv", now=1005) == KeyTaken(None, False)
 
@@ -688,6 +688,27 @@ def test_only_a_verified_upload_makes_a_key_known_to_its_path(tmp_path: Path,
         q.enqueue_many([FileVersion(**{**v1.__dict__, "size": v1.size + 1})], now=1002)
         e2 = next(e for e in q.claim("w", 60, limit=2, now=1002) if e.id != e1.id)
         assert q.take_key(e2, "u/f0", now=1002) == KeyTaken(holder=None, known=False)
+
+
+def test_a_done_holder_without_a_recorded_upload_leaves_the_object_to_decide(
+        tmp_path: Path) -> None:
+    """Found by the model's long profile: a superseded entry keeps its key (its PUT may have
+    landed, the answer lost) but recorded no upload. Counted as a settled holder, it made
+    the path that owned the object fail as a collision with its own object. It is a doubt:
+    the key is taken, and the caller asks the object whose it is."""
+    with Queue(tmp_path / "q.db") as q:
+        plain, gz = two_paths_one_key(q)
+        assert q.take_key(gz, "u/a.csv", now=1001) == KeyTaken(holder=None, known=False)
+        assert q.ack(gz, "superseded: replaced", now=1002)
+        assert q.get(gz.id).key == "u/a.csv"
+        assert q.take_key(plain, "u/a.csv", now=1002) == KeyTaken(holder=None, known=False,
+                                                                   doubt=gz.path)
+        assert q.get(plain.id).key == "u/a.csv"
+        # Once the path's own upload to the key is recorded, that decides: no doubt left.
+        assert q.ack(plain, now=1003, uploaded=STORED)
+        q.enqueue_many([FileVersion(plain.path, "u", 5, 6, 7, 8, "rescan")], now=1004)
+        (again,) = q.claim("w", 60, now=1004)
+        assert q.take_key(again, "u/a.csv", now=1004) == KeyTaken(holder=None, known=True)
 
 
 def test_a_holder_in_flight_that_fails_gives_the_key_to_the_path_that_waited(
@@ -812,17 +833,21 @@ def _take_key_one_by_one(db: sqlite3.Cursor, entry: Entry, key: str, now: float
     if not db.execute("SELECT 1 FROM entries WHERE id = ? AND state = 'claimed' AND owner = ?"
                       " AND due > ?", (entry.id, entry.owner, now)).fetchone():
         return None
-    # Another path's settled holder (done, or its upload recorded) first, else one in flight.
-    row = db.execute("SELECT path, NOT (state = 'done' OR etag IS NOT NULL) FROM entries"
-                     " WHERE key = ? AND path <> ? ORDER BY 2, id LIMIT 1",
+    # Another path's holder with its upload recorded first, else one in flight (not done).
+    row = db.execute("SELECT path, etag IS NULL FROM entries WHERE key = ? AND path <> ?"
+                     " AND (etag IS NOT NULL OR state <> 'done') ORDER BY 2, id LIMIT 1",
                      (key, entry.path)).fetchone()
     if row is not None:
         return KeyTaken(holder=bytes(row[0]), known=False, waits=bool(row[1]))
     known = db.execute("SELECT 1 FROM entries WHERE key = ? AND path = ?"
                        " AND etag IS NOT NULL LIMIT 1", (key, entry.path)).fetchone()
+    # Else a done one that recorded nothing is a doubt, unless this path's upload is known.
+    doubt = db.execute("SELECT path FROM entries WHERE key = ? AND path <> ?"
+                       " ORDER BY id LIMIT 1", (key, entry.path)).fetchone()
     db.execute("UPDATE entries SET key = ?, etag = CASE WHEN key = ? THEN etag END"
                " WHERE id = ?", (key, key, entry.id))
-    return KeyTaken(holder=None, known=known is not None)
+    return KeyTaken(holder=None, known=known is not None,
+                    doubt=bytes(doubt[0]) if doubt and not known else None)
 
 
 @pytest.mark.parametrize("seed", range(100))
