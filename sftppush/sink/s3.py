@@ -50,6 +50,10 @@ from sftppush.sink.transfer import Transfer
 log = logging.getLogger("sftppush.s3")
 
 SMALL_BODY = 2**20  # read first; a body that ends within it never gets a part-sized buffer
+# Failed fast PUTs sent again in place at once (SPEC 4: transient errors are retried in
+# place). More failing together means the store is down: the queue and the consumer's
+# breaker deal with that, not a line of threads waiting out their backoffs.
+RESEND_AT_ONCE = 2
 class Sink:
     """Uploads to S3: `upload()` streams a reader (boto3, multipart above one part);
     `put()` sends a small body through awscrt when `fast`, many at once. Safe across threads.
@@ -58,7 +62,8 @@ class Sink:
     def __init__(self, client: Any, s3: S3Config, transfer: Transfer | None = None,
                  transport: crt.CrtTransport | None = None,
                  credentials: Callable[[], Any] | None = None,
-                 verify_pool: Executor | None = None) -> None:
+                 verify_pool: Executor | None = None,
+                 resend_pool: Executor | None = None) -> None:
         transfer = transfer or Transfer()
         self.client = client
         part_size = s3.part_size_mb * 2**20
@@ -82,6 +87,10 @@ class Sink:
         self.shape = Shape(self.checksum, self.extra, tuple(common), self.opaque)
         # HEADs that verify fast PUTs run here, never on a CRT thread or the caller's loop.
         self._verify = verify_pool or threads.Pool(2, "verify")
+        # Failed fast PUTs sent again through boto3 (tenacity's backoff) run here.
+        self._resend = resend_pool or threads.Pool(RESEND_AT_ONCE, "resend")
+        self._resends = threading.BoundedSemaphore(RESEND_AT_ONCE)
+        self._abandon = threading.Event()  # a cold close: resends stop between attempts
 
     @classmethod
     def from_config(cls, defaults: Defaults, s3: S3Config,
@@ -135,11 +144,13 @@ class Sink:
             try:
                 settled = settle(single, answer, lambda: self.where(bucket))
             except Throttled as exc:
-                self.transport.throttled()  # fewer in flight from now on
+                # Asked to back off: fewer in flight from now on, and this one goes back to
+                # the queue, whose retry delay is the backoff; no resend meanwhile.
+                self.transport.throttled()
                 out.set_exception(exc)
                 return
             except BaseException as exc:
-                out.set_exception(classify(exc))
+                self._resend_or_fail(out, single, classify(exc))
                 return
             if isinstance(settled, Verified):
                 out.set_result(single.uploaded(settled.how, settled.etag))
@@ -148,6 +159,33 @@ class Sink:
 
         self.transport.send(single, answered)
         return out
+
+    def _resend_or_fail(self, out: Future[Uploaded], single: Single,
+                        error: TransientError | PermanentError) -> None:
+        """A fast PUT failed: a transient error (5xx, a connection lost, a timeout) sends it
+        again in place through boto3's single PUT, retried with backoff and jitter, while
+        fewer than RESEND_AT_ONCE others are; anything else fails `out` (the queue retries
+        it later). A resend is conditional as the PUT was: if the first one landed, its 412
+        finds this path's own object and replaces it."""
+        if isinstance(error, Throttled) or not isinstance(error, TransientError) or \
+                not self._resends.acquire(blocking=False):
+            out.set_exception(error)
+            return
+        log.info("fast put failed, sending it again in place key=%s error=%s",
+                 single.key, error)
+        try:
+            self._resend.submit(self._resent, out, single)
+        except RuntimeError:  # closed meanwhile
+            self._resends.release()
+            out.set_exception(error)
+
+    def _resent(self, out: Future[Uploaded], single: Single) -> None:
+        try:
+            out.set_result(self._put_single(single, self._abandon))
+        except BaseException as exc:
+            out.set_exception(classify(exc))
+        finally:
+            self._resends.release()
 
     def _settle(self, out: Future[Uploaded], single: Single, settled: Settled) -> None:
         """`out` gets what `_finish` returns or raises (classified): the part of a fast
@@ -203,8 +241,11 @@ class Sink:
 
     def close(self, abandon: bool = False) -> None:
         """Wait for what runs; with `abandon` (a cold stop), cancel it instead."""
+        if abandon:
+            self._abandon.set()
         if self.transport is not None:
             self.transport.close(timeout=0.5 if abandon else 30.0, abandon=abandon)
+        self._resend.shutdown(wait=not abandon, cancel_futures=abandon)
         self._verify.shutdown(wait=not abandon, cancel_futures=abandon)
 
     def call(self, method: str, cancel: threading.Event | None = None, **kwargs: Any) -> Any:

@@ -124,6 +124,32 @@ def test_a_store_asking_to_slow_down_gets_no_immediate_resend():
     assert puts == ["/bucket/k"]
 
 
+def test_a_put_that_failed_on_a_5xx_is_sent_again_in_place(moto_server, s3_client, s3_bucket,
+                                                           fault_proxy):
+    # SPEC 4: transient errors are retried in place (tenacity), then go back to the queue.
+    # The fast path used to hand every failed PUT to the queue at once: 5 s later at best.
+    proxy = fault_proxy(moto_server.port)
+    with closing(uploader(SimpleNamespace(endpoint_url=proxy.url))) as up:
+        assert up.put(s3_bucket, "first", b"1" * 100, {}).result(30).verified_by
+        proxy.answer_puts(0.5, status=500, code="InternalError")  # every second PUT from now
+        assert up.put(s3_bucket, "ok", b"2" * 100, {}).result(30).verified_by
+        assert up.put(s3_bucket, "failed-once", b"3" * 100, {}).result(30).verified_by
+        assert proxy.answered == 1
+    assert s3_client.get_object(Bucket=s3_bucket, Key="failed-once")["Body"].read() == \
+        b"3" * 100
+
+
+def test_a_put_that_keeps_failing_in_place_ends_transient_for_the_queue(moto_server, s3_bucket,
+                                                                         fault_proxy):
+    # The resend is tenacity's attempts (2 here), no more: then the queue's delays take over.
+    proxy = fault_proxy(moto_server.port)
+    proxy.answer_puts(1.0, status=500, code="InternalError")
+    with closing(uploader(SimpleNamespace(endpoint_url=proxy.url))) as up, \
+            pytest.raises(TransientError, match="InternalError"):
+        up.put(s3_bucket, "k", b"x" * 100, {}).result(30)
+    assert proxy.answered == 1 + 2
+
+
 def test_a_store_asking_to_slow_down_gets_fewer_puts_in_flight_and_loses_nothing(
         moto_server, s3_client, s3_bucket, fault_proxy):
     proxy = fault_proxy(moto_server.port)

@@ -208,9 +208,11 @@ class Model(RuleBasedStateMachine):
                    crt, opaque, delete, "http://store.invalid")
 
     def sink(self, transport: Transport | None, verify: Inline) -> Sink:
-        """A consumer's sink, on the model's store."""
+        """A consumer's sink, on the model's store: its HEADs and its resends of failed fast
+        PUTs wait in the consumer's stepped pool, so the model decides when each runs."""
         return Sink(Client(self.store), self.cfg.consumer.s3, self.transfer,
-                    transport, verify_pool=verify)  # type: ignore[arg-type]
+                    transport, verify_pool=verify,  # type: ignore[arg-type]
+                    resend_pool=verify)  # type: ignore[arg-type]
 
     def start(self, store: Any, crt: bool, opaque: bool, delete: bool, endpoint: str,
               bucket: str = BUCKET) -> None:
