@@ -121,6 +121,23 @@ class _Fcntl:
         return self._fcntl.fcntl(fd, cmd, arg)
 
 
+def _tracked(opened: dict[int, safeopen.SafeFile]) -> type[safeopen.SafeFile]:
+    """safeopen's SafeFile, kept in `opened` until it is closed: what a consumer the model
+    killed still held (the kernel would close it on a real kill -9) is closed at teardown,
+    or a long run of many sequences runs out of file descriptors."""
+
+    class Tracked(safeopen.SafeFile):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            opened[id(self)] = self
+
+        def close(self) -> None:
+            opened.pop(id(self), None)
+            super().close()
+
+    return Tracked
+
+
 class Consumer:
     """One consumer process, stepped by the model: sftppush's Consumer with a pool, a
     verifier and a transport whose work runs only when the model says so."""
@@ -254,6 +271,8 @@ class Model(RuleBasedStateMachine):
         self.patches.callback(log.removeHandler, self.lines)
         self.patches.enter_context(_patched(safeopen, "os", _Os(self)))
         self.patches.enter_context(_patched(safeopen, "fcntl", _Fcntl(self)))
+        self.opened: dict[int, safeopen.SafeFile] = {}
+        self.patches.enter_context(_patched(safeopen, "SafeFile", _tracked(self.opened)))
         self.start_consumer()
 
     def teardown(self) -> None:
@@ -263,7 +282,10 @@ class Model(RuleBasedStateMachine):
         finally:
             self.world.release_all()
             self.patches.close()
+            for left in list(getattr(self, "opened", {}).values()):
+                left.close()
             if hasattr(self, "queue"):
+                self.watcher.poll.close()  # its mount table
                 self.inotify.close()
                 self.queue.close()
             shutil.rmtree(self.base, ignore_errors=True)
