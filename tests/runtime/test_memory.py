@@ -4,8 +4,13 @@ only where the consumer owns its process."""
 from __future__ import annotations
 
 import gc
+import weakref
 
 from sftppush.runtime import memory
+
+
+class Cycle:
+    me: Cycle
 
 
 def test_start_up_objects_are_frozen_only_for_a_consumer_that_owns_its_process() -> None:
@@ -16,8 +21,13 @@ def test_start_up_objects_are_frozen_only_for_a_consumer_that_owns_its_process()
         memory.release_free_memory(freeze=True)  # `sftppush consume`
         frozen = gc.get_freeze_count()
         assert frozen > 1000  # modules, functions, botocore's and pytest's objects
-        later = [[] for _ in range(100)]  # made after: collected as usual
-        assert gc.get_freeze_count() == frozen and len(later) == 100
+        # Made after: collected as usual, a cycle included.
+        later = Cycle()
+        later.me = later
+        gone = weakref.ref(later)
+        del later
+        gc.collect()
+        assert gone() is None and gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
