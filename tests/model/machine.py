@@ -265,10 +265,15 @@ class Model(RuleBasedStateMachine):
         self.inotify = INotify(nonblocking=True)
         self.watcher = Watcher(self.cfg, self.queue, self.inotify, clock=self.clock)
         self.watcher.start(rescan=False)
+        # Every DEBUG line goes to the model's own handler alone: passed on, pytest's log
+        # capture kept each of a long run's millions of lines (GBs in ten minutes).
         log = logging.getLogger("sftppush")
+        self.patches.callback(setattr, log, "propagate", log.propagate)
+        self.patches.callback(log.setLevel, log.level)
+        self.patches.callback(log.removeHandler, self.lines)
         log.addHandler(self.lines)
         log.setLevel(logging.DEBUG)
-        self.patches.callback(log.removeHandler, self.lines)
+        log.propagate = False
         self.patches.enter_context(_patched(safeopen, "os", _Os(self)))
         self.patches.enter_context(_patched(safeopen, "fcntl", _Fcntl(self)))
         self.opened: dict[int, safeopen.SafeFile] = {}
