@@ -28,12 +28,15 @@ class Answer:
 
 
 class PutError(Exception):
-    """No 2xx answer. `status` None: no answer at all (refused, reset, timed out, DNS)."""
+    """No 2xx answer. `status` None: no answer at all (refused, reset, timed out, DNS);
+    `timed_out`: none within the whole request timeout."""
 
-    def __init__(self, status: int | None, code: str | None, detail: str) -> None:
+    def __init__(self, status: int | None, code: str | None, detail: str,
+                 timed_out: bool = False) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
+        self.timed_out = timed_out
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class Put:
 
     def dropped(self, timeout: float) -> PutError:
         return PutError(None, None, f"no answer within {timeout:g}s" if self.timed_out
-                        else "cancelled")
+                        else "cancelled", timed_out=self.timed_out)
 
     def on_response(self, status_code: int, headers: list[tuple[str, str]],
                     **_: Any) -> None:

@@ -150,7 +150,10 @@ class Sink:
                 out.set_exception(exc)
                 return
             except BaseException as exc:
-                self._resend_or_fail(out, single, classify(exc))
+                # Unanswered for the whole request timeout: a stalled store, whose PUTs wait
+                # in the queue rather than hold their claims for a timeout per attempt.
+                stalled = isinstance(answer, PutError) and answer.timed_out
+                self._resend_or_fail(out, single, classify(exc), again=not stalled)
                 return
             if isinstance(settled, Verified):
                 out.set_result(single.uploaded(settled.how, settled.etag))
@@ -161,18 +164,17 @@ class Sink:
         return out
 
     def _resend_or_fail(self, out: Future[Uploaded], single: Single,
-                        error: TransientError | PermanentError) -> None:
-        """A fast PUT failed: a transient error (5xx, a connection lost, a timeout) sends it
+                        error: TransientError | PermanentError, again: bool = True) -> None:
+        """A fast PUT failed: a transient error (5xx, a connection lost or refused) sends it
         again in place through boto3's single PUT, retried with backoff and jitter, while
-        fewer than RESEND_AT_ONCE others are; anything else fails `out` (the queue retries
-        it later). A resend is conditional as the PUT was: if the first one landed, its 412
-        finds this path's own object and replaces it."""
-        if isinstance(error, Throttled) or not isinstance(error, TransientError) or \
-                not self._resends.acquire(blocking=False):
+        fewer than RESEND_AT_ONCE others are and the sink is not abandoning its work;
+        anything else fails `out` (the queue retries it later). A resend is conditional as
+        the PUT was: if the first one landed, its 412 finds this path's own object."""
+        if not again or isinstance(error, Throttled) or not isinstance(error, TransientError) \
+                or self._abandon.is_set() or not self._resends.acquire(blocking=False):
             out.set_exception(error)
             return
-        log.info("fast put failed, sending it again in place key=%s error=%s",
-                 single.key, error)
+        log.info("resend in place key=%s error=%s", single.key, error)
         try:
             self._resend.submit(self._resent, out, single)
         except RuntimeError:  # closed meanwhile

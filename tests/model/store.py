@@ -505,7 +505,7 @@ class Transport:
                 self.deliver(self.pending.index(put))
             else:
                 self.pending.remove(put)
-            answered(crt.PutError(None, None, "request timed out"))
+            answered(crt.PutError(None, None, "request timed out", timed_out=True))
 
     def close(self, timeout: float = 0.0, abandon: bool = False) -> None:  # noqa: ARG002
         self.pending.clear()

@@ -140,7 +140,10 @@ def test_sigterm_finishes_or_releases_in_flight_entries_and_exits_0(
         source_tree: Any, pipeline_config: Any, s3_env: dict[str, str], s3_client: Any,
         s3_bucket: str) -> None:
     cfg = pipeline_config(workers=1)
-    bodies = write_and_enqueue(cfg, source_tree.upload, range(60), MB)
+    # More than the fast path's 64 MiB of bodies in flight: some wait for room when the
+    # first object lands, so the stop has something to release however late it comes.
+    files = 150
+    bodies = write_and_enqueue(cfg, source_tree.upload, range(files), MB)
     proc = consumer_process(cfg.file, s3_env)
     try:
         wait_until(lambda: s3_client.list_objects_v2(Bucket=s3_bucket)["KeyCount"] >= 1, 30,
@@ -152,7 +155,7 @@ def test_sigterm_finishes_or_releases_in_flight_entries_and_exits_0(
     assert proc.returncode == 0, stderr
     counts = states(cfg)
     assert counts[State.CLAIMED] == 0 and counts[State.FAILED] == 0
-    assert counts[State.PENDING] > 0 and counts[State.DONE] + counts[State.PENDING] == 60
+    assert counts[State.PENDING] > 0 and counts[State.DONE] + counts[State.PENDING] == files
     stored = {o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])}
     assert len(stored) == counts[State.DONE]
     for key in bodies:
