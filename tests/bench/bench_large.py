@@ -200,7 +200,7 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             if args.rtt_ms is not None:
                 line = stack.enter_context(DelayLine(server.port, args.rtt_ms))
-                server.endpoint_url = line.url  # every side goes through the line
+                server.front = line.url  # every side goes through the line
             if args.sparse:
                 _, rss, log, _, _ = sftppush_run(server, work / "run", gz, args.part_size_mb)
                 report_rss(args.size_mib, rss, log)

@@ -22,10 +22,11 @@ class S3Server:
         self.port = port
         self.access_key = access_key
         self.secret_key = secret_key
+        self.front: str | None = None  # a proxy's URL (a bench's delay line): clients go there
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.front or f"http://127.0.0.1:{self.port}"
 
     def client(self) -> Any:
         return boto3.session.Session(
