@@ -54,6 +54,8 @@ SMALL_BODY = 2**20  # read first; a body that ends within it never gets a part-s
 # place). More failing together means the store is down: the queue and the consumer's
 # breaker deal with that, not a line of threads waiting out their backoffs.
 RESEND_AT_ONCE = 2
+
+
 class Sink:
     """Uploads to S3: `upload()` streams a reader (boto3, multipart above one part);
     `put()` sends a small body through awscrt when `fast`, many at once. Safe across threads.
