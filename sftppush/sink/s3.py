@@ -53,7 +53,7 @@ SMALL_BODY = 2**20  # read first; a body that ends within it never gets a part-s
 # Failed fast PUTs sent again in place at once (SPEC 4: transient errors are retried in
 # place). More failing together means the store is down: the queue and the consumer's
 # breaker deal with that, not a line of threads waiting out their backoffs.
-RESEND_AT_ONCE = 2
+RESEND_AT_ONCE = 4
 
 
 class Sink:
