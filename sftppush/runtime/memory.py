@@ -11,7 +11,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import logging
 from typing import Any
+
+log = logging.getLogger("sftppush.memory")
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter, from glibc's malloc.h
 # Above this, an allocation gets its own mapping that is unmapped on free. glibc's default
@@ -48,5 +51,6 @@ def release_free_memory(freeze: bool = False) -> None:
     gc.collect()
     if freeze:
         gc.freeze()
+        log.debug("frozen start-up objects count=%d", gc.get_freeze_count())
     if _LIBC is not None:
         _LIBC.malloc_trim(0)

@@ -178,6 +178,9 @@ def test_drain_exits_0_after_everything_is_done_with_one_log_line_per_upload(
     assert states(cfg)[State.DONE] == 5
     for key, body in bodies.items():
         assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == body
+    # `consume` owns its process: what start-up made is frozen out of the collector's rounds.
+    frozen = re.search(r"frozen start-up objects count=(\d+)", result.stderr)
+    assert frozen and int(frozen.group(1)) > 1000, result.stderr[-2000:]
 
 
 def test_an_idle_consumer_wakes_when_the_queue_is_written(
