@@ -56,20 +56,14 @@ def immutable(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def test_a_newer_version_after_a_failed_first_never_replaces_another_paths_object(
-        tmp_path: Path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
-        fault_proxy) -> None:
-    """Hole 1: a.csv is uploaded and its entry purged; a.csv.gz v1 takes the key and fails
-    (store unreachable); v2 supersedes it. v1's entry proves nothing about the object, so v2
-    asks the store (If-None-Match) and finds a.csv's object: a collision, not a replace."""
-    run = product(tmp_path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
-                  fault_proxy)
-    key = f"{PREFIX}/a.csv"
-    (source_tree.upload / "a.csv").write_bytes(body(4096, 1))
+def gz_superseded_after_failing_once(run: Bucketed, upload: Path) -> tuple[Path, Path]:
+    """a.csv uploaded and its entry purged; a.csv.gz v1 takes the key and fails once (the
+    store unreachable), then v2, written in place, supersedes it and is drained."""
+    plain, gz = upload / "a.csv", upload / "a.csv.gz"
+    plain.write_bytes(body(4096, 1))
     run.rescan()
     run.drain()
     purge(run)
-    gz = source_tree.upload / "a.csv.gz"
     gz.write_bytes(gzip.compress(body(4096, 2)))
     run.rescan()
     run.proxy.refuse()
@@ -81,6 +75,19 @@ def test_a_newer_version_after_a_failed_first_never_replaces_another_paths_objec
     gz.write_bytes(gzip.compress(body(4096, 3)))  # v2, in place
     run.rescan()
     run.drain()
+    return plain, gz
+
+
+def test_a_newer_version_after_a_failed_first_never_replaces_another_paths_object(
+        tmp_path: Path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
+        fault_proxy) -> None:
+    """Hole 1: a.csv is uploaded and its entry purged; a.csv.gz v1 takes the key and fails
+    (store unreachable); v2 supersedes it. v1's entry proves nothing about the object, so v2
+    asks the store (If-None-Match) and finds a.csv's object: a collision, not a replace."""
+    run = product(tmp_path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
+                  fault_proxy)
+    key = f"{PREFIX}/a.csv"
+    _, gz = gz_superseded_after_failing_once(run, source_tree.upload)
     assert run.read(key) == body(4096, 1), "a.csv's object was replaced by a.csv.gz"
     last = entry_of(run, gz)
     assert last["state"] == "failed" and last["last_error"].startswith(
@@ -91,30 +98,13 @@ def test_a_newer_version_after_a_failed_first_never_replaces_another_paths_objec
 def test_the_path_that_owns_an_object_replaces_it_after_another_paths_entry_was_superseded(
         tmp_path: Path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
         fault_proxy) -> None:
-    """a.csv is uploaded and its entry purged; a.csv.gz v1 takes the key, fails once and is
-    superseded by v2, which collides. v1's done entry keeps the key (its PUT might have
-    landed) but recorded no upload: it proves nothing. a.csv's re-send owns the object and
-    replaces it; before, the queue refused it as colliding with a.csv.gz."""
+    """As above; then v1's done entry keeps the key (its PUT might have landed) but recorded
+    no upload: it proves nothing. a.csv's re-send owns the object and replaces it; before,
+    the queue refused it as colliding with a.csv.gz."""
     run = product(tmp_path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
                   fault_proxy)
     key = f"{PREFIX}/a.csv"
-    plain = source_tree.upload / "a.csv"
-    plain.write_bytes(body(4096, 1))
-    run.rescan()
-    run.drain()
-    purge(run)
-    gz = source_tree.upload / "a.csv.gz"
-    gz.write_bytes(gzip.compress(body(4096, 2)))
-    run.rescan()
-    run.proxy.refuse()
-    run.product.start("consumer", "consume")
-    wait_until(lambda: "unreachable" in (entry_of(run, gz).get("last_error") or ""), 60,
-               "a.csv.gz v1 failing once", detail=lambda: entry_of(run, gz))
-    assert run.product.stop("consumer") == 0
-    run.proxy.restore()
-    gz.write_bytes(gzip.compress(body(4096, 3)))
-    run.rescan()
-    run.drain()
+    plain, gz = gz_superseded_after_failing_once(run, source_tree.upload)
     assert entry_of(run, gz)["state"] == "failed", entry_of(run, gz)
     plain.write_bytes(body(4096, 4))  # a.csv v2, from the path that owns the object
     run.rescan()
