@@ -11,6 +11,7 @@ import contextlib
 import importlib.metadata
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -86,6 +87,7 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL if it has not exited within `timeout`; always reaped."""
     if process.poll() is None:
         process.terminate()
+        process.send_signal(signal.SIGCONT)  # a stopped process acts on SIGTERM only then
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:

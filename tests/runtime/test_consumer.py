@@ -66,8 +66,11 @@ def test_s3_outage_of_200_files_loses_nothing(source_tree: Any, pipeline_config:
 
     with consumer_thread(cfg, tuning, workers=4):
         wait_until(lambda: sum(1 for _ in stored.rglob("*.bin")) >= 20, 30, "first uploads")
-        rclone_s3.stop()
+        # Frozen at once: a SIGTERM alone lets the store serve on while it shuts down, and the
+        # fast path then finished all 150 before the outage began (a CI run on 479f71d).
+        rclone_s3.freeze()
         uploaded_before = sum(1 for _ in stored.rglob("*.bin"))
+        rclone_s3.stop()
         assert uploaded_before < 150, "the outage must start mid-run"
         # Files keep arriving during the outage.
         bodies.update(write_and_enqueue(cfg, source_tree.upload, range(150, 200), 200_000))

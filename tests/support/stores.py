@@ -5,6 +5,7 @@ environment a child sftppush needs to reach it and nothing else."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,9 @@ class RcloneS3(S3Server, LocalS3):
         LocalS3.__init__(self, root, access_key=FAKE_ACCESS_KEY, secret_key=FAKE_SECRET_KEY,
                          log=log)
         S3Server.__init__(self, self.port, FAKE_ACCESS_KEY, FAKE_SECRET_KEY)
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: from this instant it serves no byte more, so what it stored can
+        be counted before `stop()` (which continues it, then terminates it)."""
+        assert self.process is not None and self.process.poll() is None, "not running"
+        self.process.send_signal(signal.SIGSTOP)
