@@ -26,6 +26,7 @@ from sftppush.pipeline.keys import candidate_keys, metadata, object_key
 from sftppush.pipeline.safeopen import (
     NLINK_RETRY_SECONDS,
     WRITING,
+    Aside,
     Kept,
     SafeFile,
     Vanished,
@@ -33,7 +34,7 @@ from sftppush.pipeline.safeopen import (
     remove_set_aside,
     same_version,
 )
-from sftppush.queue.entries import AWAY, KEPT, VANISHED, Entry, KeyTaken, shown
+from sftppush.queue.entries import AWAY, KEPT, NAME_KEPT, VANISHED, Entry, KeyTaken, shown
 from sftppush.queue.owners import user_name
 from sftppush.sink.multipart import Journal
 from sftppush.sink.parts import read_full
@@ -304,8 +305,14 @@ def _superseded(entry: Entry, source: Source) -> Done:
     its own). A consumer killed while deleting this version may have left it under its
     private name: whoever next meets the entry removes it."""
     log.info("superseded id=%d path=%s", entry.id, entry.display_path)
-    remove_set_aside(source.root, entry.path, entry.inode, entry.size, entry.mtime_ns)
-    return Done("superseded")
+    aside = remove_set_aside(source.root, entry.path, entry.inode, entry.size, entry.mtime_ns)
+    return Done(_noted("superseded", aside))
+
+
+def _noted(note: str, aside: Aside) -> str:
+    """The note of an entry whose version stays under its private name (the directory not
+    writable) says so: a purge keeps the entry while the name is there (NAME_KEPT)."""
+    return f"{note}; {NAME_KEPT}" if aside == Aside.KEPT else note
 
 
 def _first_upload(entry: Entry, key: str, taken: KeyTaken | None) -> bool:
@@ -344,20 +351,22 @@ def _vanished(entry: Entry, source: Source, sink: Sink) -> Done:
     keeps the entry until the directory is back and the name removed."""
     bucket = source.target.bucket
     away = not os.path.isdir(os.path.dirname(entry.path))
+    aside = Aside.NONE
     if entry.etag is not None:  # this version's verified upload was recorded
-        remove_set_aside(source.root, entry.path, entry.inode, entry.size, entry.mtime_ns)
+        aside = remove_set_aside(source.root, entry.path, entry.inode, entry.size,
+                                 entry.mtime_ns)
     for key in candidate_keys(source, entry.path):
         found = sink.head(bucket, key)
         if found is not None:
             if entry.etag is None:  # else removed above
-                remove_set_aside(source.root, entry.path, entry.inode, entry.size,
-                                 entry.mtime_ns)
+                aside = remove_set_aside(source.root, entry.path, entry.inode, entry.size,
+                                         entry.mtime_ns)
             log.info("vanished id=%d path=%s object=exists key=%s", entry.id, entry.display_path,
                      key)
             ours = key == entry.key and \
                 found.names(metadata(source, entry.path, entry.size, entry.mtime_ns))
             gone = AWAY if away and (ours or entry.etag is not None) else VANISHED
-            return Done(f"{gone}; object exists at {key}", Uploaded(
+            return Done(_noted(f"{gone}; object exists at {key}", aside), Uploaded(
                 bucket, key, found.size or 0, found.metadata.get(SHA256_KEY, ""), 0,
                 "recorded", found.etag) if ours else None)
     log.warning("vanished id=%d path=%s object=missing", entry.id, entry.display_path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import errno
 import fcntl
 import functools
@@ -182,32 +183,41 @@ def set_aside_name(inode: int) -> bytes:
     return DELETING_PREFIX + str(inode).encode()
 
 
+class Aside(enum.Enum):
+    """What `remove_set_aside` found under a version's private name."""
+
+    NONE = "none"  # not that version (or nothing)
+    REMOVED = "removed"
+    KEPT = "kept"  # that version, which stays: the directory cannot be written (now)
+
+
 def remove_set_aside(root: bytes | str, path: bytes | str, inode: int, size: int,
-                     mtime_ns: int) -> bool:
+                     mtime_ns: int) -> Aside:
     """Delete the file version (inode, size, mtime) that a consumer killed between set-aside
-    and unlink left under its private name next to `path`; True if there was one. Only an
-    uploaded, verified version is ever set aside."""
+    and unlink left under its private name next to `path`. Only an uploaded, verified
+    version is ever set aside."""
     parent, name = os.path.split(os.path.normpath(os.fsencode(path)))
     try:
         # Walked to like any queued file: no symlink at any depth, inside the root.
         safe = open_in_root(root, os.path.join(parent, set_aside_name(inode)))
     except (Vanished, PermanentError):
-        return False
+        return Aside.NONE
     with safe:
         if (safe.st.st_ino, safe.st.st_size, safe.st.st_mtime_ns) != (inode, size, mtime_ns):
-            return False
+            return Aside.NONE
         try:
             os.unlink(safe.name, dir_fd=safe.dir_fd)
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
-            # A directory the service cannot write (now): the next rescan hands it back.
+            # A directory the service cannot write (now): the entry's note (NAME_KEPT)
+            # keeps it through purges, and the first rescan after the fix hands it back.
             log.warning("set-aside kept name=%s kept_as=%s reason=%s", shown(name),
                         shown(set_aside_name(inode)), exc.strerror)
-            return False
+            return Aside.KEPT
     log.info("removed set-aside name=%s kept_as=%s", shown(name),
              shown(set_aside_name(inode)))
-    return True
+    return Aside.REMOVED
 
 
 def same_version(a: os.stat_result, b: os.stat_result) -> bool:

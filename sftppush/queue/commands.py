@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from sftppush.queue.entries import AWAY, KEPT, Entry, State, entries_of
+from sftppush.queue.entries import AWAY, KEPT, NAME_KEPT, Entry, State, entries_of
 from sftppush.queue.queuefile import QueueFile
 
 # Done entries deleted per transaction: a claim waits at most one batch (a few ms).
@@ -26,14 +26,19 @@ UPDATE entries SET state = 'pending', owner = NULL, due = ?, attempts = 0
 REPLAY_FAILED_ID = """
 UPDATE entries SET state = 'pending', owner = NULL, due = ?, attempts = 0
  WHERE state = 'failed' AND id = ?"""
-# Done entries past their keep, except those of kept files (KEPT) and of versions gone with
-# their directory (AWAY): the next three decide.
+# Done entries past their keep, except those of kept files (KEPT) and of versions that may
+# still be under their private name (AWAY, NAME_KEPT): the next three decide.
 PURGE_DONE = """
 DELETE FROM entries WHERE id IN (SELECT id FROM entries
                                   WHERE state = 'done' AND due < ? AND note IS NOT ?
+                                    AND coalesce(note, '') NOT LIKE ?
                                     AND coalesce(note, '') NOT LIKE ? LIMIT ?)"""
 KEPT_PAST = """
-SELECT * FROM entries WHERE state = 'done' AND due < ? AND (note = ? OR note LIKE ?) LIMIT ?"""
+SELECT * FROM entries
+ WHERE state = 'done' AND due < ? AND (note = ? OR note LIKE ? OR note LIKE ?) LIMIT ?"""
+# The note patterns a purge holds back for a look at the disk (LIKE's wildcards: none in
+# the constants).
+KEPT_NOTES = (KEPT, AWAY + "%", "%" + NAME_KEPT)
 # Fenced by what was read: an entry that changed meanwhile is left alone.
 DROP_KEPT_GONE = "DELETE FROM entries WHERE id = ? AND state = 'done' AND due = ?"
 KEEP_KEPT_THERE = "UPDATE entries SET due = ? WHERE id = ? AND state = 'done' AND due = ?"
@@ -96,23 +101,23 @@ class Commands:
                    still_there: Callable[[Entry], bool] | None = None) -> int:
         """Drop up to `batch` done entries finished more than `older_than` s ago, in short
         transactions; returns how many. An entry whose file was kept by config (KEPT) is the
-        only record that the file was uploaded, and one whose version vanished with its
-        directory (AWAY) the only way to its private name: each is dropped only once
+        only record that the file was uploaded, and one whose version may be under its private
+        name (AWAY, NAME_KEPT) the only way to that name: each is dropped only once
         `still_there` says it is not needed, else kept for another `older_than` (none
         without it)."""
         return self._purge_batch(older_than, now, batch, still_there)[0]
 
     def _purge_batch(self, older_than: float, now: float | None, batch: int,
                      still_there: Callable[[Entry], bool] | None) -> tuple[int, int]:
-        """(dropped, looked at): the entries past their keep, then the KEPT and AWAY ones."""
+        """(dropped, looked at): the entries past their keep, then the KEPT_NOTES ones."""
         with self.file.transaction() as db:
             now = self.file.now(now)
-            db.execute(PURGE_DONE, (now - older_than, KEPT, AWAY + "%", batch))
+            db.execute(PURGE_DONE, (now - older_than, *KEPT_NOTES, batch))
             dropped = db.rowcount
         if dropped == batch or still_there is None:
             return dropped, dropped
         with self.file.transaction(write=False) as db:
-            kept = entries_of(db.execute(KEPT_PAST, (now - older_than, KEPT, AWAY + "%",
+            kept = entries_of(db.execute(KEPT_PAST, (now - older_than, *KEPT_NOTES,
                                                      batch - dropped)))
         there = {e.id for e in kept if still_there(e)}
         with self.file.transaction() as db:

@@ -31,6 +31,17 @@ KEPT = "kept"
 # holds that name, so that the rescan that meets the name once the directory is back hands
 # the entry to a consumer, which removes the name (sweep_set_asides).
 AWAY = f"{VANISHED} with its directory"
+# The end of the note of an entry whose version its consumer found under its private name
+# and could not remove (the directory not writable by the service, now): a purge keeps the
+# row while the name is there, so that the rescan that meets it once the directory is
+# writable again hands the entry back to a consumer, which removes it (sweep_set_asides).
+NAME_KEPT = "private name kept: directory not writable"
+
+
+def may_be_set_aside(note: str | None) -> bool:
+    """Does a done entry's note say its version may still be on disk under its private
+    name (AWAY, or NAME_KEPT)?"""
+    return (note or "").startswith(AWAY) or (note or "").endswith(NAME_KEPT)
 
 
 def shown(path: bytes) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sftppush.config import Config, Source
 from sftppush.pipeline.safeopen import DELETING_PREFIX, set_aside_name
-from sftppush.queue.entries import AWAY, Entry, FileVersion, shown
+from sftppush.queue.entries import Entry, FileVersion, may_be_set_aside, shown
 from sftppush.queue.queue import Queue
 from sftppush.source import longpaths
 from sftppush.source.watches import watch_limit
@@ -176,9 +176,10 @@ def still_on_disk(v: FileVersion) -> bool:
 
 def still_needed(entry: Entry) -> bool:
     """Does a done entry a purge keeps until it is not needed still say something the disk
-    needs? A kept file's (KEPT): while its version is at its path. One gone with its
-    directory (AWAY): while the directory is away, or holds its private name."""
-    if (entry.note or "").startswith(AWAY):
+    needs? A kept file's (KEPT): while its version is at its path. One whose version may be
+    under its private name (AWAY, NAME_KEPT): while its directory is away, or holds that
+    name."""
+    if may_be_set_aside(entry.note):
         directory = os.path.dirname(entry.path)
         return not os.path.isdir(directory) or \
             os.path.lexists(os.path.join(directory, set_aside_name(entry.inode)))

@@ -323,3 +323,42 @@ def test_a_private_name_a_killed_consumer_left_goes_at_the_next_rescan(
     assert stray.read_bytes() == b"never uploaded\n"
     assert puts(run, f"{PREFIX}/batch/data.csv") == 1
     assert run.read(f"{PREFIX}/batch/data.csv") == body(3000, 1)
+
+
+def test_a_private_name_the_directory_kept_from_a_consumer_outlives_a_purge(
+        tmp_path: Path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
+        fault_proxy) -> None:
+    """Found by the long profile at 479f71d: a consumer killed between its set-aside and its
+    unlink; the next claim met the private name in a directory it could not write, acked
+    the entry, and a purge dropped it before the directory was writable again: nothing was
+    left to remove `.sftppush-deleting.<inode>`. The entry now says the name was kept, a
+    purge keeps it while the name is there, and the first rescan after the fix removes it,
+    without uploading again."""
+    run = product(tmp_path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
+                  fault_proxy, delete_after_upload=False)
+    d = source_tree.upload / "batch"
+    d.mkdir()
+    f = d / "data.csv"
+    f.write_bytes(body(3000, 1))
+    run.rescan()
+    run.drain()
+    private = d / f".sftppush-deleting.{f.stat().st_ino}"
+    os.rename(f, private)  # what a consumer killed before its unlink leaves
+    pipeline_config(delete_after_upload=True)
+    with immutable(d):
+        run.rescan()
+        run.drain()
+        note = entry_of(run, f)["note"]
+        assert note.endswith("private name kept: directory not writable"), note
+        purge(run)
+        assert entry_of(run, f)["state"] == "done"
+    assert private.exists()
+
+    run.rescan()
+    run.drain()
+
+    assert not private.exists() and os.listdir(d) == []
+    purge(run)
+    assert str(f) not in run.by_path()
+    assert puts(run, f"{PREFIX}/batch/data.csv") == 1
+    assert run.read(f"{PREFIX}/batch/data.csv") == body(3000, 1)

@@ -378,3 +378,24 @@ def test_a_superseded_entry_whose_put_landed_still_keeps_its_key_on_a_store_with
            ("consumers_run", {}),
            ("time_passes", {"seconds": 31.0, "reached": True}),
            ("consumers_run", {}))
+
+
+def test_a_private_name_kept_by_an_unwritable_directory_past_a_purge_goes_later() -> None:
+    """Found by the long profile at 479f71d (and there at 8350c7f): a consumer killed
+    between its set-aside and its unlink; the next claim could not remove the private name
+    (the directory immutable), acked the entry as vanished, and a purge dropped it before a
+    rescan met the name in the writable directory again: nothing was left to remove it."""
+    replay({"crt": False, "conditional": False, "checksums": "validate", "opaque": False,
+            "delete": False},
+           ("consumer_started", {}),
+           ("rename_over", {"d": b"b", "name": b"x.csv", "size": 300}),
+           ("delete_after_upload_switched", {}),
+           ("consumer_killed", {"after": 0, "reached": False, "when": "unlink", "which": 0}),
+           ("rescan", {}),
+           ("consumers_run", {}),
+           ("consumer_started", {}),
+           ("dir_unwritable", {"d": b"b", "on": True}),
+           ("quiesce", {}),
+           ("dir_unwritable", {"d": b"b", "on": False}),
+           ("done_entries_purged", {}),
+           ("rename_over", {"d": b"a", "name": b"x.csv", "size": 300}))

@@ -226,9 +226,11 @@ def test_a_version_left_aside_by_a_killed_consumer_is_removed_by_the_retry(
         assert safe._set_aside() is not None  # ... and the consumer dies here
     other = root / "upload" / "b.csv"
     other.write_bytes(b"someone else's")
-    assert not safeopen.remove_set_aside(root, other, other.stat().st_ino, 15, 0)
-    assert not safeopen.remove_set_aside(root, f, st.st_ino, st.st_size, st.st_mtime_ns + 1)
-    assert safeopen.remove_set_aside(root, f, st.st_ino, st.st_size, st.st_mtime_ns)
+    none = safeopen.Aside.NONE
+    assert safeopen.remove_set_aside(root, other, other.stat().st_ino, 15, 0) == none
+    assert safeopen.remove_set_aside(root, f, st.st_ino, st.st_size, st.st_mtime_ns + 1) == none
+    assert safeopen.remove_set_aside(root, f, st.st_ino, st.st_size, st.st_mtime_ns) == \
+        safeopen.Aside.REMOVED
     assert files_in(f.parent) == ["b.csv"]
 
 
@@ -243,7 +245,8 @@ def test_a_set_aside_removed_under_a_name_not_utf8_is_logged_escaped(
         st = safe.st
         assert safe._set_aside() is not None
     with caplog.at_level("INFO", logger="sftppush.safeopen"):
-        assert safeopen.remove_set_aside(root, f, st.st_ino, st.st_size, st.st_mtime_ns)
+        assert safeopen.remove_set_aside(root, f, st.st_ino, st.st_size, st.st_mtime_ns) == \
+            safeopen.Aside.REMOVED
     [line] = [r.getMessage() for r in caplog.records if "removed set-aside" in r.message]
     assert "name=p\\xe9.csv" in line
     line.encode("utf-8")
