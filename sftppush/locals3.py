@@ -117,8 +117,10 @@ class LocalS3:
     SECRET_KEY = "sftppush-local-secret-key-0123456789abcd"
 
     def __init__(self, root: Path, port: int | None = None, access_key: str = ACCESS_KEY,
-                 secret_key: str = SECRET_KEY, log: Path | None = None) -> None:
+                 secret_key: str = SECRET_KEY, log: Path | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.root = root
+        self.tls = tls  # (certificate, key): https, as a real endpoint (benchmarks)
         # Picked at the first start (start_on_free_port) unless given; kept for restarts.
         self.port = port or 0
         self.access_key = access_key
@@ -128,7 +130,7 @@ class LocalS3:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def credentials_env(self) -> dict[str, str]:
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
@@ -156,6 +158,8 @@ class LocalS3:
                 "--addr", f"127.0.0.1:{port}",
                 "--auth-key", f"{self.access_key},{self.secret_key}",
                 "--config", os.devnull, "--log-level", "ERROR"]
+        if self.tls:
+            argv += ["--cert", str(self.tls[0]), "--key", str(self.tls[1])]
         with open(self.log or os.devnull, "ab") as out:
             # Its own process group: a Ctrl-C meant for sftppush must not stop the store first.
             return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,

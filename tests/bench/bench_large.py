@@ -18,8 +18,10 @@ Measures, on a local `rclone serve s3` (127.0.0.1, objects under a temp dir):
 and prints MB/s (decompressed MiB per second) and the ratios, peak RSS against 128 MB, then
 the CPU seconds per GiB of each side (the client, and the S3 server), which tell what bounds
 the ratio on a small host. `--rtt-ms 40` puts every side behind a delay line
-(tests/bench/delayline.py). `--sparse` makes a gzip of zeros (fast to make, ~1000:1) and
-measures the consumer's peak RSS only. Not part of the default test run.
+(tests/bench/delayline.py); `--https` serves the store over TLS, as S3 is (sftppush's
+signer then leaves a part's body out of its signature, whose checksum is sent; over http it
+hashes each part once more, sha256). `--sparse` makes a gzip of zeros (fast to make,
+~1000:1) and measures the consumer's peak RSS only. Not part of the default test run.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from sftppush.sink.parts import store_checksum  # noqa: E402
 from tests.bench.common import proc_cpu_seconds, report, s5cmd_binary  # noqa: E402
 from tests.bench.delayline import DelayLine  # noqa: E402
 from tests.conftest import RcloneS3  # noqa: E402
+from tests.e2e.tls import self_signed  # noqa: E402
 
 MiB = 2**20
 
@@ -182,12 +185,16 @@ def main() -> None:
                         help="default: the config default")
     parser.add_argument("--rtt-ms", type=float, default=None, metavar="MS",
                         help="a delay line of this round trip in front of the store")
+    parser.add_argument("--https", action="store_true",
+                        help="the store over TLS (rclone's own, a self-signed certificate"
+                        " every side trusts), as S3 is")
     parser.add_argument("--sparse", action="store_true",
                         help="a gzip of zeros, and the consumer's peak RSS only")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sftppush-bench-"))
-    server = RcloneS3(work / "s3", work / "rclone.log")
+    server = RcloneS3(work / "s3", work / "rclone.log",
+                      tls=self_signed(work) if args.https else None)
     (work / "s3" / "baseline").mkdir(parents=True)
     (work / "s3" / "bench").mkdir()
     try:
@@ -200,7 +207,7 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             if args.rtt_ms is not None:
                 line = stack.enter_context(DelayLine(server.port, args.rtt_ms))
-                server.front = line.url  # every side goes through the line
+                server.front = line.port  # every side goes through the line
             if args.sparse:
                 _, rss, log, _, _ = sftppush_run(server, work / "run", gz, args.part_size_mb)
                 report_rss(args.size_mib, rss, log)
@@ -230,7 +237,8 @@ def compare(server: RcloneS3, work: Path, gz: Path, args: argparse.Namespace) ->
     st, rss, log, scpu, ssrv = sftppush_run(server, work / "run", gz, args.part_size_mb)
     object_path = work / "s3" / "bench" / "sftpuser1" / "upload" / "big.csv"
     assert object_path.stat().st_size == total, "object size differs from the decompressed size"
-    where = "" if args.rtt_ms is None else f", {args.rtt_ms:g} ms round trip"
+    where = ("" if args.rtt_ms is None else f", {args.rtt_ms:g} ms round trip") + \
+        (", https" if args.https else "")
     label = f"large 1 file {args.size_mib} MiB{where}"
     mib = total / MiB
     report(f"{label}: inflate alone ({INFLATER.__name__}) and digests", mib / zt, "MiB/s")

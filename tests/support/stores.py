@@ -19,21 +19,26 @@ from tests.support.processes import FAKE_ACCESS_KEY, FAKE_REGION, FAKE_SECRET_KE
 class S3Server:
     """An S3 API endpoint on loopback: its URL and the credentials it accepts."""
 
-    def __init__(self, port: int, access_key: str, secret_key: str) -> None:
+    def __init__(self, port: int, access_key: str, secret_key: str,
+                 ca_file: Path | None = None) -> None:
         self.port = port
         self.access_key = access_key
         self.secret_key = secret_key
-        self.front: str | None = None  # a proxy's URL (a bench's delay line): clients go there
+        self.ca_file = ca_file  # over https: the certificate to trust
+        self.front: int | None = None  # a proxy's port (a bench's delay line): clients go there
 
     @property
     def endpoint_url(self) -> str:
-        return self.front or f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ca_file else "http"
+        return f"{scheme}://127.0.0.1:{self.front or self.port}"
 
     def client(self) -> Any:
         return boto3.session.Session(
             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
             region_name=FAKE_REGION,
-        ).client("s3", endpoint_url=self.endpoint_url, config=botocore.config.Config(
+        ).client("s3", endpoint_url=self.endpoint_url,
+                 verify=str(self.ca_file) if self.ca_file else None,
+                 config=botocore.config.Config(
             s3={"addressing_style": "path"}, retries={"total_max_attempts": 2},
             connect_timeout=2, read_timeout=30,
             request_checksum_calculation="when_required",
@@ -49,17 +54,20 @@ class S3Server:
                     "AWS_EC2_METADATA_DISABLED": "true",
                     "SFTPPUSH_DEFAULTS_ENDPOINT_URL": self.endpoint_url,
                     "SFTPPUSH_DEFAULTS_AWSREGION": FAKE_REGION})
+        if self.ca_file:  # trusted as an operator would: boto3 and awscrt, and Go's s5cmd
+            env.update({"AWS_CA_BUNDLE": str(self.ca_file), "SSL_CERT_FILE": str(self.ca_file)})
         return env
 
 
 class RcloneS3(S3Server, LocalS3):
     """`rclone serve s3` over a directory: objects are plain files, so they survive restarts."""
 
-    def __init__(self, root: Path, log: Path) -> None:
+    def __init__(self, root: Path, log: Path, tls: tuple[Path, Path] | None = None) -> None:
         # The same made-up keys as moto's, so in-process code under test works with either.
         LocalS3.__init__(self, root, access_key=FAKE_ACCESS_KEY, secret_key=FAKE_SECRET_KEY,
-                         log=log)
-        S3Server.__init__(self, self.port, FAKE_ACCESS_KEY, FAKE_SECRET_KEY)
+                         log=log, tls=tls)
+        S3Server.__init__(self, self.port, FAKE_ACCESS_KEY, FAKE_SECRET_KEY,
+                          tls[0] if tls else None)
 
     def freeze(self) -> None:
         """SIGSTOP the server: from this instant it serves no byte more, so what it stored can
