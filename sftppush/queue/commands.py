@@ -42,12 +42,13 @@ KEPT_NOTES = (KEPT, AWAY + "%", "%" + NAME_KEPT)
 # Fenced by what was read: an entry that changed meanwhile is left alone.
 DROP_KEPT_GONE = "DELETE FROM entries WHERE id = ? AND state = 'done' AND due = ?"
 KEEP_KEPT_THERE = "UPDATE entries SET due = ? WHERE id = ? AND state = 'done' AND due = ?"
-# Done versions (inode, size, mtime) under `directory` that recorded their upload; the
-# caller keeps those directly in it. `path > dir/ AND path < dir0` is the prefix by index.
+# Done versions (inode, size, mtime) under `directory` that recorded their upload, or whose
+# consumer met the name and could not remove it (NAME_KEPT); the caller keeps those directly
+# in it. `path > dir/ AND path < dir0` is the prefix by index.
 SET_ASIDE_CANDIDATES = """
 SELECT id, path FROM entries
  WHERE path > ? AND path < ? AND inode = ? AND size = ? AND mtime_ns = ?
-   AND state = 'done' AND etag IS NOT NULL"""
+   AND state = 'done' AND (etag IS NOT NULL OR note LIKE ?)"""
 REQUEUE_SET_ASIDE = """
 UPDATE entries SET state = 'pending', owner = NULL, due = ?, attempts = 0
  WHERE id = ? AND state = 'done'"""
@@ -129,11 +130,13 @@ class Commands:
     def requeue_set_aside(self, directory: bytes, inode: int, size: int, mtime_ns: int,
                           now: float | None = None) -> int:
         """Back to pending: the done entry of a file directly in `directory` whose version
-        (inode, size, mtime) had its upload recorded (an ETag), so that a consumer meets it
-        again and removes the private name it was left under; how many went back."""
+        (inode, size, mtime) had its upload recorded (an ETag) or its private name kept
+        (NAME_KEPT), so that a consumer meets it again and removes the private name it was
+        left under; how many went back."""
         with self.file.transaction() as db:
             rows = db.execute(SET_ASIDE_CANDIDATES, (directory + b"/", directory + b"0",
-                                                     inode, size, mtime_ns)).fetchall()
+                                                     inode, size, mtime_ns, KEPT_NOTES[2])
+                              ).fetchall()
             ids = [i for i, path in rows if os.path.dirname(bytes(path)) == directory]
             now = self.file.now(now)
             db.executemany(REQUEUE_SET_ASIDE, [(now, i) for i in ids])

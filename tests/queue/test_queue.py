@@ -20,7 +20,16 @@ import pytest
 
 from sftppush.errors import QueueError
 from sftppush.outcomes import LeaseLost
-from sftppush.queue.entries import KEPT, VANISHED, Entry, FileVersion, KeyTaken, State, Stored
+from sftppush.queue.entries import (
+    KEPT,
+    NAME_KEPT,
+    VANISHED,
+    Entry,
+    FileVersion,
+    KeyTaken,
+    State,
+    Stored,
+)
 from sftppush.queue.owners import owner_token
 from sftppush.queue.queue import Queue
 from sftppush.sink.multipart import Part, Resumable
@@ -896,17 +905,21 @@ def test_a_batch_of_keys_is_answered_as_one_by_one_statements_would(tmp_path: Pa
 def test_a_set_aside_version_goes_back_to_pending_only_from_its_own_directory(
         tmp_path: Path) -> None:
     """`requeue_set_aside`: a done entry directly in the directory, of that version (inode,
-    size, mtime), whose upload was recorded; not one in a subdirectory, in a sibling whose
-    name starts alike, of another version, or done without an upload."""
+    size, mtime), whose upload was recorded or whose consumer could not remove the name
+    (NAME_KEPT); not one in a subdirectory, in a sibling whose name starts alike, of another
+    version, or done without an upload."""
     wanted = [FileVersion(p, "u", 10, 20, 30, 7, "rescan")
-              for p in (b"/h/a/x", b"/h/a/sub/x", b"/h/ab/x", b"/h/a/y")]
+              for p in (b"/h/a/x", b"/h/a/sub/x", b"/h/ab/x", b"/h/a/y", b"/h/a/w")]
     other = FileVersion(b"/h/a/z", "u", 11, 20, 30, 7, "rescan")
     with Queue(tmp_path / "q.db") as q:
         q.enqueue_many([*wanted, other])
-        claimed = {e.path: e for e in q.claim("c", 60, limit=5)}
+        claimed = {e.path: e for e in q.claim("c", 60, limit=6)}
         for path, e in claimed.items():
+            if path == b"/h/a/w":
+                assert q.ack(e, f"superseded; {NAME_KEPT}")
+                continue
             assert q.ack(e, "uploaded", uploaded=None if path == b"/h/a/y" else STORED)
-        assert q.requeue_set_aside(b"/h/a", 7, 10, 20) == 1
+        assert q.requeue_set_aside(b"/h/a", 7, 10, 20) == 2
         assert q.requeue_set_aside(b"/h/a", 7, 10, 20) == 0
-        pending = [e.path for e in q.list(State.PENDING)]
-    assert pending == [b"/h/a/x"]
+        pending = sorted(e.path for e in q.list(State.PENDING))
+    assert pending == [b"/h/a/w", b"/h/a/x"]
