@@ -291,6 +291,20 @@ def test_a_file_still_being_written_when_a_scan_finds_it_is_not_uploaded_half_wr
     assert run.keys() == [key] and run.read(key) == body(196_608, 1) + body(100_000, 2)
 
 
+def kept_then_set_aside(run: Bucketed, d: Path) -> tuple[Path, Path]:
+    """d/data.csv uploaded and kept (delete_after_upload false), then renamed to its private
+    name as a consumer killed between its set-aside and its unlink leaves it: (file, name)."""
+    d.mkdir()
+    f = d / "data.csv"
+    f.write_bytes(body(3000, 1))
+    run.rescan()
+    run.drain()
+    assert entry_of(run, f)["note"] == "kept"
+    private = d / f".sftppush-deleting.{f.stat().st_ino}"
+    os.rename(f, private)
+    return f, private
+
+
 def test_a_private_name_a_killed_consumer_left_goes_at_the_next_rescan(
         tmp_path: Path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
         fault_proxy) -> None:
@@ -302,14 +316,7 @@ def test_a_private_name_a_killed_consumer_left_goes_at_the_next_rescan(
     run = product(tmp_path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
                   fault_proxy, delete_after_upload=False)
     d = source_tree.upload / "batch"
-    d.mkdir()
-    f = d / "data.csv"
-    f.write_bytes(body(3000, 1))
-    run.rescan()
-    run.drain()
-    assert entry_of(run, f)["note"] == "kept"
-    private = d / f".sftppush-deleting.{f.stat().st_ino}"
-    os.rename(f, private)  # what a consumer killed before its unlink leaves
+    _, private = kept_then_set_aside(run, d)
     other = d / "other.csv"
     other.write_bytes(b"never uploaded\n")
     stray = d / f".sftppush-deleting.{other.stat().st_ino}"
@@ -337,13 +344,7 @@ def test_a_private_name_the_directory_kept_from_a_consumer_outlives_a_purge(
     run = product(tmp_path, source_tree, pipeline_config, moto_server, s3_client, s3_bucket,
                   fault_proxy, delete_after_upload=False)
     d = source_tree.upload / "batch"
-    d.mkdir()
-    f = d / "data.csv"
-    f.write_bytes(body(3000, 1))
-    run.rescan()
-    run.drain()
-    private = d / f".sftppush-deleting.{f.stat().st_ino}"
-    os.rename(f, private)  # what a consumer killed before its unlink leaves
+    f, private = kept_then_set_aside(run, d)
     pipeline_config(delete_after_upload=True)
     with immutable(d):
         run.rescan()
